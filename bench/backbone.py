@@ -1,0 +1,234 @@
+"""Building a timm ViT backbone and loading its weights.
+
+Weights come from exactly one of three places, and every run records which (``checkpoint_id``):
+
+* ``--checkpoint PATH``: a local ``.safetensors``, a weights-only ``.pth``/``.pt``/``.bin``, or
+  Google's ``.npz``; identified by its sha256. This is the offline path and the one tests use.
+* the Hugging Face Hub (``pretrained`` backbones without ``--checkpoint``): one thin function,
+  :func:`download_hub_weights`, fetches the file, which then loads like a local checkpoint.
+* a seeded random initialisation (the demo's tiny ViT, and tests).
+
+Normalisation (mean/std) comes from the backbone's pretrained config, e.g. 0.5/0.5 for
+``vit_base_patch16_224.orig_in21k``, whose original ``ViT-B_16.npz`` expects inputs in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import timm
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import nn
+
+from methods.base import BackboneSpec, backbone_spec_of
+
+from .errors import BenchError
+
+RANDOM_BACKBONE_SEED = 0  # a random backbone must be the same network in every run
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
+
+# ---------------------------------------------------------------------------------------
+# The demo suite's backbone: tiny enough for a CPU, registered in timm like any other ViT.
+
+default_cfgs = generate_default_cfgs(
+    {
+        "vit_demo_tiny": {
+            "url": "",
+            "num_classes": 0,
+            "input_size": (3, 32, 32),
+            "mean": (0.5, 0.5, 0.5),
+            "std": (0.5, 0.5, 0.5),
+            "interpolation": "bicubic",
+            "first_conv": "patch_embed.proj",
+            "classifier": "head",
+        }
+    }
+)
+
+
+@register_model
+def vit_demo_tiny(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """ViT with 4 blocks of width 64 and 4 heads, patch 4 at 32 px (65 tokens); no weights exist."""
+    args = {"img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4, **kwargs}
+    return build_model_with_cfg(VisionTransformer, "vit_demo_tiny", pretrained=False, **args)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a backbone's weights come from: a local file (with its sha256) or a seeded random init."""
+
+    path: Path | None
+    checkpoint_id: str  # "sha256:<hex>" or "random-init:seed<k>"
+
+    @property
+    def is_random(self) -> bool:
+        return self.path is None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_weights(backbone: str, checkpoint: Path | None, pretrained: bool) -> Weights:
+    """Decide where the weights come from, once per sweep (hashing a checkpoint takes a second)."""
+    if checkpoint is not None:
+        if not checkpoint.is_file():
+            raise BenchError(f"checkpoint {checkpoint} does not exist; pass --checkpoint with a local weights file")
+        if checkpoint.suffix not in CHECKPOINT_SUFFIXES:
+            raise BenchError(
+                f"checkpoint {checkpoint} has an unknown format; use one of {', '.join(CHECKPOINT_SUFFIXES)}"
+            )
+        return Weights(checkpoint, "sha256:" + sha256_file(checkpoint))
+    if not pretrained:
+        return Weights(None, f"random-init:seed{RANDOM_BACKBONE_SEED}")
+    path = download_hub_weights(backbone)
+    return Weights(path, "sha256:" + sha256_file(path))
+
+
+def download_hub_weights(backbone: str) -> Path:
+    """Fetch a timm backbone's weights file from the Hugging Face Hub (the only network access)."""
+    from huggingface_hub import hf_hub_download
+
+    cfg = _pretrained_cfg(backbone)
+    hub_id = cfg.get("hf_hub_id")
+    if not hub_id:
+        raise BenchError(f"backbone {backbone!r} has no Hugging Face Hub weights in timm; pass --checkpoint PATH")
+    try:
+        return Path(hf_hub_download(hub_id, cfg.get("hf_hub_filename") or "model.safetensors"))
+    except Exception as exc:  # offline, hub down, gated repo: the fix is the same
+        raise BenchError(
+            f"could not download the weights of {backbone!r} from the Hub ({type(exc).__name__}); "
+            "pass --checkpoint PATH with a local weights file to run offline"
+        ) from None
+
+
+def _pretrained_cfg(backbone: str) -> dict:
+    try:
+        return dict(timm.models.get_pretrained_cfg(backbone, allow_unregistered=False).to_dict())
+    except Exception:
+        return {}
+
+
+def create_vit(backbone: str, **kwargs) -> nn.Module:
+    try:
+        model = timm.create_model(backbone, pretrained=False, **kwargs)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise BenchError(
+                f"unknown backbone {backbone!r}; use a timm ViT name such as vit_base_patch16_224.orig_in21k "
+                "(list them with python -c \"import timm; print(timm.list_models('vit_*'))\")"
+            ) from None
+        raise
+    if not isinstance(model, VisionTransformer):
+        raise BenchError(f"backbone {backbone!r} is a {type(model).__name__}; bench needs a timm VisionTransformer")
+    return model
+
+
+@lru_cache(maxsize=32)
+def backbone_spec(backbone: str, img_size: int | None = None) -> BackboneSpec:
+    """Shapes and parameter count of ``backbone``, built on the meta device: no weights, no download."""
+    kwargs = {"img_size": img_size} if img_size else {}
+    with torch.device("meta"):
+        model = create_vit(backbone, num_classes=0, **kwargs)
+    return backbone_spec_of(model, backbone)
+
+
+def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return tuple(cfg.get("mean", (0.5, 0.5, 0.5))), tuple(cfg.get("std", (0.5, 0.5, 0.5)))
+
+
+@lru_cache(maxsize=2)
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BenchError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:120]}); it must be a .safetensors "
+            "file, a weights-only torch state dict (.pth/.pt/.bin) or a Google .npz"
+        ) from None
+    for wrapper in ("state_dict", "model", "module"):  # training checkpoints nest the weights
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BenchError(f"checkpoint {path} does not hold a state dict of tensors")
+    return state
+
+
+def _is_head_key(key: str) -> bool:
+    return key.startswith(("head.", "head_dist."))
+
+
+def load_weights(model: VisionTransformer, path: Path, backbone: str) -> None:
+    """Load a checkpoint into ``model`` (head excluded), resampling the position embedding if needed."""
+    if path.suffix == ".npz":
+        try:
+            model.load_pretrained(str(path))  # timm's loader for Google's npz format
+        except Exception as exc:
+            raise BenchError(f"checkpoint {path} is not a ViT npz matching {backbone!r} ({exc})") from None
+        return
+    state = checkpoint_filter_fn(dict(_read_state_dict(path)), model)  # remaps formats, resamples pos_embed
+    state = {k: v for k, v in state.items() if not _is_head_key(k)}
+    own = model.state_dict()
+    unexpected = sorted(k for k in state if k not in own)
+    missing = sorted(k for k in own if k not in state and not _is_head_key(k))
+    shape = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
+    if unexpected or missing or shape:
+        detail = "; ".join(
+            f"{label}: {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shape))
+            if keys
+        )
+        raise BenchError(
+            f"checkpoint {path} does not fit backbone {backbone!r} ({detail}); pass the --backbone it was trained as"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def reset_head(model: VisionTransformer) -> None:
+    """A fresh head, initialised as timm does (trunc-normal std 0.02, zero bias), from the current RNG."""
+    head = model.head
+    if isinstance(head, nn.Linear):
+        nn.init.trunc_normal_(head.weight, std=0.02)
+        nn.init.zeros_(head.bias)
+
+
+def build_backbone(
+    backbone: str,
+    *,
+    num_classes: int,
+    img_size: int,
+    drop_path: float,
+    weights: Weights,
+    seed: int,
+) -> VisionTransformer:
+    """The backbone with its weights loaded and a fresh head drawn from ``seed``.
+
+    A random backbone is drawn from a fixed seed so every run sees the same network; only the
+    head (and later the method's own modules) depend on the run's seed.
+    """
+    torch.manual_seed(RANDOM_BACKBONE_SEED)
+    model = create_vit(backbone, num_classes=num_classes, img_size=img_size, drop_path_rate=drop_path)
+    if weights.path is not None:
+        load_weights(model, weights.path, backbone)
+    torch.manual_seed(seed)
+    reset_head(model)
+    return model

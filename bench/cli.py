@@ -1,0 +1,523 @@
+"""The ``bench`` command line (typer). Every listing takes ``--json``; every user error is one line.
+
+Heavy imports (torch, timm, mlflow) happen inside the commands, so ``bench --help`` is quick.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import BenchError
+
+app = typer.Typer(
+    help="Benchmark parameter-efficient fine-tuning methods for vision transformers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+methods_app = typer.Typer(help="List, describe and check PEFT methods.", no_args_is_help=True)
+suites_app = typer.Typer(help="List and describe benchmark suites.", no_args_is_help=True)
+data_app = typer.Typer(help="Verify and fetch suite data.", no_args_is_help=True)
+app.add_typer(methods_app, name="methods")
+app.add_typer(suites_app, name="suites")
+app.add_typer(data_app, name="data")
+
+out = Console()
+err = Console(stderr=True)
+
+
+class State:
+    workdir: Path = Path("runs")
+
+
+@app.callback()
+def _global(
+    workdir: Path = typer.Option(
+        Path("runs"),
+        "--workdir",
+        envvar="BENCH_WORKDIR",
+        help="Holds the MLflow store, caches and the Optuna store.",
+    ),
+) -> None:
+    State.workdir = workdir
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return items or None
+
+
+def parse_seeds(value: str) -> list[int]:
+    """``"3"`` -> seeds 0, 1, 2; ``"0,5,7"`` -> exactly those."""
+    try:
+        if "," in value:
+            seeds = [int(v) for v in value.split(",") if v.strip()]
+        else:
+            n = int(value)
+            if n < 1:
+                raise ValueError
+            seeds = list(range(n))
+    except ValueError:
+        raise BenchError(f"--seeds {value!r} is neither a positive count (3) nor a list of seeds (0,1,2)") from None
+    if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise BenchError(f"--seeds {value!r} must list distinct non-negative seeds")
+    return seeds
+
+
+def _tracker(tracking_uri: str | None):
+    from .tracking import Tracker, default_tracking_uri
+
+    workdir = State.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    if tracking_uri:
+        return Tracker(tracking_uri)
+    return Tracker(default_tracking_uri(workdir), artifact_root=workdir / "artifacts")
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _method_overrides(items: list[str]) -> dict[str, dict[str, str]]:
+    """``--set lora.rank=4`` -> ``{"lora": {"rank": "4"}}``."""
+    from methods.base import parse_set_options
+
+    grouped: dict[str, list[str]] = {}
+    for item in items:
+        method, dot, rest = item.partition(".")
+        if not dot or "=" not in rest:
+            raise BenchError(f"--set {item!r} must be METHOD.FIELD=VALUE, e.g. --set lora.rank=4")
+        grouped.setdefault(method, []).append(rest)
+    return {m: parse_set_options(v) for m, v in grouped.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# bench run / bench runs
+
+
+@app.command()
+def run(
+    suite: str = typer.Option(..., help="Suite name (see `bench suites list`)."),
+    methods: str = typer.Option(..., help="Comma-separated method names, e.g. lora,linear."),
+    seeds: str = typer.Option("3", help="Number of seeds (3 -> 0,1,2) or an explicit list (0,5,7)."),
+    tasks: str | None = typer.Option(None, help="Comma-separated task names (default: all of the suite's)."),
+    stage: str = typer.Option("final", help="final: train800val200 -> test once; tune: train800 -> val200."),
+    data_root: Path | None = typer.Option(None, help="Folder holding the suite's task folders."),
+    backbone: str | None = typer.Option(None, help="timm ViT name (default: the suite's)."),
+    checkpoint: Path | None = typer.Option(None, help="Local weights (.safetensors, .pth, .npz): runs offline."),
+    epochs: int | None = typer.Option(None, help="Override the preset's epochs (warm-up scales with it)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: sqlite in the workdir)."),
+    set_: list[str] = typer.Option([], "--set", help="Method config override METHOD.FIELD=VALUE, repeatable."),
+) -> None:
+    """Train every (task, method, seed) not yet finished, log each to MLflow, print a summary."""
+    from .sweep import SweepRequest, plan_sweep, run_sweep
+
+    request = SweepRequest(
+        suite=suite,
+        methods=_split(methods) or [],
+        seeds=parse_seeds(seeds),
+        tasks=_split(tasks),
+        stage=stage,
+        data_root=data_root,
+        backbone=backbone,
+        checkpoint=checkpoint,
+        epochs=epochs,
+        device=device,
+        method_overrides=_method_overrides(set_),
+    )
+    plan = plan_sweep(request, State.workdir)
+    tracker = _tracker(tracking_uri)
+    from .progress import RichReporter
+
+    with RichReporter(err) as reporter:
+        outcomes = run_sweep(plan, tracker, State.workdir, reporter)
+    _print_summary(outcomes, plan.stage.name)
+
+
+def _print_summary(outcomes, stage: str) -> None:
+    import pandas as pd
+
+    from reports.summary import summarize
+
+    df = pd.DataFrame(
+        [{"task": o.spec.task, "method": o.spec.method, "seed": o.spec.seed, "acc": o.eval_acc} for o in outcomes]
+    ).dropna()
+    table = Table(title=f"{'test' if stage == 'final' else 'val'} accuracy over seeds (%)")
+    for col in ("task", "method", "seeds", "mean", "sd", "±95% CI", "min", "max"):
+        table.add_column(col, justify="left" if col in ("task", "method") else "right")
+    for row in summarize(df).itertuples():
+        table.add_row(
+            row.task,
+            row.method,
+            str(row.n),
+            f"{100 * row.mean:.2f}",
+            _pct(row.sd),
+            _pct(row.ci95),
+            f"{100 * row.min:.2f}",
+            f"{100 * row.max:.2f}",
+        )
+    out.print(table)
+    trained = sum(o.status == "trained" for o in outcomes)
+    out.print(f"{trained} run(s) trained, {len(outcomes) - trained} already finished and reused.")
+
+
+def _pct(x: float) -> str:
+    return "–" if x != x else f"{100 * x:.2f}"
+
+
+@app.command("runs")
+def runs_cmd(
+    suite: str = typer.Option(..., help="Suite whose runs to list."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: sqlite in the workdir)."),
+) -> None:
+    """One row per run in tracking: key, method, task, seed, stage, status, accuracy, trainable params."""
+    from .tracking import experiment_name
+
+    tracker = _tracker(tracking_uri)
+    rows = []
+    for r in tracker.search(experiment_name(suite)):
+        t, m = r.data.tags, r.data.metrics
+        rows.append(
+            {
+                "run_key": t.get("bench.run_key"),
+                "method": t.get("bench.method"),
+                "task": t.get("bench.task"),
+                "seed": int(t.get("bench.seed", -1)),
+                "stage": t.get("bench.stage"),
+                "status": r.info.status,
+                "test_acc": m.get("test/acc"),
+                "val_acc": m.get("val/acc"),
+                "trainable_params": int(m["params/trainable"]) if "params/trainable" in m else None,
+                "run_id": r.info.run_id,
+            }
+        )
+    rows.sort(key=lambda x: (x["task"] or "", x["method"] or "", x["seed"], x["status"]))
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title=f"runs of suite {suite} ({len(rows)})")
+    for col in ("run_key", "method", "task", "seed", "stage", "status", "test acc", "trainable"):
+        table.add_column(col)
+    for x in rows:
+        acc = x["test_acc"] if x["test_acc"] is not None else None
+        table.add_row(
+            (x["run_key"] or "")[:12],
+            x["method"],
+            x["task"],
+            str(x["seed"]),
+            x["stage"],
+            x["status"],
+            f"{100 * acc:.2f}" if acc is not None else "–",
+            f"{x['trainable_params']:,}" if x["trainable_params"] is not None else "–",
+        )
+    out.print(table)
+
+
+# ---------------------------------------------------------------------------------------
+# bench methods
+
+
+@methods_app.command("list")
+def methods_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Every registered method (built-in and from installed plugins)."""
+    from methods.base import available_methods, config_to_dict, make_config
+
+    rows = []
+    for name, cls in available_methods().items():
+        m = cls()
+        rows.append(
+            {
+                "name": name,
+                "description": cls.description,
+                "module": cls.__module__,
+                "mergeable": cls.mergeable,
+                "identity_at_init": cls.identity_at_init,
+                "defaults": config_to_dict(make_config(m)),
+            }
+        )
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title="methods")
+    for col in ("name", "description", "mergeable", "defaults"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["description"], "yes" if r["mergeable"] else "no", json.dumps(r["defaults"]))
+    out.print(table)
+
+
+@methods_app.command("info")
+def methods_info(
+    name: str = typer.Argument(..., help="Method name."),
+    backbone: str = typer.Option("vit_base_patch16_224.orig_in21k", help="timm ViT name (never downloads)."),
+    set_: list[str] = typer.Option([], "--set", help="Config override FIELD=VALUE, repeatable."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """A method's config and trainable parameters (head excluded) on a backbone, built without weights."""
+    from methods.base import config_to_dict, get_method, make_config, parse_set_options
+
+    from .backbone import backbone_spec
+    from .inspect import built_trainable_params
+
+    method = get_method(name)
+    config = make_config(method, parse_set_options(set_))
+    spec = backbone_spec(backbone)
+    info = {
+        "method": name,
+        "backbone": backbone,
+        "config": config_to_dict(config),
+        "trainable_params": method.count(spec, config),
+        "trainable_params_built": built_trainable_params(method, config, backbone),
+        "head_params_per_class": spec.embed_dim + 1,
+        "backbone_params": spec.backbone_params,
+        "mergeable": method.mergeable,
+        "identity_at_init": method.identity_at_init,
+    }
+    if as_json:
+        _print_json(info)
+        return
+    table = Table(title=f"{name} on {backbone}", show_header=False)
+    for k, v in info.items():
+        table.add_row(k, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else json.dumps(v))
+    out.print(table)
+    out.print("Trainable parameters exclude the head, which adds (embed_dim + 1) × classes for every method.")
+
+
+@methods_app.command("check")
+def methods_check(
+    name: str = typer.Argument(..., help="Method name."),
+    set_: list[str] = typer.Option([], "--set", help="Config override FIELD=VALUE, repeatable."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Run the conformance checks of DESIGN §3 on a tiny ViT; exit 0 only if all pass."""
+    from methods.base import get_method, make_config, parse_set_options
+    from methods.conformance import run_checks
+
+    method = get_method(name)
+    config = make_config(method, parse_set_options(set_))
+    results = run_checks(method, config)
+    if as_json:
+        _print_json([r.__dict__ for r in results])
+    else:
+        table = Table(title=f"conformance of {name}")
+        for col in ("check", "result", "detail"):
+            table.add_column(col)
+        for r in results:
+            table.add_row(r.name, {True: "[green]pass", False: "[red]FAIL", None: "skip"}[r.passed], r.detail)
+        out.print(table)
+    if any(r.passed is False for r in results):
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------------------
+# bench suites
+
+
+def _suite_info(suite) -> dict[str, Any]:
+    return {
+        "name": suite.name,
+        "description": suite.description,
+        "default_backbone": suite.default_backbone,
+        "source": suite.source,
+        "needs_data_root": suite.needs_data_root,
+        "preset": suite.preset.to_dict(),
+        "tasks": [
+            {
+                "name": t.name,
+                "group": t.group,
+                "num_classes": t.num_classes,
+                "split_sizes": t.split_sizes,
+                "aliases": list(t.aliases),
+            }
+            for t in suite.tasks
+        ],
+    }
+
+
+@suites_app.command("list")
+def suites_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Every registered suite."""
+    import suites
+
+    infos = [_suite_info(s) for s in suites.available_suites().values()]
+    if as_json:
+        _print_json(infos)
+        return
+    table = Table(title="suites")
+    for col in ("name", "tasks", "default backbone", "description"):
+        table.add_column(col)
+    for s in infos:
+        table.add_row(s["name"], str(len(s["tasks"]) or "from data"), s["default_backbone"], s["description"])
+    out.print(table)
+
+
+@suites_app.command("info")
+def suites_info(
+    name: str = typer.Argument(..., help="Suite name."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """A suite's tasks, preset and data source."""
+    import suites
+
+    info = _suite_info(suites.get_suite(name))
+    if as_json:
+        _print_json(info)
+        return
+    out.print(f"[bold]{info['name']}[/]: {info['description']}")
+    out.print(f"data: {info['source']}\ndefault backbone: {info['default_backbone']}")
+    out.print("preset: " + ", ".join(f"{k}={v}" for k, v in info["preset"].items()))
+    if info["tasks"]:
+        table = Table()
+        for col in ("task", "group", "classes", "test size", "aliases"):
+            table.add_column(col)
+        for t in info["tasks"]:
+            table.add_row(
+                t["name"],
+                t["group"],
+                str(t["num_classes"]),
+                str(t["split_sizes"].get("test.txt", "")),
+                ", ".join(t["aliases"]),
+            )
+        out.print(table)
+
+
+# ---------------------------------------------------------------------------------------
+# bench data
+
+
+@data_app.command("verify")
+def data_verify(
+    suite: str = typer.Option(..., help="Suite name."),
+    data_root: Path = typer.Option(..., help="Folder holding the suite's task folders."),
+    tasks: str | None = typer.Option(None, help="Comma-separated task names (default: all)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Check list files, line counts, labels, class counts and that every image opens."""
+    import suites
+    from suites.verify import verify_suite
+
+    reports = verify_suite(suites.get_suite(suite), data_root, _split(tasks))
+    if as_json:
+        _print_json([r.to_dict() for r in reports])
+    else:
+        table = Table(title=f"{suite} data under {data_root}")
+        for col in ("task", "folder", "lists", "images", "classes", "fingerprint", "problems"):
+            table.add_column(col)
+        for r in reports:
+            table.add_row(
+                r.task,
+                r.folder.name if r.folder else "–",
+                ", ".join(f"{k}:{v}" for k, v in r.lines.items()),
+                str(r.images_checked),
+                str(r.num_classes or "–"),
+                (r.fingerprint or "")[:12],
+                "[green]ok" if r.ok else "[red]" + "\n".join(r.problems[:8]),
+            )
+        out.print(table)
+    if not all(r.ok for r in reports):
+        raise typer.Exit(1)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    suite: str = typer.Option(..., help="Suite name (vtab1k)."),
+    to: Path = typer.Option(..., help="Folder to put the task folders in."),
+    revision: str | None = typer.Option(None, help="Hub revision (commit) to pin; default: the one bench pins."),
+) -> None:
+    """Download a suite's data from its pinned public source, then verify it."""
+    from suites.fetch import fetch_suite
+
+    root = fetch_suite(suite, to, revision)
+    out.print(f"data for {suite} is in {root}; check it with `bench data verify --suite {suite} --data-root {root}`")
+
+
+# ---------------------------------------------------------------------------------------
+# bench ui
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(5000, help="Port of the MLflow UI."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    tracking_uri: str | None = typer.Option(None, help="Store to browse (default: the workdir's sqlite)."),
+) -> None:
+    """Start the MLflow UI on the work directory's tracking store."""
+    import subprocess
+
+    from .tracking import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri(State.workdir)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise BenchError(f"no tracking store at {uri}; run `bench run` first or pass --workdir/--tracking-uri")
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    err.print(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C stops it")
+    raise typer.Exit(subprocess.call(cmd))
+
+
+# ---------------------------------------------------------------------------------------
+# entry point
+
+
+def run_cli(args: list[str] | None = None) -> int:
+    """Run the CLI; user errors print one line and return 2, bugs write a crash file and return 3."""
+    try:
+        app(args=args, standalone_mode=False, prog_name="bench")
+        return 0
+    except BenchError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print("interrupted; finished runs are kept, the interrupted one will be trained again")
+        return 130
+    except Exception as exc:
+        crash = _write_crash(exc)
+        err.print(
+            f"[red]internal error:[/] {type(exc).__name__}: {exc}. This is a bug in bench; "
+            f"the traceback is in {crash}. Finished runs are kept.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 3
+
+
+def _write_crash(exc: BaseException) -> Path:
+    logs = State.workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / f"crash-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.txt"
+    path.write_text("".join(traceback.format_exception(exc)))
+    return path
+
+
+def main() -> None:
+    sys.exit(run_cli())

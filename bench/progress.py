@@ -1,0 +1,66 @@
+"""A rich progress display for sweeps: runs done of total, the current run's epochs, ETA."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from .sweep import PlannedRun, RunOutcome, SweepPlan
+from .train import EpochMetrics
+
+
+class RichReporter:
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.sweep_task = None
+        self.run_task = None
+
+    def __enter__(self) -> RichReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def sweep_started(self, plan: SweepPlan, todo: int) -> None:
+        total = len(plan.runs)
+        self.console.print(
+            f"{plan.suite.name}/{plan.stage.name}: {total} run(s), {total - todo} already finished, "
+            f"{todo} to train on {plan.device} (backbone {plan.backbone}, {plan.weights.checkpoint_id[:19]})"
+        )
+        self.sweep_task = self.progress.add_task("runs", total=total)
+
+    def run_started(self, run: PlannedRun, epochs: int) -> None:
+        if self.run_task is not None:
+            self.progress.remove_task(self.run_task)
+        self.run_task = self.progress.add_task(f"  {run.spec.label}", total=epochs)
+
+    def epoch_done(self, run: PlannedRun, metrics: EpochMetrics) -> None:
+        extra = f" val {100 * metrics.eval_acc:.1f}" if metrics.eval_acc is not None else ""
+        self.progress.update(
+            self.run_task,
+            advance=1,
+            description=f"  {run.spec.label} loss {metrics.train_loss:.3f} acc {100 * metrics.train_acc:.1f}{extra}",
+        )
+
+    def run_done(self, run: PlannedRun, outcome: RunOutcome) -> None:
+        self.progress.advance(self.sweep_task)
+        acc = f"{100 * outcome.eval_acc:.2f}%" if outcome.eval_acc is not None else "–"
+        verb = "trained" if outcome.status == "trained" else "finished earlier, reused"
+        self.console.print(f"  {run.spec.label}: {acc} ({verb})")

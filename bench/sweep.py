@@ -1,0 +1,370 @@
+"""A sweep: every (task, method, seed) of a request, skipping what is already finished.
+
+Planning (:func:`plan_sweep`) validates everything a user can get wrong (names, data root, list
+files, checkpoint, backbone) before any training starts. Running (:func:`run_sweep`) trains each
+run that has no FINISHED record, one at a time, logging each to MLflow as it completes, so an
+error or a kill loses at most the run in progress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+import methods
+import suites
+from methods.base import Method, config_to_dict, make_config
+from suites.base import Preset, Stage, Suite
+from suites.resolve import ResolvedTask
+
+from . import __version__
+from .backbone import Weights, backbone_spec, build_backbone, normalization, resolve_weights
+from .cache import load_split
+from .errors import BenchError
+from .spec import RunSpec, canonical_json
+from .tracking import Tracker, csv_text, experiment_name, flatten_params
+from .train import EpochMetrics, RunResult, SplitData, train_run
+
+
+@dataclass
+class SweepRequest:
+    suite: str
+    methods: list[str]
+    seeds: list[int]
+    tasks: list[str] | None = None
+    stage: str = "final"
+    data_root: Path | None = None
+    backbone: str | None = None
+    checkpoint: Path | None = None
+    epochs: int | None = None
+    device: str = "auto"
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class PlannedRun:
+    spec: RunSpec
+    task: ResolvedTask
+    method: Method
+    config: Any
+
+
+@dataclass
+class SweepPlan:
+    request: SweepRequest
+    suite: Suite
+    stage: Stage
+    preset: Preset
+    backbone: str
+    weights: Weights
+    device: torch.device
+    runs: list[PlannedRun]
+    data_root: Path
+
+    @property
+    def experiment(self) -> str:
+        return experiment_name(self.suite.name)
+
+    @property
+    def sweep_key(self) -> str:
+        keys = sorted(r.spec.run_key for r in self.runs)
+        return hashlib.sha256(canonical_json(keys).encode()).hexdigest()[:24]
+
+
+@dataclass
+class RunOutcome:
+    spec: RunSpec
+    status: str  # "trained" | "skipped"
+    run_id: str
+    eval_acc: float | None
+
+
+class Reporter(Protocol):
+    """What the sweep tells its caller (the CLI draws a progress bar from it)."""
+
+    def sweep_started(self, plan: SweepPlan, todo: int) -> None: ...
+    def run_started(self, run: PlannedRun, epochs: int) -> None: ...
+    def epoch_done(self, run: PlannedRun, metrics: EpochMetrics) -> None: ...
+    def run_done(self, run: PlannedRun, outcome: RunOutcome) -> None: ...
+
+
+class SilentReporter:
+    def sweep_started(self, plan: SweepPlan, todo: int) -> None:
+        pass
+
+    def run_started(self, run: PlannedRun, epochs: int) -> None:
+        pass
+
+    def epoch_done(self, run: PlannedRun, metrics: EpochMetrics) -> None:
+        pass
+
+    def run_done(self, run: PlannedRun, outcome: RunOutcome) -> None:
+        pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise BenchError(f"--device {name!r} is not supported; use auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
+    return torch.device(name)
+
+
+def resolve_preset(suite: Suite, epochs: int | None) -> Preset:
+    """The suite's preset; ``--epochs`` scales the warm-up with it (10 of 100 stays a tenth)."""
+    preset = suite.preset
+    if epochs is None:
+        return preset
+    if epochs < 1:
+        raise BenchError(f"--epochs {epochs} must be at least 1")
+    warmup = round(preset.warmup_epochs * epochs / preset.epochs)
+    return preset.with_overrides(epochs=epochs, warmup_epochs=min(warmup, epochs - 1))
+
+
+def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
+    suite = suites.get_suite(request.suite)
+    stage = suites.get_stage(request.stage)
+    if not request.methods:
+        raise BenchError("no methods given; pass e.g. --methods lora,linear (see `bench methods list`)")
+    if not request.seeds:
+        raise BenchError("no seeds given; pass e.g. --seeds 3")
+    chosen = []
+    for name in request.methods:
+        method = methods.get_method(name)
+        chosen.append((method, make_config(method, request.method_overrides.get(name))))
+    device = resolve_device(request.device)
+
+    data_root = request.data_root
+    if suite.prepare is not None:
+        data_root = data_root or workdir / "data" / suite.name
+        suite.prepare(data_root)
+    tasks = suites.resolve_tasks(suite, data_root, request.tasks, stage)
+
+    preset = resolve_preset(suite, request.epochs)
+    backbone = request.backbone or suite.default_backbone
+    backbone_spec(backbone, preset.img_size)  # fails early on an unknown or non-ViT name
+    weights = resolve_weights(backbone, request.checkpoint, pretrained=suite.backbone_pretrained)
+
+    runs = []
+    for task in tasks:
+        fingerprint = task.fingerprint(stage)
+        for method, config in chosen:
+            for seed in request.seeds:
+                spec = RunSpec(
+                    suite=suite.name,
+                    task=task.name,
+                    stage=stage.name,
+                    method=method.name,
+                    method_config=config_to_dict(config),
+                    hparams=preset.to_dict(),
+                    seed=seed,
+                    preset=preset.name,
+                    backbone=backbone,
+                    checkpoint=weights.checkpoint_id,
+                    data=fingerprint,
+                    num_classes=task.num_classes,
+                )
+                runs.append(PlannedRun(spec, task, method, config))
+    return SweepPlan(request, suite, stage, preset, backbone, weights, device, runs, Path(data_root))
+
+
+def run_sweep(plan: SweepPlan, tracker: Tracker, workdir: Path, reporter: Reporter | None = None) -> list[RunOutcome]:
+    reporter = reporter or SilentReporter()
+    experiment = plan.experiment
+    done = {r.spec.run_key: tracker.finished_run(experiment, r.spec.run_key) for r in plan.runs}
+    todo = sum(1 for r in plan.runs if done[r.spec.run_key] is None)
+    reporter.sweep_started(plan, todo)
+    parent = tracker.open_sweep(
+        experiment,
+        plan.sweep_key,
+        tags={
+            "bench.suite": plan.suite.name,
+            "bench.stage": plan.stage.name,
+            "bench.methods": ",".join(plan.request.methods),
+            "bench.seeds": ",".join(map(str, plan.request.seeds)),
+            "bench.sweep_name": f"sweep/{plan.suite.name}/{plan.stage.name}/{plan.sweep_key[:8]}",
+        },
+        params=flatten_params(
+            {
+                "backbone": plan.backbone,
+                "checkpoint": plan.weights.checkpoint_id,
+                "hp": plan.preset.to_dict(),
+                "runs": len(plan.runs),
+            }
+        ),
+    )
+    outcomes: list[RunOutcome] = []
+    cache_dir = workdir / "cache" / "images"
+    data_memo: dict[str, tuple[SplitData, SplitData]] = {}
+    status = "FAILED"
+    try:
+        for run in plan.runs:
+            previous = done[run.spec.run_key]
+            if previous is not None:
+                acc = previous.data.metrics.get(eval_metric(plan.stage))
+                outcome = RunOutcome(run.spec, "skipped", previous.info.run_id, acc)
+            else:
+                tracker.close_interrupted(experiment, run.spec.run_key)
+                if run.task.name not in data_memo:
+                    data_memo.clear()  # one task's splits in memory at a time
+                    data_memo[run.task.name] = _load_task(run.task, plan, cache_dir)
+                train, evaluate = data_memo[run.task.name]
+                outcome = _train_and_log(run, plan, tracker, parent, train, evaluate, reporter)
+            outcomes.append(outcome)
+            reporter.run_done(run, outcome)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.close_sweep(
+            parent,
+            status,
+            {
+                "trained": sum(o.status == "trained" for o in outcomes),
+                "reused": sum(o.status == "skipped" for o in outcomes),
+            },
+        )
+    return outcomes
+
+
+def eval_metric(stage: Stage) -> str:
+    return "test/acc" if stage.name == "final" else "val/acc"
+
+
+def _load_task(task: ResolvedTask, plan: SweepPlan, cache_dir: Path) -> tuple[SplitData, SplitData]:
+    train_entries, eval_entries = task.stage_lists(plan.stage)
+    size, interp = plan.preset.img_size, plan.preset.interpolation
+    return (
+        SplitData(*load_split(train_entries, size, interp, cache_dir)),
+        SplitData(*load_split(eval_entries, size, interp, cache_dir)),
+    )
+
+
+def _train_and_log(
+    run: PlannedRun,
+    plan: SweepPlan,
+    tracker: Tracker,
+    parent: str,
+    train: SplitData,
+    evaluate: SplitData,
+    reporter: Reporter,
+) -> RunOutcome:
+    spec = run.spec
+    tags = {
+        "bench.run_key": spec.run_key,
+        "bench.suite": spec.suite,
+        "bench.task": spec.task,
+        "bench.group": run.task.task.group,
+        "bench.method": spec.method,
+        "bench.seed": str(spec.seed),
+        "bench.stage": spec.stage,
+        "bench.preset": spec.preset,
+        "bench.budget": str(spec.budget) if spec.budget is not None else "none",
+        "bench.backbone": spec.backbone,
+        "bench.checkpoint": spec.checkpoint,
+        "bench.data_fingerprint": spec.data,
+        "bench.version": __version__,
+        "bench.device": str(plan.device),
+    }
+    params = flatten_params(
+        {
+            "method": spec.method_config,
+            "hp": spec.hparams,
+            "backbone": spec.backbone,
+            "checkpoint": spec.checkpoint,
+            "seed": spec.seed,
+            "num_classes": spec.num_classes,
+            "data.fingerprint": spec.data,
+            "data.task_dir": str(run.task.directory),
+        }
+    )
+    with tracker.child_run(plan.experiment, parent, spec.label, tags, params) as run_id:
+        model = build_backbone(
+            spec.backbone,
+            num_classes=spec.num_classes,
+            img_size=plan.preset.img_size,
+            drop_path=plan.preset.drop_path,
+            weights=plan.weights,
+            seed=spec.seed,
+        )
+        mean, std = normalization(model)
+        model = run.method.apply(model, run.config)
+        tracker.log_json(run_id, _resolved_config(spec, run, plan, mean, std), "config/resolved.json")
+        reporter.run_started(run, plan.preset.epochs)
+
+        def on_epoch(m: EpochMetrics) -> None:
+            tracker.log_metrics(
+                run_id,
+                {"train/loss": m.train_loss, "train/acc": m.train_acc, "lr": m.lr, "val/acc": m.eval_acc},
+                step=m.epoch,
+            )
+            reporter.epoch_done(run, m)
+
+        result = train_run(
+            model,
+            run.method,
+            plan.preset,
+            plan.stage,
+            train,
+            evaluate,
+            seed=spec.seed,
+            device=plan.device,
+            mean=mean,
+            std=std,
+            on_epoch=on_epoch,
+        )
+        _log_result(tracker, run_id, run, plan, result)
+    return RunOutcome(spec, "trained", run_id, result.eval_acc)
+
+
+def _resolved_config(spec: RunSpec, run: PlannedRun, plan: SweepPlan, mean, std) -> dict[str, Any]:
+    return {
+        "run_key": spec.run_key,
+        "spec": spec.to_dict(),
+        "normalization": {"mean": list(mean), "std": list(std)},
+        "data": {
+            "task_dir": str(run.task.directory),
+            "train_list": plan.stage.train_list,
+            "eval_list": plan.stage.eval_list,
+        },
+        "environment": {
+            "bench": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": str(plan.device),
+            "gpu": torch.cuda.get_device_name(plan.device) if plan.device.type == "cuda" else None,
+        },
+    }
+
+
+def _log_result(tracker: Tracker, run_id: str, run: PlannedRun, plan: SweepPlan, result: RunResult) -> None:
+    from safetensors.torch import save
+
+    metrics = {
+        "params/trainable": result.trainable_params,
+        "params/head": result.head_params,
+        "throughput/train_img_s": result.train_images_per_s,
+        "throughput/infer_img_s": result.infer_images_per_s,
+        "time/train_s": result.train_seconds,
+        "mem/peak_mb": result.peak_memory_mb,
+    }
+    if plan.stage.name == "final":
+        metrics["test/acc"] = result.eval_acc  # scored once, after the last epoch
+    tracker.log_metrics(run_id, metrics, step=plan.preset.epochs)
+    entries = run.task.stage_lists(plan.stage)[1]
+    rows = [
+        [i, str(e.path.relative_to(run.task.directory)), e.label, int(p)]
+        for i, (e, p) in enumerate(zip(entries, result.predictions.tolist(), strict=True))
+    ]
+    tracker.log_text(run_id, csv_text(["index", "path", "label", "prediction"], rows), "eval/predictions.csv")
+    state = {k: v.contiguous() for k, v in result.trainable_state.items()}
+    tracker.log_bytes(run_id, save(state), "checkpoints/trainable.safetensors")
+    tracker.client.set_tag(run_id, "bench.merged_eval", str(result.merged).lower())

@@ -1,0 +1,206 @@
+"""One run: train a prepared model on one split, score another, return what tracking stores.
+
+The protocol rules live here and nowhere else:
+
+* the seed fixes the data order (a dedicated generator) and dropout / drop-path (the global RNG,
+  reseeded before the first step); the model was built from the same seed beforehand;
+* ``tune`` scores the eval split (val200) after every epoch; ``final`` scores it (test) exactly
+  once, after the last epoch: no epoch is ever chosen on test;
+* images stay uint8 on the device for the whole run and are normalised on the device; bf16
+  autocast on CUDA; losses and accuracies accumulate on the device and are read once per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.optim import param_groups_weight_decay
+from torch import nn
+
+from methods.base import Method, head_param_count, trainable_params_excluding_head, trainable_state_dict
+from suites.base import Preset, Stage
+
+EVAL_BATCH = 256
+
+
+@dataclass
+class SplitData:
+    images: torch.Tensor  # uint8 [N, 3, H, W]
+    labels: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    lr: float
+    eval_acc: float | None = None  # only in the tune stage (val200)
+
+
+@dataclass
+class RunResult:
+    epochs: list[EpochMetrics]
+    eval_acc: float
+    predictions: torch.Tensor  # int64 [N_eval], in list order
+    trainable_params: int
+    head_params: int
+    train_images_per_s: float
+    infer_images_per_s: float
+    train_seconds: float
+    peak_memory_mb: float | None
+    trainable_state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    merged: bool = False
+
+
+def lr_at(step: int, *, total_steps: int, warmup_steps: int, base_lr: float, warmup_lr: float, min_lr: float) -> float:
+    """Linear warm-up from ``warmup_lr`` to ``base_lr``, then cosine down to ``min_lr`` (per step).
+
+    The NOAH-lineage schedule (10 of 100 epochs warm-up, 1e-6 -> lr -> 1e-5), evaluated per step
+    rather than per epoch, and fitted inside the stated epochs (timm's ``warmup_prefix=False``
+    plus "+10 epochs" quirk of some official scripts is not reproduced; shared notes methods §6).
+    """
+    if step < warmup_steps:
+        return warmup_lr + (base_lr - warmup_lr) * step / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+class Normalize(nn.Module):
+    """uint8 -> float, scaled and normalised on the device."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std).view(1, -1, 1, 1)), persistent=False)
+        self.register_buffer("shift", (torch.tensor(mean) / torch.tensor(std)).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float() * self.scale - self.shift
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, norm: Normalize, data: SplitData, device: torch.device) -> torch.Tensor:
+    model.eval()
+    out = []
+    for start in range(0, len(data), EVAL_BATCH):  # batches travel to the device: test may not fit there
+        x = norm(data.images[start : start + EVAL_BATCH].to(device, non_blocking=True))
+        with _autocast(device):
+            out.append(model(x).argmax(dim=1))
+    return torch.cat(out).cpu()
+
+
+def train_run(
+    model: nn.Module,
+    method: Method,
+    preset: Preset,
+    stage: Stage,
+    train: SplitData,
+    evaluate: SplitData,
+    *,
+    seed: int,
+    device: torch.device,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+) -> RunResult:
+    """Train ``model`` (already adapted by ``method``) and score ``evaluate`` as ``stage`` prescribes."""
+    model.to(device)
+    norm = Normalize(mean, std).to(device)
+    train = SplitData(train.images.to(device), train.labels.to(device))  # once per run, kept there
+    trainable, head = trainable_params_excluding_head(model), head_param_count(model)
+
+    groups = param_groups_weight_decay(model, preset.weight_decay)  # no decay on biases and norms
+    optimizer = torch.optim.AdamW(groups, lr=preset.lr, fused=device.type == "cuda")
+    steps_per_epoch = math.ceil(len(train) / preset.batch_size)
+    total_steps = steps_per_epoch * preset.epochs
+    schedule: dict[str, Any] = {
+        "total_steps": total_steps,
+        "warmup_steps": steps_per_epoch * preset.warmup_epochs,
+        "base_lr": preset.lr,
+        "warmup_lr": preset.warmup_lr,
+        "min_lr": preset.min_lr,
+    }
+    order = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    history: list[EpochMetrics] = []
+    train_seconds, step = 0.0, 0
+    for epoch in range(preset.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        perm = torch.randperm(len(train), generator=order).to(device)
+        for start in range(0, len(train), preset.batch_size):
+            idx = perm[start : start + preset.batch_size]
+            lr = lr_at(step, **schedule)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            x, y = norm(train.images[idx]), train.labels[idx]
+            with _autocast(device):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=preset.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * y.numel()
+            correct += (logits.detach().argmax(1) == y).sum()
+            step += 1
+        metrics = EpochMetrics(
+            epoch=epoch,
+            train_loss=loss_sum.item() / len(train),  # one host sync per epoch
+            train_acc=correct.item() / len(train),
+            lr=lr,
+        )
+        train_seconds += time.perf_counter() - t0
+        if stage.eval_every_epoch:
+            metrics.eval_acc = (predict(model, norm, evaluate, device) == evaluate.labels).float().mean().item()
+        history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics)
+
+    state = {k: v.detach().cpu().clone() for k, v in trainable_state_dict(model).items()}
+    merged = False
+    if method.mergeable:  # evaluate the deployable model: adapters folded into plain layers
+        model = method.merge(model)
+        merged = True
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    preds = predict(model, norm, evaluate, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    infer_seconds = time.perf_counter() - t0
+    eval_acc = (preds == evaluate.labels).float().mean().item()
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return RunResult(
+        epochs=history,
+        eval_acc=eval_acc,
+        predictions=preds,
+        trainable_params=trainable,
+        head_params=head,
+        train_images_per_s=len(train) * preset.epochs / max(train_seconds, 1e-9),
+        infer_images_per_s=len(evaluate) / max(infer_seconds, 1e-9),
+        train_seconds=train_seconds,
+        peak_memory_mb=peak,
+        trainable_state=state,
+        merged=merged,
+    )

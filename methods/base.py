@@ -1,0 +1,308 @@
+"""The method interface every PEFT method implements, and the registry that finds them.
+
+A method is a class with a config dataclass (its structural and method-specific
+hyperparameters, published defaults as field defaults) and five operations (DESIGN §3):
+``apply``, ``count``, ``for_budget``, ``search_space`` and, where the method can be folded
+into plain layers, ``merge``. Built-in methods register with :func:`register_method`;
+third-party packages register a ``Method`` subclass under the entry-point group
+``bench.methods``.
+
+This package knows nothing about suites, tracking or the runner: it sees a timm
+``VisionTransformer`` and a :class:`BackboneSpec` and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import types
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from bench.errors import BenchError
+
+ENTRY_POINT_GROUP = "bench.methods"
+
+#: A config is within budget when |count - budget| <= BUDGET_TOLERANCE * budget (DESIGN §3).
+BUDGET_TOLERANCE = 0.05
+
+
+class MethodError(BenchError):
+    """A user-caused problem with a method: unknown name, bad config value, unreachable budget.
+
+    The message names the bad value and the fix; the CLI prints it without a traceback.
+    """
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """The shapes of a ViT backbone that closed-form parameter counts need.
+
+    Read off a model built on the ``meta`` device (:func:`backbone_spec_of`), so building
+    one never allocates weights or downloads anything.
+    """
+
+    name: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_hidden: int
+    num_patches: int
+    num_prefix_tokens: int
+    backbone_params: int  # every parameter except the classification head
+    has_qkv_bias: bool = True
+
+    @property
+    def qkv_out(self) -> int:
+        return 3 * self.embed_dim
+
+
+def backbone_spec_of(model: nn.Module, name: str = "") -> BackboneSpec:
+    """Describe a timm ``VisionTransformer`` (real or on the meta device)."""
+    block = model.blocks[0]
+    head_ids = {id(p) for p in head_parameters(model)}
+    return BackboneSpec(
+        name=name or type(model).__name__,
+        embed_dim=int(model.embed_dim),
+        depth=len(model.blocks),
+        num_heads=int(block.attn.num_heads),
+        mlp_hidden=int(block.mlp.fc1.out_features),
+        num_patches=int(model.patch_embed.num_patches),
+        num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)),
+        backbone_params=sum(p.numel() for p in model.parameters() if id(p) not in head_ids),
+        has_qkv_bias=block.attn.qkv.bias is not None,
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Parameter helpers shared by every method
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The classification head's parameters (timm ViT: ``model.head``)."""
+    head = getattr(model, "head", None)
+    return list(head.parameters()) if isinstance(head, nn.Module) else []
+
+
+def unique_parameters(params: Iterable[nn.Parameter]) -> Iterator[nn.Parameter]:
+    """Parameters de-duplicated by identity, so a shared tensor is counted once."""
+    seen: set[int] = set()
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            yield p
+
+
+def trainable_params_excluding_head(model: nn.Module) -> int:
+    """The count every budget refers to: trainable tensors, shared ones once, head excluded."""
+    head_ids = {id(p) for p in head_parameters(model)}
+    return sum(p.numel() for p in unique_parameters(model.parameters()) if p.requires_grad and id(p) not in head_ids)
+
+
+def head_param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in head_parameters(model))
+
+
+def freeze_all_but(model: nn.Module, keep: Iterable[nn.Parameter]) -> None:
+    """Freeze every parameter, then unfreeze ``keep`` and the head (the head always trains)."""
+    model.requires_grad_(False)
+    for p in keep:
+        p.requires_grad_(True)
+    for p in head_parameters(model):
+        p.requires_grad_(True)
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every trainable tensor (head included) by name, detached: what a run needs to store."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+# ----------------------------------------------------------------------------------------
+# Configs
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def _coerce(value: str, annotation: Any, field_name: str) -> Any:
+    """Turn a ``--set key=value`` string into the field's declared type."""
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType) and args:
+        if value.lower() in ("none", "null", ""):
+            return None
+        return _coerce(value, args[0], field_name)
+    if origin is typing.Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise MethodError(f"{field_name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+        return value
+    try:
+        if annotation is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if annotation is int:
+            return int(value)
+        if annotation is float:
+            return float(value)
+        if annotation is str:
+            return value
+    except ValueError:
+        raise MethodError(f"{field_name}={value!r} is not a valid {annotation.__name__}") from None
+    raise MethodError(f"{field_name} has type {annotation!r}, which --set cannot parse")
+
+
+def make_config(method: Method, overrides: dict[str, Any] | None = None) -> Any:
+    """The method's default config with ``overrides`` (field name -> value or string) applied."""
+    overrides = dict(overrides or {})
+    cls = method.Config
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise MethodError(
+            f"method {method.name!r} has no config field {', '.join(unknown)}; "
+            f"its fields are: {', '.join(names) or '(none)'}"
+        )
+    values = {k: _coerce(v, hints[k], k) if isinstance(v, str) else v for k, v in overrides.items()}
+    config = cls(**values)
+    method.validate(config)
+    return config
+
+
+def parse_set_options(items: Iterable[str]) -> dict[str, str]:
+    """``["rank=4", "alpha=8"]`` -> ``{"rank": "4", "alpha": "8"}``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MethodError(f"--set {item!r} is not key=value; write e.g. --set rank=4")
+        out[key.strip()] = value.strip()
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# The interface
+
+
+@dataclass
+class EmptyConfig:
+    """Config of methods without structural hyperparameters (``linear``, ``full``)."""
+
+
+class Method(ABC):
+    """Base class of every PEFT method. Subclasses set ``name`` and ``Config``.
+
+    Class attributes describe what the conformance checks may expect:
+    ``identity_at_init`` (the adapted model equals the backbone before any step) and
+    ``mergeable`` (``merge`` folds the method into plain timm layers).
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type] = EmptyConfig
+    description: ClassVar[str] = ""
+    identity_at_init: ClassVar[bool] = True
+    mergeable: ClassVar[bool] = False
+
+    def validate(self, config: Any) -> None:  # noqa: B027  (optional hook)
+        """Raise :class:`MethodError` for a config the method cannot build."""
+
+    @abstractmethod
+    def apply(self, model: nn.Module, config: Any) -> nn.Module:
+        """Insert the method into ``model`` (built and loaded), freeze the rest, keep the head trainable."""
+
+    @abstractmethod
+    def count(self, spec: BackboneSpec, config: Any) -> int:
+        """Trainable parameters the method adds (head excluded), in closed form."""
+
+    def for_budget(self, spec: BackboneSpec, budget: int) -> Any:
+        """The config whose count is within ±5 % of ``budget``; a :class:`MethodError` otherwise."""
+        config = make_config(self)
+        n = self.count(spec, config)
+        if within_budget(n, budget):
+            return config
+        raise MethodError(budget_error(self.name, budget, [n]))
+
+    def search_space(self, trial: Any) -> dict[str, Any]:
+        """Method-specific hyperparameters Optuna may tune (shared ones such as lr are the tuner's)."""
+        return {}
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """Fold the method into plain timm layers (only where ``mergeable``)."""
+        raise MethodError(f"method {self.name!r} cannot be merged into the backbone")
+
+
+def within_budget(count: int, budget: int) -> bool:
+    return abs(count - budget) <= BUDGET_TOLERANCE * budget
+
+
+def budget_error(method: str, budget: int, feasible: Iterable[int]) -> str:
+    nearest = sorted(set(feasible), key=lambda n: abs(n - budget))[:3]
+    shown = ", ".join(f"{n:,}" for n in sorted(nearest))
+    return (
+        f"method {method!r} has no configuration within ±5% of a budget of {budget:,} trainable parameters; "
+        f"the nearest feasible counts are {shown}: choose a budget near one of them"
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Registry
+
+_REGISTRY: dict[str, type[Method]] = {}
+_entry_points_loaded = False
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` available under ``cls.name``."""
+    name = getattr(cls, "name", None)
+    if not name:
+        raise TypeError(f"{cls.__qualname__} must set a class attribute `name`")
+    existing = _REGISTRY.get(name)
+    if existing is not None and existing is not cls:
+        raise TypeError(f"method name {name!r} is taken by {existing.__module__}.{existing.__qualname__}")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must not take the harness down
+            raise MethodError(
+                f"the plugin method {ep.name!r} ({ep.value}) failed to import: {exc}; "
+                "fix or uninstall the package that provides it"
+            ) from exc
+        if not (isinstance(obj, type) and issubclass(obj, Method)):
+            raise MethodError(f"entry point {ep.name!r} ({ep.value}) is not a bench Method subclass")
+        if obj.name != ep.name:
+            raise MethodError(f"entry point {ep.name!r} points at a method named {obj.name!r}; make them equal")
+        register_method(obj)
+
+
+def available_methods() -> dict[str, type[Method]]:
+    _load_entry_points()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_method(name: str) -> Method:
+    methods = available_methods()
+    if name not in methods:
+        raise MethodError(
+            f"unknown method {name!r}; available methods: {', '.join(methods)} (see `bench methods list`)"
+        )
+    return methods[name]()

@@ -1,0 +1,204 @@
+"""Conformance checks every method must pass (DESIGN §3), on a tiny timm ViT with random weights.
+
+The checks catch the fidelity bugs the field's code ships with (shared notes, harnesses §8.7):
+an adapter init overwritten so the model no longer starts at the backbone, factors that never
+receive a gradient, a "frozen" backbone that moves, parameter counts that do not match the
+formula, merges that change the function, and trainable state that cannot be restored.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load, save
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from .base import (
+    Method,
+    backbone_spec_of,
+    head_parameters,
+    trainable_params_excluding_head,
+    trainable_state_dict,
+    unique_parameters,
+)
+
+TINY_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 12, "num_heads": 4, "num_classes": 5}
+ATOL = 1e-5
+
+
+@dataclass
+class CheckResult:
+    name: str
+    passed: bool | None  # None: not applicable to this method
+    detail: str
+
+
+def tiny_vit(seed: int = 0, **overrides: Any) -> VisionTransformer:
+    """A 12-block, width-64 ViT at 32 px (16 patches): every block index a method may target exists."""
+    torch.manual_seed(seed)
+    model = VisionTransformer(**{**TINY_VIT, **overrides})
+    return model.eval()
+
+
+def _inputs(n: int = 4, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, TINY_VIT["img_size"], TINY_VIT["img_size"], generator=g)
+
+
+def _adapted(method: Method, config: Any, adapter_seed: int = 0) -> nn.Module:
+    model = tiny_vit()
+    torch.manual_seed(adapter_seed)
+    return method.apply(model, config).eval()
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+def check_identity_at_init(method: Method, config: Any) -> CheckResult:
+    name = "identity at init"
+    if not method.identity_at_init:
+        return CheckResult(name, None, "the method declares it does not start at the backbone")
+    x = _inputs()
+    with torch.no_grad():
+        reference = tiny_vit()(x)
+        adapted = _adapted(method, config)(x)
+    diff = _max_diff(reference, adapted)
+    return CheckResult(name, diff <= ATOL, f"max |logit difference| = {diff:.2e} (tolerance {ATOL:.0e})")
+
+
+def _train_steps(model: nn.Module, steps: int, seen: dict[int, bool]) -> None:
+    params = [p for p in unique_parameters(model.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
+    x, y = _inputs(8, seed=2), torch.arange(8) % TINY_VIT["num_classes"]
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        for p in params:
+            if p.grad is not None and bool(p.grad.abs().sum() > 0):
+                seen[id(p)] = True
+        opt.step()
+    model.eval()
+
+
+def check_gradients_and_frozen(method: Method, config: Any) -> list[CheckResult]:
+    model = _adapted(method, config)
+    named = dict(model.named_parameters())
+    trainable = {n: p for n, p in named.items() if p.requires_grad}
+    frozen = {n: p.detach().clone() for n, p in named.items() if not p.requires_grad}
+    seen: dict[int, bool] = {}
+    _train_steps(model, 2, seen)
+    dead = [n for n, p in trainable.items() if not seen.get(id(p))]
+    head_ok = all(p.requires_grad for p in head_parameters(model))
+    grad = CheckResult(
+        "every trainable tensor gets a gradient within two steps",
+        not dead and head_ok and bool(trainable),
+        (
+            f"no gradient: {', '.join(dead[:5])}"
+            if dead
+            else f"{len(trainable)} trainable tensors all received gradients"
+        )
+        + ("" if head_ok else "; the head is not trainable"),
+    )
+    moved = [n for n, before in frozen.items() if not torch.equal(before, named[n].detach())]
+    frozen_check = CheckResult(
+        "frozen backbone is bit-identical after optimiser steps",
+        not moved,
+        f"changed: {', '.join(moved[:5])}" if moved else f"{len(frozen)} frozen tensors unchanged",
+    )
+    return [grad, frozen_check]
+
+
+def check_count(method: Method, config: Any) -> CheckResult:
+    spec = backbone_spec_of(tiny_vit(), "tiny_vit")
+    formula = method.count(spec, config)
+    built = trainable_params_excluding_head(_adapted(method, config))
+    return CheckResult(
+        "count() equals the built model (head excluded)",
+        formula == built,
+        f"count() = {formula:,}, built model = {built:,}",
+    )
+
+
+def _perturb_trainable(model: nn.Module, seed: int = 3) -> None:
+    """Move every trainable tensor away from its init, so zero-initialised factors matter."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in unique_parameters(model.parameters()):
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+
+def check_merge(method: Method, config: Any) -> CheckResult:
+    name = "merge() preserves outputs and leaves a plain backbone"
+    if not method.mergeable:
+        return CheckResult(name, None, "the method is not re-parameterisable")
+    model = _adapted(method, config)
+    _perturb_trainable(model)
+    x = _inputs()
+    with torch.no_grad():
+        before = model(x)
+        merged = method.merge(copy.deepcopy(model)).eval()
+        after = merged(x)
+    diff = _max_diff(before, after)
+    tolerance = 1e-4 * max(1.0, float(before.abs().max()))
+    plain = tiny_vit()
+    same_keys = set(merged.state_dict()) == set(plain.state_dict())
+    same_count = sum(p.numel() for p in merged.parameters()) == sum(p.numel() for p in plain.parameters())
+    return CheckResult(
+        name,
+        diff <= tolerance and same_keys and same_count,
+        f"max |logit difference| = {diff:.2e}; merged state dict "
+        + ("matches" if same_keys and same_count else "differs from")
+        + " the plain backbone's",
+    )
+
+
+def check_state_round_trip(method: Method, config: Any) -> CheckResult:
+    model = _adapted(method, config)
+    _perturb_trainable(model)
+    x = _inputs()
+    with torch.no_grad():
+        expected = model(x)
+    blob = save({k: v.contiguous() for k, v in trainable_state_dict(model).items()})
+    restored = _adapted(method, config, adapter_seed=123)  # different adapter init, same backbone
+    missing = set(trainable_state_dict(restored)) - set(load(blob))
+    restored.load_state_dict(load(blob), strict=False)
+    with torch.no_grad():
+        diff = _max_diff(expected, restored.eval()(x))
+    return CheckResult(
+        "trainable state round-trips through safetensors",
+        not missing and diff <= ATOL,
+        f"missing after load: {sorted(missing)[:3]}" if missing else f"max |logit difference| = {diff:.2e}",
+    )
+
+
+CHECKS: list[Callable[[Method, Any], CheckResult | list[CheckResult]]] = [
+    check_identity_at_init,
+    check_gradients_and_frozen,
+    check_count,
+    check_merge,
+    check_state_round_trip,
+]
+
+
+def run_checks(method: Method, config: Any) -> list[CheckResult]:
+    results: list[CheckResult] = []
+    for check in CHECKS:
+        try:
+            r = check(method, config)
+        except Exception as exc:  # a crashing check is a failed check, with its reason
+            r = CheckResult(
+                check.__name__.removeprefix("check_").replace("_", " "),
+                False,
+                f"raised {type(exc).__name__}: {exc}",
+            )
+        results.extend(r if isinstance(r, list) else [r])
+    return results

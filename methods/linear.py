@@ -1,0 +1,28 @@
+"""Linear probe: only the classification head trains (the zero-parameter reference point)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .base import BackboneSpec, EmptyConfig, Method, freeze_all_but, register_method
+
+
+@register_method
+class Linear(Method):
+    name = "linear"
+    Config = EmptyConfig
+    description = "linear probe: the backbone is frozen, only the head trains"
+    identity_at_init = True
+    mergeable = True  # nothing to fold: the model is the backbone plus its head
+
+    def apply(self, model: nn.Module, config: Any) -> nn.Module:
+        freeze_all_but(model, [])
+        return model
+
+    def count(self, spec: BackboneSpec, config: Any) -> int:
+        return 0
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return model

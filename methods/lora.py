@@ -1,0 +1,127 @@
+"""LoRA (Hu et al., ICLR 2022, arXiv 2106.09685) through Hugging Face ``peft``.
+
+Default: rank 8 on the fused ``attn.qkv`` of every block, the convention of the visual-PETL
+literature's "LoRA r=8, 0.29 M" row (NOAH, ``ZhangYuanhan-AI/NOAH:model/module/qkv_super_prompt.py``).
+It adapts q, k and v together with one shared ``A``; on ViT-B/16 that is
+12 · 8 · (768 + 2304) = 294,912 trainable parameters, head excluded.
+
+Deviations from NOAH, all deliberate and recorded in the run config:
+
+* scaling: ΔW = (alpha / rank) · B A with ``alpha`` defaulting to ``rank`` (scale 1), which is
+  NOAH's unscaled update; setting ``alpha`` changes it explicitly.
+* init: peft's (A Kaiming-uniform with a = √5, B = 0), applied *after* the backbone weights are
+  loaded, so the adapted model equals the backbone at step 0 (V-PETL Bench and PETL_Vision
+  lose this to timm's model-wide init; see shared notes, harnesses §8.7).
+
+``targets="qkv,proj,fc1,fc2"`` adapts all four linears of every block. Targets are given to peft
+as a regex anchored on ``blocks.N`` because the bare name ``proj`` also matches
+``patch_embed.proj``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from .base import (
+    BackboneSpec,
+    Method,
+    MethodError,
+    budget_error,
+    freeze_all_but,
+    make_config,
+    register_method,
+    within_budget,
+)
+
+# Module paths inside a timm ViT block, by the short names users type.
+TARGET_PATHS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 8
+    alpha: float | None = None  # None: alpha = rank, i.e. scale 1 (NOAH's unscaled update)
+    dropout: float = 0.0
+    targets: str = "qkv"  # comma-separated subset of qkv, proj, fc1, fc2
+
+
+def parse_targets(targets: str) -> list[str]:
+    names = [t.strip() for t in targets.split(",") if t.strip()]
+    bad = [t for t in names if t not in TARGET_PATHS]
+    if bad or not names:
+        raise MethodError(
+            f"lora targets {targets!r} are not valid; use a comma-separated subset of {', '.join(TARGET_PATHS)}"
+        )
+    return names
+
+
+def target_regex(targets: str) -> str:
+    """A regex peft matches against full module names, anchored on ``blocks.N``."""
+    paths = "|".join(re.escape(TARGET_PATHS[t]) for t in parse_targets(targets))
+    return rf"blocks\.\d+\.(?:{paths})"
+
+
+def _target_dims(spec: BackboneSpec, target: str) -> tuple[int, int]:
+    d, h = spec.embed_dim, spec.mlp_hidden
+    return {"qkv": (d, spec.qkv_out), "proj": (d, d), "fc1": (d, h), "fc2": (h, d)}[target]
+
+
+@register_method
+class Lora(Method):
+    name = "lora"
+    Config = LoraSettings
+    description = "LoRA through peft; default rank 8 on the fused qkv of every block (NOAH convention)"
+    identity_at_init = True
+    mergeable = True
+
+    def validate(self, config: LoraSettings) -> None:
+        if config.rank < 1:
+            raise MethodError(f"lora rank={config.rank} must be a positive integer")
+        if not 0.0 <= config.dropout < 1.0:
+            raise MethodError(f"lora dropout={config.dropout} must be in [0, 1)")
+        parse_targets(config.targets)
+
+    def apply(self, model: nn.Module, config: LoraSettings) -> nn.Module:
+        peft_config = LoraConfig(
+            r=config.rank,
+            lora_alpha=config.alpha if config.alpha is not None else config.rank,
+            lora_dropout=config.dropout,
+            target_modules=target_regex(config.targets),
+            bias="none",
+        )
+        model = inject_adapter_in_model(peft_config, model)
+        adapters = [p for n, p in model.named_parameters() if ".lora_" in n]
+        freeze_all_but(model, adapters)
+        return model
+
+    def count(self, spec: BackboneSpec, config: LoraSettings) -> int:
+        return config.rank * self._per_rank(spec, config.targets)
+
+    def _per_rank(self, spec: BackboneSpec, targets: str) -> int:
+        return spec.depth * sum(sum(_target_dims(spec, t)) for t in parse_targets(targets))
+
+    def for_budget(self, spec: BackboneSpec, budget: int) -> LoraSettings:
+        default = make_config(self)
+        per_rank = self._per_rank(spec, default.targets)
+        rank = max(1, round(budget / per_rank))
+        if not within_budget(rank * per_rank, budget):
+            raise MethodError(budget_error(self.name, budget, [r * per_rank for r in (rank - 1, rank, rank + 1) if r]))
+        return make_config(self, {"rank": rank})
+
+    def search_space(self, trial: Any) -> dict[str, Any]:
+        return {"dropout": trial.suggest_float("dropout", 0.0, 0.3)}
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """Fold every LoRA layer into its base linear (peft's merge) and drop the wrapper."""
+        for name, module in list(model.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                module.merge(safe_merge=True)
+                parent_name, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
+        return model

@@ -1,0 +1,42 @@
+"""Per-method summaries over seeds: what `bench run` prints at the end of a sweep.
+
+The paper tables (CIs across tasks, significance tests) are the report generator's job; this is
+the quick look: mean, standard deviation and the 95 % Student-t half-width over seeds (DESIGN §7:
+no bootstrap at n <= 10).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def t_halfwidth(values: np.ndarray, confidence: float = 0.95) -> float:
+    """Half-width of the Student-t confidence interval of the mean (NaN for fewer than 2 values)."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    return float(stats.t.ppf(0.5 + confidence / 2, n - 1) * np.std(values, ddof=1) / np.sqrt(n))
+
+
+def summarize(results: pd.DataFrame, value: str = "acc") -> pd.DataFrame:
+    """One row per (task, method): n seeds, mean, sd, 95 % t half-width, min and max of ``value``."""
+    if results.empty:
+        return pd.DataFrame(columns=["task", "method", "n", "mean", "sd", "ci95", "min", "max"])
+    rows = []
+    for (task, method), group in results.groupby(["task", "method"], sort=False):
+        v = group[value].to_numpy(dtype=float)
+        rows.append(
+            {
+                "task": task,
+                "method": method,
+                "n": len(v),
+                "mean": float(v.mean()),
+                "sd": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
+                "ci95": t_halfwidth(v),
+                "min": float(v.min()),
+                "max": float(v.max()),
+            }
+        )
+    return pd.DataFrame(rows)

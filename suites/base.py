@@ -1,0 +1,129 @@
+"""What a suite is: tasks, a protocol preset and stages, all plain data (DESIGN §4)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+
+
+class DataError(BenchError):
+    """A problem with the user's data: missing folder or list, bad line, bad label, bad image."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Which list a run trains on and which it scores.
+
+    ``tune`` scores val200 after every epoch (for model selection on validation data only);
+    ``final`` scores test **once, after the last epoch** and never during training.
+    """
+
+    name: str
+    train_list: str
+    eval_list: str
+    eval_every_epoch: bool
+
+
+STAGES: dict[str, Stage] = {
+    "tune": Stage("tune", train_list="train800.txt", eval_list="val200.txt", eval_every_epoch=True),
+    "final": Stage("final", train_list="train800val200.txt", eval_list="test.txt", eval_every_epoch=False),
+}
+
+
+def get_stage(name: str) -> Stage:
+    if name not in STAGES:
+        raise DataError(f"unknown stage {name!r}; use one of {', '.join(STAGES)}")
+    return STAGES[name]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A training protocol: preprocessing, optimiser and schedule. Every run records it whole."""
+
+    name: str
+    img_size: int
+    lr: float
+    weight_decay: float
+    batch_size: int
+    epochs: int
+    warmup_epochs: int
+    warmup_lr: float
+    min_lr: float
+    drop_path: float
+    interpolation: str = "bicubic"
+    optimizer: str = "adamw"
+    label_smoothing: float = 0.0
+    augmentation: str = "none"
+    normalization: str = "backbone"  # mean/std from the backbone's pretrained config
+
+    def with_overrides(self, **overrides: Any) -> Preset:
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise DataError(f"preset {self.name!r} has no setting {', '.join(unknown)}")
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a suite. ``num_classes=None`` means: read it from the data."""
+
+    name: str
+    group: str = ""
+    num_classes: int | None = None
+    split_sizes: dict[str, int] = field(default_factory=dict)  # list file name -> expected lines
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A protocol: its tasks (or a rule to discover them), preset, default backbone and data source.
+
+    ``tasks`` empty means the tasks are the task folders found under the data root (``folder``).
+    ``prepare`` (if set) writes the suite's own data into a folder: the ``demo`` suite ships its
+    images inside scikit-learn and needs no ``--data-root``.
+    """
+
+    name: str
+    description: str
+    preset: Preset
+    default_backbone: str
+    tasks: tuple[Task, ...] = ()
+    needs_data_root: bool = True
+    prepare: Callable[[Path], None] | None = None
+    backbone_pretrained: bool = True  # False: the default backbone is a seeded random init (demo)
+    source: str = "a local folder in the NOAH format"
+
+    @property
+    def discovers_tasks(self) -> bool:
+        return not self.tasks
+
+
+_SUITES: dict[str, Suite] = {}
+
+
+def register_suite(suite: Suite) -> Suite:
+    if suite.name in _SUITES:
+        raise TypeError(f"suite {suite.name!r} is registered twice")
+    _SUITES[suite.name] = suite
+    return suite
+
+
+def available_suites() -> dict[str, Suite]:
+    return dict(sorted(_SUITES.items()))
+
+
+def get_suite(name: str) -> Suite:
+    if name not in _SUITES:
+        raise DataError(
+            f"unknown suite {name!r}; available suites: {', '.join(sorted(_SUITES))} (see `bench suites list`)"
+        )
+    return _SUITES[name]

@@ -1,0 +1,77 @@
+"""Reading NOAH-format list files (``<relative image path> <integer label>`` per line).
+
+Every way a list can be wrong becomes a :class:`DataError` naming the file and line and the
+fix: a missing file, a malformed line, a label out of range, a path that escapes its task
+folder. Nothing here opens images; ``suites.images`` does that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import DataError
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    path: Path  # absolute (lexically normalised; symlinks are allowed and not resolved)
+    label: int
+    source: str  # "<list file>:<line>" for error messages
+
+
+def read_list(task_dir: Path, list_name: str, num_classes: int | None = None) -> list[ListEntry]:
+    """Parse ``task_dir/list_name``; labels must lie in ``0..num_classes-1`` when it is given."""
+    list_path = task_dir / list_name
+    if not list_path.is_file():
+        raise DataError(
+            f"list file {list_path} is missing; a NOAH-format task folder needs {list_name} "
+            "(check --data-root and the task name, or run `bench data verify`)"
+        )
+    root = os.path.normpath(os.path.abspath(task_dir))
+    entries: list[ListEntry] = []
+    text = list_path.read_text(encoding="utf-8-sig", errors="replace")
+    for line_no, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        where = f"{list_path}:{line_no}"
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not _is_int(parts[1]):
+            raise DataError(
+                f"{where}: expected '<relative image path> <integer label>', got {line[:80]!r}; fix or delete this line"
+            )
+        rel, label = parts[0], int(parts[1])
+        if os.path.isabs(rel):
+            raise DataError(
+                f"{where}: path {rel!r} is absolute; list paths must be relative to the task folder {task_dir}"
+            )
+        full = os.path.normpath(os.path.join(root, rel))
+        if os.path.commonpath([root, full]) != root:
+            raise DataError(f"{where}: path {rel!r} escapes the task folder {task_dir}; list paths must stay inside it")
+        if label < 0 or (num_classes is not None and label >= num_classes):
+            bound = f"0..{num_classes - 1}" if num_classes is not None else "non-negative"
+            raise DataError(
+                f"{where}: label {label} is out of range ({bound} for {num_classes} classes); "
+                "fix the label or the task's class count"
+            )
+        entries.append(ListEntry(Path(full), label, where))
+    if not entries:
+        raise DataError(f"list file {list_path} has no entries; regenerate it")
+    return entries
+
+
+def _is_int(token: str) -> bool:
+    return token.lstrip("-").isdigit()
+
+
+def list_fingerprint(task_dir: Path, list_names: list[str]) -> str:
+    """sha256 over the named list files' names and bytes: what a run's data identity is."""
+    h = hashlib.sha256()
+    for name in sorted(list_names):
+        h.update(name.encode() + b"\0")
+        h.update((task_dir / name).read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
