@@ -13,7 +13,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -71,7 +70,10 @@ def parse_seeds(value: str) -> list[int]:
                 raise ValueError
             seeds = list(range(n))
     except ValueError:
-        raise BenchError(f"--seeds {value!r} is neither a positive count (3) nor a list of seeds (0,1,2)") from None
+        raise BenchError(
+            f"--seeds {value!r} is neither a positive count (3 means seeds 0,1,2) nor a list of seeds "
+            "(0,5,7; a single seed k is written k,)"
+        ) from None
     if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
         raise BenchError(f"--seeds {value!r} must list distinct non-negative seeds")
     return seeds
@@ -211,7 +213,8 @@ def runs_cmd(
         _print_json(rows)
         return
     table = Table(title=f"runs of suite {suite} ({len(rows)})")
-    for col in ("run_key", "method", "task", "seed", "stage", "status", "test acc", "trainable"):
+    table.add_column("run_key", no_wrap=True, min_width=12)
+    for col in ("method", "task", "seed", "stage", "status", "test acc", "trainable"):
         table.add_column(col)
     for x in rows:
         acc = x["test_acc"] if x["test_acc"] is not None else None
@@ -485,19 +488,19 @@ def ui(
 
 
 def run_cli(args: list[str] | None = None) -> int:
-    """Run the CLI; user errors print one line and return 2, bugs write a crash file and return 3."""
+    """Run the CLI; user errors print one line and return 2, bugs write a crash file and return 3.
+
+    Typer runs in standalone mode: it prints usage errors itself and exits through SystemExit.
+    """
     try:
-        app(args=args, standalone_mode=False, prog_name="bench")
+        app(args=args, prog_name="bench")
         return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BenchError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         err.print("interrupted; finished runs are kept, the interrupted one will be trained again")
         return 130
     except Exception as exc:

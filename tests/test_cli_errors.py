@@ -1,0 +1,94 @@
+"""Every user error: one line naming the bad input and the fix, non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.tracking import Tracker, default_tracking_uri
+
+
+def _assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    """Exit 2; the error is a single line starting with `error:` (progress lines may precede it)."""
+    assert code == 2
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    assert err.rstrip().endswith(errors[0].rstrip()), "the error is the last thing printed"
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+
+
+def _run(cli, root: Path, *extra: str):
+    return cli("run", "--suite", "tinyfolder", "--methods", "linear", "--seeds", "1", "--data-root", str(root), *extra)
+
+
+def test_missing_data_root(cli, tmp_path: Path):
+    code, _, err = _run(cli, tmp_path / "nope")
+    _assert_one_line_error(code, err, "data root", "nope", "does not exist", "--data-root")
+
+
+def test_missing_list_file(cli, noah_root: Path):
+    (noah_root / "alpha" / "train800val200.txt").unlink()
+    code, _, err = _run(cli, noah_root, "--tasks", "alpha")
+    _assert_one_line_error(code, err, "alpha/train800val200.txt is missing")
+
+
+@pytest.mark.parametrize(
+    ("line", "fragments"),
+    [
+        ("images/test/000000.png", ("test.txt:16", "expected '<relative image path> <integer label>'")),
+        ("images/test/000000.png 7", ("test.txt:16", "label 7 is out of range", "0..2")),
+        ("../beta/images/test/000000.png 0", ("test.txt:16", "escapes the task folder")),
+    ],
+)
+def test_bad_list_lines(cli, noah_root: Path, line: str, fragments: tuple[str, ...]):
+    with (noah_root / "alpha" / "test.txt").open("a") as f:
+        f.write(line + "\n")
+    (noah_root / "alpha" / "classes.txt").write_text("a\nb\nc\n")
+    code, _, err = _run(cli, noah_root, "--tasks", "alpha")
+    _assert_one_line_error(code, err, *fragments)
+
+
+def test_unknown_names(cli, noah_root: Path):
+    code, _, err = cli("run", "--suite", "nosuch", "--methods", "lora", "--seeds", "1")
+    _assert_one_line_error(code, err, "unknown suite 'nosuch'", "demo", "vtab1k")
+    code, _, err = _run(cli, noah_root, "--tasks", "gamma")
+    _assert_one_line_error(code, err, "unknown task 'gamma'", "alpha", "beta")
+    code, _, err = cli("run", "--suite", "tinyfolder", "--methods", "lora,lorra", "--seeds", "1",
+                       "--data-root", str(noah_root))
+    _assert_one_line_error(code, err, "unknown method 'lorra'", "bench methods list")
+    code, _, err = cli("methods", "info", "nosuch")
+    _assert_one_line_error(code, err, "unknown method 'nosuch'")
+    code, _, err = _run(cli, noah_root, "--seeds", "x")
+    _assert_one_line_error(code, err, "--seeds 'x'")
+    code, _, err = cli("run", "--suite", "tinyfolder", "--methods", "lora", "--seeds", "1",
+                       "--data-root", str(noah_root), "--set", "lora.rank=big")
+    _assert_one_line_error(code, err, "rank='big' is not a valid int")
+    code, _, err = _run(cli, noah_root, "--backbone", "vit_nonexistent")
+    _assert_one_line_error(code, err, "unknown backbone 'vit_nonexistent'")
+
+
+def test_unreadable_image_keeps_the_runs_already_finished(cli, workdir: Path, noah_root: Path):
+    (noah_root / "beta" / "images" / "train800" / "000003.png").write_bytes(b"this is not a png")
+    code, _, err = cli("run", "--suite", "tinyfolder", "--methods", "linear", "--seeds", "2",
+                       "--data-root", str(noah_root))
+    _assert_one_line_error(code, err, "train800val200.txt:4", "000003.png cannot be read",
+                           "replace the file or delete its line")
+    runs = Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder")
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert {r.data.tags["bench.task"] for r in finished} == {"alpha"} and len(finished) == 2
+    [sweep] = Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder", kind="sweep")
+    assert sweep.info.status == "FAILED" and sweep.data.tags["bench.trained"] == "2"
+
+
+def test_missing_image_file(cli, noah_root: Path):
+    (noah_root / "alpha" / "images" / "test" / "000002.png").unlink()
+    code, _, err = _run(cli, noah_root, "--tasks", "alpha")
+    _assert_one_line_error(code, err, "test.txt:3", "000002.png does not exist")
+
+
+def test_usage_errors_exit_non_zero(cli):
+    code, _, err = cli("run", "--methods", "lora")
+    assert code == 2 and "Missing option '--suite'" in err and "Traceback" not in err

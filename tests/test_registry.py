@@ -1,0 +1,97 @@
+"""The method and suite registries, and run identity."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import methods
+import suites
+from bench.spec import RunSpec
+from methods.base import Method, MethodError, make_config, parse_set_options, register_method
+
+
+def test_builtin_methods_are_registered():
+    names = methods.available_methods()
+    assert {"linear", "full", "lora"} <= set(names)
+    assert isinstance(methods.get_method("lora"), Method)
+
+
+def test_unknown_method_names_the_alternatives():
+    with pytest.raises(MethodError, match=r"unknown method 'loraa'.*lora"):
+        methods.get_method("loraa")
+
+
+def test_a_name_cannot_be_registered_twice():
+    class Impostor(Method):
+        name = "lora"
+
+        def apply(self, model, config):
+            return model
+
+        def count(self, spec, config):
+            return 0
+
+    with pytest.raises(TypeError, match="taken"):
+        register_method(Impostor)
+
+
+def test_config_overrides_are_typed_and_checked():
+    lora = methods.get_method("lora")
+    cfg = make_config(lora, parse_set_options(["rank=4", "alpha=none", "targets=qkv,fc1"]))
+    assert (cfg.rank, cfg.alpha, cfg.targets) == (4, None, "qkv,fc1")
+    with pytest.raises(MethodError, match="no config field ranky"):
+        make_config(lora, {"ranky": "4"})
+    with pytest.raises(MethodError, match="rank='four' is not a valid int"):
+        make_config(lora, {"rank": "four"})
+    with pytest.raises(MethodError, match="targets 'qkv,head'"):
+        make_config(lora, {"targets": "qkv,head"})
+    with pytest.raises(MethodError, match="key=value"):
+        parse_set_options(["rank"])
+
+
+def test_suites_registry_has_the_protocols():
+    assert {"vtab1k", "folder", "demo"} <= set(suites.available_suites())
+    vtab = suites.get_suite("vtab1k")
+    assert len(vtab.tasks) == 19
+    groups = [t.group for t in vtab.tasks]
+    assert (groups.count("natural"), groups.count("specialized"), groups.count("structured")) == (7, 4, 8)
+    assert all(t.split_sizes["train800val200.txt"] == 1000 for t in vtab.tasks)
+    with pytest.raises(suites.DataError, match="unknown suite 'vtab'"):
+        suites.get_suite("vtab")
+
+
+def _spec(**changes) -> RunSpec:
+    base = dict(
+        suite="vtab1k", task="dtd", stage="final", method="lora", method_config={"rank": 8, "alpha": None},
+        hparams={"lr": 0.001, "epochs": 100}, seed=0, preset="vtab1k", backbone="vit_base_patch16_224.orig_in21k",
+        checkpoint="sha256:abc", data="f00", num_classes=47,
+    )
+    base.update(changes)
+    return RunSpec(**base)
+
+
+def test_run_key_is_stable_and_sensitive():
+    key = _spec().run_key
+    # Same content in another dict order gives the same key; any field change gives another.
+    assert _spec(method_config={"alpha": None, "rank": 8}).run_key == key
+    for change in ({"seed": 1}, {"hparams": {"lr": 0.001, "epochs": 99}}, {"checkpoint": "sha256:abd"},
+                   {"data": "f01"}, {"method_config": {"rank": 4, "alpha": None}}, {"stage": "tune"}):
+        assert _spec(**change).run_key != key, change
+    # Stable across interpreters (no use of hash()): a fresh process computes the same key.
+    code = (
+        "from tests.test_registry import _spec; print(_spec().run_key)"
+    )
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == key
+    # The contract, computed independently: sha256 of the sorted, compact JSON of every field.
+    import dataclasses
+    import hashlib
+    import json
+
+    payload = json.dumps(dataclasses.asdict(_spec()), sort_keys=True, separators=(",", ":"))
+    assert key == hashlib.sha256(payload.encode()).hexdigest()[:32]
+    # Pinned: changing the canonical form silently would orphan every stored run.
+    assert key == "24d42288dc74335b7d1c85159f4be556"
