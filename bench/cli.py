@@ -428,7 +428,7 @@ def data_verify(
                 ", ".join(f"{k}:{v}" for k, v in r.lines.items()),
                 str(r.images_checked),
                 str(r.num_classes or "–"),
-                (r.fingerprint or "")[:12],
+                " ".join(f"{k}:{v[:8]}" for k, v in r.fingerprints.items()),
                 "[green]ok" if r.ok else "[red]" + "\n".join(r.problems[:8]),
             )
         out.print(table)

@@ -48,7 +48,7 @@ def check_data_root(data_root: Path | None, suite: Suite) -> Path:
         raise DataError(
             f"data root {data_root} does not exist or is not a folder; pass --data-root DIR with the task folders"
         )
-    return data_root
+    return data_root.absolute()  # list entries are absolute, so task folders must be too
 
 
 def find_task_folder(data_root: Path, task: Task) -> Path | None:

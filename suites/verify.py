@@ -2,7 +2,7 @@
 
 Per task: the four NOAH lists exist and parse, line counts match the suite's expected split
 sizes, labels are in range, every class appears in the training lists, every listed image
-opens, and the fingerprint (sha256 of the list files) that runs record.
+opens, and per stage the fingerprint (sha256 of the stage's two list files) that its runs record.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image
 
-from .base import DataError, Suite, Task
+from .base import STAGES, DataError, Suite, Task
 from .lists import ListEntry, list_fingerprint, read_list
 from .resolve import (
     NOAH_LISTS,
@@ -34,7 +34,7 @@ class TaskReport:
     num_classes: int | None = None
     lines: dict[str, int] = field(default_factory=dict)
     images_checked: int = 0
-    fingerprint: str | None = None
+    fingerprints: dict[str, str] = field(default_factory=dict)  # stage -> what runs of that stage record
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -49,7 +49,7 @@ class TaskReport:
             "num_classes": self.num_classes,
             "lines": self.lines,
             "images_checked": self.images_checked,
-            "fingerprint": self.fingerprint,
+            "fingerprints": self.fingerprints,
             "problems": self.problems,
         }
 
@@ -100,8 +100,10 @@ def verify_task(task: Task, folder: Path) -> TaskReport:
     report.problems.extend(problems[:20])
     if len(problems) > 20:
         report.problems.append(f"... and {len(problems) - 20} more unreadable images")
-    if present:
-        report.fingerprint = list_fingerprint(folder, present)
+    for stage in STAGES.values():
+        lists = [stage.train_list, stage.eval_list]
+        if all(name in report.lines for name in lists):
+            report.fingerprints[stage.name] = list_fingerprint(folder, lists)
     return report
 
 

@@ -33,7 +33,7 @@ def test_checkpoint_loads_backbone_and_keeps_a_fresh_head(tmp_path: Path, suffix
     model = build_backbone("vit_demo_tiny", num_classes=5, img_size=32, drop_path=0.0, weights=weights, seed=0)
     loaded = model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
-    assert model.head.weight.shape == (5, 64) and float(model.head.bias.abs().sum()) == 0.0
+    assert model.head.weight.shape == (5, 64) and float(model.head.bias.detach().abs().sum()) == 0.0
     # the head depends on the run's seed, the backbone does not
     other = build_backbone("vit_demo_tiny", num_classes=5, img_size=32, drop_path=0.0, weights=weights, seed=1)
     assert torch.equal(other.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
@@ -91,3 +91,17 @@ def test_hub_download_fails_with_the_offline_fix():
     # HF_HUB_OFFLINE=1 in the tests: the thin hub path must turn that into a one-line fix.
     with pytest.raises(BenchError, match=r"pass --checkpoint PATH"):
         resolve_weights("vit_base_patch16_224.orig_in21k", None, pretrained=True)
+
+
+def test_google_npz_checkpoint_loads_through_the_same_path(tmp_path: Path):
+    from tests.npz_writer import save_vit_as_google_npz
+
+    torch.manual_seed(3)
+    source = timm.create_model("vit_demo_tiny", num_classes=0)
+    path = tmp_path / "ViT-tiny.npz"
+    save_vit_as_google_npz(source, path)
+    weights = resolve_weights("vit_demo_tiny", path, pretrained=True)
+    model = build_backbone("vit_demo_tiny", num_classes=4, img_size=32, drop_path=0.0, weights=weights, seed=0)
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert model.head.weight.shape == (4, 64)

@@ -56,15 +56,27 @@ def test_unknown_names(cli, noah_root: Path):
     _assert_one_line_error(code, err, "unknown suite 'nosuch'", "demo", "vtab1k")
     code, _, err = _run(cli, noah_root, "--tasks", "gamma")
     _assert_one_line_error(code, err, "unknown task 'gamma'", "alpha", "beta")
-    code, _, err = cli("run", "--suite", "tinyfolder", "--methods", "lora,lorra", "--seeds", "1",
-                       "--data-root", str(noah_root))
+    code, _, err = cli(
+        "run", "--suite", "tinyfolder", "--methods", "lora,lorra", "--seeds", "1", "--data-root", str(noah_root)
+    )
     _assert_one_line_error(code, err, "unknown method 'lorra'", "bench methods list")
     code, _, err = cli("methods", "info", "nosuch")
     _assert_one_line_error(code, err, "unknown method 'nosuch'")
     code, _, err = _run(cli, noah_root, "--seeds", "x")
     _assert_one_line_error(code, err, "--seeds 'x'")
-    code, _, err = cli("run", "--suite", "tinyfolder", "--methods", "lora", "--seeds", "1",
-                       "--data-root", str(noah_root), "--set", "lora.rank=big")
+    code, _, err = cli(
+        "run",
+        "--suite",
+        "tinyfolder",
+        "--methods",
+        "lora",
+        "--seeds",
+        "1",
+        "--data-root",
+        str(noah_root),
+        "--set",
+        "lora.rank=big",
+    )
     _assert_one_line_error(code, err, "rank='big' is not a valid int")
     code, _, err = _run(cli, noah_root, "--backbone", "vit_nonexistent")
     _assert_one_line_error(code, err, "unknown backbone 'vit_nonexistent'")
@@ -72,10 +84,12 @@ def test_unknown_names(cli, noah_root: Path):
 
 def test_unreadable_image_keeps_the_runs_already_finished(cli, workdir: Path, noah_root: Path):
     (noah_root / "beta" / "images" / "train800" / "000003.png").write_bytes(b"this is not a png")
-    code, _, err = cli("run", "--suite", "tinyfolder", "--methods", "linear", "--seeds", "2",
-                       "--data-root", str(noah_root))
-    _assert_one_line_error(code, err, "train800val200.txt:4", "000003.png cannot be read",
-                           "replace the file or delete its line")
+    code, _, err = cli(
+        "run", "--suite", "tinyfolder", "--methods", "linear", "--seeds", "2", "--data-root", str(noah_root)
+    )
+    _assert_one_line_error(
+        code, err, "train800val200.txt:4", "000003.png cannot be read", "replace the file or delete its line"
+    )
     runs = Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder")
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert {r.data.tags["bench.task"] for r in finished} == {"alpha"} and len(finished) == 2

@@ -65,9 +65,18 @@ def test_suites_registry_has_the_protocols():
 
 def _spec(**changes) -> RunSpec:
     base = dict(
-        suite="vtab1k", task="dtd", stage="final", method="lora", method_config={"rank": 8, "alpha": None},
-        hparams={"lr": 0.001, "epochs": 100}, seed=0, preset="vtab1k", backbone="vit_base_patch16_224.orig_in21k",
-        checkpoint="sha256:abc", data="f00", num_classes=47,
+        suite="vtab1k",
+        task="dtd",
+        stage="final",
+        method="lora",
+        method_config={"rank": 8, "alpha": None},
+        hparams={"lr": 0.001, "epochs": 100},
+        seed=0,
+        preset="vtab1k",
+        backbone="vit_base_patch16_224.orig_in21k",
+        checkpoint="sha256:abc",
+        data="f00",
+        num_classes=47,
     )
     base.update(changes)
     return RunSpec(**base)
@@ -77,13 +86,17 @@ def test_run_key_is_stable_and_sensitive():
     key = _spec().run_key
     # Same content in another dict order gives the same key; any field change gives another.
     assert _spec(method_config={"alpha": None, "rank": 8}).run_key == key
-    for change in ({"seed": 1}, {"hparams": {"lr": 0.001, "epochs": 99}}, {"checkpoint": "sha256:abd"},
-                   {"data": "f01"}, {"method_config": {"rank": 4, "alpha": None}}, {"stage": "tune"}):
+    for change in (
+        {"seed": 1},
+        {"hparams": {"lr": 0.001, "epochs": 99}},
+        {"checkpoint": "sha256:abd"},
+        {"data": "f01"},
+        {"method_config": {"rank": 4, "alpha": None}},
+        {"stage": "tune"},
+    ):
         assert _spec(**change).run_key != key, change
     # Stable across interpreters (no use of hash()): a fresh process computes the same key.
-    code = (
-        "from tests.test_registry import _spec; print(_spec().run_key)"
-    )
+    code = "from tests.test_registry import _spec; print(_spec().run_key)"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other.stdout.strip() == key
     # The contract, computed independently: sha256 of the sorted, compact JSON of every field.

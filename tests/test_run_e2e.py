@@ -23,8 +23,19 @@ def _runs(workdir: Path, suite: str = "tinyfolder", kind: str = "run"):
 
 
 def test_run_logs_every_run_with_tags_metrics_and_artifacts(cli, workdir: Path, noah_root: Path):
-    code, out, err = cli("run", "--suite", "tinyfolder", "--methods", "lora,linear", "--seeds", "2",
-                         "--data-root", str(noah_root), "--tasks", "alpha")
+    code, out, err = cli(
+        "run",
+        "--suite",
+        "tinyfolder",
+        "--methods",
+        "lora,linear",
+        "--seeds",
+        "2",
+        "--data-root",
+        str(noah_root),
+        "--tasks",
+        "alpha",
+    )
     assert code == 0, err
     assert "4 run(s) trained, 0 already finished" in out
     assert "alpha" in out and "lora" in out and "linear" in out
@@ -32,7 +43,11 @@ def test_run_logs_every_run_with_tags_metrics_and_artifacts(cli, workdir: Path, 
     runs = _runs(workdir)
     assert len(runs) == 4
     assert {(r.data.tags["bench.method"], r.data.tags["bench.seed"]) for r in runs} == {
-        ("lora", "0"), ("lora", "1"), ("linear", "0"), ("linear", "1")}
+        ("lora", "0"),
+        ("lora", "1"),
+        ("linear", "0"),
+        ("linear", "1"),
+    }
     client = _client(workdir)
     for r in runs:
         t, m = r.data.tags, r.data.metrics
@@ -80,8 +95,19 @@ def test_rerunning_a_finished_sweep_trains_nothing(cli, workdir: Path, noah_root
 
 
 def test_runs_listing(cli, noah_root: Path):
-    cli("run", "--suite", "tinyfolder", "--methods", "lora", "--seeds", "1", "--data-root", str(noah_root),
-        "--tasks", "beta")
+    cli(
+        "run",
+        "--suite",
+        "tinyfolder",
+        "--methods",
+        "lora",
+        "--seeds",
+        "1",
+        "--data-root",
+        str(noah_root),
+        "--tasks",
+        "beta",
+    )
     code, out, _ = cli("runs", "--suite", "tinyfolder", "--json")
     assert code == 0
     [row] = json.loads(out)
@@ -93,8 +119,21 @@ def test_runs_listing(cli, noah_root: Path):
 
 def test_tune_stage_scores_val_every_epoch_and_never_reads_test(cli, workdir: Path, noah_root: Path):
     (noah_root / "alpha" / "test.txt").unlink()
-    code, _, err = cli("run", "--suite", "tinyfolder", "--methods", "lora", "--seeds", "1", "--stage", "tune",
-                       "--data-root", str(noah_root), "--tasks", "alpha")
+    code, _, err = cli(
+        "run",
+        "--suite",
+        "tinyfolder",
+        "--methods",
+        "lora",
+        "--seeds",
+        "1",
+        "--stage",
+        "tune",
+        "--data-root",
+        str(noah_root),
+        "--tasks",
+        "alpha",
+    )
     assert code == 0, err
     [r] = _runs(workdir)
     assert r.data.tags["bench.stage"] == "tune" and "test/acc" not in r.data.metrics
@@ -105,8 +144,10 @@ def test_same_seed_same_result_other_seed_other_result(cli, workdir: Path, noah_
     base = ("run", "--suite", "tinyfolder", "--methods", "lora", "--data-root", str(noah_root), "--tasks", "alpha")
     assert cli(*base, "--seeds", "0,1")[0] == 0
     client = _client(workdir)
-    losses = {r.data.tags["bench.seed"]: [h.value for h in client.get_metric_history(r.info.run_id, "train/loss")]
-              for r in _runs(workdir)}
+    losses = {
+        r.data.tags["bench.seed"]: [h.value for h in client.get_metric_history(r.info.run_id, "train/loss")]
+        for r in _runs(workdir)
+    }
     assert losses["0"] != losses["1"]
     # a fresh store, the same seed: bit-identical training curve
     other = workdir.parent / "other"
@@ -114,5 +155,35 @@ def test_same_seed_same_result_other_seed_other_result(cli, workdir: Path, noah_
 
     assert run_cli(["--workdir", str(other), *base, "--seeds", "0,"]) == 0
     [r] = Tracker(default_tracking_uri(other)).search("bench/tinyfolder")
-    assert [h.value for h in MlflowClient(default_tracking_uri(other)).get_metric_history(r.info.run_id, "train/loss")] \
-        == losses["0"]
+    assert [
+        h.value for h in MlflowClient(default_tracking_uri(other)).get_metric_history(r.info.run_id, "train/loss")
+    ] == losses["0"]
+
+
+def test_relative_workdir_and_data_root(noah_root: Path, mlflow_template: Path, monkeypatch, capsys):
+    """The defaults a user types: `./runs` and a relative --data-root (a regression: paths mixed)."""
+    import shutil
+
+    from bench.cli import run_cli
+
+    monkeypatch.chdir(noah_root.parent)
+    Path("runs").mkdir()
+    shutil.copy(mlflow_template, "runs/mlflow.db")
+    code = run_cli(
+        [
+            "run",
+            "--suite",
+            "tinyfolder",
+            "--methods",
+            "linear",
+            "--seeds",
+            "1",
+            "--data-root",
+            "data",
+            "--tasks",
+            "beta",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    [r] = Tracker(default_tracking_uri(Path("runs"))).search("bench/tinyfolder")
+    assert r.info.status == "FINISHED" and Path(r.data.params["data.task_dir"]).is_absolute()

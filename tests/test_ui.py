@@ -1,0 +1,48 @@
+"""`bench ui` serves the MLflow UI on the work directory's store."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import bench_subprocess
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_store(workdir: Path):
+    port = _free_port()
+    proc = bench_subprocess(
+        "--workdir", str(workdir), "ui", "--port", str(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline, status = time.time() + 90, None
+        while time.time() < deadline and status is None:
+            assert proc.poll() is None, "the UI exited"
+            try:
+                url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    status = response.status
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_ui_without_a_store_says_how_to_make_one(cli, workdir: Path):
+    (workdir / "mlflow.db").unlink()
+    code, _, err = cli("ui")
+    assert code == 2 and "no tracking store" in err and "bench run" in err
