@@ -1,6 +1,6 @@
 """PEFT methods behind one interface (``methods.base.Method``), found through a registry."""
 
-from . import full, linear, lora  # noqa: F401  (registration by import)
+from . import full, karst, linear, lora  # noqa: F401  (registration by import)
 from .base import (
     BackboneSpec,
     Method,

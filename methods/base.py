@@ -234,12 +234,29 @@ class Method(ABC):
         raise MethodError(budget_error(self.name, budget, [n]))
 
     def search_space(self, trial: Any) -> dict[str, Any]:
-        """Method-specific hyperparameters Optuna may tune (shared ones such as lr are the tuner's)."""
-        return {}
+        """The hyperparameters Optuna may tune: the shared optimiser ones plus the method's own."""
+        return shared_search_space(trial)
+
+    def published_hparams(self) -> dict[str, Any]:
+        """The values of ``search_space``'s keys in the published recipe: the first trial to enqueue."""
+        return dict(PUBLISHED_SHARED)
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold the method into plain timm layers (only where ``mergeable``)."""
         raise MethodError(f"method {self.name!r} cannot be merged into the backbone")
+
+
+#: The NOAH-lineage recipe shared by every method's published configuration (AdamW).
+PUBLISHED_SHARED = {"lr": 1e-3, "weight_decay": 1e-4, "drop_path": 0.1}
+
+
+def shared_search_space(trial: Any) -> dict[str, Any]:
+    """Ranges every method tunes alike, so no method gets a wider search (shared notes, tuning §4.3)."""
+    return {
+        "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),
+        "drop_path": trial.suggest_float("drop_path", 0.0, 0.2),
+    }
 
 
 def within_budget(count: int, budget: int) -> bool:

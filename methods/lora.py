@@ -36,6 +36,7 @@ from .base import (
     freeze_all_but,
     make_config,
     register_method,
+    shared_search_space,
     within_budget,
 )
 
@@ -115,7 +116,10 @@ class Lora(Method):
         return make_config(self, {"rank": rank})
 
     def search_space(self, trial: Any) -> dict[str, Any]:
-        return {"dropout": trial.suggest_float("dropout", 0.0, 0.3)}
+        return {**shared_search_space(trial), "dropout": trial.suggest_float("dropout", 0.0, 0.3)}
+
+    def published_hparams(self) -> dict[str, Any]:
+        return {**super().published_hparams(), "dropout": 0.0}
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold every LoRA layer into its base linear (peft's merge) and drop the wrapper."""
