@@ -73,6 +73,8 @@ def test_structured_materialized_and_explicit_kronecker_agree():
     )
     assert torch.allclose(layer.delta_weight(), explicit, atol=1e-6)
     structured = layer(x)
+    layer.route = "g" if layer.route == "k" else "k"  # both orders of the structured product
+    assert torch.allclose(layer(x), structured, atol=1e-5)
     layer.mode = "materialize"
     assert torch.allclose(layer(x), structured, atol=1e-5)
     assert torch.allclose(structured, nn.functional.linear(x, layer.base.weight + explicit, layer.base.bias), atol=1e-5)
@@ -223,3 +225,10 @@ def test_karst_runs_in_the_demo(cli):
     code, out, err = cli("run", "--suite", "demo", "--methods", "karst,lora", "--seeds", "1", "--epochs", "2")
     assert code == 0, err
     assert "karst" in out and "2 run(s) trained" in out
+
+
+def test_cli_check_passes_and_exits_nonzero_on_a_bad_config(cli):
+    code, out, _ = cli("methods", "check", "karst", "--set", "rescale=scalar", "--set", "kernels=4", "--json")
+    assert code == 0 and len(json.loads(out)) == 6 and all(r["passed"] for r in json.loads(out))
+    code, _, err = cli("methods", "check", "karst", "--set", "rescale=diagonal")
+    assert code == 2 and "rescale='diagonal' is not allowed" in err

@@ -13,9 +13,10 @@ split * (f * k) + a * k + c with k = out / (splits * f), and dW[(a, c), (b, e)] 
 
 Two ways to compute the same function, chosen by ``mode``:
 
-* ``structured`` (training default): x -> B (per f-block, rank r) -> C (across the f blocks)
-  -> A, so each token costs N * r * (in + f^2 + out) multiply-adds beside W0, and backward never
-  forms a W0-sized weight gradient;
+* ``structured`` (training default): two GEMMs per layer, never a W0-sized weight gradient in
+  backward. Either B on each of the f input blocks then G = C (x) A, or K = C (x) B then A,
+  whichever costs fewer multiply-adds for the layer's shape (:meth:`KarstLinear.choose_route`);
+  the second GEMM adds into the base output (``addmm``) where the memory layout allows;
 * ``materialize``: build W0 + dW and run one matmul (cheap forward, but backward computes a full
   out x in gradient for dW; kept for measurement and as a cross-check).
 
@@ -94,6 +95,7 @@ class KarstLinear(nn.Module):
                 bound = 1.0 / math.sqrt(self.k)
                 nn.init.uniform_(self.karst_A[i, s], -bound, bound)
         self.pre, self.post = pre, post
+        self.route = self.choose_route()
 
     @property
     def in_features(self) -> int:
@@ -110,13 +112,38 @@ class KarstLinear(nn.Module):
         dw = torch.einsum("iab,iscn->sacbn", self.karst_C, ab)
         return self.scaling * dw.reshape(self.out_features, self.in_features)
 
-    def _structured_delta(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        t = x.reshape(-1, self.factor, self.n)  # (T, f, n): input column (b, e)
-        u = torch.einsum("tbn,irn->tbir", t, self.karst_B)  # B per f-block: (T, f, N, r)
-        v = torch.einsum("tbir,iab->tair", u, self.karst_C)  # C across the f blocks: (T, f, N, r)
-        y = torch.einsum("tair,iskr->tsak", v, self.karst_A)  # A: (T, splits, f, k)
-        return (self.scaling * y).reshape(*lead, self.out_features)
+    def choose_route(self) -> str:
+        """The cheaper order of the structured product for this layer's shape (multiply-adds per token).
+
+        ``g``: B on each f-block (in * N * r), then G = C (x) A (f * N * r * out): cheaper when out < in.
+        ``k``: K = C (x) B (f * N * r * in), then A (N * r * out): cheaper when out > in.
+        """
+        nr = self.kernels * self.rank
+        g_cost = self.in_features * nr + self.factor * nr * self.out_features
+        k_cost = self.factor * nr * self.in_features + nr * self.out_features
+        return "g" if g_cost < k_cost else "k"
+
+    def _structured(self, x: torch.Tensor) -> torch.Tensor:
+        """base(x) + dW x without forming dW: two GEMMs, the second adding into the base output."""
+        lead, f, nr = x.shape[:-1], self.factor, self.kernels * self.rank
+        x2 = x.reshape(-1, self.in_features)
+        base = torch.nn.functional.linear(x2, self.base.weight, self.base.bias)
+        if self.route == "g":
+            # u[t, (b, i, j)] = sum_e x[t, (b, e)] B_i[j, e];  G[(b, i, j), (s, a, c)] = s C_i[a, b] A_i^s[c, j]
+            u = (x2.reshape(-1, self.n) @ self.karst_B.reshape(nr, self.n).t()).reshape(-1, f * nr)
+            g = torch.einsum("iab,iscj->bijsac", self.karst_C, self.karst_A).reshape(f * nr, self.out_features)
+            y = torch.addmm(base, u, (self.scaling * g).to(u.dtype))
+        else:
+            # u[t, (a, i, j)] = sum_(b, e) C_i[a, b] B_i[j, e] x[t, (b, e)];  then A maps (i, j) -> (s, c)
+            kmat = torch.einsum("iab,ije->aijbe", self.karst_C, self.karst_B).reshape(f * nr, self.in_features)
+            u = (x2 @ kmat.t().to(x2.dtype)).reshape(-1, nr)  # (T * f, N * r)
+            a = (self.scaling * self.karst_A.permute(0, 3, 1, 2)).reshape(nr, self.splits * self.k).to(u.dtype)
+            if self.splits == 1:  # rows (a, c) of the output are rows (t, a) x columns c: add in the GEMM
+                y = torch.addmm(base.reshape(-1, self.k), u, a).reshape(-1, self.out_features)
+            else:  # (t, a, s, c) -> (t, s, a, c)
+                z = (u @ a).reshape(-1, f, self.splits, self.k).transpose(1, 2)
+                y = base + z.reshape(-1, self.out_features)
+        return y.reshape(*lead, self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre is not None:
@@ -125,7 +152,7 @@ class KarstLinear(nn.Module):
             weight = self.base.weight + self.delta_weight().to(self.base.weight.dtype)
             y = nn.functional.linear(x, weight, self.base.bias)
         else:
-            y = self.base(x) + self._structured_delta(x)
+            y = self._structured(x)
         if self.post is not None:
             y = self.post(y)
         return y
