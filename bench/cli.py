@@ -269,6 +269,9 @@ def methods_info(
     name: str = typer.Argument(..., help="Method name."),
     backbone: str = typer.Option("vit_base_patch16_224.orig_in21k", help="timm ViT name (never downloads)."),
     set_: list[str] = typer.Option([], "--set", help="Config override FIELD=VALUE, repeatable."),
+    memory: bool = typer.Option(
+        False, "--memory", help="Also measure saved activations per image vs LoRA (CPU, seconds)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """A method's config and trainable parameters (head excluded) on a backbone, built without weights."""
@@ -291,6 +294,20 @@ def methods_info(
         "mergeable": method.mergeable,
         "identity_at_init": method.identity_at_init,
     }
+    if getattr(method, "pooling", None):
+        info["pooling"] = method.pooling
+    from .inspect import macs_per_image
+
+    # counted on the meta device: the deployed model (merged where possible) and the training forward
+    info["macs_per_image"] = macs_per_image(method, config, backbone, merged=True)
+    info["train_macs_per_image"] = macs_per_image(method, config, backbone)
+    info["backbone_macs_per_image"] = macs_per_image(None, None, backbone)
+    info["macs_ratio"] = round(info["macs_per_image"] / info["backbone_macs_per_image"], 4)
+    if memory:
+        from .inspect import activation_bytes_per_image
+
+        measured = activation_bytes_per_image(method, config, backbone)
+        info["saved_activation_mb_per_image"] = {k: round(v / 2**20, 3) for k, v in measured.items()}
     if as_json:
         _print_json(info)
         return

@@ -26,6 +26,7 @@ from . import __version__
 from .backbone import Weights, backbone_spec, build_backbone, normalization, resolve_weights
 from .cache import load_split
 from .errors import BenchError
+from .inspect import built_trainable_params
 from .spec import RunSpec, canonical_json
 from .tracking import Tracker, csv_text, experiment_name, flatten_params
 from .train import EpochMetrics, RunResult, SplitData, train_run
@@ -150,6 +151,8 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
     preset = resolve_preset(suite, request.epochs)
     backbone = request.backbone or suite.default_backbone
     backbone_spec(backbone, preset.img_size)  # fails early on an unknown or non-ViT name
+    for method, config in chosen:  # and a config that does not fit the backbone, before any training
+        built_trainable_params(method, config, backbone, img_size=preset.img_size)
     weights = resolve_weights(backbone, request.checkpoint, pretrained=suite.backbone_pretrained)
 
     runs = []

@@ -241,6 +241,16 @@ class Method(ABC):
         """The values of ``search_space``'s keys in the published recipe: the first trial to enqueue."""
         return dict(PUBLISHED_SHARED)
 
+    def extra_checks(self, config: Any) -> list[Any]:
+        """Method-specific conformance checks (``methods.conformance.CheckResult`` values), e.g.
+        what does hold for a method that is not the backbone at init."""
+        return []
+
+    def reference(self, model: nn.Module) -> nn.Module:
+        """The function the adapted model equals at init (``identity_at_init``): the backbone itself,
+        unless the method changes what the head reads (DTL pools patch tokens instead of CLS)."""
+        return model
+
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold the method into plain timm layers (only where ``mergeable``)."""
         raise MethodError(f"method {self.name!r} cannot be merged into the backbone")

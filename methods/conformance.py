@@ -67,7 +67,7 @@ def check_identity_at_init(method: Method, config: Any) -> CheckResult:
         return CheckResult(name, None, "the method declares it does not start at the backbone")
     x = _inputs()
     with torch.no_grad():
-        reference = tiny_vit()(x)
+        reference = method.reference(tiny_vit()).eval()(x)
         adapted = _adapted(method, config)(x)
     diff = _max_diff(reference, adapted)
     return CheckResult(name, diff <= ATOL, f"max |logit difference| = {diff:.2e} (tolerance {ATOL:.0e})")
@@ -201,4 +201,30 @@ def run_checks(method: Method, config: Any) -> list[CheckResult]:
                 f"raised {type(exc).__name__}: {exc}",
             )
         results.extend(r if isinstance(r, list) else [r])
+    try:
+        results.extend(method.extra_checks(config))
+    except Exception as exc:
+        results.append(CheckResult("method-specific checks", False, f"raised {type(exc).__name__}: {exc}"))
     return results
+
+
+def saved_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes autograd keeps for backward in one training forward (parameters excluded).
+
+    This is the part of training memory a method controls: DTL's claim is that it keeps far less
+    than LoRA because most of the backbone runs without a graph.
+    """
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    del out
+    return sum(seen.values())

@@ -125,7 +125,7 @@ class Lora(Method):
         """Fold every LoRA layer into its base linear (peft's merge) and drop the wrapper."""
         for name, module in list(model.named_modules()):
             if isinstance(module, BaseTunerLayer):
-                module.merge(safe_merge=True)
+                module.merge(safe_merge=module.get_base_layer().weight.device.type != "meta")  # meta: no values
                 parent_name, _, child = name.rpartition(".")
                 setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
         return model

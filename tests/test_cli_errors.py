@@ -106,3 +106,21 @@ def test_missing_image_file(cli, noah_root: Path):
 def test_usage_errors_exit_non_zero(cli):
     code, _, err = cli("run", "--methods", "lora")
     assert code == 2 and "Missing option '--suite'" in err and "Traceback" not in err
+
+
+def test_a_method_config_that_does_not_fit_the_backbone_fails_before_training(cli, workdir: Path, noah_root: Path):
+    code, _, err = cli(
+        "run",
+        "--suite",
+        "tinyfolder",
+        "--methods",
+        "linear,sparse_tuning",
+        "--seeds",
+        "1",
+        "--data-root",
+        str(noah_root),
+        "--set",
+        "sparse_tuning.drop_blocks=3,6,9",
+    )
+    _assert_one_line_error(code, err, "drop_blocks [6, 9] are not blocks of a 4-block ViT")
+    assert Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder") == []  # nothing started
