@@ -1,9 +1,13 @@
-"""Training and evaluation throughput of KARST's two computation modes against LoRA, in one process.
+"""Training and evaluation throughput of the methods (and KARST's computation variants), in one process.
 
 ViT-B/16 at 224, batch 64, bf16 autocast, images already on the GPU, fused AdamW, random weights
-(speed does not depend on them). Each variant runs eager and under torch.compile. Run on a GPU:
+(speed does not depend on them). Each variant trains eager and under torch.compile; evaluation
+runs the deployed model (merged where the method can merge) at batch 512. Run on a GPU:
 
-    python benchmarks/karst_speed.py [--steps 30] [--out results.json]
+    python benchmarks/method_speed.py [--variants lora,karst,...] [--steps 30] [--out results.json]
+
+A variant is a method name, optionally ``name:mode`` (KARST's ``structured``/``materialize``) and
+``@route`` (KARST's ``g``/``k``, forced on every layer).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ def build(variant: str) -> torch.nn.Module:
 
 
 def train_throughput(model: torch.nn.Module, steps: int, batch: int, compiled: bool) -> dict:
+    """Images/s of full training steps; peak GPU memory of the timed steps."""
     device = torch.device("cuda")
     model = model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -93,6 +98,7 @@ def main() -> None:
     parser.add_argument(
         "--variants", default="lora,karst:structured,karst:structured@g,karst:structured@k,karst:materialize,full"
     )
+    parser.add_argument("--eval", default="lora,karst,kadaptation,dtl,sparse_tuning", help="methods timed at inference")
     parser.add_argument("--out", default=None)
     parser.add_argument("--modes", choices=["both", "eager", "compiled"], default="both")
     args = parser.parse_args()
@@ -104,12 +110,12 @@ def main() -> None:
             r = train_throughput(build(variant), args.steps, args.batch, compiled)
             rows.append({"variant": variant, "compiled": compiled, **r})
             print(json.dumps(rows[-1]), flush=True)
-    karst = build("karst:structured")
-    unmerged = eval_throughput(karst)
-    merged = eval_throughput(methods.get_method("karst").merge(karst))
-    lora = build("lora")
-    lora_merged = eval_throughput(methods.get_method("lora").merge(lora))
-    ev = {"eval_karst_unmerged": unmerged, "eval_karst_merged": merged, "eval_lora_merged": lora_merged}
+    ev = {"backbone": eval_throughput(build("linear"))}
+    if args.eval:
+        for name in args.eval.split(","):
+            model = build(name)
+            method = methods.get_method(name)
+            ev[name] = eval_throughput(method.merge(model) if method.mergeable else model)
     print(json.dumps(ev), flush=True)
     result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "train": rows, "eval": ev}
     if args.out:
