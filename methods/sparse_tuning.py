@@ -117,14 +117,25 @@ class Selection:
 
 
 def attention_with_cls_scores(attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """timm ``Attention`` computed explicitly, also returning the head-averaged [CLS] attention."""
+    """timm ``Attention``, also returning the head-averaged attention from [CLS] to every other token.
+
+    The output goes through the fused kernel (``scaled_dot_product_attention``); the scores need
+    only the [CLS] row, so the N x N attention map is never materialised. With attention dropout
+    active (training with ``attn_drop > 0``) the explicit path keeps dropout and scores consistent.
+    """
     b, n, _ = x.shape
     qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-    scores = weights[:, :, 0, 1:].mean(dim=1)
-    out = (attn.attn_drop(weights) @ v).transpose(1, 2).reshape(b, n, -1)
+    cls_row = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).float().softmax(dim=-1)  # (B, H, 1, N)
+    scores = cls_row[:, :, 0, 1:].mean(dim=1)
+    drop = attn.attn_drop.p if attn.training else 0.0
+    if drop > 0:
+        weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        out = attn.attn_drop(weights) @ v
+    else:
+        out = nn.functional.scaled_dot_product_attention(q, k, v)
+    out = out.transpose(1, 2).reshape(b, n, -1)
     return attn.proj_drop(attn.proj(attn.norm(out))), scores.detach()
 
 

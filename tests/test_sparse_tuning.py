@@ -78,6 +78,8 @@ def _closed_form_macs(config: SparseTuningConfig | None, d=64, h=256, patches=16
         macs += n * d * 3 * d + 2 * n * n * d + n * d * d  # qkv, scores, weighted values, proj
         macs += 2 * m * d * h  # MLP
         if config is not None:
+            if n != m:
+                macs += n * d  # the [CLS] row of the attention map, for the scores
             if n != m and config.fuse:
                 # the fused token of the stream and of the adapter outputs carried along (i-1..i-3)
                 macs += (n - 1) * d * (1 + min(3, i))
