@@ -124,9 +124,13 @@ def run(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: sqlite in the workdir)."),
     set_: list[str] = typer.Option([], "--set", help="Method config override METHOD.FIELD=VALUE, repeatable."),
+    budget: str | None = typer.Option(None, help="Fit every sizeable method to this many trainable params (0.3M)."),
+    hparams: str = typer.Option("published", help="published, or tuned: each study's best trial (`bench tune`)."),
+    storage: str | None = typer.Option(None, help="Optuna storage URL for --hparams tuned (default: the workdir's)."),
 ) -> None:
     """Train every (task, method, seed) not yet finished, log each to MLflow, print a summary."""
     from .sweep import SweepRequest, plan_sweep, run_sweep
+    from .tune import default_storage
 
     request = SweepRequest(
         suite=suite,
@@ -140,6 +144,9 @@ def run(
         epochs=epochs,
         device=device,
         method_overrides=_method_overrides(set_),
+        budget=_budget(budget),
+        hparams=hparams,
+        storage=storage or default_storage(State.workdir),
     )
     plan = plan_sweep(request, State.workdir)
     tracker = _tracker(tracking_uri)
@@ -148,6 +155,69 @@ def run(
     with RichReporter(err) as reporter:
         outcomes = run_sweep(plan, tracker, State.workdir, reporter)
     _print_summary(outcomes, plan.stage.name)
+
+
+def _budget(text: str | None) -> int | None:
+    from .budget import parse_budget
+
+    return parse_budget(text) if text is not None else None
+
+
+@app.command()
+def tune(
+    suite: str = typer.Option(..., help="Suite name."),
+    methods: str = typer.Option(..., help="Comma-separated method names."),
+    trials: int = typer.Option(..., help="Trials per study: the same for every method."),
+    budget: str | None = typer.Option(None, help="Trainable-parameter budget the structures are fitted to (0.3M)."),
+    tasks: str | None = typer.Option(None, help="Comma-separated task names (default: all of the suite's)."),
+    storage: str | None = typer.Option(None, help="Optuna storage URL (default: sqlite in the workdir's optuna.db)."),
+    data_root: Path | None = typer.Option(None, help="Folder holding the suite's task folders."),
+    backbone: str | None = typer.Option(None, help="timm ViT name (default: the suite's)."),
+    checkpoint: Path | None = typer.Option(None, help="Local weights (.safetensors, .pth, .npz): runs offline."),
+    epochs: int | None = typer.Option(None, help="Override the preset's epochs (warm-up scales with it)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: sqlite in the workdir)."),
+    set_: list[str] = typer.Option([], "--set", help="Method config override METHOD.FIELD=VALUE, repeatable."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Tune every (task, method) on train800 -> val200 with the same number of Optuna trials."""
+    from .sweep import SweepRequest
+    from .tune import default_storage, run_tuning
+
+    request = SweepRequest(
+        suite=suite,
+        methods=_split(methods) or [],
+        seeds=[0],
+        tasks=_split(tasks),
+        data_root=data_root,
+        backbone=backbone,
+        checkpoint=checkpoint,
+        epochs=epochs,
+        device=device,
+        method_overrides=_method_overrides(set_),
+        budget=_budget(budget),
+    )
+    url = storage or default_storage(State.workdir)
+    tracker = _tracker(tracking_uri)
+    from .progress import RichReporter
+
+    with RichReporter(err) as reporter:
+        summaries = run_tuning(request, trials, State.workdir, tracker, url, reporter)
+    if as_json:
+        _print_json([s.__dict__ for s in summaries])
+        return
+    table = Table(title=f"tuning studies in {url}")
+    for col in ("study", "trials", "best val acc", "best trial", "best params"):
+        table.add_column(col)
+    for s in summaries:
+        table.add_row(
+            s.name,
+            ", ".join(f"{k} {v}" for k, v in sorted(s.trials.items())),
+            f"{100 * s.best_value:.2f}" if s.best_value is not None else "–",
+            str(s.best_trial),
+            ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.best_params.items()),
+        )
+    out.print(table)
 
 
 def _print_summary(outcomes, stage: str) -> None:
@@ -316,6 +386,35 @@ def methods_info(
         table.add_row(k, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else json.dumps(v))
     out.print(table)
     out.print("Trainable parameters exclude the head, which adds (embed_dim + 1) × classes for every method.")
+
+
+@methods_app.command("budget")
+def methods_budget(
+    budget: str = typer.Option(..., help="Trainable parameters, head excluded: 300000, 300k or 0.3M."),
+    backbone: str = typer.Option("vit_base_patch16_224.orig_in21k", help="timm ViT name (never downloads)."),
+    methods: str | None = typer.Option(None, help="Comma-separated method names (default: all)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """The structure every method uses at a budget, and its exact trainable-parameter count."""
+    from methods.base import available_methods, get_method
+
+    from .backbone import backbone_spec
+    from .budget import choose_for_budget, parse_budget
+
+    target = parse_budget(budget)
+    spec = backbone_spec(backbone)
+    names = _split(methods) or list(available_methods())
+    rows = [choose_for_budget(get_method(n), spec, target).to_dict() for n in names]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title=f"budget {target:,} trainable parameters (head excluded) on {backbone}")
+    for col in ("method", "structure", "trainable", "deviation"):
+        table.add_column(col)
+    for r in rows:
+        dev = f"{100 * r['deviation']:+.1f}%" if r["adjustable"] else "reference (fixed size)"
+        table.add_row(r["method"], json.dumps(r["config"]), f"{r['trainable_params']:,}", dev)
+    out.print(table)
 
 
 @methods_app.command("check")

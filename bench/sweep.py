@@ -24,6 +24,7 @@ from suites.resolve import ResolvedTask
 
 from . import __version__
 from .backbone import Weights, backbone_spec, build_backbone, normalization, resolve_weights
+from .budget import choose_for_budget
 from .cache import load_split
 from .errors import BenchError
 from .inspect import built_trainable_params
@@ -45,6 +46,9 @@ class SweepRequest:
     epochs: int | None = None
     device: str = "auto"
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    budget: int | None = None  # trainable parameters (head excluded) every sizeable method is fitted to
+    hparams: str = "published"  # or "tuned": the best trial of each (task, method, budget) study
+    storage: str | None = None  # Optuna storage for --hparams tuned
 
 
 @dataclass
@@ -53,6 +57,8 @@ class PlannedRun:
     task: ResolvedTask
     method: Method
     config: Any
+    preset: Preset  # the suite's preset, with tuned hyperparameters applied where asked for
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -136,11 +142,9 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
         raise BenchError("no methods given; pass e.g. --methods lora,linear (see `bench methods list`)")
     if not request.seeds:
         raise BenchError("no seeds given; pass e.g. --seeds 3")
-    chosen = []
-    for name in request.methods:
-        method = methods.get_method(name)
-        chosen.append((method, make_config(method, request.method_overrides.get(name))))
     device = resolve_device(request.device)
+    if request.hparams not in ("published", "tuned"):
+        raise BenchError(f"--hparams {request.hparams!r} must be published or tuned")
 
     data_root = request.data_root
     if suite.prepare is not None:
@@ -150,32 +154,56 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
 
     preset = resolve_preset(suite, request.epochs)
     backbone = request.backbone or suite.default_backbone
-    backbone_spec(backbone, preset.img_size)  # fails early on an unknown or non-ViT name
-    for method, config in chosen:  # and a config that does not fit the backbone, before any training
+    spec_bb = backbone_spec(backbone, preset.img_size)  # fails early on an unknown or non-ViT name
+    chosen = [_sized_method(name, request, spec_bb) for name in request.methods]
+    for method, config, _ in chosen:  # a config that does not fit the backbone fails before any training
         built_trainable_params(method, config, backbone, img_size=preset.img_size)
     weights = resolve_weights(backbone, request.checkpoint, pretrained=suite.backbone_pretrained)
 
     runs = []
     for task in tasks:
         fingerprint = task.fingerprint(stage)
-        for method, config in chosen:
+        for method, config, budget in chosen:
+            run_preset, run_config, tags = preset, config, {}
+            if request.hparams == "tuned":
+                from .tune import TUNE_SEED, tuned_settings
+
+                if TUNE_SEED in request.seeds:
+                    raise BenchError(f"seed {TUNE_SEED} trained the tuning trials; final runs need other seeds")
+                run_preset, run_config, tags = tuned_settings(
+                    request, suite.name, task, method, config, budget, preset, backbone, weights
+                )
             for seed in request.seeds:
                 spec = RunSpec(
                     suite=suite.name,
                     task=task.name,
                     stage=stage.name,
                     method=method.name,
-                    method_config=config_to_dict(config),
-                    hparams=preset.to_dict(),
+                    method_config=config_to_dict(run_config),
+                    hparams=run_preset.to_dict(),
                     seed=seed,
-                    preset=preset.name,
+                    preset=run_preset.name,
                     backbone=backbone,
                     checkpoint=weights.checkpoint_id,
                     data=fingerprint,
                     num_classes=task.num_classes,
+                    budget=budget,
                 )
-                runs.append(PlannedRun(spec, task, method, config))
+                runs.append(PlannedRun(spec, task, method, run_config, run_preset, dict(tags)))
     return SweepPlan(request, suite, stage, preset, backbone, weights, device, runs, Path(data_root))
+
+
+def _sized_method(name: str, request: SweepRequest, spec_bb) -> tuple[Method, Any, int | None]:
+    """The method with its config: published (plus --set), or fitted to --budget."""
+    method = methods.get_method(name)
+    overrides = request.method_overrides.get(name)
+    if request.budget is None:
+        return method, make_config(method, overrides), None
+    if overrides and method.budget_adjustable:
+        raise BenchError(f"--set {name}.… and --budget both size method {name!r}; drop one of them")
+    choice = choose_for_budget(method, spec_bb, request.budget)
+    # reference methods keep their size, so their runs are shared by every budget's sweep
+    return method, choice.config, request.budget if choice.adjustable else None
 
 
 def run_sweep(plan: SweepPlan, tracker: Tracker, workdir: Path, reporter: Reporter | None = None) -> list[RunOutcome]:
@@ -215,10 +243,7 @@ def run_sweep(plan: SweepPlan, tracker: Tracker, workdir: Path, reporter: Report
                 outcome = RunOutcome(run.spec, "skipped", previous.info.run_id, acc)
             else:
                 tracker.close_interrupted(experiment, run.spec.run_key)
-                if run.task.name not in data_memo:
-                    data_memo.clear()  # one task's splits in memory at a time
-                    data_memo[run.task.name] = _load_task(run.task, plan, cache_dir)
-                train, evaluate = data_memo[run.task.name]
+                train, evaluate = task_data(run.task, plan, cache_dir, data_memo)
                 outcome = _train_and_log(run, plan, tracker, parent, train, evaluate, reporter)
             outcomes.append(outcome)
             reporter.run_done(run, outcome)
@@ -240,6 +265,16 @@ def run_sweep(plan: SweepPlan, tracker: Tracker, workdir: Path, reporter: Report
 
 def eval_metric(stage: Stage) -> str:
     return "test/acc" if stage.name == "final" else "val/acc"
+
+
+def task_data(
+    task: ResolvedTask, plan: SweepPlan, cache_dir: Path, memo: dict[str, tuple[SplitData, SplitData]]
+) -> tuple[SplitData, SplitData]:
+    """The task's (train, eval) splits, decoded once and kept for the task's runs (one task at a time)."""
+    if task.name not in memo:
+        memo.clear()
+        memo[task.name] = _load_task(task, plan, cache_dir)
+    return memo[task.name]
 
 
 def _load_task(task: ResolvedTask, plan: SweepPlan, cache_dir: Path) -> tuple[SplitData, SplitData]:
@@ -289,43 +324,62 @@ def _train_and_log(
             "data.task_dir": str(run.task.directory),
         }
     )
-    with tracker.child_run(plan.experiment, parent, spec.label, tags, params) as run_id:
-        model = build_backbone(
-            spec.backbone,
-            num_classes=spec.num_classes,
-            img_size=plan.preset.img_size,
-            drop_path=plan.preset.drop_path,
-            weights=plan.weights,
-            seed=spec.seed,
-        )
-        mean, std = normalization(model)
-        model = run.method.apply(model, run.config)
-        tracker.log_json(run_id, _resolved_config(spec, run, plan, mean, std), "config/resolved.json")
-        reporter.run_started(run, plan.preset.epochs)
+    with tracker.child_run(plan.experiment, parent, spec.label, {**tags, **run.tags}, params) as run_id:
+        reporter.run_started(run, run.preset.epochs)
 
         def on_epoch(m: EpochMetrics) -> None:
-            tracker.log_metrics(
-                run_id,
-                {"train/loss": m.train_loss, "train/acc": m.train_acc, "lr": m.lr, "val/acc": m.eval_acc},
-                step=m.epoch,
-            )
             reporter.epoch_done(run, m)
 
-        result = train_run(
-            model,
-            run.method,
-            plan.preset,
-            plan.stage,
-            train,
-            evaluate,
-            seed=spec.seed,
-            device=plan.device,
-            mean=mean,
-            std=std,
-            on_epoch=on_epoch,
-        )
+        result = execute_run(run, plan, tracker, run_id, train, evaluate, on_epoch)
         _log_result(tracker, run_id, run, plan, result)
     return RunOutcome(spec, "trained", run_id, result.eval_acc)
+
+
+def execute_run(
+    run: PlannedRun,
+    plan: SweepPlan,
+    tracker: Tracker,
+    run_id: str,
+    train: SplitData,
+    evaluate: SplitData,
+    on_epoch=None,
+) -> RunResult:
+    """Build the backbone, apply the method, train, logging the resolved config and every epoch."""
+    spec = run.spec
+    model = build_backbone(
+        spec.backbone,
+        num_classes=spec.num_classes,
+        img_size=run.preset.img_size,
+        drop_path=run.preset.drop_path,
+        weights=plan.weights,
+        seed=spec.seed,
+    )
+    mean, std = normalization(model)
+    model = run.method.apply(model, run.config)
+    tracker.log_json(run_id, _resolved_config(spec, run, plan, mean, std), "config/resolved.json")
+
+    def log_epoch(m: EpochMetrics) -> None:
+        tracker.log_metrics(
+            run_id,
+            {"train/loss": m.train_loss, "train/acc": m.train_acc, "lr": m.lr, "val/acc": m.eval_acc},
+            step=m.epoch,
+        )
+        if on_epoch is not None:
+            on_epoch(m)
+
+    return train_run(
+        model,
+        run.method,
+        run.preset,
+        plan.stage,
+        train,
+        evaluate,
+        seed=spec.seed,
+        device=plan.device,
+        mean=mean,
+        std=std,
+        on_epoch=log_epoch,
+    )
 
 
 def _resolved_config(spec: RunSpec, run: PlannedRun, plan: SweepPlan, mean, std) -> dict[str, Any]:
@@ -361,7 +415,7 @@ def _log_result(tracker: Tracker, run_id: str, run: PlannedRun, plan: SweepPlan,
     }
     if plan.stage.name == "final":
         metrics["test/acc"] = result.eval_acc  # scored once, after the last epoch
-    tracker.log_metrics(run_id, metrics, step=plan.preset.epochs)
+    tracker.log_metrics(run_id, metrics, step=run.preset.epochs)
     entries = run.task.stage_lists(plan.stage)[1]
     rows = [
         [i, str(e.path.relative_to(run.task.directory)), e.label, int(p)]

@@ -164,6 +164,8 @@ def train_run(
             loss_sum += loss.detach() * y.numel()
             correct += (logits.detach().argmax(1) == y).sum()
             step += 1
+        if not math.isfinite(loss_sum.item()):
+            raise FloatingPointError(f"the training loss is not finite in epoch {epoch}; lower the learning rate")
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=loss_sum.item() / len(train),  # one host sync per epoch

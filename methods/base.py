@@ -213,6 +213,7 @@ class Method(ABC):
     description: ClassVar[str] = ""
     identity_at_init: ClassVar[bool] = True
     mergeable: ClassVar[bool] = False
+    budget_adjustable: ClassVar[bool] = True  # False: a reference run at its fixed size (linear, full)
 
     def validate(self, config: Any) -> None:  # noqa: B027  (optional hook)
         """Raise :class:`MethodError` for a config the method cannot build."""
@@ -238,8 +239,9 @@ class Method(ABC):
         return shared_search_space(trial)
 
     def published_hparams(self) -> dict[str, Any]:
-        """The values of ``search_space``'s keys in the published recipe: the first trial to enqueue."""
-        return dict(PUBLISHED_SHARED)
+        """The method's own published values of its ``search_space`` keys. The tuner enqueues them,
+        on top of the suite preset's lr, weight decay and drop-path, as every study's first trial."""
+        return {}
 
     def extra_checks(self, config: Any) -> list[Any]:
         """Method-specific conformance checks (``methods.conformance.CheckResult`` values), e.g.
@@ -254,10 +256,6 @@ class Method(ABC):
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold the method into plain timm layers (only where ``mergeable``)."""
         raise MethodError(f"method {self.name!r} cannot be merged into the backbone")
-
-
-#: The NOAH-lineage recipe shared by every method's published configuration (AdamW).
-PUBLISHED_SHARED = {"lr": 1e-3, "weight_decay": 1e-4, "drop_path": 0.1}
 
 
 def shared_search_space(trial: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ class Full(Method):
     description = "full fine-tuning: every parameter trains"
     identity_at_init = True
     mergeable = True  # the trained model is already a plain timm model
+    budget_adjustable = False  # the all-parameter reference
 
     def apply(self, model: nn.Module, config: Any) -> nn.Module:
         freeze_all_but(model, model.parameters())

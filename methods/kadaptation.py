@@ -179,7 +179,7 @@ class KAdaptation(Method):
         }
 
     def published_hparams(self) -> dict[str, Any]:
-        return {**super().published_hparams(), "scale": 160.0, "dropout": 0.5}
+        return {"scale": 160.0, "dropout": 0.5}
 
     @torch.no_grad()
     def merge(self, model: nn.Module) -> nn.Module:

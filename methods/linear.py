@@ -16,6 +16,7 @@ class Linear(Method):
     description = "linear probe: the backbone is frozen, only the head trains"
     identity_at_init = True
     mergeable = True  # nothing to fold: the model is the backbone plus its head
+    budget_adjustable = False  # the zero-parameter reference
 
     def apply(self, model: nn.Module, config: Any) -> nn.Module:
         freeze_all_but(model, [])

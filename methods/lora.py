@@ -119,7 +119,7 @@ class Lora(Method):
         return {**shared_search_space(trial), "dropout": trial.suggest_float("dropout", 0.0, 0.3)}
 
     def published_hparams(self) -> dict[str, Any]:
-        return {**super().published_hparams(), "dropout": 0.0}
+        return {"dropout": 0.0}
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold every LoRA layer into its base linear (peft's merge) and drop the wrapper."""

@@ -214,7 +214,7 @@ def test_for_budget_prefers_the_published_shape():
 
 def test_search_space_is_real_optuna():
     study = optuna.create_study(direction="maximize")
-    study.enqueue_trial(KARST.published_hparams())
+    study.enqueue_trial({"lr": 1e-3, "weight_decay": 1e-4, "drop_path": 0.1, **KARST.published_hparams()})
     trial = study.ask()
     space = KARST.search_space(trial)
     assert space == {"lr": 1e-3, "weight_decay": 1e-4, "drop_path": 0.1, "alpha": 1.0}

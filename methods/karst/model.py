@@ -24,7 +24,7 @@ from .layer import KarstLinear, Rescale, merge_linear, split_width
 # The published shape and the grid for_budget searches (f stays 8; N and r move).
 PUBLISHED = (2, 8)  # (kernels, rank)
 BUDGET_KERNELS = range(1, 17)
-BUDGET_RANKS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
+BUDGET_RANKS = range(1, 65)
 
 
 def _linear_dims(spec: BackboneSpec) -> dict[str, tuple[int, int, int]]:
@@ -119,7 +119,7 @@ class Karst(Method):
         return {**shared_search_space(trial), "alpha": trial.suggest_float("alpha", 0.25, 8.0, log=True)}
 
     def published_hparams(self) -> dict[str, Any]:
-        return {**super().published_hparams(), "alpha": 1.0}
+        return {"alpha": 1.0}
 
     def merge(self, model: nn.Module) -> nn.Module:
         for name, module in list(model.named_modules()):

@@ -1,0 +1,280 @@
+"""Tuning with equal effort for every method: one Optuna study per (suite, task, method, budget).
+
+Fairness rules (shared notes, tuning §4):
+
+* every study gets the same ``n_trials`` (complete, pruned and failed trials all count, so a
+  method that fails cannot buy extra trials), the same sampler settings (TPE, multivariate,
+  constant liar, seeded from the study name) and the same pruner (Hyperband over epochs, fed
+  with the val200 accuracy of every epoch);
+* trial 0 is the method's published configuration, so tuning can only help it;
+* the objective is the **last-epoch** val200 accuracy of the ``tune`` stage (train800 -> val200):
+  test lists are never read, and need not exist;
+* structure is fixed by the budget before tuning; only the search space of each method moves
+  (lr, weight decay and drop-path in the same ranges for all, plus method knobs such as alpha).
+
+Studies live in their own storage (default ``sqlite:///<workdir>/optuna.db``, never the MLflow
+database) and resume: re-running the command tops every study up to ``n_trials``. Every trial is
+an MLflow run in ``bench/<suite>-tune``, logged from the objective.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from methods.base import Method, config_to_dict
+from suites.base import Preset
+from suites.resolve import ResolvedTask
+
+from .backbone import Weights
+from .budget import format_budget
+from .errors import BenchError
+from .sweep import PlannedRun, SweepPlan, SweepRequest, execute_run, plan_sweep, task_data
+from .tracking import Tracker, experiment_name, flatten_params
+
+TUNE_SEED = 1000  # the seed of every tuning trial; final runs must use others
+FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
+
+
+class TrialFailed(Exception):
+    """A trial that broke (NaN loss, a numerical error): recorded as FAIL, the study goes on."""
+
+
+def default_storage(workdir: Path) -> str:
+    return f"sqlite:///{(workdir / 'optuna.db').resolve()}"
+
+
+def study_name(suite: str, task: str, method: str, budget: int | None) -> str:
+    return f"{suite}/{task}/{method}/" + (f"b{format_budget(budget)}" if budget is not None else "published")
+
+
+def _sampler_seed(name: str) -> int:
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+
+
+def published_shared(preset: Preset) -> dict[str, Any]:
+    return {"lr": preset.lr, "weight_decay": preset.weight_decay, "drop_path": preset.drop_path}
+
+
+def split_hparams(method: Method, config: Any, preset: Preset, values: dict[str, Any]) -> tuple[Preset, Any]:
+    """Apply tuned values: preset fields (lr, weight_decay, drop_path) and the method's config fields."""
+    preset_fields = {f.name for f in dataclasses.fields(preset)}
+    config_fields = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(values) - preset_fields - config_fields)
+    if unknown:
+        raise BenchError(f"tuned values {unknown} are neither preset settings nor {method.name} config fields")
+    preset = preset.with_overrides(**{k: v for k, v in values.items() if k in preset_fields})
+    config = dataclasses.replace(config, **{k: v for k, v in values.items() if k in config_fields})
+    method.validate(config)
+    return preset, config
+
+
+def _study_attrs(plan: SweepPlan, run: PlannedRun) -> dict[str, Any]:
+    """What a study's trials were trained under; a final run must match it to use the results."""
+    return {
+        "backbone": plan.backbone,
+        "checkpoint": plan.weights.checkpoint_id,
+        "epochs": plan.preset.epochs,
+        "preset": plan.preset.name,
+        "data": run.spec.data,
+        "config": config_to_dict(run.config),
+    }
+
+
+def open_study(storage: str, name: str, epochs: int, create: bool = True):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        rdb = optuna.storages.RDBStorage(storage)
+    except Exception as exc:
+        raise BenchError(f"cannot open the Optuna storage {storage} ({type(exc).__name__}); check --storage") from None
+    if not create:
+        try:
+            return optuna.load_study(study_name=name, storage=rdb)
+        except KeyError:
+            return None
+    sampler = optuna.samplers.TPESampler(
+        seed=_sampler_seed(name), n_startup_trials=10, multivariate=True, constant_liar=True
+    )
+    pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
+    return optuna.create_study(
+        study_name=name, storage=rdb, direction="maximize", sampler=sampler, pruner=pruner, load_if_exists=True
+    )
+
+
+@dataclass
+class StudySummary:
+    name: str
+    method: str
+    task: str
+    trials: dict[str, int]
+    best_value: float | None
+    best_trial: int | None
+    best_params: dict[str, Any]
+
+
+def run_tuning(
+    request: SweepRequest, trials: int, workdir: Path, tracker: Tracker, storage: str, reporter=None
+) -> list[StudySummary]:
+    """Top every study of the request up to ``trials`` trials; return each study's state."""
+    import optuna
+
+    if trials < 1:
+        raise BenchError(f"--trials {trials} must be at least 1")
+    request = dataclasses.replace(request, stage="tune", seeds=[TUNE_SEED], hparams="published")
+    plan = plan_sweep(request, workdir)
+    experiment = experiment_name(plan.suite.name, tune=True)
+    memo: dict = {}
+    summaries = []
+    for run in plan.runs:
+        name = study_name(plan.suite.name, run.task.name, run.method.name, run.spec.budget)
+        study = open_study(storage, name, plan.preset.epochs)
+        attrs = _study_attrs(plan, run)
+        if not study.user_attrs:
+            for k, v in attrs.items():
+                study.set_user_attr(k, v)
+        elif any(study.user_attrs.get(k) != v for k, v in attrs.items()):
+            changed = [k for k, v in attrs.items() if study.user_attrs.get(k) != v]
+            raise BenchError(
+                f"study {name} in {storage} was tuned with other {', '.join(changed)}; "
+                "use another --storage or the original settings"
+            )
+        for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study._storage.set_trial_state_values(stale._trial_id, optuna.trial.TrialState.FAIL)  # a killed run
+        if not study.trials:  # trial 0: the published configuration (the preset's recipe + the method's own)
+            study.enqueue_trial(
+                {**published_shared(plan.preset), **run.method.published_hparams()}, skip_if_exists=True
+            )
+        done = sum(t.state.name in FINISHED_STATES for t in study.get_trials(deepcopy=False))
+        if done < trials:
+            train, evaluate = task_data(run.task, plan, workdir / "cache" / "images", memo)
+            parent = tracker.open_sweep(
+                experiment,
+                hashlib.sha256(name.encode()).hexdigest()[:24],
+                tags={
+                    "bench.suite": plan.suite.name,
+                    "bench.task": run.task.name,
+                    "bench.method": run.method.name,
+                    "bench.budget": str(run.spec.budget) if run.spec.budget is not None else "none",
+                    "bench.study": name,
+                    "bench.sweep_name": f"study/{name}",
+                    "optuna.storage": storage,
+                },
+                params=flatten_params({"n_trials": trials, **attrs}),
+            )
+            objective = _objective(run, plan, tracker, experiment, parent, name, train, evaluate, reporter)
+            try:
+                study.optimize(objective, n_trials=trials - done, catch=(TrialFailed,))
+            finally:
+                tracker.close_sweep(parent, "FINISHED", {"trials": len(study.trials)})
+        summaries.append(_summary(study, run))
+    return summaries
+
+
+def _objective(run, plan, tracker, experiment, parent, name, train, evaluate, reporter):
+    import optuna
+
+    def objective(trial) -> float:
+        values = run.method.search_space(trial)
+        preset, config = split_hparams(run.method, run.config, plan.preset, values)
+        spec = dataclasses.replace(run.spec, hparams=preset.to_dict(), method_config=config_to_dict(config))
+        trial_run = PlannedRun(spec, run.task, run.method, config, preset)
+        tags = {
+            "bench.run_key": spec.run_key,
+            "bench.suite": spec.suite,
+            "bench.task": spec.task,
+            "bench.method": spec.method,
+            "bench.stage": "tune",
+            "bench.seed": str(spec.seed),
+            "bench.budget": str(spec.budget) if spec.budget is not None else "none",
+            "bench.study": name,
+            "bench.trial": str(trial.number),
+        }
+        params = flatten_params({"method": spec.method_config, "hp": spec.hparams, "trial": values})
+        state, value = "complete", math.nan
+        with tracker.child_run(experiment, parent, f"trial-{trial.number:03d}", tags, params) as run_id:
+
+            def report(m) -> None:
+                trial.report(m.eval_acc, m.epoch)
+                if reporter is not None:
+                    reporter.epoch_done(trial_run, m)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+
+            if reporter is not None:
+                reporter.run_started(trial_run, preset.epochs)
+            try:
+                result = execute_run(trial_run, plan, tracker, run_id, train, evaluate, report)
+                value = result.epochs[-1].eval_acc  # the last epoch's val200 accuracy, never the best
+            except optuna.TrialPruned:
+                state = "pruned"
+            except (BenchError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # NaN loss, numerical failure: this trial fails, the study goes on
+                tracker.client.set_tag(run_id, "optuna.state", "failed")
+                raise TrialFailed(f"{type(exc).__name__}: {exc}") from exc
+            tracker.client.set_tag(run_id, "optuna.state", state)
+            if state == "complete":
+                tracker.log_metrics(run_id, {"tune/objective": value}, step=preset.epochs)
+        if state == "pruned":
+            raise optuna.TrialPruned()
+        return value
+
+    return objective
+
+
+def _summary(study, run: PlannedRun) -> StudySummary:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    best = max(complete, key=lambda t: t.value) if complete else None
+    return StudySummary(
+        study.study_name,
+        run.method.name,
+        run.task.name,
+        counts,
+        best.value if best else None,
+        best.number if best else None,
+        dict(best.params) if best else {},
+    )
+
+
+def tuned_settings(
+    request: SweepRequest,
+    suite: str,
+    task: ResolvedTask,
+    method: Method,
+    config: Any,
+    budget: int | None,
+    preset: Preset,
+    backbone: str,
+    weights: Weights,
+) -> tuple[Preset, Any, dict[str, str]]:
+    """The best trial of the (task, method, budget) study, applied to the preset and config."""
+    storage = request.storage
+    name = study_name(suite, task.name, method.name, budget)
+    study = open_study(storage, name, preset.epochs, create=False) if storage else None
+    hint = f"run `bench tune --suite {suite} --methods {method.name}" + (
+        f" --budget {budget}`" if budget is not None else "`"
+    )
+    if study is None:
+        raise BenchError(f"no tuning study {name} in {storage}; {hint} first, with the same options")
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if not complete:
+        raise BenchError(f"study {name} has no completed trial; {hint} with more --trials")
+    attrs = study.user_attrs
+    for key, value in (("backbone", backbone), ("checkpoint", weights.checkpoint_id), ("epochs", preset.epochs)):
+        if attrs.get(key) != value:
+            raise BenchError(
+                f"study {name} was tuned with {key}={attrs.get(key)!r}, this run uses {value!r}; "
+                "tune again with the same settings or run with --hparams published"
+            )
+    best = max(complete, key=lambda t: t.value)
+    tuned_preset, tuned_config = split_hparams(method, config, preset, best.params)
+    return tuned_preset, tuned_config, {"bench.study": name, "bench.trial": str(best.number), "bench.hparams": "tuned"}
