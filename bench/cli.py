@@ -11,7 +11,7 @@ import sys
 import traceback
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -109,22 +109,38 @@ def _method_overrides(items: list[str]) -> dict[str, dict[str, str]]:
 # ---------------------------------------------------------------------------------------
 # bench run / bench runs
 
+# Options that `run` and `tune` share, declared once.
+DataRootOpt = Annotated[Path | None, typer.Option(help="Folder holding the suite's task folders.")]
+BackboneOpt = Annotated[str | None, typer.Option(help="timm ViT name (default: the suite's).")]
+CheckpointOpt = Annotated[Path | None, typer.Option(help="Local weights (.safetensors, .pth, .npz): runs offline.")]
+EpochsOpt = Annotated[int | None, typer.Option(help="Override the preset's epochs (warm-up scales with it).")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+TrackingOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI (default: sqlite in the workdir).")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Method config override METHOD.FIELD=VALUE, repeatable.")
+]
+FieldSetOpt = Annotated[list[str] | None, typer.Option("--set", help="Config override FIELD=VALUE, repeatable.")]
+TasksOpt = Annotated[str | None, typer.Option(help="Comma-separated task names (default: all of the suite's).")]
+BudgetOpt = Annotated[
+    str | None, typer.Option(help="Fit every sizeable method to this many trainable params, head excluded (0.3M).")
+]
+
 
 @app.command()
 def run(
     suite: str = typer.Option(..., help="Suite name (see `bench suites list`)."),
     methods: str = typer.Option(..., help="Comma-separated method names, e.g. lora,linear."),
     seeds: str = typer.Option("3", help="Number of seeds (3 -> 0,1,2) or an explicit list (0,5,7)."),
-    tasks: str | None = typer.Option(None, help="Comma-separated task names (default: all of the suite's)."),
+    tasks: TasksOpt = None,
     stage: str = typer.Option("final", help="final: train800val200 -> test once; tune: train800 -> val200."),
-    data_root: Path | None = typer.Option(None, help="Folder holding the suite's task folders."),
-    backbone: str | None = typer.Option(None, help="timm ViT name (default: the suite's)."),
-    checkpoint: Path | None = typer.Option(None, help="Local weights (.safetensors, .pth, .npz): runs offline."),
-    epochs: int | None = typer.Option(None, help="Override the preset's epochs (warm-up scales with it)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: sqlite in the workdir)."),
-    set_: list[str] = typer.Option([], "--set", help="Method config override METHOD.FIELD=VALUE, repeatable."),
-    budget: str | None = typer.Option(None, help="Fit every sizeable method to this many trainable params (0.3M)."),
+    data_root: DataRootOpt = None,
+    backbone: BackboneOpt = None,
+    checkpoint: CheckpointOpt = None,
+    epochs: EpochsOpt = None,
+    device: DeviceOpt = "auto",
+    tracking_uri: TrackingOpt = None,
+    set_: SetOpt = None,
+    budget: BudgetOpt = None,
     hparams: str = typer.Option("published", help="published, or tuned: each study's best trial (`bench tune`)."),
     storage: str | None = typer.Option(None, help="Optuna storage URL for --hparams tuned (default: the workdir's)."),
 ) -> None:
@@ -143,7 +159,7 @@ def run(
         checkpoint=checkpoint,
         epochs=epochs,
         device=device,
-        method_overrides=_method_overrides(set_),
+        method_overrides=_method_overrides(set_ or []),
         budget=_budget(budget),
         hparams=hparams,
         storage=storage or default_storage(State.workdir),
@@ -168,16 +184,16 @@ def tune(
     suite: str = typer.Option(..., help="Suite name."),
     methods: str = typer.Option(..., help="Comma-separated method names."),
     trials: int = typer.Option(..., help="Trials per study: the same for every method."),
-    budget: str | None = typer.Option(None, help="Trainable-parameter budget the structures are fitted to (0.3M)."),
-    tasks: str | None = typer.Option(None, help="Comma-separated task names (default: all of the suite's)."),
+    budget: BudgetOpt = None,
+    tasks: TasksOpt = None,
     storage: str | None = typer.Option(None, help="Optuna storage URL (default: sqlite in the workdir's optuna.db)."),
-    data_root: Path | None = typer.Option(None, help="Folder holding the suite's task folders."),
-    backbone: str | None = typer.Option(None, help="timm ViT name (default: the suite's)."),
-    checkpoint: Path | None = typer.Option(None, help="Local weights (.safetensors, .pth, .npz): runs offline."),
-    epochs: int | None = typer.Option(None, help="Override the preset's epochs (warm-up scales with it)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: sqlite in the workdir)."),
-    set_: list[str] = typer.Option([], "--set", help="Method config override METHOD.FIELD=VALUE, repeatable."),
+    data_root: DataRootOpt = None,
+    backbone: BackboneOpt = None,
+    checkpoint: CheckpointOpt = None,
+    epochs: EpochsOpt = None,
+    device: DeviceOpt = "auto",
+    tracking_uri: TrackingOpt = None,
+    set_: SetOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Tune every (task, method) on train800 -> val200 with the same number of Optuna trials."""
@@ -194,7 +210,7 @@ def tune(
         checkpoint=checkpoint,
         epochs=epochs,
         device=device,
-        method_overrides=_method_overrides(set_),
+        method_overrides=_method_overrides(set_ or []),
         budget=_budget(budget),
     )
     url = storage or default_storage(State.workdir)
@@ -255,7 +271,7 @@ def _pct(x: float) -> str:
 def runs_cmd(
     suite: str = typer.Option(..., help="Suite whose runs to list."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI (default: sqlite in the workdir)."),
+    tracking_uri: TrackingOpt = None,
 ) -> None:
     """One row per run in tracking: key, method, task, seed, stage, status, accuracy, trainable params."""
     from .tracking import experiment_name
@@ -338,7 +354,7 @@ def methods_list(as_json: bool = typer.Option(False, "--json", help="Machine-rea
 def methods_info(
     name: str = typer.Argument(..., help="Method name."),
     backbone: str = typer.Option("vit_base_patch16_224.orig_in21k", help="timm ViT name (never downloads)."),
-    set_: list[str] = typer.Option([], "--set", help="Config override FIELD=VALUE, repeatable."),
+    set_: FieldSetOpt = None,
     memory: bool = typer.Option(
         False, "--memory", help="Also measure saved activations per image vs LoRA (CPU, seconds)."
     ),
@@ -351,7 +367,7 @@ def methods_info(
     from .inspect import built_trainable_params
 
     method = get_method(name)
-    config = make_config(method, parse_set_options(set_))
+    config = make_config(method, parse_set_options(set_ or []))
     spec = backbone_spec(backbone)
     info = {
         "method": name,
@@ -420,7 +436,7 @@ def methods_budget(
 @methods_app.command("check")
 def methods_check(
     name: str = typer.Argument(..., help="Method name."),
-    set_: list[str] = typer.Option([], "--set", help="Config override FIELD=VALUE, repeatable."),
+    set_: FieldSetOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Run the conformance checks of DESIGN §3 on a tiny ViT; exit 0 only if all pass."""
@@ -428,7 +444,7 @@ def methods_check(
     from methods.conformance import run_checks
 
     method = get_method(name)
-    config = make_config(method, parse_set_options(set_))
+    config = make_config(method, parse_set_options(set_ or []))
     results = run_checks(method, config)
     if as_json:
         _print_json([r.__dict__ for r in results])
@@ -523,7 +539,7 @@ def suites_info(
 def data_verify(
     suite: str = typer.Option(..., help="Suite name."),
     data_root: Path = typer.Option(..., help="Folder holding the suite's task folders."),
-    tasks: str | None = typer.Option(None, help="Comma-separated task names (default: all)."),
+    tasks: TasksOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Check list files, line counts, labels, class counts and that every image opens."""
@@ -573,7 +589,7 @@ def data_fetch(
 def ui(
     port: int = typer.Option(5000, help="Port of the MLflow UI."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-    tracking_uri: str | None = typer.Option(None, help="Store to browse (default: the workdir's sqlite)."),
+    tracking_uri: TrackingOpt = None,
 ) -> None:
     """Start the MLflow UI on the work directory's tracking store."""
     import subprocess
