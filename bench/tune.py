@@ -144,8 +144,10 @@ def run_tuning(
                 f"study {name} in {storage} was tuned with other {', '.join(changed)}; "
                 "use another --storage or the original settings"
             )
+        # One process tunes a study at a time, so a RUNNING trial found now was left by a killed run.
+        # Optuna's public fail_stale_trials needs heartbeats and a grace period; this needs neither.
         for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            study._storage.set_trial_state_values(stale._trial_id, optuna.trial.TrialState.FAIL)  # a killed run
+            study._storage.set_trial_state_values(stale._trial_id, optuna.trial.TrialState.FAIL)
         if not study.trials:  # trial 0: the published configuration (the preset's recipe + the method's own)
             study.enqueue_trial(
                 {**published_shared(plan.preset), **run.method.published_hparams()}, skip_if_exists=True
