@@ -69,10 +69,6 @@ class Weights:
     path: Path | None
     checkpoint_id: str  # "sha256:<hex>" or "random-init:seed<k>"
 
-    @property
-    def is_random(self) -> bool:
-        return self.path is None
-
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()

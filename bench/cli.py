@@ -385,8 +385,10 @@ def methods_info(
     from .inspect import macs_per_image
 
     # counted on the meta device: the deployed model (merged where possible) and the training forward
-    info["macs_per_image"] = macs_per_image(method, config, backbone, merged=True)
     info["train_macs_per_image"] = macs_per_image(method, config, backbone)
+    info["macs_per_image"] = (
+        macs_per_image(method, config, backbone, merged=True) if method.mergeable else info["train_macs_per_image"]
+    )
     info["backbone_macs_per_image"] = macs_per_image(None, None, backbone)
     info["macs_ratio"] = round(info["macs_per_image"] / info["backbone_macs_per_image"], 4)
     if memory:

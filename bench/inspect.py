@@ -1,4 +1,5 @@
-"""Checks on built models that need no weights: the meta device holds shapes only."""
+"""Measurements of built models: parameter counts and MACs on the meta device (shapes only, no
+weights, no download), and saved activations on real random weights (on request: seconds)."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ import methods
 import suites
 from methods.base import Method, config_to_dict, make_config
 from suites.base import Preset, Stage, Suite
+from suites.lists import ListEntry
 from suites.resolve import ResolvedTask
 
 from . import __version__
@@ -143,6 +144,11 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
     if not request.seeds:
         raise BenchError("no seeds given; pass e.g. --seeds 3")
     device = resolve_device(request.device)
+    stray = sorted(set(request.method_overrides) - set(request.methods))
+    if stray:
+        raise BenchError(
+            f"--set names method(s) {', '.join(stray)} that are not in --methods; add them or drop the --set"
+        )
     if request.hparams not in ("published", "tuned"):
         raise BenchError(f"--hparams {request.hparams!r} must be published or tuned")
 
@@ -199,17 +205,18 @@ def _sized_method(name: str, request: SweepRequest, spec_bb) -> tuple[Method, An
     overrides = request.method_overrides.get(name)
     if request.budget is None:
         return method, make_config(method, overrides), None
-    if overrides and method.budget_adjustable:
+    if not method.budget_adjustable:  # a reference keeps its size: its runs serve every budget's sweep
+        return method, make_config(method, overrides), None
+    if overrides:
         raise BenchError(f"--set {name}.… and --budget both size method {name!r}; drop one of them")
-    choice = choose_for_budget(method, spec_bb, request.budget)
-    # reference methods keep their size, so their runs are shared by every budget's sweep
-    return method, choice.config, request.budget if choice.adjustable else None
+    return method, choose_for_budget(method, spec_bb, request.budget).config, request.budget
 
 
 def run_sweep(plan: SweepPlan, tracker: Tracker, workdir: Path, reporter: Reporter | None = None) -> list[RunOutcome]:
     reporter = reporter or SilentReporter()
     experiment = plan.experiment
-    done = {r.spec.run_key: tracker.finished_run(experiment, r.spec.run_key) for r in plan.runs}
+    records = tracker.runs_by_key(experiment)  # one query for the whole sweep
+    done = {r.spec.run_key: tracker.finished(records.get(r.spec.run_key, [])) for r in plan.runs}
     todo = sum(1 for r in plan.runs if done[r.spec.run_key] is None)
     reporter.sweep_started(plan, todo)
     parent = tracker.open_sweep(
@@ -233,7 +240,7 @@ def run_sweep(plan: SweepPlan, tracker: Tracker, workdir: Path, reporter: Report
     )
     outcomes: list[RunOutcome] = []
     cache_dir = workdir / "cache" / "images"
-    data_memo: dict[str, tuple[SplitData, SplitData]] = {}
+    data_memo: dict[str, TaskData] = {}
     status = "FAILED"
     try:
         for run in plan.runs:
@@ -242,9 +249,9 @@ def run_sweep(plan: SweepPlan, tracker: Tracker, workdir: Path, reporter: Report
                 acc = previous.data.metrics.get(eval_metric(plan.stage))
                 outcome = RunOutcome(run.spec, "skipped", previous.info.run_id, acc)
             else:
-                tracker.close_interrupted(experiment, run.spec.run_key)
-                train, evaluate = task_data(run.task, plan, cache_dir, data_memo)
-                outcome = _train_and_log(run, plan, tracker, parent, train, evaluate, reporter)
+                tracker.close_interrupted(records.get(run.spec.run_key, []))
+                data = task_data(run.task, plan, cache_dir, data_memo)
+                outcome = _train_and_log(run, plan, tracker, parent, data, reporter)
             outcomes.append(outcome)
             reporter.run_done(run, outcome)
         status = "FINISHED"
@@ -267,40 +274,35 @@ def eval_metric(stage: Stage) -> str:
     return "test/acc" if stage.name == "final" else "val/acc"
 
 
-def task_data(
-    task: ResolvedTask, plan: SweepPlan, cache_dir: Path, memo: dict[str, tuple[SplitData, SplitData]]
-) -> tuple[SplitData, SplitData]:
-    """The task's (train, eval) splits, decoded once and kept for the task's runs (one task at a time)."""
+@dataclass
+class TaskData:
+    """A task's decoded splits for one stage, and the eval list (its paths go into the predictions)."""
+
+    train: SplitData
+    evaluate: SplitData
+    eval_entries: list[ListEntry]
+
+
+def task_data(task: ResolvedTask, plan: SweepPlan, cache_dir: Path, memo: dict[str, TaskData]) -> TaskData:
+    """The task's splits, decoded once and kept for the task's runs (one task in memory at a time)."""
     if task.name not in memo:
         memo.clear()
-        memo[task.name] = _load_task(task, plan, cache_dir)
+        train_entries, eval_entries = task.stage_lists(plan.stage)
+        size, interp = plan.preset.img_size, plan.preset.interpolation
+        memo[task.name] = TaskData(
+            SplitData(*load_split(train_entries, size, interp, cache_dir)),
+            SplitData(*load_split(eval_entries, size, interp, cache_dir)),
+            eval_entries,
+        )
     return memo[task.name]
 
 
-def _load_task(task: ResolvedTask, plan: SweepPlan, cache_dir: Path) -> tuple[SplitData, SplitData]:
-    train_entries, eval_entries = task.stage_lists(plan.stage)
-    size, interp = plan.preset.img_size, plan.preset.interpolation
-    return (
-        SplitData(*load_split(train_entries, size, interp, cache_dir)),
-        SplitData(*load_split(eval_entries, size, interp, cache_dir)),
-    )
-
-
-def _train_and_log(
-    run: PlannedRun,
-    plan: SweepPlan,
-    tracker: Tracker,
-    parent: str,
-    train: SplitData,
-    evaluate: SplitData,
-    reporter: Reporter,
-) -> RunOutcome:
-    spec = run.spec
-    tags = {
+def run_tags(spec: RunSpec, **extra: str) -> dict[str, str]:
+    """The ``bench.*`` tags every run carries, final or tuning trial."""
+    return {
         "bench.run_key": spec.run_key,
         "bench.suite": spec.suite,
         "bench.task": spec.task,
-        "bench.group": run.task.task.group,
         "bench.method": spec.method,
         "bench.seed": str(spec.seed),
         "bench.stage": spec.stage,
@@ -310,8 +312,20 @@ def _train_and_log(
         "bench.checkpoint": spec.checkpoint,
         "bench.data_fingerprint": spec.data,
         "bench.version": __version__,
-        "bench.device": str(plan.device),
+        **extra,
     }
+
+
+def _train_and_log(
+    run: PlannedRun,
+    plan: SweepPlan,
+    tracker: Tracker,
+    parent: str,
+    data: TaskData,
+    reporter: Reporter,
+) -> RunOutcome:
+    spec = run.spec
+    tags = run_tags(spec, **{"bench.group": run.task.task.group, "bench.device": str(plan.device)})
     params = flatten_params(
         {
             "method": spec.method_config,
@@ -330,8 +344,8 @@ def _train_and_log(
         def on_epoch(m: EpochMetrics) -> None:
             reporter.epoch_done(run, m)
 
-        result = execute_run(run, plan, tracker, run_id, train, evaluate, on_epoch)
-        _log_result(tracker, run_id, run, plan, result)
+        result = execute_run(run, plan, tracker, run_id, data, on_epoch)
+        _log_result(tracker, run_id, run, plan, result, data.eval_entries)
     return RunOutcome(spec, "trained", run_id, result.eval_acc)
 
 
@@ -340,8 +354,7 @@ def execute_run(
     plan: SweepPlan,
     tracker: Tracker,
     run_id: str,
-    train: SplitData,
-    evaluate: SplitData,
+    data: TaskData,
     on_epoch=None,
 ) -> RunResult:
     """Build the backbone, apply the method, train, logging the resolved config and every epoch."""
@@ -372,8 +385,8 @@ def execute_run(
         run.method,
         run.preset,
         plan.stage,
-        train,
-        evaluate,
+        data.train,
+        data.evaluate,
         seed=spec.seed,
         device=plan.device,
         mean=mean,
@@ -402,7 +415,9 @@ def _resolved_config(spec: RunSpec, run: PlannedRun, plan: SweepPlan, mean, std)
     }
 
 
-def _log_result(tracker: Tracker, run_id: str, run: PlannedRun, plan: SweepPlan, result: RunResult) -> None:
+def _log_result(
+    tracker: Tracker, run_id: str, run: PlannedRun, plan: SweepPlan, result: RunResult, entries: list[ListEntry]
+) -> None:
     from safetensors.torch import save
 
     metrics = {
@@ -416,7 +431,6 @@ def _log_result(tracker: Tracker, run_id: str, run: PlannedRun, plan: SweepPlan,
     if plan.stage.name == "final":
         metrics["test/acc"] = result.eval_acc  # scored once, after the last epoch
     tracker.log_metrics(run_id, metrics, step=run.preset.epochs)
-    entries = run.task.stage_lists(plan.stage)[1]
     rows = [
         [i, str(e.path.relative_to(run.task.directory)), e.label, int(p)]
         for i, (e, p) in enumerate(zip(entries, result.predictions.tolist(), strict=True))

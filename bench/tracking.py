@@ -89,19 +89,22 @@ class Tracker:
 
     # -- finding runs ----------------------------------------------------------------------
 
-    def runs_with_key(self, experiment: str, run_key: str) -> list[Any]:
-        exp_id = self.experiment_id(experiment, create=False)
-        if exp_id is None:
-            return []
-        return self.client.search_runs([exp_id], filter_string=f"tags.`bench.run_key` = '{run_key}'", max_results=1000)
+    def runs_by_key(self, experiment: str) -> dict[str, list[Any]]:
+        """Every run of ``experiment`` grouped by ``bench.run_key``: one query for a whole sweep."""
+        grouped: dict[str, list[Any]] = {}
+        for run in self.search(experiment):
+            grouped.setdefault(run.data.tags.get("bench.run_key", ""), []).append(run)
+        return grouped
 
-    def finished_run(self, experiment: str, run_key: str) -> Any | None:
-        done = [r for r in self.runs_with_key(experiment, run_key) if r.info.status == "FINISHED"]
+    @staticmethod
+    def finished(runs: list[Any]) -> Any | None:
+        """The newest FINISHED run among ``runs`` (the records of one run key), if any."""
+        done = [r for r in runs if r.info.status == "FINISHED"]
         return max(done, key=lambda r: r.info.end_time or 0) if done else None
 
-    def close_interrupted(self, experiment: str, run_key: str) -> int:
-        """Mark runs of ``run_key`` left RUNNING by a killed process as KILLED; return how many."""
-        stale = [r for r in self.runs_with_key(experiment, run_key) if r.info.status == "RUNNING"]
+    def close_interrupted(self, runs: list[Any]) -> int:
+        """Mark records left RUNNING by a killed process as KILLED; return how many."""
+        stale = [r for r in runs if r.info.status == "RUNNING"]
         for r in stale:
             self.client.set_terminated(r.info.run_id, status="KILLED")
             self.client.set_tag(r.info.run_id, "bench.interrupted", "true")
@@ -200,13 +203,6 @@ class Tracker:
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)
-
-    def download_text(self, run_id: str, artifact_file: str) -> str:
-        from mlflow.artifacts import download_artifacts
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = download_artifacts(run_id=run_id, artifact_path=artifact_file, dst_path=tmp, tracking_uri=self.uri)
-            return Path(path).read_text()
 
 
 def csv_text(header: list[str], rows: list[list[Any]]) -> str:

@@ -164,11 +164,12 @@ def train_run(
             loss_sum += loss.detach() * y.numel()
             correct += (logits.detach().argmax(1) == y).sum()
             step += 1
-        if not math.isfinite(loss_sum.item()):
+        total_loss = loss_sum.item()  # one host sync per epoch
+        if not math.isfinite(total_loss):
             raise FloatingPointError(f"the training loss is not finite in epoch {epoch}; lower the learning rate")
         metrics = EpochMetrics(
             epoch=epoch,
-            train_loss=loss_sum.item() / len(train),  # one host sync per epoch
+            train_loss=total_loss / len(train),
             train_acc=correct.item() / len(train),
             lr=lr,
         )

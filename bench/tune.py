@@ -33,7 +33,7 @@ from suites.resolve import ResolvedTask
 from .backbone import Weights
 from .budget import format_budget
 from .errors import BenchError
-from .sweep import PlannedRun, SweepPlan, SweepRequest, execute_run, plan_sweep, task_data
+from .sweep import PlannedRun, SweepPlan, SweepRequest, execute_run, plan_sweep, run_tags, task_data
 from .tracking import Tracker, experiment_name, flatten_params
 
 TUNE_SEED = 1000  # the seed of every tuning trial; final runs must use others
@@ -154,7 +154,7 @@ def run_tuning(
             )
         done = sum(t.state.name in FINISHED_STATES for t in study.get_trials(deepcopy=False))
         if done < trials:
-            train, evaluate = task_data(run.task, plan, workdir / "cache" / "images", memo)
+            data = task_data(run.task, plan, workdir / "cache" / "images", memo)
             parent = tracker.open_sweep(
                 experiment,
                 hashlib.sha256(name.encode()).hexdigest()[:24],
@@ -169,7 +169,7 @@ def run_tuning(
                 },
                 params=flatten_params({"n_trials": trials, **attrs}),
             )
-            objective = _objective(run, plan, tracker, experiment, parent, name, train, evaluate, reporter)
+            objective = _objective(run, plan, tracker, experiment, parent, name, data, reporter)
             try:
                 study.optimize(objective, n_trials=trials - done, catch=(TrialFailed,))
             finally:
@@ -178,7 +178,7 @@ def run_tuning(
     return summaries
 
 
-def _objective(run, plan, tracker, experiment, parent, name, train, evaluate, reporter):
+def _objective(run, plan, tracker, experiment, parent, name, data, reporter):
     import optuna
 
     def objective(trial) -> float:
@@ -186,17 +186,7 @@ def _objective(run, plan, tracker, experiment, parent, name, train, evaluate, re
         preset, config = split_hparams(run.method, run.config, plan.preset, values)
         spec = dataclasses.replace(run.spec, hparams=preset.to_dict(), method_config=config_to_dict(config))
         trial_run = PlannedRun(spec, run.task, run.method, config, preset)
-        tags = {
-            "bench.run_key": spec.run_key,
-            "bench.suite": spec.suite,
-            "bench.task": spec.task,
-            "bench.method": spec.method,
-            "bench.stage": "tune",
-            "bench.seed": str(spec.seed),
-            "bench.budget": str(spec.budget) if spec.budget is not None else "none",
-            "bench.study": name,
-            "bench.trial": str(trial.number),
-        }
+        tags = run_tags(spec, **{"bench.study": name, "bench.trial": str(trial.number)})
         params = flatten_params({"method": spec.method_config, "hp": spec.hparams, "trial": values})
         state, value = "complete", math.nan
         with tracker.child_run(experiment, parent, f"trial-{trial.number:03d}", tags, params) as run_id:
@@ -211,7 +201,7 @@ def _objective(run, plan, tracker, experiment, parent, name, train, evaluate, re
             if reporter is not None:
                 reporter.run_started(trial_run, preset.epochs)
             try:
-                result = execute_run(trial_run, plan, tracker, run_id, train, evaluate, report)
+                result = execute_run(trial_run, plan, tracker, run_id, data, report)
                 value = result.epochs[-1].eval_acc  # the last epoch's val200 accuracy, never the best
             except optuna.TrialPruned:
                 state = "pruned"

@@ -144,12 +144,9 @@ class KAdaptation(Method):
         for block in model.blocks:
             attn = block.attn
             attn.qkv = KAdaptationQKV(attn.qkv, model.kadaptation_rules, config, attn.head_dim)
-        own = [
-            p
-            for n, p in model.named_parameters()
-            if n.startswith("kadaptation_rules.") or ".qkv.fast_" in n or n.endswith(".qkv.bias") and ".base." not in n
-        ]
-        freeze_all_but(model, own)
+        layers = [block.attn.qkv for block in model.blocks]
+        own = [p for layer in layers for p in (layer.fast_u, layer.fast_v, layer.bias)]
+        freeze_all_but(model, [*own, *model.kadaptation_rules.parameters()])
         return model
 
     def count(self, spec: BackboneSpec, config: KAdaptationConfig) -> int:

@@ -195,6 +195,7 @@ class SparseState(nn.Module):
             self.adapters = nn.ModuleList(CodeAdapter(dim) for _ in range(depth))
         # the code's dense groups {0,1,2}, {3,4,5}, ..., the last block's adapter stays inside it
         self.group_end = {i: min(i - i % 3 + 2, depth - 1) for i in range(depth - 1)}
+        self.group_adds = set(self.group_end.values())  # blocks after which a group sum is re-added
 
 
 def sparse_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -224,7 +225,7 @@ def sparse_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
             x = x + mlp_out + adapted
             if i in state.group_end:
                 group = adapted if group is None else group + adapted
-            if i in state.group_end.values() or i == len(self.blocks) - 1:
+            if i in state.group_adds:
                 if group is not None:
                     x = x + group
                 group = None

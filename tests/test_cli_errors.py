@@ -124,3 +124,8 @@ def test_a_method_config_that_does_not_fit_the_backbone_fails_before_training(cl
     )
     _assert_one_line_error(code, err, "drop_blocks [6, 9] are not blocks of a 4-block ViT")
     assert Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder") == []  # nothing started
+
+
+def test_set_for_a_method_not_in_the_sweep_is_refused(cli, noah_root: Path):
+    code, _, err = _run(cli, noah_root, "--set", "karst.rank=4")
+    _assert_one_line_error(code, err, "--set names method(s) karst that are not in --methods")
