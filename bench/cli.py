@@ -317,6 +317,44 @@ def runs_cmd(
     out.print(table)
 
 
+@app.command("report")
+def report_cmd(
+    suite: str = typer.Option(..., help="Suite whose finished runs to report."),
+    methods: str | None = typer.Option(None, help="Comma-separated methods (default: every method with runs)."),
+    reference: str | None = typer.Option(None, help="Method every other is compared with (default: the first)."),
+    budget: str | None = typer.Option(
+        None, help="Report the runs fitted to this budget (0.3M), or 'published'; references join every budget."
+    ),
+    stage: str = typer.Option("final", help="final (test accuracy) or tune (validation accuracy)."),
+    hparams: str | None = typer.Option(None, help="published or tuned (default: refuse a mix)."),
+    format_: str = typer.Option("md,latex,csv", "--format", help="Any of md, latex, csv, comma-separated."),
+    out_dir: Path = typer.Option(Path("report"), "--out", help="Folder for the report files and figures."),
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Tables (Markdown, LaTeX, CSV) and figures with CIs and significance tests from finished runs."""
+    import suites
+    from reports.report import build_report, write_report
+    from reports.runs import load_runs
+
+    suites.get_suite(suite)  # an unknown suite name fails with the list of suites
+    if stage not in ("final", "tune"):
+        raise BenchError(f"--stage {stage!r} must be final or tune")
+    if hparams not in (None, "published", "tuned"):
+        raise BenchError(f"--hparams {hparams!r} must be published or tuned")
+    selected_budget: int | str | None = None
+    if budget is not None:
+        selected_budget = "published" if budget.strip().lower() == "published" else _budget(budget)
+    formats = tuple(_split(format_) or [])
+    runs = load_runs(
+        _tracker(tracking_uri), suite, stage, methods=_split(methods), budget=selected_budget, hparams=hparams
+    )
+    report = build_report(runs, reference)
+    files = write_report(report, out_dir, formats)
+    for line in runs.missing:
+        err.print(f"[yellow]missing:[/] {line}")
+    out.print(f"wrote {len(files)} files to {out_dir}: " + ", ".join(p.name for p in files))
+
+
 # ---------------------------------------------------------------------------------------
 # bench methods
 

@@ -1,0 +1,232 @@
+"""The runs a report is built from: finished runs read from MLflow, de-duplicated and checked.
+
+A table may only hold runs that are comparable. :func:`load_runs` therefore refuses, with a
+message naming the culprits, to mix presets (protocol: epochs, batch size, image size,
+augmentation), backbones, checkpoints, budgets or hyperparameter sources, and refuses a method
+that holds two configurations of the same (task, seed). What it cannot refuse (a method missing
+some seeds on a task) it reports in :attr:`ReportRuns.missing`; the tables never average over an
+incomplete set silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import BenchError
+
+# Protocol-defining settings: runs that differ in any of these are not one comparison. Learning
+# rate, weight decay and drop-path are left out on purpose: tuning sets them per method.
+PROTOCOL_PARAMS = ("hp.epochs", "hp.batch_size", "hp.img_size", "hp.augmentation", "hp.interpolation")
+
+COLUMNS = [
+    "run_id",
+    "run_key",
+    "suite",
+    "task",
+    "group",
+    "method",
+    "seed",
+    "shots",
+    "split_seed",
+    "stage",
+    "preset",
+    "protocol",
+    "budget",
+    "backbone",
+    "checkpoint",
+    "hparams",
+    "acc",
+    "params_trainable",
+    "params_head",
+    "train_img_s",
+    "infer_img_s",
+    "peak_mem_mb",
+    "train_s",
+    "end_time",
+]
+
+
+@dataclass
+class ReportRuns:
+    """Comparable finished runs, one row per run key, plus what is missing for a complete table."""
+
+    frame: pd.DataFrame
+    suite: str
+    stage: str
+    missing: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # incomplete (method, task[, shots]) cells left out
+
+    @property
+    def methods(self) -> list[str]:
+        return list(dict.fromkeys(self.frame["method"]))
+
+    @property
+    def few_shot(self) -> bool:
+        return bool(self.frame["shots"].notna().any())
+
+
+def _int_or_none(value: str | None) -> int | None:
+    if value in (None, "", "none"):
+        return None
+    return int(value)
+
+
+def runs_frame(records: list, stage: str) -> pd.DataFrame:
+    """One row per FINISHED MLflow run of ``stage`` (all keys, duplicates included)."""
+    metric = "test/acc" if stage == "final" else "val/acc"
+    rows = []
+    for r in records:
+        if r.info.status != "FINISHED":
+            continue
+        t, m, p = r.data.tags, r.data.metrics, r.data.params
+        if t.get("bench.stage") != stage or metric not in m:
+            continue
+        rows.append(
+            {
+                "run_id": r.info.run_id,
+                "run_key": t.get("bench.run_key"),
+                "suite": t.get("bench.suite"),
+                "task": t.get("bench.task"),
+                "group": t.get("bench.group", ""),
+                "method": t.get("bench.method"),
+                "seed": int(t.get("bench.seed", -1)),
+                "shots": _int_or_none(t.get("bench.shots")),
+                "split_seed": _int_or_none(t.get("bench.split_seed")),
+                "stage": stage,
+                "preset": t.get("bench.preset"),
+                "protocol": ", ".join(f"{k[3:]}={p.get(k, '?')}" for k in PROTOCOL_PARAMS),
+                "budget": _int_or_none(t.get("bench.budget")),
+                "backbone": t.get("bench.backbone"),
+                "checkpoint": t.get("bench.checkpoint"),
+                "hparams": t.get("bench.hparams", "published"),
+                "acc": float(m[metric]),
+                "params_trainable": m.get("params/trainable", np.nan),
+                "params_head": m.get("params/head", np.nan),
+                "train_img_s": m.get("throughput/train_img_s", np.nan),
+                "infer_img_s": m.get("throughput/infer_img_s", np.nan),
+                "peak_mem_mb": m.get("mem/peak_mb", np.nan),
+                "train_s": m.get("time/train_s", np.nan),
+                "end_time": r.info.end_time or 0,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    frame["shots"] = frame["shots"].astype("Int64")
+    frame["split_seed"] = frame["split_seed"].astype("Int64")
+    frame["budget"] = frame["budget"].astype("Int64")
+    return frame
+
+
+def _budget_adjustable(method: str) -> bool:
+    import methods
+
+    try:
+        return bool(methods.get_method(method).budget_adjustable)
+    except BenchError:  # a plugin that is no longer installed: treat it like the sizeable methods
+        return True
+
+
+def _refuse_mixed(frame: pd.DataFrame, column: str, what: str, fix: str) -> None:
+    values = frame.groupby(column, dropna=False)["method"].agg(lambda s: ", ".join(sorted(set(s))))
+    if len(values) > 1:
+        detail = "; ".join(f"{v!s} ({ms})" for v, ms in values.items())
+        raise BenchError(f"the runs mix {len(values)} {what}: {detail}. One table needs one; {fix}")
+
+
+def select_runs(
+    frame: pd.DataFrame,
+    *,
+    suite: str,
+    stage: str,
+    methods: list[str] | None = None,
+    budget: int | str | None = None,  # an int, "published", or None (refuse a mix)
+    hparams: str | None = None,
+    complete_only: bool = True,
+) -> ReportRuns:
+    """Filter, de-duplicate by run key (newest wins), check comparability, find missing runs."""
+    if frame.empty:
+        raise BenchError(
+            f"no finished {stage} runs of suite {suite!r} in this tracking store; run "
+            f"`bench run --suite {suite} …` first or pass the store with --tracking-uri"
+        )
+    if methods:
+        unknown = sorted(set(methods) - set(frame["method"]))
+        if unknown:
+            raise BenchError(
+                f"--methods names {', '.join(unknown)} but the store has no finished {stage} runs of "
+                f"{'it' if len(unknown) == 1 else 'them'}; it has {', '.join(sorted(set(frame['method'])))}"
+            )
+        frame = frame[frame["method"].isin(methods)]
+    if hparams is not None:
+        frame = frame[frame["hparams"] == hparams]
+        if frame.empty:
+            raise BenchError(f"no finished runs with --hparams {hparams}")
+    sizeable = frame["method"].map(_budget_adjustable)
+    if budget == "published":  # the methods' own published sizes, no --budget fitting
+        frame = frame[~sizeable | frame["budget"].isna()]
+    elif budget is not None:
+        # Reference methods (linear, full) have one size and serve every budget's table.
+        frame = frame[~sizeable | (frame["budget"] == budget)]
+        if not (frame["budget"] == budget).any():
+            raise BenchError(f"no finished runs at --budget {budget}; `bench runs --suite {suite}` lists what exists")
+    else:
+        fitted = frame[sizeable]
+        budgets = sorted({("published" if pd.isna(b) else int(b)) for b in fitted["budget"]}, key=str)
+        if len(budgets) > 1:
+            raise BenchError(
+                f"the runs mix budgets ({', '.join(map(str, budgets))}); pass --budget N to report one of them, "
+                "or --budget published (reference methods such as linear and full join every budget's table)"
+            )
+
+    frame = frame.sort_values("end_time").drop_duplicates("run_key", keep="last")
+    _refuse_mixed(frame, "preset", "presets", "select one with a separate --tracking-uri or re-run")
+    _refuse_mixed(frame, "protocol", "protocols (epochs, batch size, image size, augmentation)", "re-run one of them")
+    _refuse_mixed(frame, "backbone", "backbones", "report each backbone from its own store")
+    _refuse_mixed(frame, "checkpoint", "checkpoints", "report each checkpoint from its own store")
+    _refuse_mixed(frame, "hparams", "hyperparameter sources", "pass --hparams published or --hparams tuned")
+
+    cell = ["method", "task", "shots", "split_seed", "seed"]
+    dup = frame.groupby(cell, dropna=False)["run_key"].nunique()
+    dup = dup[dup > 1]
+    if not dup.empty:
+        method, task, shots, _, seed = dup.index[0]
+        where = f"{task}" + (f" k={shots}" if not pd.isna(shots) else "")
+        raise BenchError(
+            f"method {method!r} has {dup.iloc[0]} different configurations on {where} seed {seed} "
+            "(different --set values or method configs); keep one per store or pass --budget/--hparams to select"
+        )
+
+    missing, dropped = _missing(frame)
+    if complete_only and dropped:
+        keys = frame.set_index(["method", "task", "shots"]).index
+        bad = pd.MultiIndex.from_tuples([d[0] for d in dropped], names=["method", "task", "shots"])
+        frame = frame[~keys.isin(bad)]
+    return ReportRuns(frame.reset_index(drop=True), suite, stage, missing=missing, dropped=[d[1] for d in dropped])
+
+
+def _missing(frame: pd.DataFrame) -> tuple[list[str], list[tuple[tuple, str]]]:
+    """Runs absent for a full method × task (× shots) × seed grid, and the cells they leave incomplete."""
+    seeds = sorted(set(frame["seed"]))
+    tasks = frame[["task", "shots"]].drop_duplicates().itertuples(index=False)
+    tasks = sorted(tasks, key=lambda t: (t.task, -1 if pd.isna(t.shots) else int(t.shots)))
+    have = set(zip(frame["method"], frame["task"], frame["shots"].fillna(-1), frame["seed"], strict=True))
+    missing, dropped = [], []
+    for method in dict.fromkeys(frame["method"]):
+        for t in tasks:
+            shots = -1 if pd.isna(t.shots) else int(t.shots)
+            absent = [s for s in seeds if (method, t.task, shots, s) not in have]
+            if absent:
+                where = t.task + (f" k={shots}" if shots >= 0 else "")
+                missing.append(f"{method} on {where}: seed {', '.join(map(str, absent))} missing")
+                dropped.append(((method, t.task, t.shots), f"{method} on {where}"))
+    return missing, dropped
+
+
+def load_runs(tracker, suite: str, stage: str = "final", **selection) -> ReportRuns:
+    """Finished runs of ``suite`` from ``tracker`` (a :class:`bench.tracking.Tracker`), selected and checked."""
+    from bench.tracking import experiment_name
+
+    records = tracker.search(experiment_name(suite), extra_filter="attributes.status = 'FINISHED'")
+    return select_runs(runs_frame(records, stage), suite=suite, stage=stage, **selection)
