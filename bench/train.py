@@ -8,6 +8,12 @@ The protocol rules live here and nowhere else:
   once, after the last epoch: no epoch is ever chosen on test;
 * images stay uint8 on the device for the whole run and are normalised on the device; bf16
   autocast on CUDA; losses and accuracies accumulate on the device and are read once per epoch.
+
+Speed on CUDA (issue 9): the frozen backbone tensors are held in bf16 while training (they never
+change; trainable tensors and the optimiser stay fp32), and their fp32 originals are put back
+before evaluation and merging; full batches run through ``torch.compile`` while the
+last, smaller batch of an epoch runs eagerly on the same parameters, so no epoch triggers a
+recompile for a new shape.
 """
 
 from __future__ import annotations
@@ -105,6 +111,10 @@ def predict(model: nn.Module, norm: Normalize, data: SplitData, device: torch.de
     return torch.cat(out).cpu()
 
 
+def _frozen_float_params(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if not p.requires_grad and p.dtype == torch.float32]
+
+
 def train_run(
     model: nn.Module,
     method: Method,
@@ -118,9 +128,23 @@ def train_run(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     on_epoch: Callable[[EpochMetrics], None] | None = None,
+    compile_model: bool | None = None,
+    frozen_bf16: bool | None = None,
 ) -> RunResult:
-    """Train ``model`` (already adapted by ``method``) and score ``evaluate`` as ``stage`` prescribes."""
+    """Train ``model`` (already adapted by ``method``) and score ``evaluate`` as ``stage`` prescribes.
+
+    ``compile_model``: ``torch.compile`` the training step; ``frozen_bf16``: hold frozen weights
+    in bf16 while training. Both default to on for CUDA and off elsewhere (they exist as switches
+    for ``benchmarks/train_path_speed.py``, which measures what each is worth).
+    """
     model.to(device)
+    cuda = device.type == "cuda"
+    fast = cuda if compile_model is None else compile_model
+    frozen = _frozen_float_params(model) if (cuda if frozen_bf16 is None else frozen_bf16) else []
+    fp32_frozen = [p.data for p in frozen]  # kept, so evaluation and merge see the exact weights
+    for p in frozen:
+        p.data = p.data.to(torch.bfloat16)
+    step_model = torch.compile(model) if fast else model
     norm = Normalize(mean, std).to(device)
     train = SplitData(train.images.to(device), train.labels.to(device))  # once per run, kept there
     trainable, head = trainable_params_excluding_head(model), head_param_count(model)
@@ -156,7 +180,7 @@ def train_run(
                 g["lr"] = lr
             x, y = norm(train.images[idx]), train.labels[idx]
             with _autocast(device):
-                logits = model(x)
+                logits = (step_model if len(idx) == preset.batch_size else model)(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=preset.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -180,6 +204,8 @@ def train_run(
         if on_epoch is not None:
             on_epoch(metrics)
 
+    for p, original in zip(frozen, fp32_frozen, strict=True):
+        p.data = original
     state = {k: v.detach().cpu().clone() for k, v in trainable_state_dict(model).items()}
     merged = False
     if method.mergeable:  # evaluate the deployable model: adapters folded into plain layers

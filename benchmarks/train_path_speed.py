@@ -1,0 +1,115 @@
+"""Throughput of the real training path (``bench.train.train_run``) with and without its GPU speed-ups.
+
+For each method, in one process: the previous path (eager, fp32 frozen weights under bf16
+autocast) against the current default (frozen weights held in bf16, ``torch.compile`` on full
+batches). Steady state is the last epoch's time (the first includes compilation). Then, with
+``--full-run``, one whole VTAB-1K-sized ``final`` run (1,000 images x 100 epochs, then a
+10,000-image test split once), timed from model build to the last prediction.
+
+    PYTHONPATH=. python benchmarks/train_path_speed.py --methods lora,karst --out results.json
+
+Needs no MLflow or Optuna (it runs on GPU machines that lack them). Random weights: speed does
+not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+import methods
+from bench.backbone import Weights, build_backbone, normalization
+from bench.train import EpochMetrics, SplitData, train_run
+from methods.base import make_config
+from suites.base import STAGES
+from suites.vtab1k import VTAB1K_PRESET
+
+
+def _data(n: int, classes: int, size: int, seed: int) -> SplitData:
+    g = torch.Generator().manual_seed(seed)
+    return SplitData(
+        torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
+        torch.randint(0, classes, (n,), generator=g),
+    )
+
+
+def one(method_name: str, *, epochs: int, n_train: int, n_eval: int, fast: bool, backbone: str) -> dict:
+    device = torch.device("cuda")
+    preset = VTAB1K_PRESET.with_overrides(epochs=epochs, warmup_epochs=min(1, epochs - 1))
+    t0 = time.perf_counter()
+    weights = Weights(None, "random-init:seed0")
+    model = build_backbone(backbone, num_classes=100, img_size=224, drop_path=0.1, weights=weights, seed=0)
+    mean, std = normalization(model)
+    method = methods.get_method(method_name)
+    model = method.apply(model, make_config(method))
+    stamps: list[float] = []
+
+    def on_epoch(m: EpochMetrics) -> None:
+        torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+
+    train, evaluate = _data(n_train, 100, 224, 0), _data(n_eval, 100, 224, 1)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = train_run(
+        model,
+        method,
+        preset,
+        STAGES["final"],
+        train,
+        evaluate,
+        seed=0,
+        device=device,
+        mean=mean,
+        std=std,
+        on_epoch=on_epoch,
+        compile_model=fast,
+        frozen_bf16=fast,
+    )
+    wall = time.perf_counter() - t0
+    steady = n_train / (stamps[-1] - stamps[-2]) if len(stamps) >= 2 else float("nan")
+    return {
+        "method": method_name,
+        "fast": fast,
+        "epochs": epochs,
+        "n_train": n_train,
+        "first_epoch_s": stamps[0] - start,
+        "steady_train_img_s": steady,
+        "merged_eval_img_s": result.infer_images_per_s,
+        "merged": result.merged,
+        "peak_mem_mb": result.peak_memory_mb,
+        "wall_s_build_to_last_prediction": wall,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--methods", default="lora,karst")
+    ap.add_argument("--backbone", default="vit_base_patch16_224")
+    ap.add_argument("--steps", type=int, default=24, help="full batches per epoch in the throughput runs")
+    ap.add_argument("--full-run", default="", help="methods to time a whole 1,000 x 100-epoch final run for")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    rows = []
+    n = 64 * args.steps
+    for name in args.methods.split(","):
+        for fast in (False, True):
+            row = one(name, epochs=3, n_train=n, n_eval=4096, fast=fast, backbone=args.backbone)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    for name in filter(None, args.full_run.split(",")):
+        row = one(name, epochs=100, n_train=1000, n_eval=10_000, fast=True, backbone=args.backbone)
+        row["kind"] = "full_final_run"
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    out = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
