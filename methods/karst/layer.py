@@ -53,7 +53,9 @@ class Rescale(nn.Module):
         self.shift = nn.Parameter(torch.zeros(dim))  # s2
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.shift, z, 1.0 + self.scale)
+        # In z's dtype: under bf16 autocast, fp32 factors would promote the residual stream to fp32
+        # (and every later elementwise op with it); the factors themselves stay fp32 for the optimiser.
+        return torch.addcmul(self.shift.to(z.dtype), z, (1.0 + self.scale).to(z.dtype))
 
 
 class KarstLinear(nn.Module):
