@@ -125,7 +125,9 @@ def comparison_table(agg: Aggregates, reference: str, style: Style) -> pd.DataFr
         sig = c["holm_p"] < ALPHA and (c["diff_low"] > 0 or c["diff_high"] < 0)
         rows[c["method"]] = {
             f"Δ vs {reference} (pp) [95% CI]": f"{100 * c['diff']:+.2f} [{100 * c['diff_low']:+.2f}, {100 * c['diff_high']:+.2f}]",
-            "Wilcoxon p (Holm)": f"{c['wilcoxon_p']:.3g} ({c['holm_p']:.3g})" + (style.dagger if sig else ""),
+            "Wilcoxon p (Holm)": "–"
+            if not np.isfinite(c["wilcoxon_p"])
+            else f"{c['wilcoxon_p']:.3g} ({c['holm_p']:.3g})" + (style.dagger if sig else ""),
             "W/T/L": f"{c['wins']}/{c['ties']}/{c['losses']}",
             "P(A>B)": f"{c['prob_superiority']:.2f}",
             "Avg rank": f"{rank[c['method']]:.2f}" if rank else "–",
@@ -246,7 +248,8 @@ def main_caption(n_seeds: int, reference: str, agg: Aggregates, stage: str) -> s
     if len(agg.rows):
         parts.append(
             "Aggregate rows show the estimate and its 95 % two-level paired bootstrap interval "
-            f"({len(agg.tasks)} tasks resampled within groups, then seeds; {10_000:,} draws)."
+            f"({len(agg.tasks)} task{'s' if len(agg.tasks) != 1 else ''} resampled within groups, then seeds; "
+            f"{10_000:,} draws)."
         )
     parts.append("Parameter counts exclude the classification head, which is listed separately.")
     return " ".join(parts)
@@ -254,7 +257,8 @@ def main_caption(n_seeds: int, reference: str, agg: Aggregates, stage: str) -> s
 
 def comparison_caption(agg: Aggregates, reference: str, n_seeds: int) -> str:
     parts = [
-        f"Each method against {reference} across {len(agg.tasks)} tasks (per-task means over {n_seeds} seeds).",
+        f"Each method against {reference} across {len(agg.tasks)} task{'s' if len(agg.tasks) != 1 else ''} "
+        f"(per-task means over {n_seeds} seeds).",
         "Δ: difference of the mean over tasks with its 95 % two-level paired bootstrap interval.",
         "Wilcoxon signed-rank test on per-task means (zero differences kept, Pratt), "
         "Holm-adjusted over the methods compared; † where the adjusted p < 0.05 and the Δ interval excludes 0.",

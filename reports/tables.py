@@ -129,12 +129,11 @@ def aggregates(runs: ReportRuns, reference: str) -> Aggregates:
 
     rows = []
     named_groups = [g for g in dict.fromkeys(groups) if g]
-    for g in named_groups:  # each group's mean over its own tasks
-        sel = groups == g
-        rows += _bootstrap_rows(g, cube[:, sel], None, methods)
-    if len(named_groups) > 1:
+    if len(named_groups) > 1:  # with one group, its mean is the mean of all tasks
+        for g in named_groups:  # each group's mean over its own tasks
+            rows += _bootstrap_rows(g, cube[:, groups == g], None, methods)
         rows += _bootstrap_rows("Mean of group means", cube, groups, methods)
-    rows += _bootstrap_rows(f"Mean of {len(tasks)} tasks", cube, None, methods)
+    rows += _bootstrap_rows(f"Mean of {len(tasks)} task{'s' if len(tasks) != 1 else ''}", cube, None, methods)
 
     means = cube.mean(axis=2)  # (methods, tasks)
     comp = []
