@@ -562,7 +562,7 @@ def suites_info(
                 t["name"],
                 t["group"],
                 str(t["num_classes"]),
-                str(t["split_sizes"].get("test.txt", "")),
+                str(t["split_sizes"].get("test.txt", t["split_sizes"].get("test_meta.list", ""))),
                 ", ".join(t["aliases"]),
             )
         out.print(table)
