@@ -4,7 +4,7 @@ The data is a generated copy of the NOAH layout with tiny images: ``oxford_pets`
 1-shot lists repeat every line, as NOAH's do) and ``stanford_cars`` in a folder named
 ``standford-cars`` (4 classes; list paths carry ``cars_train/``/``cars_test/`` relative to the
 dataset folder, NOAH's Stanford Cars exception). A test suite ``tinyfewshot`` uses the real
-suite's layout and tasks with those class counts and a 32 px preset.
+suite's layout and tasks with those class counts and a 16 px preset.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from tests.conftest import CLASS_COLOURS
 
 CLASSES = {"oxford_pets": 3, "stanford_cars": 4}
 TINY_PRESET = replace(
-    FGVC_FEWSHOT_PRESET, name="tinyfewshot", img_size=32, resize=36, epochs=1, warmup_epochs=0, lr=1e-2
+    FGVC_FEWSHOT_PRESET, name="tinyfewshot", img_size=16, resize=20, epochs=1, warmup_epochs=0, lr=1e-2
 )
 if "tinyfewshot" not in suites.available_suites():
     register_suite(
@@ -126,7 +126,7 @@ def test_all_shots_and_split_seeds_run_end_to_end(cli, workdir: Path, fewshot_ro
         shots, classes = int(t["bench.shots"]), CLASSES[t["bench.task"]]
         listed = shots * classes * (2 if (t["bench.task"], shots) == ("oxford_pets", 1) else 1)
         assert p["hp.batch_size"] == str(min(64, listed))  # 64, or the training list if smaller
-        assert p["hp.augmentation"] == "rrc+flip+rand-m9-mstd0.5-inc1" and p["hp.resize"] == "36"
+        assert p["hp.augmentation"] == "rrc+flip+rand-m9-mstd0.5-inc1" and p["hp.resize"] == "20"
         assert 0.0 <= m["test/acc"] <= 1.0
         assert len(client.get_metric_history(r.info.run_id, "test/acc")) == 1  # scored once, at the end
         assert client.get_metric_history(r.info.run_id, "val/acc") == []
@@ -405,7 +405,7 @@ def test_evaluation_images_are_resized_then_centre_cropped(tmp_path: Path):
     images, _ = decode_images([entry], 256, "bicubic", crop=224)
     expected = np.asarray(Image.open(path).convert("RGB").resize((256, 256), Image.Resampling.BICUBIC))[16:240, 16:240]
     assert images.shape == (1, 3, 224, 224) and np.array_equal(images[0].permute(1, 2, 0).numpy(), expected)
-    assert TINY_PRESET.decode(training=True) == (36, None) and TINY_PRESET.decode(training=False) == (36, 32)
+    assert TINY_PRESET.decode(training=True) == (20, None) and TINY_PRESET.decode(training=False) == (20, 16)
     assert get_suite("vtab1k").preset.decode(training=True) == (224, None)
 
 
