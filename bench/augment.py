@@ -152,35 +152,48 @@ class DeviceAugment:
         theta[:, 1, 1] = h / height
         theta[:, 1, 2] = (2 * top + h) / height - 1
         if self.crop or self.flip or (height, width) != (self.size, self.size):
-            x = _warp(x, theta.float().to(self.device, non_blocking=True), self.size, fill=None)
+            x = _warp(x, self._to_device(theta.float()), self.size, fill=None)
         if self.rand is not None:
             for _ in range(int(self.rand["n"])):
                 x = self._rand_layer(x)
         return x
 
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A small CPU tensor to the device without making the host wait for the GPU (pinned, async)."""
+        if self.device.type != "cuda":
+            return t.to(self.device)
+        return t.pin_memory().to(self.device, non_blocking=True)
+
     def _rand_layer(self, x: torch.Tensor) -> torch.Tensor:
+        """One RandAugment layer on the whole batch.
+
+        The images are sorted by the op they drew (on the CPU, where the draws are), so every op
+        runs once on a contiguous slice: one gather, one scatter and one small launch sequence per
+        op that was drawn, one copy to the device, and no host-device synchronisation.
+        """
         n = x.shape[0]
         op = torch.randint(len(OPS), (n,), generator=self.generator)
         apply = self._uniform(n) < self.rand["p"]
         magnitude = self.rand["m"] + self.rand["mstd"] * torch.randn(n, generator=self.generator, dtype=torch.float64)
         magnitude = magnitude.clamp(0.0, self.rand.get("mmax", 10.0))
         sign = torch.where(self._uniform(n) > 0.5, -1.0, 1.0).to(torch.float64)  # timm: negate if random() > 0.5
-        geometric = apply & torch.tensor([int(o) in GEOMETRIC for o in op])
-        if geometric.any():
-            idx = geometric.nonzero().squeeze(1)
-            theta = torch.stack([_op_theta(int(op[i]), float(magnitude[i]), float(sign[i])) for i in idx])
-            sub = _warp(x[idx.to(x.device)], theta.float().to(x.device), x.shape[-1], fill=self.fill)
-            x = x.index_copy(0, idx.to(x.device), sub.round().clamp(0, 255))
+        chosen = torch.where(apply, op, -1)  # -1: this image keeps this layer's input
+        key = torch.tensor([len(OPS) if int(k) in GEOMETRIC else int(k) for k in chosen])  # geometric ops last
+        order = torch.argsort(key, stable=True)
+        key, chosen, magnitude, sign = key[order], chosen[order], magnitude[order], sign[order]
+        params = self._to_device(torch.stack([order.double(), magnitude, sign], 1))
+        order_d, magnitude_d, sign_d = params[:, 0].long(), params[:, 1], params[:, 2]
+        xs = x.index_select(0, order_d)
+        bounds = torch.searchsorted(key, torch.arange(len(OPS) + 2) - 1).tolist()  # slice of each key
         for k in range(len(OPS)):
-            if k in GEOMETRIC:
-                continue
-            chosen = apply & (op == k)
-            if not chosen.any():
-                continue
-            idx = chosen.nonzero().squeeze(1)
-            sub = apply_color_op(x[idx.to(x.device)], k, magnitude[idx], sign[idx])
-            x = x.index_copy(0, idx.to(x.device), sub)
-        return x
+            a, b = bounds[k + 1], bounds[k + 2]
+            if a < b and k not in GEOMETRIC:
+                xs[a:b] = apply_color_op(xs[a:b], k, magnitude_d[a:b], sign_d[a:b])
+        g = bounds[len(OPS) + 1]
+        if g < n:
+            theta = torch.stack([_op_theta(int(chosen[i]), float(magnitude[i]), float(sign[i])) for i in range(g, n)])
+            xs[g:] = _warp(xs[g:], self._to_device(theta), x.shape[-1], fill=self.fill)
+        return torch.empty_like(xs).index_copy_(0, order_d, xs)
 
 
 def parse_rand(spec: str) -> dict[str, float]:
