@@ -20,8 +20,10 @@ from suites.lists import ListEntry
 CACHE_FORMAT = 1
 
 
-def cache_key(entries: list[ListEntry], size: int, interpolation: str) -> str:
+def cache_key(entries: list[ListEntry], size: int, interpolation: str, crop: int | None = None) -> str:
     h = hashlib.sha256(f"v{CACHE_FORMAT}|{size}|{interpolation}|".encode())
+    if crop is not None:
+        h.update(f"crop{crop}|".encode())
     for e in entries:
         try:
             st = os.stat(e.path)
@@ -33,19 +35,19 @@ def cache_key(entries: list[ListEntry], size: int, interpolation: str) -> str:
 
 
 def load_split(
-    entries: list[ListEntry], size: int, interpolation: str, cache_dir: Path | None
+    entries: list[ListEntry], size: int, interpolation: str, cache_dir: Path | None, crop: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(uint8 images [N,3,H,W], int64 labels [N])``, from the cache when possible."""
     if cache_dir is None:
-        return decode_images(entries, size, interpolation)
-    path = cache_dir / f"{cache_key(entries, size, interpolation)}.safetensors"
+        return decode_images(entries, size, interpolation, crop)
+    path = cache_dir / f"{cache_key(entries, size, interpolation, crop)}.safetensors"
     if path.is_file():
         try:
             tensors = load_file(str(path))
             return tensors["images"], tensors["labels"]
         except Exception:
             path.unlink(missing_ok=True)  # a damaged entry is rebuilt, never trusted
-    images, labels = decode_images(entries, size, interpolation)
+    images, labels = decode_images(entries, size, interpolation, crop)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     save_file({"images": images, "labels": labels}, str(tmp))

@@ -79,6 +79,21 @@ def parse_seeds(value: str) -> list[int]:
     return seeds
 
 
+def parse_int_list(value: str | None, flag: str, example: str) -> list[int] | None:
+    """``"1,2,4"`` -> [1, 2, 4]: distinct non-negative integers, for --shots and --split-seeds."""
+    if value is None:
+        return None
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        items = []
+    if not items or len(set(items)) != len(items) or any(i < 0 for i in items):
+        raise BenchError(
+            f"{flag} {value!r} must be a comma-separated list of distinct non-negative integers, e.g. {example}"
+        )
+    return items
+
+
 def _tracker(tracking_uri: str | None):
     from .tracking import Tracker, default_tracking_uri
 
@@ -143,6 +158,11 @@ def run(
     budget: BudgetOpt = None,
     hparams: str = typer.Option("published", help="published, or tuned: each study's best trial (`bench tune`)."),
     storage: str | None = typer.Option(None, help="Optuna storage URL for --hparams tuned (default: the workdir's)."),
+    shots: str | None = typer.Option(None, help="Few-shot suites: shot counts, e.g. 1,2,4,8,16 (default: all)."),
+    split_seeds: str | None = typer.Option(
+        None, help="Few-shot suites: training-list seeds, each run with every --seeds (default: split seed = seed)."
+    ),
+    dedupe: bool = typer.Option(False, "--dedupe", help="Few-shot: drop repeated lines of the training lists."),
 ) -> None:
     """Train every (task, method, seed) not yet finished, log each to MLflow, print a summary."""
     from .sweep import SweepRequest, plan_sweep, run_sweep
@@ -163,8 +183,13 @@ def run(
         budget=_budget(budget),
         hparams=hparams,
         storage=storage or default_storage(State.workdir),
+        shots=parse_int_list(shots, "--shots", "1,2,4,8,16"),
+        split_seeds=parse_int_list(split_seeds, "--split-seeds", "0,1,2"),
+        dedupe=dedupe,
     )
     plan = plan_sweep(request, State.workdir)
+    for warning in plan.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     tracker = _tracker(tracking_uri)
     from .progress import RichReporter
 
@@ -242,7 +267,10 @@ def _print_summary(outcomes, stage: str) -> None:
     from reports.summary import summarize
 
     df = pd.DataFrame(
-        [{"task": o.spec.task, "method": o.spec.method, "seed": o.spec.seed, "acc": o.eval_acc} for o in outcomes]
+        [
+            {"task": _task_label(o.spec), "method": o.spec.method, "seed": o.spec.seed, "acc": o.eval_acc}
+            for o in outcomes
+        ]
     ).dropna()
     table = Table(title=f"{'test' if stage == 'final' else 'val'} accuracy over seeds (%)")
     for col in ("task", "method", "seeds", "mean", "sd", "±95% CI", "min", "max"):
@@ -261,6 +289,11 @@ def _print_summary(outcomes, stage: str) -> None:
     out.print(table)
     trained = sum(o.status == "trained" for o in outcomes)
     out.print(f"{trained} run(s) trained, {len(outcomes) - trained} already finished and reused.")
+
+
+def _task_label(spec) -> str:
+    """The task, with its shot count for few-shot runs (seeds and split seeds are averaged over)."""
+    return f"{spec.task} {spec.extra['shots']}-shot" if "shots" in spec.extra else spec.task
 
 
 def _pct(x: float) -> str:
@@ -287,6 +320,8 @@ def runs_cmd(
                 "task": t.get("bench.task"),
                 "seed": int(t.get("bench.seed", -1)),
                 "stage": t.get("bench.stage"),
+                "shots": t.get("bench.shots", "none"),
+                "split_seed": t.get("bench.split_seed", "none"),
                 "status": r.info.status,
                 "test_acc": m.get("test/acc"),
                 "val_acc": m.get("val/acc"),
@@ -565,7 +600,7 @@ def suites_info(
                 t["name"],
                 t["group"],
                 str(t["num_classes"]),
-                str(t["split_sizes"].get("test.txt", "")),
+                str(t["split_sizes"].get("test.txt", t["split_sizes"].get("test_meta.list", ""))),
                 ", ".join(t["aliases"]),
             )
         out.print(table)
@@ -580,13 +615,14 @@ def data_verify(
     suite: str = typer.Option(..., help="Suite name."),
     data_root: Path = typer.Option(..., help="Folder holding the suite's task folders."),
     tasks: TasksOpt = None,
+    dedupe: bool = typer.Option(False, "--dedupe", help="Few-shot: check as runs with --dedupe see the lists."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Check list files, line counts, labels, class counts and that every image opens."""
     import suites
     from suites.verify import verify_suite
 
-    reports = verify_suite(suites.get_suite(suite), data_root, _split(tasks))
+    reports = verify_suite(suites.get_suite(suite), data_root, _split(tasks), dedupe_lines=dedupe)
     if as_json:
         _print_json([r.to_dict() for r in reports])
     else:
@@ -597,13 +633,21 @@ def data_verify(
             table.add_row(
                 r.task,
                 r.folder.name if r.folder else "–",
-                ", ".join(f"{k}:{v}" for k, v in r.lines.items()),
+                ", ".join(f"{k}:{v}" for k, v in r.lines.items())
+                if len(r.lines) <= 4
+                else f"{len(r.lines)} lists, {sum(r.lines.values()):,} lines",  # few-shot: 17 lists a task
                 str(r.images_checked),
                 str(r.num_classes or "–"),
-                " ".join(f"{k}:{v[:8]}" for k, v in r.fingerprints.items()),
-                "[green]ok" if r.ok else "[red]" + "\n".join(r.problems[:8]),
+                " ".join(f"{k}:{v[:8]}" for k, v in r.fingerprints.items())
+                if len(r.fingerprints) <= 2
+                else f"{len(r.fingerprints)} (see --json)",
+                ("[green]ok" if r.ok else "[red]" + "\n".join(r.problems[:8]))
+                + (f"\n[yellow]{len(r.warnings)} warning(s)" if r.warnings else ""),
             )
         out.print(table)
+        for r in reports:
+            for w in r.warnings:
+                out.print(f"[yellow]warning:[/] {r.task}: {w}", highlight=False, soft_wrap=True)
     if not all(r.ok for r in reports):
         raise typer.Exit(1)
 
@@ -615,9 +659,11 @@ def data_fetch(
     revision: str | None = typer.Option(None, help="Hub revision (commit) to pin; default: the one bench pins."),
 ) -> None:
     """Download a suite's data from its pinned public source, then verify it."""
-    from suites.fetch import fetch_suite
+    from suites.fetch import fetch_notes, fetch_suite
 
     root = fetch_suite(suite, to, revision)
+    for line in fetch_notes(suite):  # what fetch could not download (few-shot images)
+        out.print(line, highlight=False, soft_wrap=True)
     out.print(f"data for {suite} is in {root}; check it with `bench data verify --suite {suite} --data-root {root}`")
 
 

@@ -45,5 +45,11 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        """Short human name, e.g. ``lora/dtd/s2``."""
-        return f"{self.method}/{self.task}/s{self.seed}"
+        """Short human name, e.g. ``lora/dtd/s2``; few-shot ``lora/oxford_pets/k4/s0`` (split seed = seed)
+        or ``lora/oxford_pets/k4/split1/s0`` (split seed 1, training seed 0)."""
+        split = ""
+        if "shots" in self.extra:
+            split = f"/k{self.extra['shots']}"
+            if self.extra.get("split_seed") != self.seed:
+                split += f"/split{self.extra['split_seed']}"
+        return f"{self.method}/{self.task}{split}/s{self.seed}"

@@ -50,6 +50,9 @@ class SweepRequest:
     budget: int | None = None  # trainable parameters (head excluded) every sizeable method is fitted to
     hparams: str = "published"  # or "tuned": the best trial of each (task, method, budget) study
     storage: str | None = None  # Optuna storage for --hparams tuned
+    shots: list[int] | None = None  # few-shot suites: the shot counts (default: all the suite has)
+    split_seeds: list[int] | None = None  # few-shot: the training lists' seeds (default: the training seed)
+    dedupe: bool = False  # few-shot: drop repeated lines of the training lists (default: keep, as published)
 
 
 @dataclass
@@ -73,6 +76,7 @@ class SweepPlan:
     device: torch.device
     runs: list[PlannedRun]
     data_root: Path
+    warnings: list[str] = field(default_factory=list)  # printed before the sweep starts
 
     @property
     def experiment(self) -> str:
@@ -151,6 +155,7 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
         )
     if request.hparams not in ("published", "tuned"):
         raise BenchError(f"--hparams {request.hparams!r} must be published or tuned")
+    _check_fewshot_options(suite, request)
 
     data_root = request.data_root
     if suite.prepare is not None:
@@ -166,20 +171,20 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
         built_trainable_params(method, config, backbone, img_size=preset.img_size)
     weights = resolve_weights(backbone, request.checkpoint, pretrained=suite.backbone_pretrained)
 
-    runs = []
-    for task in tasks:
+    runs, warnings = [], []
+    for task, task_seeds, task_preset in _run_groups(suite, tasks, stage, request, preset, warnings):
         fingerprint = task.fingerprint(stage)
         for method, config, budget in chosen:
-            run_preset, run_config, tags = preset, config, {}
+            run_preset, run_config, tags = task_preset, config, {}
             if request.hparams == "tuned":
                 from .tune import TUNE_SEED, tuned_settings
 
                 if TUNE_SEED in request.seeds:
                     raise BenchError(f"seed {TUNE_SEED} trained the tuning trials; final runs need other seeds")
                 run_preset, run_config, tags = tuned_settings(
-                    request, suite.name, task, method, config, budget, preset, backbone, weights
+                    request, suite.name, task, method, config, budget, task_preset, backbone, weights
                 )
-            for seed in request.seeds:
+            for seed in task_seeds:
                 spec = RunSpec(
                     suite=suite.name,
                     task=task.name,
@@ -194,9 +199,57 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
                     data=fingerprint,
                     num_classes=task.num_classes,
                     budget=budget,
+                    extra=task.extra,
                 )
                 runs.append(PlannedRun(spec, task, method, run_config, run_preset, dict(tags)))
-    return SweepPlan(request, suite, stage, preset, backbone, weights, device, runs, Path(data_root))
+    return SweepPlan(request, suite, stage, preset, backbone, weights, device, runs, Path(data_root), warnings)
+
+
+def _check_fewshot_options(suite: Suite, request: SweepRequest) -> None:
+    """--shots, --split-seeds and --dedupe: valid values, and only for few-shot suites (checked before any data is read)."""
+    if suite.fewshot is not None:
+        from suites.fewshot import check_request
+
+        check_request(suite, request.shots, request.split_seeds, request.seeds)
+        return
+    for flag, value in (
+        ("--shots", request.shots),
+        ("--split-seeds", request.split_seeds),
+        ("--dedupe", request.dedupe),
+    ):
+        if value:
+            fewshot = [s.name for s in suites.available_suites().values() if s.fewshot is not None]
+            raise BenchError(
+                f"{flag} applies to few-shot suites only ({', '.join(fewshot)}); suite {suite.name!r} has no shots"
+            )
+
+
+def _run_groups(
+    suite: Suite, tasks: list[ResolvedTask], stage: Stage, request: SweepRequest, preset: Preset, warnings: list[str]
+) -> list[tuple[ResolvedTask, list[int], Preset]]:
+    """(task, its training seeds, its preset) to plan: each task, or each (task, shots, split seed).
+
+    Few-shot runs train with batch min(preset batch, training list size): the published recipe's
+    "64, or the dataset size if smaller", recorded as such in the run's hyperparameters.
+    """
+    if suite.fewshot is None:
+        return [(task, request.seeds, preset) for task in tasks]
+    from suites.fewshot import check_request, split_runs
+
+    shots, split_seeds = check_request(suite, request.shots, request.split_seeds, request.seeds)
+    groups = []
+    for task in tasks:
+        repeated = []
+        for g in split_runs(task, stage, shots, request.seeds, split_seeds, request.dedupe):
+            if g.repeated:
+                repeated.append(f"k{g.task.split[0]}/split{g.task.split[1]}: {g.repeated} repeated")
+            groups.append(
+                (g.task, list(g.seeds), preset.with_overrides(batch_size=min(preset.batch_size, g.train_size)))
+            )
+        if repeated:
+            action = "dropped (--dedupe)" if request.dedupe else "kept, as published; --dedupe drops them"
+            warnings.append(f"{task.name}: training lists repeat lines ({'; '.join(repeated)}); {action}")
+    return groups
 
 
 def _sized_method(name: str, request: SweepRequest, spec_bb) -> tuple[Method, Any, int | None]:
@@ -227,6 +280,9 @@ def run_sweep(plan: SweepPlan, tracker: Tracker, workdir: Path, reporter: Report
             "bench.stage": plan.stage.name,
             "bench.methods": ",".join(plan.request.methods),
             "bench.seeds": ",".join(map(str, plan.request.seeds)),
+            "bench.shots": ",".join(map(str, sorted({r.spec.extra["shots"] for r in plan.runs})))
+            if plan.suite.fewshot is not None
+            else "none",
             "bench.sweep_name": f"sweep/{plan.suite.name}/{plan.stage.name}/{plan.sweep_key[:8]}",
         },
         params=flatten_params(
@@ -281,20 +337,30 @@ class TaskData:
     train: SplitData
     evaluate: SplitData
     eval_entries: list[ListEntry]
+    eval_key: tuple[Any, ...] = ()  # (task, eval list): few-shot splits of a task share their eval split
 
 
-def task_data(task: ResolvedTask, plan: SweepPlan, cache_dir: Path, memo: dict[str, TaskData]) -> TaskData:
-    """The task's splits, decoded once and kept for the task's runs (one task in memory at a time)."""
-    if task.name not in memo:
+def task_data(task: ResolvedTask, plan: SweepPlan, cache_dir: Path, memo: dict[Any, TaskData]) -> TaskData:
+    """The task's splits, decoded once and kept for the task's runs (one task in memory at a time).
+
+    A few-shot task's (shots, split seed) variants each have their own training split and share
+    the evaluation split, which stays in memory from one variant to the next.
+    """
+    if task.cache_id not in memo:
+        previous = next(iter(memo.values()), None)
         memo.clear()
-        train_entries, eval_entries = task.stage_lists(plan.stage)
-        size, interp = plan.preset.img_size, plan.preset.interpolation
-        memo[task.name] = TaskData(
-            SplitData(*load_split(train_entries, size, interp, cache_dir)),
-            SplitData(*load_split(eval_entries, size, interp, cache_dir)),
-            eval_entries,
-        )
-    return memo[task.name]
+        interp = plan.preset.interpolation
+        size, crop = plan.preset.decode(training=True)
+        train = SplitData(*load_split(task.train_entries(plan.stage), size, interp, cache_dir, crop=crop))
+        eval_key = (task.name, task.list_names(plan.stage)[1])
+        if previous is not None and previous.eval_key == eval_key:
+            evaluate, eval_entries = previous.evaluate, previous.eval_entries
+        else:
+            eval_entries = task.eval_entries(plan.stage)
+            size, crop = plan.preset.decode(training=False)
+            evaluate = SplitData(*load_split(eval_entries, size, interp, cache_dir, crop=crop))
+        memo[task.cache_id] = TaskData(train, evaluate, eval_entries, eval_key)
+    return memo[task.cache_id]
 
 
 def run_tags(spec: RunSpec, **extra: str) -> dict[str, str]:
@@ -308,6 +374,9 @@ def run_tags(spec: RunSpec, **extra: str) -> dict[str, str]:
         "bench.stage": spec.stage,
         "bench.preset": spec.preset,
         "bench.budget": str(spec.budget) if spec.budget is not None else "none",
+        "bench.shots": str(spec.extra.get("shots", "none")),  # reports group few-shot results by this
+        "bench.split_seed": str(spec.extra.get("split_seed", "none")),
+        "bench.dedupe": str(spec.extra["dedupe"]).lower() if "dedupe" in spec.extra else "none",
         "bench.backbone": spec.backbone,
         "bench.checkpoint": spec.checkpoint,
         "bench.data_fingerprint": spec.data,
@@ -336,6 +405,7 @@ def _train_and_log(
             "num_classes": spec.num_classes,
             "data.fingerprint": spec.data,
             "data.task_dir": str(run.task.directory),
+            "extra": spec.extra,
         }
     )
     with tracker.child_run(plan.experiment, parent, spec.label, {**tags, **run.tags}, params) as run_id:
@@ -402,8 +472,9 @@ def _resolved_config(spec: RunSpec, run: PlannedRun, plan: SweepPlan, mean, std)
         "normalization": {"mean": list(mean), "std": list(std)},
         "data": {
             "task_dir": str(run.task.directory),
-            "train_list": plan.stage.train_list,
-            "eval_list": plan.stage.eval_list,
+            "train_list": run.task.list_names(plan.stage)[0],
+            "eval_list": run.task.list_names(plan.stage)[1],
+            "image_root": str(run.task.image_root or run.task.directory),
         },
         "environment": {
             "bench": __version__,

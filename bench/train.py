@@ -32,6 +32,8 @@ from torch import nn
 from methods.base import Method, head_param_count, trainable_params_excluding_head, trainable_state_dict
 from suites.base import Preset, Stage
 
+from .augment import train_augment
+
 EVAL_BATCH = 256
 
 
@@ -161,6 +163,7 @@ def train_run(
         "min_lr": preset.min_lr,
     }
     order = torch.Generator().manual_seed(seed)
+    augment = train_augment(preset, seed, device, mean)  # identity unless the preset augments (few-shot)
     torch.manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -178,7 +181,7 @@ def train_run(
             lr = lr_at(step, **schedule)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            x, y = norm(train.images[idx]), train.labels[idx]
+            x, y = norm(augment(train.images[idx])), train.labels[idx]
             with _autocast(device):
                 logits = (step_model if len(idx) == preset.batch_size else model)(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=preset.label_smoothing)

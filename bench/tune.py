@@ -126,6 +126,13 @@ def run_tuning(
 
     if trials < 1:
         raise BenchError(f"--trials {trials} must be at least 1")
+    import suites
+
+    if suites.get_suite(request.suite).fewshot is not None:
+        raise BenchError(
+            f"`bench tune` does not tune few-shot suites yet ({request.suite!r}); run them with the published "
+            "recipe (`bench run`), or pick settings on the val lists with `bench run --stage tune`"
+        )
     request = dataclasses.replace(request, stage="tune", seeds=[TUNE_SEED], hparams="published")
     plan = plan_sweep(request, workdir)
     experiment = experiment_name(plan.suite.name, tune=True)

@@ -1,6 +1,6 @@
 """Protocols: tasks, splits, preprocessing and schedule, as data in a registry."""
 
-from . import demo, folder, vtab1k  # noqa: F401  (registration by import)
+from . import demo, fewshot, folder, vtab1k  # noqa: F401  (registration by import)
 from .base import STAGES, DataError, Preset, Stage, Suite, Task, available_suites, get_stage, get_suite
 from .resolve import ResolvedTask, resolve_tasks
 

@@ -60,6 +60,9 @@ class Preset:
     label_smoothing: float = 0.0
     augmentation: str = "none"
     normalization: str = "backbone"  # mean/std from the backbone's pretrained config
+    # Decode size for presets that crop: images are cached at resize x resize, evaluation takes the
+    # centre img_size crop, training takes random crops (augmentation). None: direct resize to img_size.
+    resize: int | None = None
 
     def with_overrides(self, **overrides: Any) -> Preset:
         known = {f.name for f in dataclasses.fields(self)}
@@ -69,7 +72,23 @@ class Preset:
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["resize"] is None:  # added later: left out when unused, so earlier run keys stay valid
+            del d["resize"]
+        return d
+
+    def decode(self, training: bool) -> tuple[int, int | None]:
+        """``(size, centre crop)`` at which a split is decoded into the image cache.
+
+        Evaluation images are resized to ``resize`` and centre-cropped to ``img_size`` (resize 256,
+        crop 224); training images keep the whole ``resize`` square when the preset augments, so
+        the random crop has room. Without ``resize``: a direct resize to ``img_size``, no crop.
+        """
+        if self.resize is None:
+            return self.img_size, None
+        if training and self.augmentation != "none":
+            return self.resize, None
+        return self.resize, self.img_size
 
 
 @dataclass(frozen=True)
@@ -81,6 +100,31 @@ class Task:
     num_classes: int | None = None
     split_sizes: dict[str, int] = field(default_factory=dict)  # list file name -> expected lines
     aliases: tuple[str, ...] = ()
+    # Sub-folders (of the task folder) that list paths may be relative to, tried in order; the
+    # first that holds the listed images wins. Empty: the task folder itself (the VTAB layout).
+    image_dirs: tuple[str, ...] = ()
+    source: str = ""  # where the data comes from, for messages about missing data
+
+
+@dataclass(frozen=True)
+class FewShotLayout:
+    """Few-shot lists in the NOAH format: one training list per (shots, split seed), shared val/test.
+
+    Lists live in ``<task>/<list_dir>/``: ``train_meta.list.num_shot_{k}.seed_{s}`` (trained on in
+    both stages), ``val_meta.list`` (scored by ``tune``) and ``test_meta.list`` (scored by ``final``).
+    """
+
+    shots: tuple[int, ...]
+    split_seeds: tuple[int, ...]
+    list_dir: str = "annotations"
+    train_pattern: str = "train_meta.list.num_shot_{shots}.seed_{split_seed}"
+    eval_lists: tuple[tuple[str, str], ...] = (("tune", "val_meta.list"), ("final", "test_meta.list"))
+
+    def train_list(self, shots: int, split_seed: int) -> str:
+        return f"{self.list_dir}/{self.train_pattern.format(shots=shots, split_seed=split_seed)}"
+
+    def eval_list(self, stage: str) -> str:
+        return f"{self.list_dir}/{dict(self.eval_lists)[stage]}"
 
 
 @dataclass(frozen=True)
@@ -101,6 +145,7 @@ class Suite:
     prepare: Callable[[Path], None] | None = None
     backbone_pretrained: bool = True  # False: the default backbone is a seeded random init (demo)
     source: str = "a local folder in the NOAH format"
+    fewshot: FewShotLayout | None = None  # set: runs are (task, shots, split seed, seed, method)
 
     @property
     def discovers_tasks(self) -> bool:

@@ -2,7 +2,8 @@
 
 Each split is decoded once (the runner caches the result on disk), so the training loop never
 touches JPEGs. Resizing is PIL's, straight to (size, size) with the preset's filter: the
-"direct resize" of the NOAH lineage, no crop.
+"direct resize" of the NOAH lineage. With ``crop`` the resized image is then centre-cropped to
+(crop, crop): the few-shot evaluation transform, ``Resize((256, 256))`` + ``CenterCrop(224)``.
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ _FILTERS = {
 }
 
 
-def _load(entry: ListEntry, size: int, resample: Image.Resampling) -> np.ndarray:
+def _load(entry: ListEntry, size: int, resample: Image.Resampling, crop: int | None = None) -> np.ndarray:
     try:
         with Image.open(entry.path) as img:
             img = img.convert("RGB")
             if img.size != (size, size):
                 img = img.resize((size, size), resample)
+            if crop is not None and crop < size:
+                off = int(round((size - crop) / 2.0))  # torchvision CenterCrop's offset
+                img = img.crop((off, off, off + crop, off + crop))
             return np.asarray(img, dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(
@@ -43,15 +47,15 @@ def _load(entry: ListEntry, size: int, resample: Image.Resampling) -> np.ndarray
 
 
 def decode_images(
-    entries: list[ListEntry], size: int, interpolation: str = "bicubic"
+    entries: list[ListEntry], size: int, interpolation: str = "bicubic", crop: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images uint8 [N, 3, size, size], labels int64 [N])`` in list order."""
+    """``(images uint8 [N, 3, S, S], labels int64 [N])`` in list order; S is ``crop`` or ``size``."""
     if interpolation not in _FILTERS:
         raise DataError(f"interpolation {interpolation!r} is not supported; use one of {', '.join(_FILTERS)}")
     resample = _FILTERS[interpolation]
     workers = min(16, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
-        arrays = list(pool.map(lambda e: _load(e, size, resample), entries))
+        arrays = list(pool.map(lambda e: _load(e, size, resample, crop), entries))
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([e.label for e in entries], dtype=torch.int64)
     return images, labels

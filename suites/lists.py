@@ -22,8 +22,14 @@ class ListEntry:
     source: str  # "<list file>:<line>" for error messages
 
 
-def read_list(task_dir: Path, list_name: str, num_classes: int | None = None) -> list[ListEntry]:
-    """Parse ``task_dir/list_name``; labels must lie in ``0..num_classes-1`` when it is given."""
+def read_list(
+    task_dir: Path, list_name: str, num_classes: int | None = None, image_root: Path | None = None
+) -> list[ListEntry]:
+    """Parse ``task_dir/list_name``; labels must lie in ``0..num_classes-1`` when it is given.
+
+    Paths are relative to ``image_root`` (default: the task folder; the few-shot lists name images
+    relative to ``<task>/images/``) and must stay inside the task folder.
+    """
     list_path = task_dir / list_name
     if not list_path.is_file():
         raise DataError(
@@ -31,6 +37,7 @@ def read_list(task_dir: Path, list_name: str, num_classes: int | None = None) ->
             "(check --data-root and the task name, or run `bench data verify`)"
         )
     root = os.path.normpath(os.path.abspath(task_dir))
+    base = os.path.normpath(os.path.abspath(image_root)) if image_root is not None else root
     entries: list[ListEntry] = []
     text = list_path.read_text(encoding="utf-8-sig", errors="replace")
     for line_no, raw in enumerate(text.splitlines(), start=1):
@@ -45,10 +52,8 @@ def read_list(task_dir: Path, list_name: str, num_classes: int | None = None) ->
             )
         rel, label = parts[0], int(parts[1])
         if os.path.isabs(rel):
-            raise DataError(
-                f"{where}: path {rel!r} is absolute; list paths must be relative to the task folder {task_dir}"
-            )
-        full = os.path.normpath(os.path.join(root, rel))
+            raise DataError(f"{where}: path {rel!r} is absolute; list paths must be relative to {base}")
+        full = os.path.normpath(os.path.join(base, rel))
         if os.path.commonpath([root, full]) != root:
             raise DataError(f"{where}: path {rel!r} escapes the task folder {task_dir}; list paths must stay inside it")
         if label < 0 or (num_classes is not None and label >= num_classes):
@@ -61,6 +66,22 @@ def read_list(task_dir: Path, list_name: str, num_classes: int | None = None) ->
     if not entries:
         raise DataError(f"list file {list_path} has no entries; regenerate it")
     return entries
+
+
+def duplicates(entries: list[ListEntry]) -> int:
+    """How many entries repeat an earlier (image, label) pair (NOAH's Oxford-Pets 1-shot lists: half)."""
+    return len(entries) - len({(e.path, e.label) for e in entries})
+
+
+def dedupe(entries: list[ListEntry]) -> list[ListEntry]:
+    """The entries without repeats of an earlier (image, label) pair, in list order."""
+    seen: set[tuple[Path, int]] = set()
+    kept = []
+    for e in entries:
+        if (e.path, e.label) not in seen:
+            seen.add((e.path, e.label))
+            kept.append(e)
+    return kept
 
 
 def _is_int(token: str) -> bool:

@@ -6,11 +6,13 @@ starts: the folder exists, each task has its lists, every line parses, every lab
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .base import DataError, Stage, Suite, Task
-from .lists import ListEntry, list_fingerprint, read_list
+from .base import DataError, FewShotLayout, Stage, Suite, Task
+from .lists import ListEntry, dedupe, list_fingerprint, read_list
 
 NOAH_LISTS = ("train800.txt", "val200.txt", "train800val200.txt", "test.txt")
 
@@ -21,22 +23,54 @@ def _norm(name: str) -> str:
 
 @dataclass(frozen=True)
 class ResolvedTask:
+    """A task folder ready to run. For a few-shot suite, one (shots, split seed) of it: ``split``."""
+
     task: Task
     directory: Path
     num_classes: int
+    image_root: Path | None = None  # list paths are relative to this (default: the task folder)
+    layout: FewShotLayout | None = None
+    split: tuple[int, int] | None = None  # (shots, split seed): which few-shot training list
+    dedupe: bool = False  # drop repeated lines of the training list (Oxford-Pets 1-shot)
 
     @property
     def name(self) -> str:
         return self.task.name
 
+    def list_names(self, stage: Stage) -> tuple[str, str]:
+        """The (training, evaluation) list files, relative to the task folder, that ``stage`` reads."""
+        if self.layout is None:
+            return stage.train_list, stage.eval_list
+        if self.split is None:
+            raise ValueError(f"few-shot task {self.name} has no (shots, split seed) chosen")
+        return self.layout.train_list(*self.split), self.layout.eval_list(stage.name)
+
     def stage_lists(self, stage: Stage) -> tuple[list[ListEntry], list[ListEntry]]:
-        return (
-            read_list(self.directory, stage.train_list, self.num_classes),
-            read_list(self.directory, stage.eval_list, self.num_classes),
-        )
+        return self.train_entries(stage), self.eval_entries(stage)
+
+    def train_entries(self, stage: Stage) -> list[ListEntry]:
+        train = read_list(self.directory, self.list_names(stage)[0], self.num_classes, self.image_root)
+        return dedupe(train) if self.dedupe else train
+
+    def eval_entries(self, stage: Stage) -> list[ListEntry]:
+        return read_list(self.directory, self.list_names(stage)[1], self.num_classes, self.image_root)
 
     def fingerprint(self, stage: Stage) -> str:
-        return list_fingerprint(self.directory, [stage.train_list, stage.eval_list])
+        return list_fingerprint(self.directory, list(self.list_names(stage)))
+
+    def with_split(self, shots: int, split_seed: int, dedupe: bool = False) -> ResolvedTask:
+        return dataclasses.replace(self, split=(shots, split_seed), dedupe=dedupe)
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """What a run's identity gains from the split: shots, split seed, de-duplication."""
+        if self.split is None:
+            return {}
+        return {"shots": self.split[0], "split_seed": self.split[1], "dedupe": self.dedupe}
+
+    @property
+    def cache_id(self) -> tuple[Any, ...]:
+        return (self.name, self.split, self.dedupe)
 
 
 def check_data_root(data_root: Path | None, suite: Suite) -> Path:
@@ -90,8 +124,14 @@ def count_classes(folder: Path, lists: list[str]) -> int:
 
 
 def resolve_tasks(suite: Suite, data_root: Path | None, names: list[str] | None, stage: Stage) -> list[ResolvedTask]:
-    """Validated tasks of ``suite`` to run at ``stage``; ``names=None`` means all of them."""
+    """Validated tasks of ``suite`` to run at ``stage``; ``names=None`` means all of them.
+
+    Few-shot suites return one entry per dataset without a split; :func:`fewshot_variants` makes
+    the (shots, split seed) variants and parses their lists.
+    """
     root = check_data_root(data_root, suite)
+    if suite.fewshot is not None:
+        return _resolve_fewshot(suite, root, names, stage)
     if suite.discovers_tasks:
         candidates = discover_tasks(root)
         by_name = {_norm(t.name): (t, p) for t, p in candidates}
@@ -139,3 +179,48 @@ def select_tasks(suite: Suite, names: list[str] | None) -> list[Task]:
             f"its tasks are: {', '.join(t.name for t in suite.tasks)}"
         )
     return [index[_norm(n)] for n in names]
+
+
+def find_image_root(folder: Path, task: Task, probe: list[str]) -> Path:
+    """The sub-folder the task's list paths are relative to: the first of ``task.image_dirs`` that
+    holds the first listed image (``probe``: list files to take it from), else the first that exists."""
+    candidates = [folder / d if d not in ("", ".") else folder for d in task.image_dirs] or [folder]
+    first = None
+    for name in probe:
+        path = folder / name
+        if path.is_file():
+            line = next((ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()), "")
+            first = line.rsplit(maxsplit=1)[0] if line else None
+            break
+    if first:
+        for c in candidates:
+            if (c / first).is_file():
+                return c
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+def _resolve_fewshot(suite: Suite, root: Path, names: list[str] | None, stage: Stage) -> list[ResolvedTask]:
+    layout = suite.fewshot
+    assert layout is not None
+    resolved, missing = [], []
+    for task in select_tasks(suite, names):
+        folder = find_task_folder(root, task)
+        if folder is None:
+            missing.append(task)
+            continue
+        eval_name = layout.eval_list(stage.name)
+        image_root = find_image_root(folder, task, [eval_name, layout.train_list(layout.shots[0], 0)])
+        if task.num_classes is None:
+            raise DataError(f"few-shot task {task.name} of suite {suite.name!r} needs a class count")
+        resolved.append(ResolvedTask(task, folder, task.num_classes, image_root, layout))
+    if missing:
+        raise DataError(
+            "; ".join(
+                f"no folder for task {t.name} under {root} (accepted names: {', '.join((t.name, *t.aliases))}"
+                + (f"; {t.source}" if t.source else "")
+                + ")"
+                for t in missing
+            )
+            + f"; or choose tasks with --tasks (`bench data verify --suite {suite.name}` lists every missing file)"
+        )
+    return resolved
