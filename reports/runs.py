@@ -19,7 +19,7 @@ from bench.errors import BenchError
 
 # Protocol-defining settings: runs that differ in any of these are not one comparison. Learning
 # rate, weight decay and drop-path are left out on purpose: tuning sets them per method.
-PROTOCOL_PARAMS = ("hp.epochs", "hp.batch_size", "hp.img_size", "hp.augmentation", "hp.interpolation")
+PROTOCOL_PARAMS = ("hp.epochs", "hp.img_size", "hp.augmentation", "hp.interpolation")
 
 COLUMNS = [
     "run_id",
@@ -34,6 +34,7 @@ COLUMNS = [
     "stage",
     "preset",
     "protocol",
+    "batch_size",
     "budget",
     "backbone",
     "checkpoint",
@@ -98,6 +99,7 @@ def runs_frame(records: list, stage: str) -> pd.DataFrame:
                 "stage": stage,
                 "preset": t.get("bench.preset"),
                 "protocol": ", ".join(f"{k[3:]}={p.get(k, '?')}" for k in PROTOCOL_PARAMS),
+                "batch_size": p.get("hp.batch_size", "?"),
                 "budget": _int_or_none(t.get("bench.budget")),
                 "backbone": t.get("bench.backbone"),
                 "checkpoint": t.get("bench.checkpoint"),
@@ -182,10 +184,22 @@ def select_runs(
 
     frame = frame.sort_values("end_time").drop_duplicates("run_key", keep="last")
     _refuse_mixed(frame, "preset", "presets", "select one with a separate --tracking-uri or re-run")
-    _refuse_mixed(frame, "protocol", "protocols (epochs, batch size, image size, augmentation)", "re-run one of them")
+    _refuse_mixed(
+        frame, "protocol", "protocols (epochs, image size, augmentation, interpolation)", "re-run one of them"
+    )
     _refuse_mixed(frame, "backbone", "backbones", "report each backbone from its own store")
     _refuse_mixed(frame, "checkpoint", "checkpoints", "report each checkpoint from its own store")
     _refuse_mixed(frame, "hparams", "hyperparameter sources", "pass --hparams published or --hparams tuned")
+
+    # The batch size may follow the task (few-shot: min(64, list size)) but not the method.
+    batch = frame.groupby(["task", "shots"], dropna=False)["batch_size"].nunique()
+    if (batch > 1).any():
+        task, shots = batch[batch > 1].index[0]
+        sizes = frame[(frame["task"] == task) & (frame["shots"].isna() if pd.isna(shots) else frame["shots"] == shots)]
+        detail = "; ".join(f"{b} ({', '.join(sorted(set(g['method'])))})" for b, g in sizes.groupby("batch_size"))
+        raise BenchError(
+            f"the runs on {task} use different batch sizes: {detail}. One table needs one; re-run one of them"
+        )
 
     cell = ["method", "task", "shots", "split_seed", "seed"]
     dup = frame.groupby(cell, dropna=False)["run_key"].nunique()

@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -145,6 +147,22 @@ def test_all_shots_and_split_seeds_run_end_to_end(cli, workdir: Path, fewshot_ro
     assert code == 0 and "0 run(s) trained, 30 already finished" in out
     code, out, _ = cli("runs", "--suite", "tinyfewshot", "--json")
     assert {(row["shots"], row["split_seed"]) for row in json.loads(out)} >= {("4", "2"), ("16", "0")}
+
+    # the report groups few-shot results by shot: per shot, the mean over datasets of the seed means
+    rep = workdir / "rep"
+    code, _, err = cli("report", "--suite", "tinyfewshot", "--format", "md,csv", "--out", str(rep))
+    assert code == 0, err
+    md = (rep / "report.md").read_text()
+    assert "## Few-shot: per shot count" in md
+    acc = {}
+    for r in runs:
+        t = r.data.tags
+        acc.setdefault((int(t["bench.shots"]), t["bench.task"]), []).append(r.data.metrics["test/acc"])
+    for shots in (1, 2, 4, 8, 16):
+        mean = np.mean([np.mean(v) for (k, _), v in acc.items() if k == shots])
+        assert re.search(rf"\| {shots}-shot \(2 datasets\) +\| \*\*{100 * mean:.1f}\*\* \[", md), shots
+    summary = pd.read_csv(rep / "summary.csv")
+    assert sorted(set(summary["shots"])) == [1, 2, 4, 8, 16] and len(summary) == 10
 
 
 def test_tune_stage_never_reads_test_and_final_never_reads_val(cli, workdir: Path, fewshot_root: Path, tmp_path):
