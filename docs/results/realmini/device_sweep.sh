@@ -2,7 +2,7 @@
 # The realmini sweeps of issue 10 on a rented GPU machine that has torch/timm/peft but no
 # MLflow and no network. Run from the repository root on that machine:
 #
-#   bash docs/results/realmini/device_sweep.sh stage          # carry .whl and .stage_ckpt
+#   bash docs/results/realmini/device_sweep.sh stage          # once carrying .stage_ckpt, once .whl
 #   bash docs/results/realmini/device_sweep.sh run [bench run options…]   # carry .stage
 #
 # `stage` installs the carried wheels (mlflow-skinny, sqlalchemy, alembic, optuna and their
@@ -14,10 +14,13 @@
 set -euo pipefail
 CKPT=/tmp/stage/vit_s14_imgfocus.safetensors
 case "${1:-}" in
-stage)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  mkdir -p /tmp/stage && cp .stage_ckpt/vit_s14_imgfocus.safetensors "$CKPT"
-  sha256sum "$CKPT"
+stage)  # whichever of the two is carried (together they exceed one call's 64 MiB)
+  if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  fi
+  if [ -f .stage_ckpt/vit_s14_imgfocus.safetensors ]; then
+    mkdir -p /tmp/stage && cp .stage_ckpt/vit_s14_imgfocus.safetensors "$CKPT" && sha256sum "$CKPT"
+  fi
   ;;
 run)
   shift
