@@ -143,6 +143,10 @@ def run(
     budget: BudgetOpt = None,
     hparams: str = typer.Option("published", help="published, or tuned: each study's best trial (`bench tune`)."),
     storage: str | None = typer.Option(None, help="Optuna storage URL for --hparams tuned (default: the workdir's)."),
+    gpus: str | None = typer.Option(
+        None, help="Train one run per GPU at once: all, a count (2) or indices (0,1). Default: one run at a time."
+    ),
+    workers_cpu: int | None = typer.Option(None, hidden=True, help="Test only: N worker processes on the CPU."),
 ) -> None:
     """Train every (task, method, seed) not yet finished, log each to MLflow, print a summary."""
     from .sweep import SweepRequest, plan_sweep, run_sweep
@@ -164,13 +168,31 @@ def run(
         hparams=hparams,
         storage=storage or default_storage(State.workdir),
     )
+    devices = _worker_slots(gpus, workers_cpu, request)
     plan = plan_sweep(request, State.workdir)
     tracker = _tracker(tracking_uri)
     from .progress import RichReporter
 
-    with RichReporter(err) as reporter:
-        outcomes = run_sweep(plan, tracker, State.workdir, reporter)
+    if devices:
+        err.print(f"{len(devices)} worker process(es), one run each: {', '.join(d.label for d in devices)}")
+    with RichReporter(err, slots=len(devices) if devices else 1) as reporter:
+        outcomes = run_sweep(plan, tracker, State.workdir, reporter, devices=devices)
     _print_summary(outcomes, plan.stage.name)
+
+
+def _worker_slots(gpus: str | None, workers_cpu: int | None, request) -> list | None:
+    """``--gpus`` (or the hidden ``--workers-cpu``) -> the executor's device slots; sets the plan's device."""
+    if gpus is None and workers_cpu is None:
+        return None
+    from .executor import cpu_slots, parse_gpus
+
+    if gpus is not None and workers_cpu is not None:
+        raise BenchError("--gpus and --workers-cpu exclude each other; pass one of them")
+    wanted = "cuda" if gpus is not None else "cpu"
+    if request.device not in ("auto", wanted):
+        raise BenchError(f"--device {request.device} contradicts --{'gpus' if gpus else 'workers-cpu'}; drop --device")
+    request.device = wanted
+    return parse_gpus(gpus) if gpus is not None else cpu_slots(workers_cpu)
 
 
 def _budget(text: str | None) -> int | None:
