@@ -163,6 +163,10 @@ def run(
         None, help="Few-shot suites: training-list seeds, each run with every --seeds (default: split seed = seed)."
     ),
     dedupe: bool = typer.Option(False, "--dedupe", help="Few-shot: drop repeated lines of the training lists."),
+    gpus: str | None = typer.Option(
+        None, help="Train one run per GPU at once: all, a count (2) or indices (0,1). Default: one run at a time."
+    ),
+    workers_cpu: int | None = typer.Option(None, hidden=True, help="Test only: N worker processes on the CPU."),
 ) -> None:
     """Train every (task, method, seed) not yet finished, log each to MLflow, print a summary."""
     from .sweep import SweepRequest, plan_sweep, run_sweep
@@ -187,15 +191,33 @@ def run(
         split_seeds=parse_int_list(split_seeds, "--split-seeds", "0,1,2"),
         dedupe=dedupe,
     )
+    devices = _worker_slots(gpus, workers_cpu, request)
     plan = plan_sweep(request, State.workdir)
     for warning in plan.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     tracker = _tracker(tracking_uri)
     from .progress import RichReporter
 
-    with RichReporter(err) as reporter:
-        outcomes = run_sweep(plan, tracker, State.workdir, reporter)
+    if devices:
+        err.print(f"{len(devices)} worker process(es), one run each: {', '.join(d.label for d in devices)}")
+    with RichReporter(err, slots=len(devices) if devices else 1) as reporter:
+        outcomes = run_sweep(plan, tracker, State.workdir, reporter, devices=devices)
     _print_summary(outcomes, plan.stage.name)
+
+
+def _worker_slots(gpus: str | None, workers_cpu: int | None, request) -> list | None:
+    """``--gpus`` (or the hidden ``--workers-cpu``) -> the executor's device slots; sets the plan's device."""
+    if gpus is None and workers_cpu is None:
+        return None
+    from .executor import cpu_slots, parse_gpus
+
+    if gpus is not None and workers_cpu is not None:
+        raise BenchError("--gpus and --workers-cpu exclude each other; pass one of them")
+    wanted = "cuda" if gpus is not None else "cpu"
+    if request.device not in ("auto", wanted):
+        raise BenchError(f"--device {request.device} contradicts --{'gpus' if gpus else 'workers-cpu'}; drop --device")
+    request.device = wanted
+    return parse_gpus(gpus) if gpus is not None else cpu_slots(workers_cpu)
 
 
 def _budget(text: str | None) -> int | None:
@@ -699,6 +721,76 @@ def ui(
     ]
     err.print(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C stops it")
     raise typer.Exit(subprocess.call(cmd))
+
+
+# ---------------------------------------------------------------------------------------
+# bench speed
+
+
+@app.command()
+def speed(
+    methods: str | None = typer.Option(None, help="Comma-separated method names (default: every registered one)."),
+    backbone: str | None = typer.Option(
+        None, help="timm ViT name, random weights (default: vit_base_patch16_224 on CUDA, vit_demo_tiny on CPU)."
+    ),
+    batch_size: int | None = typer.Option(None, help="Training batch size (default 64 on CUDA, 8 on CPU)."),
+    steps: int | None = typer.Option(None, help="Timed training steps per loop, after as many warm-up steps."),
+    img_size: int | None = typer.Option(None, help="Input size (default: the backbone's own)."),
+    eval_images: int | None = typer.Option(None, help="Images scored by each loop (default 4096 on CUDA, 64 on CPU)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    workers: int | None = typer.Option(
+        None, help="DataLoader workers of the reference loop (default 4 on CUDA, 0 on CPU)."
+    ),
+    reference: bool = typer.Option(True, "--reference/--no-reference", help="Also measure the reference-style loop."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    out_file: Path | None = typer.Option(None, "--out", help="Also write the JSON result to this file."),
+) -> None:
+    """Training and evaluation images/s of bench's run path vs a reference-style loop, in one process."""
+    from .speed import SpeedConfig, format_rate, run_speed
+
+    config = SpeedConfig(
+        methods=_split(methods) or [],
+        backbone=backbone,
+        batch_size=batch_size,
+        steps=steps,
+        img_size=img_size,
+        eval_images=eval_images,
+        device=device,
+        workers=workers,
+        reference=reference,
+    )
+    report = run_speed(config, progress=lambda text: err.print(text, highlight=False))
+    if out_file is not None:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(json.dumps(report, indent=2) + "\n")
+    if as_json:
+        _print_json(report)
+        return
+    table = Table(
+        title=f"{report['backbone']} at {report['img_size']} px, batch {report['batch_size']}, "
+        f"{report['steps']} timed steps, on {report['device_name']}"
+    )
+    for col in ("method", "train img/s", "ref train", "×", "eval img/s", "ref eval", "×", "peak MB", "ref peak MB"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for row in report["methods"]:
+        ours, ref, ratio = row["ours"], row["reference"] or {}, row.get("ratio") or {}
+        table.add_row(
+            row["method"],
+            format_rate(ours["train_images_per_s"]),
+            format_rate(ref.get("train_images_per_s")),
+            f"{ratio['train']:.1f}" if ratio.get("train") else "–",
+            format_rate(ours["eval_images_per_s"]) + ("*" if ours["merged_eval"] else ""),
+            format_rate(ref.get("eval_images_per_s")),
+            f"{ratio['eval']:.1f}" if ratio.get("eval") else "–",
+            format_rate(ours["peak_memory_mb"]),
+            format_rate(ref.get("peak_memory_mb")),
+        )
+    out.print(table)
+    out.print(
+        "ours: bench's train_run (uint8 images on the device, bf16 autocast on CUDA, fused AdamW; * merged eval); "
+        "ref: fp32, JPEG files decoded every epoch by a DataLoader, eager, unmerged eval. "
+        "Ratios are ours / ref, measured in this process; the warm-up epoch is excluded from training images/s."
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -17,8 +18,9 @@ from .train import EpochMetrics
 
 
 class RichReporter:
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, slots: int = 1):
         self.console = console
+        self.slots = slots  # runs in progress at once (one per device with --gpus)
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -29,7 +31,7 @@ class RichReporter:
             console=console,
         )
         self.sweep_task = None
-        self.run_task = None
+        self.run_tasks: dict[int, TaskID] = {}  # one bar per run in progress, oldest first
 
     def __enter__(self) -> RichReporter:
         self.progress.start()
@@ -47,19 +49,23 @@ class RichReporter:
         self.sweep_task = self.progress.add_task("runs", total=total)
 
     def run_started(self, run: PlannedRun, epochs: int) -> None:
-        if self.run_task is not None:
-            self.progress.remove_task(self.run_task)
-        self.run_task = self.progress.add_task(f"  {run.spec.label}", total=epochs)
+        while len(self.run_tasks) >= self.slots:  # tuning trials never report done
+            self.progress.remove_task(self.run_tasks.pop(next(iter(self.run_tasks))))
+        self.run_tasks[id(run)] = self.progress.add_task(f"  {run.spec.label}", total=epochs)
 
     def epoch_done(self, run: PlannedRun, metrics: EpochMetrics) -> None:
+        if id(run) not in self.run_tasks:
+            return
         extra = f" val {100 * metrics.eval_acc:.1f}" if metrics.eval_acc is not None else ""
         self.progress.update(
-            self.run_task,
+            self.run_tasks[id(run)],
             advance=1,
             description=f"  {run.spec.label} loss {metrics.train_loss:.3f} acc {100 * metrics.train_acc:.1f}{extra}",
         )
 
     def run_done(self, run: PlannedRun, outcome: RunOutcome) -> None:
+        if id(run) in self.run_tasks:
+            self.progress.remove_task(self.run_tasks.pop(id(run)))
         self.progress.advance(self.sweep_task)
         acc = f"{100 * outcome.eval_acc:.2f}%" if outcome.eval_acc is not None else "–"
         verb = "trained" if outcome.status == "trained" else "finished earlier, reused"

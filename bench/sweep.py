@@ -265,7 +265,16 @@ def _sized_method(name: str, request: SweepRequest, spec_bb) -> tuple[Method, An
     return method, choose_for_budget(method, spec_bb, request.budget).config, request.budget
 
 
-def run_sweep(plan: SweepPlan, tracker: Tracker, workdir: Path, reporter: Reporter | None = None) -> list[RunOutcome]:
+def run_sweep(
+    plan: SweepPlan,
+    tracker: Tracker,
+    workdir: Path,
+    reporter: Reporter | None = None,
+    devices: list[Any] | None = None,
+) -> list[RunOutcome]:
+    """Train every planned run without a FINISHED record. ``devices`` (slots from
+    :func:`bench.executor.parse_gpus`) trains one run per device in worker processes at once;
+    without it, the runs train one after another in this process."""
     reporter = reporter or SilentReporter()
     experiment = plan.experiment
     records = tracker.runs_by_key(experiment)  # one query for the whole sweep
@@ -299,6 +308,12 @@ def run_sweep(plan: SweepPlan, tracker: Tracker, workdir: Path, reporter: Report
     data_memo: dict[str, TaskData] = {}
     status = "FAILED"
     try:
+        if devices:  # the same records, in worker processes; this process stays the only MLflow writer
+            from .executor import run_parallel
+
+            run_parallel(plan, tracker, parent, records, done, reporter, devices, cache_dir, outcomes)
+            status = "FINISHED"
+            return outcomes
         for run in plan.runs:
             previous = done[run.spec.run_key]
             if previous is not None:
@@ -385,16 +400,10 @@ def run_tags(spec: RunSpec, **extra: str) -> dict[str, str]:
     }
 
 
-def _train_and_log(
-    run: PlannedRun,
-    plan: SweepPlan,
-    tracker: Tracker,
-    parent: str,
-    data: TaskData,
-    reporter: Reporter,
-) -> RunOutcome:
+def run_record(run: PlannedRun, device: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The tags and params a run's record is created with, in this process or by the executor."""
     spec = run.spec
-    tags = run_tags(spec, **{"bench.group": run.task.task.group, "bench.device": str(plan.device)})
+    tags = run_tags(spec, **{"bench.group": run.task.task.group, "bench.device": device})
     params = flatten_params(
         {
             "method": spec.method_config,
@@ -408,7 +417,25 @@ def _train_and_log(
             "extra": spec.extra,
         }
     )
-    with tracker.child_run(plan.experiment, parent, spec.label, {**tags, **run.tags}, params) as run_id:
+    return {**tags, **run.tags}, params
+
+
+def epoch_metrics(m: EpochMetrics) -> dict[str, float | None]:
+    """What every epoch logs (``val/acc`` only in the tune stage)."""
+    return {"train/loss": m.train_loss, "train/acc": m.train_acc, "lr": m.lr, "val/acc": m.eval_acc}
+
+
+def _train_and_log(
+    run: PlannedRun,
+    plan: SweepPlan,
+    tracker: Tracker,
+    parent: str,
+    data: TaskData,
+    reporter: Reporter,
+) -> RunOutcome:
+    spec = run.spec
+    tags, params = run_record(run, str(plan.device))
+    with tracker.child_run(plan.experiment, parent, spec.label, tags, params) as run_id:
         reporter.run_started(run, run.preset.epochs)
 
         def on_epoch(m: EpochMetrics) -> None:
@@ -429,24 +456,11 @@ def execute_run(
 ) -> RunResult:
     """Build the backbone, apply the method, train, logging the resolved config and every epoch."""
     spec = run.spec
-    model = build_backbone(
-        spec.backbone,
-        num_classes=spec.num_classes,
-        img_size=run.preset.img_size,
-        drop_path=run.preset.drop_path,
-        weights=plan.weights,
-        seed=spec.seed,
-    )
-    mean, std = normalization(model)
-    model = run.method.apply(model, run.config)
+    model, mean, std = build_model(run, plan.weights)
     tracker.log_json(run_id, _resolved_config(spec, run, plan, mean, std), "config/resolved.json")
 
     def log_epoch(m: EpochMetrics) -> None:
-        tracker.log_metrics(
-            run_id,
-            {"train/loss": m.train_loss, "train/acc": m.train_acc, "lr": m.lr, "val/acc": m.eval_acc},
-            step=m.epoch,
-        )
+        tracker.log_metrics(run_id, epoch_metrics(m), step=m.epoch)
         if on_epoch is not None:
             on_epoch(m)
 
@@ -463,6 +477,21 @@ def execute_run(
         std=std,
         on_epoch=log_epoch,
     )
+
+
+def build_model(run: PlannedRun, weights: Weights) -> tuple[torch.nn.Module, tuple[float, ...], tuple[float, ...]]:
+    """The run's backbone with the method applied, and the backbone's normalisation (mean, std)."""
+    spec = run.spec
+    model = build_backbone(
+        spec.backbone,
+        num_classes=spec.num_classes,
+        img_size=run.preset.img_size,
+        drop_path=run.preset.drop_path,
+        weights=weights,
+        seed=spec.seed,
+    )
+    mean, std = normalization(model)
+    return run.method.apply(model, run.config), mean, std
 
 
 def _resolved_config(spec: RunSpec, run: PlannedRun, plan: SweepPlan, mean, std) -> dict[str, Any]:

@@ -157,24 +157,43 @@ class Tracker:
         self, experiment: str, parent_id: str | None, name: str, tags: dict[str, str], params: dict[str, str]
     ) -> Iterator[str]:
         """A child run that ends FINISHED only if the body returns; FAILED or KILLED otherwise."""
+        run_id = self.start_child(experiment, parent_id, name, tags, params)
+        try:
+            yield run_id
+        except KeyboardInterrupt:
+            self.end_child(run_id, "KILLED")
+            raise
+        except BaseException as exc:
+            self.end_child(run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+            raise
+        else:
+            self.end_child(run_id, "FINISHED")
+
+    def start_child(
+        self, experiment: str, parent_id: str | None, name: str, tags: dict[str, str], params: dict[str, str]
+    ) -> str:
+        """Create a child run (RUNNING) with its tags and params; :meth:`end_child` ends it.
+
+        The explicit pair serves the multi-device executor, which keeps several children open at
+        once; :meth:`child_run` is the one-at-a-time form.
+        """
         exp_id = self.experiment_id(experiment)
         all_tags = {**tags, "bench.kind": KIND_RUN}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
-        run = self.client.create_run(exp_id, run_name=name, tags=all_tags)
-        run_id = run.info.run_id
+        run_id = self.client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
         try:
             self._log_params(run_id, params)
-            yield run_id
-        except KeyboardInterrupt:
-            self.client.set_terminated(run_id, status="KILLED")
-            raise
         except BaseException as exc:
-            self.client.set_tag(run_id, "bench.error", f"{type(exc).__name__}: {str(exc)[:400]}")
-            self.client.set_terminated(run_id, status="FAILED")
+            self.end_child(run_id, "FAILED", f"{type(exc).__name__}: {exc}")
             raise
-        else:
-            self.client.set_terminated(run_id, status="FINISHED")
+        return run_id
+
+    def end_child(self, run_id: str, status: str, error: str | None = None) -> None:
+        """FINISHED only after every metric and artifact is written; FAILED carries ``bench.error``."""
+        if error is not None:
+            self.client.set_tag(run_id, "bench.error", error[:400])
+        self.client.set_terminated(run_id, status=status)
 
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param

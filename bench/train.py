@@ -53,6 +53,7 @@ class EpochMetrics:
     train_acc: float
     lr: float
     eval_acc: float | None = None  # only in the tune stage (val200)
+    seconds: float = 0.0  # training time of the epoch (after its one host sync), evaluation excluded
 
 
 @dataclass
@@ -200,7 +201,8 @@ def train_run(
             train_acc=correct.item() / len(train),
             lr=lr,
         )
-        train_seconds += time.perf_counter() - t0
+        metrics.seconds = time.perf_counter() - t0
+        train_seconds += metrics.seconds
         if stage.eval_every_epoch:
             metrics.eval_acc = (predict(model, norm, evaluate, device) == evaluate.labels).float().mean().item()
         history.append(metrics)
