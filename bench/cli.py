@@ -449,6 +449,9 @@ def methods_list(as_json: bool = typer.Option(False, "--json", help="Machine-rea
 def methods_info(
     name: str = typer.Argument(..., help="Method name."),
     backbone: str = typer.Option("vit_base_patch16_224.orig_in21k", help="timm ViT name (never downloads)."),
+    img_size: int | None = typer.Option(
+        None, help="Input size the runs use (a suite's preset: 224); changes the position embedding's size."
+    ),
     set_: FieldSetOpt = None,
     memory: bool = typer.Option(
         False, "--memory", help="Also measure saved activations per image vs LoRA (CPU, seconds)."
@@ -463,13 +466,14 @@ def methods_info(
 
     method = get_method(name)
     config = make_config(method, parse_set_options(set_ or []))
-    spec = backbone_spec(backbone)
+    spec = backbone_spec(backbone, img_size)
     info = {
         "method": name,
         "backbone": backbone,
+        "img_size": img_size or "the backbone's default",
         "config": config_to_dict(config),
         "trainable_params": method.count(spec, config),
-        "trainable_params_built": built_trainable_params(method, config, backbone),
+        "trainable_params_built": built_trainable_params(method, config, backbone, img_size=img_size),
         "head_params_per_class": spec.embed_dim + 1,
         "backbone_params": spec.backbone_params,
         "mergeable": method.mergeable,
@@ -480,11 +484,13 @@ def methods_info(
     from .inspect import macs_per_image
 
     # counted on the meta device: the deployed model (merged where possible) and the training forward
-    info["train_macs_per_image"] = macs_per_image(method, config, backbone)
+    info["train_macs_per_image"] = macs_per_image(method, config, backbone, img_size=img_size)
     info["macs_per_image"] = (
-        macs_per_image(method, config, backbone, merged=True) if method.mergeable else info["train_macs_per_image"]
+        macs_per_image(method, config, backbone, merged=True, img_size=img_size)
+        if method.mergeable
+        else info["train_macs_per_image"]
     )
-    info["backbone_macs_per_image"] = macs_per_image(None, None, backbone)
+    info["backbone_macs_per_image"] = macs_per_image(None, None, backbone, img_size=img_size)
     info["macs_ratio"] = round(info["macs_per_image"] / info["backbone_macs_per_image"], 4)
     if memory:
         from .inspect import activation_bytes_per_image

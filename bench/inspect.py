@@ -42,7 +42,9 @@ def activation_bytes_per_image(method: Method, config: Any, backbone: str, refer
     return out
 
 
-def macs_per_image(method: Method | None, config: Any, backbone: str, merged: bool = False) -> int:
+def macs_per_image(
+    method: Method | None, config: Any, backbone: str, merged: bool = False, img_size: int | None = None
+) -> int:
     """Multiply-accumulates of one image's forward, counted by torch's FlopCounterMode on the meta device.
 
     ``merged=True`` counts the deployed model (the method folded in, where it can be).
@@ -50,7 +52,7 @@ def macs_per_image(method: Method | None, config: Any, backbone: str, merged: bo
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        model = create_vit(backbone, num_classes=10)
+        model = create_vit(backbone, num_classes=10, **({"img_size": img_size} if img_size else {}))
         if method is not None:
             model = method.apply(model, config)
             if merged and method.mergeable:

@@ -150,3 +150,22 @@ def test_vtab1k_protocol_offline_with_a_checkpoint(cli, workdir: Path, tmp_path:
     assert r.data.params["hp.epochs"] == "1" and r.data.params["hp.warmup_epochs"] == "0"
     assert r.data.params["num_classes"] == "10"
     assert r.data.metrics["params/trainable"] == 12 * 8 * (192 + 576)
+
+
+def test_methods_info_counts_at_the_runs_image_size(cli):
+    """Regression (issue 10): full fine-tuning's count includes the position embedding, whose size
+    follows the input size. ViT-S/14 DINOv2 defaults to 518 px, runs use the preset's 224 px, and
+    `methods info` must be able to report the count the runs log."""
+
+    code, out, err = cli("methods", "info", "full", "--backbone", "vit_small_patch14_dinov2", "--json")
+    assert code == 0, err
+    default = json.loads(out)["trainable_params"]
+    code, out, err = cli(
+        "methods", "info", "full", "--backbone", "vit_small_patch14_dinov2", "--img-size", "224", "--json"
+    )
+    assert code == 0, err
+    at_224 = json.loads(out)
+    with torch.device("meta"):
+        model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=224, num_classes=0)
+    assert at_224["trainable_params"] == at_224["trainable_params_built"] == sum(p.numel() for p in model.parameters())
+    assert default - at_224["trainable_params"] == (37 * 37 - 16 * 16) * 384  # the position grid, 518 vs 224 px
