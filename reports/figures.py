@@ -63,7 +63,7 @@ def accuracy_vs_params(points: pd.DataFrame, out: Path, title: str) -> list[Path
     ax.set_xlabel("trainable parameters, head excluded (log scale)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     return _save(fig, out, "accuracy_vs_params")
 
