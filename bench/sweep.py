@@ -9,6 +9,7 @@ error or a kill loses at most the run in progress.
 from __future__ import annotations
 
 import hashlib
+import math
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -528,6 +529,8 @@ def _log_result(
         "time/train_s": result.train_seconds,
         "mem/peak_mb": result.peak_memory_mb,
     }
+    if math.isfinite(result.steady_train_images_per_s):  # runs of two or more epochs
+        metrics["throughput/train_img_s_steady"] = result.steady_train_images_per_s
     if plan.stage.name == "final":
         metrics["test/acc"] = result.eval_acc  # scored once, after the last epoch
     tracker.log_metrics(run_id, metrics, step=run.preset.epochs)

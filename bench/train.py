@@ -69,6 +69,7 @@ class RunResult:
     peak_memory_mb: float | None
     trainable_state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
     merged: bool = False
+    steady_train_images_per_s: float = float("nan")  # epochs after the first (which holds compilation)
 
 
 def lr_at(step: int, *, total_steps: int, warmup_steps: int, base_lr: float, warmup_lr: float, min_lr: float) -> float:
@@ -112,6 +113,12 @@ def predict(model: nn.Module, norm: Normalize, data: SplitData, device: torch.de
         with _autocast(device):
             out.append(model(x).argmax(dim=1))
     return torch.cat(out).cpu()
+
+
+def _steady_rate(history: list[EpochMetrics], images_per_epoch: int) -> float:
+    """Training images/s over every epoch but the first (NaN for a one-epoch run)."""
+    later = sum(m.seconds for m in history[1:])
+    return images_per_epoch * (len(history) - 1) / later if later > 0 else float("nan")
 
 
 def _frozen_float_params(model: nn.Module) -> list[nn.Parameter]:
@@ -234,6 +241,7 @@ def train_run(
         train_images_per_s=len(train) * preset.epochs / max(train_seconds, 1e-9),
         infer_images_per_s=len(evaluate) / max(infer_seconds, 1e-9),
         train_seconds=train_seconds,
+        steady_train_images_per_s=_steady_rate(history, len(train)),
         peak_memory_mb=peak,
         trainable_state=state,
         merged=merged,

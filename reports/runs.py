@@ -107,7 +107,8 @@ def runs_frame(records: list, stage: str) -> pd.DataFrame:
                 "acc": float(m[metric]),
                 "params_trainable": m.get("params/trainable", np.nan),
                 "params_head": m.get("params/head", np.nan),
-                "train_img_s": m.get("throughput/train_img_s", np.nan),
+                # steady state (first epoch, with compilation, left out) where the run logged it
+                "train_img_s": m.get("throughput/train_img_s_steady", m.get("throughput/train_img_s", np.nan)),
                 "infer_img_s": m.get("throughput/infer_img_s", np.nan),
                 "peak_mem_mb": m.get("mem/peak_mb", np.nan),
                 "train_s": m.get("time/train_s", np.nan),

@@ -59,6 +59,7 @@ def test_run_logs_every_run_with_tags_metrics_and_artifacts(cli, workdir: Path, 
         assert m["params/head"] == 3 * 65  # (embed_dim + 1) x classes
         assert m["params/trainable"] == (0 if t["bench.method"] == "linear" else 4 * 8 * (64 + 192))
         assert m["throughput/train_img_s"] > 0 and m["throughput/infer_img_s"] > 0
+        assert m["throughput/train_img_s_steady"] > 0  # epochs 2.. of 3: the first (compilation on CUDA) left out
         history = client.get_metric_history(r.info.run_id, "train/loss")
         assert [h.step for h in history] == [0, 1, 2]  # one value per epoch
         assert client.get_metric_history(r.info.run_id, "val/acc") == []  # final stage: no eval during training
