@@ -173,6 +173,8 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
     weights = resolve_weights(backbone, request.checkpoint, pretrained=suite.backbone_pretrained)
 
     runs, warnings = [], []
+    if request.hparams == "published":
+        warnings += [c for m, _, _ in chosen if (c := m.preset_caveat(preset.lr)) is not None]
     for task, task_seeds, task_preset in _run_groups(suite, tasks, stage, request, preset, warnings):
         fingerprint = task.fingerprint(stage)
         for method, config, budget in chosen:

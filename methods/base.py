@@ -243,6 +243,11 @@ class Method(ABC):
         on top of the suite preset's lr, weight decay and drop-path, as every study's first trial."""
         return {}
 
+    def preset_caveat(self, preset_lr: float) -> str | None:
+        """Why the suite's shared preset may not suit this method, or None. ``bench run`` prints it
+        when the method trains with the preset's published hyperparameters (not tuned ones)."""
+        return None
+
     def extra_checks(self, config: Any) -> list[Any]:
         """Method-specific conformance checks (``methods.conformance.CheckResult`` values), e.g.
         what does hold for a method that is not the backbone at init."""

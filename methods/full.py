@@ -27,3 +27,16 @@ class Full(Method):
 
     def merge(self, model: nn.Module) -> nn.Module:
         return model
+
+    def preset_caveat(self, preset_lr: float) -> str | None:
+        # Suite presets carry PEFT learning rates (VTAB-1K: AdamW 1e-3). Updating every weight of a
+        # pretrained ViT at that rate wrecks its features: on realmini cifar10 (ViT-S/14) full
+        # fine-tuning reached 36.9 % against the linear probe's 64.3 %, and a CPU proxy gave 25.2 %
+        # at 1e-3 against 68.2 % at 1e-4 (docs/results/realmini/). Choose its rate on validation.
+        if preset_lr < 1e-4:
+            return None
+        return (
+            f"full fine-tuning trains every weight at the preset's learning rate {preset_lr:g}, a rate chosen "
+            "for PEFT methods that wrecks pretrained features (docs/results/realmini/); tune it on validation "
+            "(`bench tune --methods full`, then `bench run --hparams tuned`) before comparing with it"
+        )

@@ -124,3 +124,21 @@ def test_checks_catch_factors_without_gradient():
 
 def test_checks_catch_wrong_counts():
     assert "count() equals the built model (head excluded)" in _failed(LeaksBackbone())
+
+
+def test_full_fine_tuning_warns_about_the_shared_peft_learning_rate(noah_root, tmp_path):
+    """Regression (issue 10): with the preset's PEFT learning rate, full fine-tuning fell below the
+    linear probe on realmini; a sweep that runs it untuned must say so, once, before training."""
+    from bench.sweep import SweepRequest, plan_sweep
+
+    request = SweepRequest(suite="tinyfolder", methods=["full", "lora"], seeds=[0], data_root=noah_root)
+    plan = plan_sweep(request, tmp_path)
+    caveats = [w for w in plan.warnings if "full fine-tuning" in w]
+    assert len(caveats) == 1 and "bench tune --methods full" in caveats[0] and f"{plan.preset.lr:g}" in caveats[0]
+    assert (
+        plan_sweep(
+            SweepRequest(suite="tinyfolder", methods=["lora"], seeds=[0], data_root=noah_root), tmp_path
+        ).warnings
+        == []
+    )
+    assert methods.get_method("full").preset_caveat(1e-5) is None  # a full-fine-tuning rate draws no warning
