@@ -1,5 +1,5 @@
 """Statistics, tables and plots built from what tracking stored."""
 
-from .summary import summarize, t_halfwidth
+from .summary import summarize
 
-__all__ = ["summarize", "t_halfwidth"]
+__all__ = ["summarize"]

@@ -61,7 +61,7 @@ def main_table(cells: pd.DataFrame, agg: Aggregates, resources: pd.DataFrame, re
     """Rows: tasks, aggregate rows, parameter rows, W/T/L. Columns: methods (reference first)."""
     methods = list(dict.fromkeys([reference, *cells["method"]]))
     rows: dict[str, dict[str, str]] = {}
-    for task, shots in task_keys(cells.rename(columns={})):
+    for task, shots in task_keys(cells):
         sub = cells[(cells["task"] == task) & (cells["shots"].isna() if shots is None else cells["shots"] == shots)]
         by_method = sub.set_index("method")
         means = [100 * by_method["mean"].get(m, np.nan) for m in methods]
@@ -228,12 +228,9 @@ def latex_escape_text(text: str) -> str:
 
 
 def latex_unicode(text: str) -> str:
-    """Replace the report's non-ASCII characters by LaTeX macros; refuse any other (it would not compile)."""
-    out = "".join(UNICODE_TO_LATEX.get(ch, ch) for ch in text)
-    stray = sorted({ch for ch in out if ord(ch) > 127})
-    if stray:
-        out = "".join("?" if ord(ch) > 127 else ch for ch in out)
-    return out
+    """Replace the report's non-ASCII characters by LaTeX macros, and any other by "?" (a plain
+    pdflatex without unicode setup would stop on it; names in tables are ASCII in practice)."""
+    return "".join(UNICODE_TO_LATEX.get(ch, ch if ord(ch) < 128 else "?") for ch in text)
 
 
 def main_caption(n_seeds: int, reference: str, agg: Aggregates, stage: str) -> str:

@@ -57,6 +57,8 @@ def write_report(report: Report, out: Path, formats: tuple[str, ...] = FORMATS) 
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise BenchError(f"--format {','.join(unknown)} is not supported; use any of {','.join(FORMATS)}")
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out {out} is a file; pass a folder for the report (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     report.figures = _figures(report, out)

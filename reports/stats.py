@@ -336,47 +336,38 @@ def _pvalues(p) -> tuple[np.ndarray, np.ndarray]:
     return p, ok
 
 
+def _adjust_non_nan(p, adjust) -> np.ndarray:
+    """Apply ``adjust`` to the non-NaN p-values only (the family is the tests that exist); NaN stays NaN."""
+    p, ok = _pvalues(p)
+    out = np.full(p.shape, NAN)
+    if ok.any():
+        out[ok] = adjust(p[ok])
+    return out
+
+
+def _holm(q: np.ndarray) -> np.ndarray:
+    m = q.size
+    order = np.argsort(q, kind="stable")
+    res = np.empty(m)
+    res[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * q[order]))
+    return res
+
+
 def holm(p) -> np.ndarray:
     """Holm step-down adjusted p-values (family-wise error rate).
 
     Sorted ascending, p_(i) is multiplied by (m - i + 1), a running maximum keeps the order, and
-    values are capped at 1. NaN entries stay NaN and do not count in m (the family is the
-    non-NaN tests). Equals ``statsmodels.stats.multitest.multipletests(p, method="holm")[1]``.
+    values are capped at 1. scipy has no Holm; this equals
+    ``statsmodels.stats.multitest.multipletests(p, method="holm")[1]`` (whose default is Holm-Šidák,
+    not Holm). NaN entries stay NaN and do not count in m.
     """
-    p, ok = _pvalues(p)
-    out = np.full(p.shape, NAN)
-    q = p[ok]
-    m = q.size
-    if m == 0:
-        return out
-    order = np.argsort(q, kind="stable")
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * q[order]))
-    res = np.empty(m)
-    res[order] = adjusted
-    out[ok] = res
-    return out
+    return _adjust_non_nan(p, _holm)
 
 
 def benjamini_hochberg(p) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (false discovery rate).
-
-    Sorted ascending, p_(i)·m/i with a running minimum from the largest down, capped at 1. NaN
-    entries stay NaN and do not count in m. Equals
-    ``scipy.stats.false_discovery_control(p, method="bh")`` on the non-NaN entries.
-    """
-    p, ok = _pvalues(p)
-    out = np.full(p.shape, NAN)
-    q = p[ok]
-    m = q.size
-    if m == 0:
-        return out
-    order = np.argsort(q, kind="stable")
-    scaled = q[order] * m / np.arange(1, m + 1)
-    adjusted = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
-    res = np.empty(m)
-    res[order] = adjusted
-    out[ok] = res
-    return out
+    """Benjamini-Hochberg adjusted p-values (false discovery rate): scipy's
+    ``false_discovery_control(method="bh")`` over the non-NaN entries; NaN entries stay NaN."""
+    return _adjust_non_nan(p, lambda q: stats.false_discovery_control(q, method="bh"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,17 +7,9 @@ no bootstrap at n <= 10).
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
-
-def t_halfwidth(values: np.ndarray, confidence: float = 0.95) -> float:
-    """Half-width of the Student-t confidence interval of the mean (NaN for fewer than 2 values)."""
-    n = len(values)
-    if n < 2:
-        return float("nan")
-    return float(stats.t.ppf(0.5 + confidence / 2, n - 1) * np.std(values, ddof=1) / np.sqrt(n))
+from .stats import t_interval
 
 
 def summarize(results: pd.DataFrame, value: str = "acc") -> pd.DataFrame:
@@ -34,7 +26,7 @@ def summarize(results: pd.DataFrame, value: str = "acc") -> pd.DataFrame:
                 "n": len(v),
                 "mean": float(v.mean()),
                 "sd": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
-                "ci95": t_halfwidth(v),
+                "ci95": t_interval(v).half_width,
                 "min": float(v.min()),
                 "max": float(v.max()),
             }

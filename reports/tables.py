@@ -113,8 +113,8 @@ def seed_cube(runs: ReportRuns, methods: list[str], tasks: list[tuple[str, int |
 
 def complete_tasks(runs: ReportRuns, methods: list[str]) -> list[tuple[str, int | None]]:
     """Tasks on which every method has every seed: the only ones across-task statistics may use."""
-    cube = seed_cube(runs, methods, task_keys(runs.frame))
     keys = task_keys(runs.frame)
+    cube = seed_cube(runs, methods, keys)
     return [k for j, k in enumerate(keys) if not np.isnan(cube[:, j, :]).any()]
 
 

@@ -141,4 +141,5 @@ def test_full_fine_tuning_warns_about_the_shared_peft_learning_rate(noah_root, t
         ).warnings
         == []
     )
-    assert methods.get_method("full").preset_caveat(1e-5) is None  # a full-fine-tuning rate draws no warning
+    assert methods.get_method("full").preset_caveat(1e-4) is None  # a full-fine-tuning rate draws no warning
+    assert methods.get_method("full").preset_caveat(1e-3) is not None  # VTAB-1K's PEFT rate does
