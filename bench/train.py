@@ -11,9 +11,12 @@ The protocol rules live here and nowhere else:
 
 Speed on CUDA (issue 9): the frozen backbone tensors are held in bf16 while training (they never
 change; trainable tensors and the optimiser stay fp32), and their fp32 originals are put back
-before evaluation and merging; full batches run through ``torch.compile`` while the
-last, smaller batch of an epoch runs eagerly on the same parameters, so no epoch triggers a
-recompile for a new shape.
+before evaluation and merging. The training step's forward (normalisation, model, loss and the
+count of correct predictions) is one compiled function; ``compile_mode`` says how
+(:data:`COMPILE_MODES`). The last, smaller batch of an epoch runs the same function eagerly on
+the same parameters, so no epoch triggers a recompile for a new shape. Compiled state is reset at
+the start of every run: a sweep runs many models in one process, and dynamo's per-code-object
+cache would otherwise fill with earlier runs' models and fall back to eager after its limit.
 """
 
 from __future__ import annotations
@@ -35,6 +38,14 @@ from suites.base import Preset, Stage
 from .augment import train_augment
 
 EVAL_BATCH = 256
+
+# How the training step runs (``train_run(compile_mode=...)``):
+#   eager            no compilation (the CPU default: compiling tiny test models costs more than it saves)
+#   model            torch.compile on the model only; normalisation and loss stay eager
+#   step             torch.compile on normalisation + model + loss + correct count, one graph
+#   step-cudagraphs  the same, replayed as CUDA graphs (mode="reduce-overhead"): no per-kernel launches
+COMPILE_MODES = ("eager", "model", "step", "step-cudagraphs")
+CUDA_COMPILE_MODE = "step-cudagraphs"  # the fastest measured on an H100 (benchmarks/compile_modes.py)
 
 
 @dataclass
@@ -121,6 +132,37 @@ def _steady_rate(history: list[EpochMetrics], images_per_epoch: int) -> float:
     return images_per_epoch * (len(history) - 1) / later if later > 0 else float("nan")
 
 
+class _StepForward:
+    """Normalised forward, loss and correct count of one batch: what the compiled graph holds."""
+
+    def __init__(self, model: nn.Module, norm: Normalize, device: torch.device, label_smoothing: float):
+        self.model, self.norm, self.device, self.label_smoothing = model, norm, device, label_smoothing
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with _autocast(self.device):
+            logits = self.model(self.norm(images))
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        return loss, (logits.detach().argmax(1) == labels).sum()
+
+
+def _compiled_step(mode: str, eager: _StepForward, model: nn.Module) -> Callable:
+    """The function full batches run through, per ``compile_mode``."""
+    if mode == "eager":
+        return eager
+    if mode == "model":
+        return _StepForward(torch.compile(model, dynamic=False), eager.norm, eager.device, eager.label_smoothing)
+    compiled = torch.compile(eager.__call__, dynamic=False, mode="reduce-overhead" if mode == "step-cudagraphs" else None)
+    if mode == "step":
+        return compiled
+
+    def replay(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # A new step begins: the previous replay's outputs (loss, count, gradients) are consumed.
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(images, labels)
+
+    return replay
+
+
 def _frozen_float_params(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if not p.requires_grad and p.dtype == torch.float32]
 
@@ -138,24 +180,30 @@ def train_run(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     on_epoch: Callable[[EpochMetrics], None] | None = None,
-    compile_model: bool | None = None,
+    compile_mode: str | None = None,
     frozen_bf16: bool | None = None,
 ) -> RunResult:
     """Train ``model`` (already adapted by ``method``) and score ``evaluate`` as ``stage`` prescribes.
 
-    ``compile_model``: ``torch.compile`` the training step; ``frozen_bf16``: hold frozen weights
-    in bf16 while training. Both default to on for CUDA and off elsewhere (they exist as switches
-    for ``benchmarks/train_path_speed.py``, which measures what each is worth).
+    ``compile_mode``: one of :data:`COMPILE_MODES`; ``frozen_bf16``: hold frozen weights in bf16
+    while training. They default to :data:`CUDA_COMPILE_MODE` and on for CUDA, ``eager`` and off
+    elsewhere (they exist as switches for ``benchmarks/compile_modes.py`` and
+    ``benchmarks/train_path_speed.py``, which measure what each is worth).
     """
     model.to(device)
     cuda = device.type == "cuda"
-    fast = cuda if compile_model is None else compile_model
+    mode = (CUDA_COMPILE_MODE if cuda else "eager") if compile_mode is None else compile_mode
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile_mode {mode!r} is not one of {', '.join(COMPILE_MODES)}")
     frozen = _frozen_float_params(model) if (cuda if frozen_bf16 is None else frozen_bf16) else []
     fp32_frozen = [p.data for p in frozen]  # kept, so evaluation and merge see the exact weights
     for p in frozen:
         p.data = p.data.to(torch.bfloat16)
-    step_model = torch.compile(model) if fast else model
     norm = Normalize(mean, std).to(device)
+    if mode != "eager":
+        torch.compiler.reset()  # this run's graphs only (see the module docstring)
+    eager_step = _StepForward(model, norm, device, preset.label_smoothing)
+    full_batch_step = _compiled_step(mode, eager_step, model)
     train = SplitData(train.images.to(device), train.labels.to(device))  # once per run, kept there
     trainable, head = trainable_params_excluding_head(model), head_param_count(model)
 
@@ -189,15 +237,15 @@ def train_run(
             lr = lr_at(step, **schedule)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            x, y = norm(augment(train.images[idx])), train.labels[idx]
-            with _autocast(device):
-                logits = (step_model if len(idx) == preset.batch_size else model)(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=preset.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
+            x, y = augment(train.images[idx]), train.labels[idx]
+            loss, batch_correct = (full_batch_step if len(idx) == preset.batch_size else eager_step)(x, y)
             loss.backward()
             optimizer.step()
+            # Gradients are dropped before the next forward: under CUDA graphs they live in memory
+            # the next replay reuses.
+            optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach() * y.numel()
-            correct += (logits.detach().argmax(1) == y).sum()
+            correct += batch_correct
             step += 1
         total_loss = loss_sum.item()  # one host sync per epoch
         if not math.isfinite(total_loss):

@@ -1,12 +1,14 @@
 """Throughput of the real training path (``bench.train.train_run``) with and without its GPU speed-ups.
 
-For each method, in one process: the previous path (eager, fp32 frozen weights under bf16
-autocast) against the current default (frozen weights held in bf16, ``torch.compile`` on full
-batches). Steady state is the last epoch's time (the first includes compilation). Then, with
+For each method, in one process, each of ``bench.train.COMPILE_MODES`` (``--modes``): ``eager``
+(fp32 frozen weights under bf16 autocast: the path before issue 9) and the compiled modes (frozen
+weights held in bf16; ``model`` compiles the model alone, ``step`` normalisation + model + loss
+as one graph, ``step-cudagraphs`` the same replayed as CUDA graphs). Steady state is the mean of
+the epochs after the first (which includes compilation); the first epoch's time is reported too. Then, with
 ``--full-run``, one whole VTAB-1K-sized ``final`` run (1,000 images x 100 epochs, then a
 10,000-image test split once), timed from model build to the last prediction.
 
-    PYTHONPATH=. python benchmarks/train_path_speed.py --methods lora,karst --out results.json
+    PYTHONPATH=. python benchmarks/train_path_speed.py --methods lora,karst --modes model,step,step-cudagraphs
 
 Needs no MLflow or Optuna (it runs on GPU machines that lack them). Random weights: speed does
 not depend on them.
@@ -22,7 +24,7 @@ import torch
 
 import methods
 from bench.backbone import Weights, build_backbone, normalization
-from bench.train import EpochMetrics, SplitData, train_run
+from bench.train import COMPILE_MODES, CUDA_COMPILE_MODE, EpochMetrics, SplitData, train_run
 from methods.base import make_config
 from suites.base import STAGES
 from suites.vtab1k import VTAB1K_PRESET
@@ -36,7 +38,7 @@ def _data(n: int, classes: int, size: int, seed: int) -> SplitData:
     )
 
 
-def one(method_name: str, *, epochs: int, n_train: int, n_eval: int, fast: bool, backbone: str) -> dict:
+def one(method_name: str, *, epochs: int, n_train: int, n_eval: int, mode: str, backbone: str) -> dict:
     device = torch.device("cuda")
     preset = VTAB1K_PRESET.with_overrides(epochs=epochs, warmup_epochs=min(1, epochs - 1))
     t0 = time.perf_counter()
@@ -66,14 +68,15 @@ def one(method_name: str, *, epochs: int, n_train: int, n_eval: int, fast: bool,
         mean=mean,
         std=std,
         on_epoch=on_epoch,
-        compile_model=fast,
-        frozen_bf16=fast,
+        compile_mode=mode,
+        frozen_bf16=mode != "eager",
     )
     wall = time.perf_counter() - t0
-    steady = n_train / (stamps[-1] - stamps[-2]) if len(stamps) >= 2 else float("nan")
+    steady = n_train * (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) >= 2 else float("nan")
     return {
         "method": method_name,
-        "fast": fast,
+        "backbone": backbone,
+        "mode": mode,
         "epochs": epochs,
         "n_train": n_train,
         "first_epoch_s": stamps[0] - start,
@@ -90,18 +93,20 @@ def main() -> None:
     ap.add_argument("--methods", default="lora,karst")
     ap.add_argument("--backbone", default="vit_base_patch16_224")
     ap.add_argument("--steps", type=int, default=24, help="full batches per epoch in the throughput runs")
+    ap.add_argument("--epochs", type=int, default=4, help="epochs per throughput run (the first is warm-up)")
+    ap.add_argument("--modes", default=",".join(COMPILE_MODES))
     ap.add_argument("--full-run", default="", help="methods to time a whole 1,000 x 100-epoch final run for")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     rows = []
     n = 64 * args.steps
     for name in args.methods.split(","):
-        for fast in (False, True):
-            row = one(name, epochs=3, n_train=n, n_eval=4096, fast=fast, backbone=args.backbone)
+        for mode in args.modes.split(","):
+            row = one(name, epochs=args.epochs, n_train=n, n_eval=4096, mode=mode, backbone=args.backbone)
             rows.append(row)
             print(json.dumps(row), flush=True)
     for name in filter(None, args.full_run.split(",")):
-        row = one(name, epochs=100, n_train=1000, n_eval=10_000, fast=True, backbone=args.backbone)
+        row = one(name, epochs=100, n_train=1000, n_eval=10_000, mode=CUDA_COMPILE_MODE, backbone=args.backbone)
         row["kind"] = "full_final_run"
         rows.append(row)
         print(json.dumps(row), flush=True)
