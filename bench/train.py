@@ -151,7 +151,9 @@ def _compiled_step(mode: str, eager: _StepForward, model: nn.Module) -> Callable
         return eager
     if mode == "model":
         return _StepForward(torch.compile(model, dynamic=False), eager.norm, eager.device, eager.label_smoothing)
-    compiled = torch.compile(eager.__call__, dynamic=False, mode="reduce-overhead" if mode == "step-cudagraphs" else None)
+    compiled = torch.compile(
+        eager.__call__, dynamic=False, mode="reduce-overhead" if mode == "step-cudagraphs" else None
+    )
     if mode == "step":
         return compiled
 
