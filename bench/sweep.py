@@ -30,9 +30,10 @@ from .budget import choose_for_budget
 from .cache import load_split
 from .errors import BenchError
 from .inspect import built_trainable_params
+from .provenance import git_revision
 from .spec import RunSpec, canonical_json
 from .tracking import Tracker, csv_text, experiment_name, flatten_params
-from .train import EpochMetrics, RunResult, SplitData, train_run
+from .train import EpochMetrics, RunResult, SplitData, default_compile_mode, train_run
 
 
 @dataclass
@@ -404,9 +405,17 @@ def run_tags(spec: RunSpec, **extra: str) -> dict[str, str]:
 
 
 def run_record(run: PlannedRun, device: str) -> tuple[dict[str, str], dict[str, str]]:
-    """The tags and params a run's record is created with, in this process or by the executor."""
+    """The tags and params a run's record is created with, in this process or by the executor.
+
+    Besides the run's identity they say how it was computed, for readers of its cost figures:
+    ``bench.device``, ``bench.train_step`` (the training step's compile mode on that device) and,
+    in a git checkout, ``bench.git_sha``.
+    """
     spec = run.spec
-    tags = run_tags(spec, **{"bench.group": run.task.task.group, "bench.device": device})
+    provenance = {"bench.device": device, "bench.train_step": default_compile_mode(torch.device(device))}
+    if (revision := git_revision()) is not None:
+        provenance["bench.git_sha"] = revision
+    tags = run_tags(spec, **{"bench.group": run.task.task.group, **provenance})
     params = flatten_params(
         {
             "method": spec.method_config,

@@ -165,6 +165,11 @@ def _compiled_step(mode: str, eager: _StepForward, model: nn.Module) -> Callable
     return replay
 
 
+def default_compile_mode(device: torch.device) -> str:
+    """The compile mode ``train_run`` uses on ``device`` unless told otherwise."""
+    return CUDA_COMPILE_MODE if device.type == "cuda" else "eager"
+
+
 def _frozen_float_params(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if not p.requires_grad and p.dtype == torch.float32]
 
@@ -194,7 +199,7 @@ def train_run(
     """
     model.to(device)
     cuda = device.type == "cuda"
-    mode = (CUDA_COMPILE_MODE if cuda else "eager") if compile_mode is None else compile_mode
+    mode = default_compile_mode(device) if compile_mode is None else compile_mode
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile_mode {mode!r} is not one of {', '.join(COMPILE_MODES)}")
     frozen = _frozen_float_params(model) if (cuda if frozen_bf16 is None else frozen_bf16) else []

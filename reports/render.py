@@ -279,6 +279,19 @@ def few_shot_caption(n_seeds: int, reference: str) -> str:
     )
 
 
+def resources_caption(runs: pd.DataFrame) -> str:
+    """The cost table's caption; it says so when the runs' throughput came from different code paths."""
+    text = "Medians over runs. Throughput and memory are what each run measured on its own device."
+    counts = runs["train_step"].value_counts()
+    if len(counts) > 1:
+        paths = ", ".join(f"{step}: {n} runs" for step, n in counts.sort_index().items())
+        text += (
+            f" The runs trained through different training-step paths ({paths}; the tag bench.train_step), "
+            "so their throughputs compare only within one path; per-run figures are in results.csv."
+        )
+    return text
+
+
 def missing_note(missing: list[str]) -> str:
     if not missing:
         return ""
@@ -292,6 +305,7 @@ __all__ = [
     "few_shot_tables",
     "main_table",
     "method_order",
+    "resources_caption",
     "resources_table",
     "to_latex",
     "to_markdown",

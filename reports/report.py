@@ -132,7 +132,7 @@ def markdown(report: Report) -> str:
         lines += ["## Few-shot: per shot count", "", render.to_markdown(means), ""]
         lines += [render.to_markdown(diffs), "", render.few_shot_caption(n, ref), ""]
     lines += ["## Cost", "", render.to_markdown(render.resources_table(report.resources)), ""]
-    lines += ["Medians over runs. Throughput and memory are what each run measured on its own device.", ""]
+    lines += [render.resources_caption(report.runs.frame), ""]
     lines += ["## Figures", ""]
     for p in report.figures:
         if p.suffix == ".png":
@@ -170,7 +170,9 @@ def latex(report: Report) -> str:
         parts.append(render.to_latex(means, render.few_shot_caption(n, ref), "tab:fewshot"))
         parts.append(render.to_latex(diffs, f"Few-shot differences to {ref}.", "tab:fewshot-diff"))
     parts.append(
-        render.to_latex(render.resources_table(report.resources), "Cost per method (medians over runs).", "tab:cost")
+        render.to_latex(
+            render.resources_table(report.resources), render.resources_caption(report.runs.frame), "tab:cost"
+        )
     )
     for p in report.figures:
         if p.suffix == ".pdf":

@@ -46,6 +46,8 @@ COLUMNS = [
     "infer_img_s",
     "peak_mem_mb",
     "train_s",
+    "train_step",
+    "git_sha",
     "end_time",
 ]
 
@@ -112,6 +114,9 @@ def runs_frame(records: list, stage: str) -> pd.DataFrame:
                 "infer_img_s": m.get("throughput/infer_img_s", np.nan),
                 "peak_mem_mb": m.get("mem/peak_mb", np.nan),
                 "train_s": m.get("time/train_s", np.nan),
+                # how the cost figures were produced (runs older than these tags: "unrecorded")
+                "train_step": t.get("bench.train_step", "unrecorded"),
+                "git_sha": t.get("bench.git_sha", "unrecorded"),
                 "end_time": r.info.end_time or 0,
             }
         )

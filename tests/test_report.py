@@ -175,6 +175,8 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
         hparams="published",
         params_trainable=10.0,
         params_head=3.0,
+        train_step="eager",
+        git_sha="unrecorded",
         end_time=0,
         shots=None,
         split_seed=None,
@@ -219,6 +221,17 @@ def test_two_configurations_of_one_method_are_refused_and_reruns_of_a_key_dedupl
     picked = select_runs(_frame(rows), suite="s", stage="final")
     assert len(picked.frame) == 2
     assert picked.frame.set_index("seed")["acc"][0] == 0.9  # the newest record of a key wins
+
+
+def test_cost_caption_says_when_throughput_comes_from_different_training_paths():
+    from reports.render import resources_caption
+
+    same = _frame(_grid(["a", "b"], ["t"], [0, 1]))
+    assert "training-step paths" not in resources_caption(same)
+    mixed = _frame(_grid(["a"], ["t"], [0, 1]) + _grid(["b"], ["t"], [0, 1], train_step="step-cudagraphs"))
+    mixed.loc[0, "train_step"] = "unrecorded"  # a run from before the tag existed
+    caption = resources_caption(mixed)
+    assert "(eager: 1 runs, step-cudagraphs: 2 runs, unrecorded: 1 runs;" in caption
 
 
 def test_aggregate_rows_follow_groups_and_equal_a_direct_bootstrap():

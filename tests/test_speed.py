@@ -11,6 +11,7 @@ import importlib
 import json
 import multiprocessing
 import shutil
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -93,6 +94,11 @@ def test_speed_module_imports_neither_mlflow_nor_optuna():
     finally:
         sys.modules.clear()
         sys.modules.update(saved)
+
+
+def _head_sha() -> str:
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
 @pytest.mark.gpu
@@ -213,5 +219,8 @@ def test_parallel_sweep_logs_what_the_one_process_path_logs(
         assert mine.data.metrics["params/trainable"] == ref.data.metrics["params/trainable"]
         assert _history(workdir, mine.info.run_id) == pytest.approx(_history(single, ref.info.run_id), rel=1e-4)
         assert mine.data.tags["bench.device"] == "cpu" and mine.data.tags["bench.merged_eval"] == "true"
+        assert mine.data.tags["bench.train_step"] == "eager"  # what train_run uses on that device
+        sha = mine.data.tags.get("bench.git_sha")  # present in a git checkout (CI's clone is one)
+        assert sha is None or sha.removesuffix("-dirty") == _head_sha()
         artifacts = {f.path for f in tracker.client.list_artifacts(mine.info.run_id)}
         assert {"config", "eval", "checkpoints"} <= artifacts
