@@ -242,6 +242,12 @@ def tune(
     tracking_uri: TrackingOpt = None,
     set_: SetOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    gpus: str | None = typer.Option(
+        None,
+        help="Tune one study per GPU at once: all, a count (2) or indices (0,1); trials within a study stay "
+        "sequential. Default: one study at a time.",
+    ),
+    workers_cpu: int | None = typer.Option(None, hidden=True, help="Test only: N worker processes on the CPU."),
 ) -> None:
     """Tune every (task, method) on train800 -> val200 with the same number of Optuna trials."""
     from .sweep import SweepRequest
@@ -261,11 +267,14 @@ def tune(
         budget=_budget(budget),
     )
     url = storage or default_storage(State.workdir)
+    devices = _worker_slots(gpus, workers_cpu, request)
     tracker = _tracker(tracking_uri)
     from .progress import RichReporter
 
-    with RichReporter(err) as reporter:
-        summaries = run_tuning(request, trials, State.workdir, tracker, url, reporter)
+    if devices:
+        err.print(f"{len(devices)} worker process(es), one study each: {', '.join(d.label for d in devices)}")
+    with RichReporter(err, slots=len(devices) if devices else 1) as reporter:
+        summaries = run_tuning(request, trials, State.workdir, tracker, url, reporter, devices=devices)
     if as_json:
         _print_json([s.__dict__ for s in summaries])
         return

@@ -56,6 +56,7 @@ from .train import RunResult, train_run
 
 POLL_S = 0.5  # how often the parent checks that its workers are alive while it waits
 STOP_GRACE_S = 30.0
+CANCEL = "cancel"  # parent -> worker: stop the run in progress after its current epoch
 
 
 @dataclass(frozen=True)
@@ -174,10 +175,14 @@ def worker_main(wid: int, cuda: bool, setup: WorkerSetup, jobs: Any, results: An
         job = jobs.get()
         if job is None:
             return
+        if job[0] == CANCEL:  # a cancel that arrived after its run had ended: nothing to stop
+            continue
         index, run = job
         try:
-            result = _train(wid, index, run, setup, device, gpu, memo, results)
+            result = _train(wid, index, run, setup, device, gpu, memo, results, jobs)
             results.put(("done", wid, index, _pack(result)))
+        except _Cancelled:
+            results.put(("cancelled", wid, index))
         except Exception as exc:
             user_error = isinstance(exc, BenchError)
             results.put(("error", wid, index, type(exc).__name__, str(exc), traceback.format_exc(), user_error))
@@ -188,12 +193,30 @@ def worker_main(wid: int, cuda: bool, setup: WorkerSetup, jobs: Any, results: An
                 torch.cuda.empty_cache()
 
 
-def _train(wid, index, run, setup: WorkerSetup, device, gpu, memo, results) -> RunResult:
+class _Cancelled(Exception):
+    """The parent cancelled the run in progress (a pruned tuning trial)."""
+
+
+def _train(wid, index, run, setup: WorkerSetup, device, gpu, memo, results, jobs) -> RunResult:
     from .sweep import build_model, task_data
 
     data = task_data(run.task, setup, setup.cache_dir, memo)  # a cache hit: the parent decoded it
     model, mean, std = build_model(run, setup.weights)
     results.put(("started", wid, index, mean, std, gpu))
+
+    def on_epoch(m) -> None:
+        results.put(("epoch", wid, index, m))
+        # While a run trains, the parent sends this worker nothing but a cancel for it.
+        try:
+            message = jobs.get_nowait()
+        except queue.Empty:
+            return
+        if message is None:  # a stop: leave it for the worker's loop, which ends after this run
+            jobs.put(None)
+        elif message[0] == CANCEL and message[1] == index:
+            raise _Cancelled
+        # else: a cancel for an earlier run that ended before it arrived
+
     return train_run(
         model,
         run.method,
@@ -205,7 +228,7 @@ def _train(wid, index, run, setup: WorkerSetup, device, gpu, memo, results) -> R
         device=device,
         mean=mean,
         std=std,
-        on_epoch=lambda m: results.put(("epoch", wid, index, m)),
+        on_epoch=on_epoch,
     )
 
 
@@ -286,6 +309,11 @@ class WorkerPool:
 
     def send(self, wid: int, index: int, run: Any) -> None:
         self.jobs[wid].put((index, run))
+
+    def cancel(self, wid: int, index: int) -> None:
+        """Stop run ``index`` on worker ``wid`` after its current epoch; it answers ``cancelled``
+        (or ``done``, if it ended first)."""
+        self.jobs[wid].put((CANCEL, index))
 
     def receive(self) -> tuple | None:
         try:

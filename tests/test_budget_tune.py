@@ -162,6 +162,42 @@ def test_tuning_resumes_without_repeating_trials(tuned_workdir: Path, capsys):
     assert all(len(s.trials) == 5 for s in _studies(tuned_workdir).values())  # topped up by one each
 
 
+@pytest.mark.slow
+def test_parallel_tuning_equals_the_one_process_studies(tuned_workdir: Path, tmp_path: Path, mlflow_template: Path):
+    """Two worker processes tune the two studies at once (the path of ``bench tune --gpus``); each
+    study proposes, prunes and ends as in one process, and every trial is logged the same way."""
+    from bench.cli import run_cli
+
+    wd = tmp_path / "runs"
+    wd.mkdir()
+    shutil.copy(mlflow_template, wd / "mlflow.db")
+    assert run_cli(["--workdir", str(wd), *TUNE, "--workers-cpu", "2"]) == 0
+    ours, theirs = _studies(wd), _studies(tuned_workdir)
+    assert set(ours) == set(theirs)
+    for name, study in ours.items():
+        mine, ref = study.trials, theirs[name].trials[:4]  # another test tops the shared studies up to 5
+        assert [t.state.name for t in mine] == [t.state.name for t in ref]
+        assert [t.params for t in mine] == [t.params for t in ref]
+        for a, b in zip(mine, ref, strict=True):
+            assert a.intermediate_values == pytest.approx(b.intermediate_values, abs=1e-6)
+            assert (a.value is None) == (b.value is None) and (a.value is None or a.value == pytest.approx(b.value))
+    assert "PRUNED" in [t.state.name for t in ours["demo/digits/karst/b8k"].trials]  # a cancelled worker run
+
+    def logged(workdir: Path) -> dict:
+        tracker = Tracker(default_tracking_uri(workdir))
+        return {
+            (r.data.tags["bench.study"], r.data.tags["bench.trial"]): (
+                r.info.status,
+                r.data.tags["optuna.state"],
+                len(tracker.client.get_metric_history(r.info.run_id, "train/loss")),  # no epoch past a prune
+            )
+            for r in tracker.search("bench/demo-tune")
+        }
+
+    expected = {k: v for k, v in logged(tuned_workdir).items() if int(k[1]) < 4}
+    assert logged(wd) == expected and len(expected) == 8
+
+
 def test_final_runs_take_the_best_trial(tuned_workdir: Path, capsys):
     from bench.cli import run_cli
 
@@ -252,7 +288,10 @@ def poison_method():
     methods.base._REGISTRY.pop("_poison")
 
 
-def test_a_failed_trial_is_recorded_and_the_study_goes_on(poison_method, cli, workdir: Path, noah_root: Path):
+@pytest.mark.parametrize("workers", [[], ["--workers-cpu", "1"]], ids=["one-process", "worker"])
+def test_a_failed_trial_is_recorded_and_the_study_goes_on(
+    workers: list[str], poison_method, cli, workdir: Path, noah_root: Path
+):
     code, out, err = cli(
         "tune",
         "--suite",
@@ -266,6 +305,7 @@ def test_a_failed_trial_is_recorded_and_the_study_goes_on(poison_method, cli, wo
         "--tasks",
         "alpha",
         "--json",
+        *workers,
     )
     assert code == 0, err
     [summary] = json.loads(out)
