@@ -13,7 +13,9 @@
   ``("started", worker, index, mean, std, gpu_name)``, ``("epoch", worker, index, EpochMetrics)``
   after every epoch, then ``("done", worker, index, RunResult)`` (predictions as a numpy array, the
   trainable tensors as safetensors bytes, so no tensor goes through shared memory) or
-  ``("error", worker, index, type, message, traceback, user_error)``;
+  ``("error", worker, index, type, message, traceback, user_error)``. ``bench tune --gpus`` may
+  also send ``("cancel", index)`` while a run trains (a pruned trial): the worker stops after the
+  current epoch and answers ``("cancelled", worker, index)``;
 * logs everything itself, as the one-process path does: the child run is created RUNNING when its
   run is sent, per-epoch metrics as they arrive, and FINISHED is set only after the final metrics
   and every artifact are written. A killed sweep therefore leaves RUNNING records, which the next
