@@ -45,7 +45,7 @@ EVAL_BATCH = 256
 #   step             torch.compile on normalisation + model + loss + correct count, one graph
 #   step-cudagraphs  the same, replayed as CUDA graphs (mode="reduce-overhead"): no per-kernel launches
 COMPILE_MODES = ("eager", "model", "step", "step-cudagraphs")
-CUDA_COMPILE_MODE = "step-cudagraphs"  # the fastest measured on an H100 (benchmarks/compile_modes.py)
+CUDA_COMPILE_MODE = "step-cudagraphs"  # the fastest on an H100 (benchmarks/train_path_speed.py --modes)
 
 
 @dataclass
@@ -194,8 +194,8 @@ def train_run(
 
     ``compile_mode``: one of :data:`COMPILE_MODES`; ``frozen_bf16``: hold frozen weights in bf16
     while training. They default to :data:`CUDA_COMPILE_MODE` and on for CUDA, ``eager`` and off
-    elsewhere (they exist as switches for ``benchmarks/compile_modes.py`` and
-    ``benchmarks/train_path_speed.py``, which measure what each is worth).
+    elsewhere (they exist as switches for
+    ``benchmarks/train_path_speed.py``, which measures what each is worth).
     """
     model.to(device)
     cuda = device.type == "cuda"
