@@ -194,8 +194,8 @@ def train_run(
 
     ``compile_mode``: one of :data:`COMPILE_MODES`; ``frozen_bf16``: hold frozen weights in bf16
     while training. They default to :data:`CUDA_COMPILE_MODE` and on for CUDA, ``eager`` and off
-    elsewhere (they exist as switches for
-    ``benchmarks/train_path_speed.py``, which measures what each is worth).
+    elsewhere (they exist as switches for ``benchmarks/train_path_speed.py``, which measures what
+    each is worth).
     """
     model.to(device)
     cuda = device.type == "cuda"
