@@ -294,6 +294,7 @@ class WorkerPool:
         self.jobs: list[Any] = []
         self.processes: list[Any] = []
         self.broken: set[int] = set()  # workers that died or could not start: never sent another run
+        self._lost: deque[tuple] = deque()  # "died" messages not yet handed out
 
     def start(self) -> None:
         for wid, slot in enumerate(self.slots):
@@ -318,15 +319,21 @@ class WorkerPool:
         self.jobs[wid].put((CANCEL, index))
 
     def receive(self) -> tuple | None:
+        """The next message from a worker, None after ``POLL_S`` of silence. A worker that could
+        not start (``("fatal", worker, text)``) or has died since the last call (reported as
+        ``("died", worker, exit_code)``) is marked broken and never sent another run."""
+        if self._lost:
+            return self._lost.popleft()
         try:
-            return self.results.get(timeout=POLL_S)
+            message = self.results.get(timeout=POLL_S)
         except queue.Empty:
-            return None
-
-    def newly_dead(self) -> list[tuple[int, int | None]]:
-        dead = [(w, p.exitcode) for w, p in enumerate(self.processes) if w not in self.broken and not p.is_alive()]
-        self.broken.update(w for w, _ in dead)
-        return dead
+            dead = [(w, p.exitcode) for w, p in enumerate(self.processes) if w not in self.broken and not p.is_alive()]
+            self.broken.update(w for w, _ in dead)
+            self._lost.extend(("died", w, code) for w, code in dead)
+            return self._lost.popleft() if self._lost else None
+        if message[0] == "fatal":
+            self.broken.add(message[1])
+        return message
 
     def stop(self, graceful: bool) -> None:
         """Graceful: every worker is idle; tell them to stop and wait. Otherwise terminate them now."""
@@ -343,6 +350,17 @@ class WorkerPool:
         for q in [*self.jobs, self.results]:
             q.cancel_join_thread()  # never block the parent's exit on a queue no one reads any more
             q.close()
+
+
+def log_started(tracker: Any, run_id: str, run: Any, plan: Any, slot: Slot, message: tuple) -> None:
+    """Log a worker's ``("started", worker, index, mean, std, gpu)`` as the run's resolved config."""
+    from .sweep import _resolved_config
+
+    _, _, _, mean, std, gpu = message
+    cpu_plan = dataclasses.replace(plan, device=torch.device("cpu"))  # never initialise CUDA here
+    resolved = _resolved_config(run.spec, run, cpu_plan, mean, std)
+    resolved["environment"].update(device=slot.label, gpu=gpu)
+    tracker.log_json(run_id, resolved, "config/resolved.json")
 
 
 # ---------------------------------------------------------------------------------------
@@ -371,7 +389,7 @@ def run_parallel(
 ) -> None:
     """The loop of :func:`bench.sweep.run_sweep` over ``slots`` workers; appends to ``outcomes``
     (in plan order at the end) and raises the first failure after logging every run in flight."""
-    from .sweep import RunOutcome, _log_result, _resolved_config, epoch_metrics, eval_metric, run_record, task_data
+    from .sweep import RunOutcome, _log_result, epoch_metrics, eval_metric, run_record, task_data
 
     order = {id(r.spec): i for i, r in enumerate(plan.runs)}
     pending: deque[int] = deque()
@@ -389,7 +407,6 @@ def run_parallel(
     slots = slots[: len(pending)]
     threads = max(1, (os.cpu_count() or 1) // len(slots))
     setup = WorkerSetup(plan.stage, plan.preset, plan.weights, cache_dir, threads)
-    config_plan = dataclasses.replace(plan, device=torch.device("cpu"))  # never initialise CUDA here
     memo: dict[str, Any] = {}
     active: dict[int, _Active] = {}
     failure: BaseException | None = None
@@ -427,15 +444,15 @@ def run_parallel(
                 break
             msg = pool.receive()
             if msg is None:
-                for wid, code in pool.newly_dead():
-                    if wid in active:
-                        a = active[wid]
-                        text = f"the worker on {a.slot.label} died (exit code {code}) while training {a.run.spec.label}"
-                        fail(wid, text, WorkerRunError(text))
                 continue
             kind, wid = msg[0], msg[1]
+            if kind == "died":
+                if wid in active:
+                    a = active[wid]
+                    text = f"the worker on {a.slot.label} died (exit code {msg[2]}) while training {a.run.spec.label}"
+                    fail(wid, text, WorkerRunError(text))
+                continue
             if kind == "fatal":
-                pool.broken.add(wid)
                 text = f"the worker on {slots[wid].label} could not start: {msg[2]}"
                 if wid in active:
                     fail(wid, text, WorkerRunError(text))
@@ -447,10 +464,7 @@ def run_parallel(
                 continue  # a message about a run already failed here
             try:
                 if kind == "started":
-                    _, _, _, mean, std, gpu = msg
-                    resolved = _resolved_config(a.run.spec, a.run, config_plan, mean, std)
-                    resolved["environment"].update(device=a.slot.label, gpu=gpu)
-                    tracker.log_json(a.run_id, resolved, "config/resolved.json")
+                    log_started(tracker, a.run_id, a.run, plan, a.slot, msg)
                 elif kind == "epoch":
                     m = msg[3]
                     tracker.log_metrics(a.run_id, epoch_metrics(m), step=m.epoch)

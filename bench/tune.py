@@ -292,16 +292,14 @@ def _tune_parallel(jobs, plan, tracker, experiment, workdir, memo, reporter, slo
     from itertools import count
 
     import optuna
-    import torch
 
-    from .executor import WorkerPool, WorkerRunError, WorkerSetup, _unpack
-    from .sweep import _resolved_config, epoch_metrics
+    from .executor import WorkerPool, WorkerRunError, WorkerSetup, _unpack, log_started
+    from .sweep import epoch_metrics
 
     cache_dir = workdir / "cache" / "images"
     waiting: deque[_StudyJob] = deque(jobs)
     slots = slots[: len(jobs)]
     setup = WorkerSetup(plan.stage, plan.preset, plan.weights, cache_dir, max(1, (os.cpu_count() or 1) // len(slots)))
-    config_plan = dataclasses.replace(plan, device=torch.device("cpu"))  # never initialise CUDA here
     studies: dict[int, tuple[_StudyJob, str]] = {}  # worker -> (its study, the study's parent run)
     active: dict[int, _ActiveTrial] = {}
     numbers = count()
@@ -361,15 +359,15 @@ def _tune_parallel(jobs, plan, tracker, experiment, workdir, memo, reporter, slo
                 break
             msg = pool.receive()
             if msg is None:
-                for wid, code in pool.newly_dead():
-                    if wid in active:
-                        text = f"the worker on {slots[wid].label} died (exit code {code})"
-                        end_trial(wid, "failed", error=text)
-                        failure = failure or WorkerRunError(text)
                 continue
             kind, wid = msg[0], msg[1]
+            if kind == "died":
+                if wid in active:
+                    text = f"the worker on {slots[wid].label} died (exit code {msg[2]})"
+                    end_trial(wid, "failed", error=text)
+                    failure = failure or WorkerRunError(text)
+                continue
             if kind == "fatal":
-                pool.broken.add(wid)
                 text = f"the worker on {slots[wid].label} could not start: {msg[2]}"
                 if wid in active:
                     end_trial(wid, "failed", error=text)
@@ -379,9 +377,7 @@ def _tune_parallel(jobs, plan, tracker, experiment, workdir, memo, reporter, slo
             if a is None or a.index != msg[2]:
                 continue
             if kind == "started":
-                resolved = _resolved_config(a.run.spec, a.run, config_plan, msg[3], msg[4])
-                resolved["environment"].update(device=slots[wid].label, gpu=msg[5])
-                tracker.log_json(a.run_id, resolved, "config/resolved.json")
+                log_started(tracker, a.run_id, a.run, plan, slots[wid], msg)
             elif kind == "epoch" and not a.pruned:
                 m = msg[3]
                 tracker.log_metrics(a.run_id, epoch_metrics(m), step=m.epoch)

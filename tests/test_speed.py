@@ -10,20 +10,24 @@ import dataclasses
 import importlib
 import json
 import multiprocessing
+import os
 import shutil
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
 import bench.speed
+import methods
 from bench.cli import run_cli
 from bench.executor import WorkerRunError, cpu_slots, parse_gpus
 from bench.sweep import SilentReporter, SweepRequest, plan_sweep, run_sweep
 from bench.tracking import Tracker, default_tracking_uri
+from methods.base import BackboneSpec, Method, freeze_all_but, register_method
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -224,3 +228,48 @@ def test_parallel_sweep_logs_what_the_one_process_path_logs(
         assert sha is None or sha.removesuffix("-dirty") == _head_sha()
         artifacts = {f.path for f in tracker.client.list_artifacts(mine.info.run_id)}
         assert {"config", "eval", "checkpoints"} <= artifacts
+
+
+@dataclass
+class _DyingConfig:
+    exit_code: int = 7
+
+
+def _exit_process(module, args, output):
+    os._exit(_DyingConfig.exit_code)  # what a segfault or the OOM killer does to a worker: no goodbye
+
+
+class _Dying(Method):
+    """Test-only: the first forward pass ends the process that runs it."""
+
+    name = "_dying"
+    Config = _DyingConfig
+    budget_adjustable = False
+
+    def apply(self, model, config):
+        model.head.register_forward_hook(_exit_process)
+        freeze_all_but(model, [])
+        return model
+
+    def count(self, spec: BackboneSpec, config) -> int:
+        return 0
+
+
+@pytest.fixture
+def dying_method():
+    register_method(_Dying)
+    yield
+    methods.base._REGISTRY.pop("_dying")
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_fails_its_run_and_the_sweep(dying_method, workdir: Path, noah_root: Path):
+    request = SweepRequest(
+        suite="tinyfolder", methods=["_dying"], seeds=[0], tasks=["alpha"], data_root=noah_root, device="cpu"
+    )
+    tracker = Tracker(default_tracking_uri(workdir), artifact_root=workdir / "artifacts")
+    plan = plan_sweep(request, workdir)
+    with pytest.raises(WorkerRunError, match=r"the worker on cpu died \(exit code 7\) while training _dying/alpha/s0"):
+        run_sweep(plan, tracker, workdir, devices=cpu_slots(1))
+    [record] = _by_key(workdir)[plan.runs[0].spec.run_key]
+    assert record.info.status == "FAILED" and "died (exit code 7)" in record.data.tags["bench.error"]
