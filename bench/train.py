@@ -44,7 +44,11 @@ EVAL_BATCH = 256
 #   model            torch.compile on the model only; normalisation and loss stay eager
 #   step             torch.compile on normalisation + model + loss + correct count, one graph
 #   step-cudagraphs  the same, replayed as CUDA graphs (mode="reduce-overhead"): no per-kernel launches
-COMPILE_MODES = ("eager", "model", "step", "step-cudagraphs")
+#   step-autotune    the same with mode="max-autotune": Inductor benchmarks Triton GEMM templates
+#                    (which can fuse neighbouring elementwise work) against cuBLAS for every shape;
+#                    minutes of tuning per new model, kept to measure what it is worth
+COMPILE_MODES = ("eager", "model", "step", "step-cudagraphs", "step-autotune")
+_INDUCTOR_MODES = {"step": None, "step-cudagraphs": "reduce-overhead", "step-autotune": "max-autotune"}
 CUDA_COMPILE_MODE = "step-cudagraphs"  # the fastest on an H100 (benchmarks/train_path_speed.py --modes)
 
 
@@ -151,11 +155,10 @@ def _compiled_step(mode: str, eager: _StepForward, model: nn.Module) -> Callable
         return eager
     if mode == "model":
         return _StepForward(torch.compile(model, dynamic=False), eager.norm, eager.device, eager.label_smoothing)
-    compiled = torch.compile(
-        eager.__call__, dynamic=False, mode="reduce-overhead" if mode == "step-cudagraphs" else None
-    )
+    compiled = torch.compile(eager.__call__, dynamic=False, mode=_INDUCTOR_MODES[mode])
     if mode == "step":
         return compiled
+    # both other modes replay CUDA graphs
 
     def replay(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # A new step begins: the previous replay's outputs (loss, count, gradients) are consumed.

@@ -64,7 +64,7 @@ def _random_karst(base: nn.Linear, splits: int = 1, kernels: int = 1, **kw) -> K
 
 def test_structured_materialized_and_explicit_kronecker_agree():
     torch.manual_seed(0)
-    layer = _random_karst(nn.Linear(64, 192), splits=3, kernels=2)
+    layer = _random_karst(nn.Linear(64, 192), splits=3, kernels=2, mode="structured")
     x = torch.randn(5, 7, 64)
     # dW from the definition: s * sum_i [C_i (x) (A_i^q B_i); C_i (x) (A_i^k B_i); C_i (x) (A_i^v B_i)]
     explicit = layer.scaling * sum(
@@ -75,9 +75,53 @@ def test_structured_materialized_and_explicit_kronecker_agree():
     structured = layer(x)
     layer.route = "g" if layer.route == "k" else "k"  # both orders of the structured product
     assert torch.allclose(layer(x), structured, atol=1e-5)
-    layer.mode = "materialize"
-    assert torch.allclose(layer(x), structured, atol=1e-5)
+    for mode in ("materialize", "fold"):
+        layer.mode = mode
+        assert torch.allclose(layer(x), structured, atol=1e-5), mode
     assert torch.allclose(structured, nn.functional.linear(x, layer.base.weight + explicit, layer.base.bias), atol=1e-5)
+
+
+@pytest.mark.parametrize("rescale", ["channel", "scalar", "none"])
+def test_fold_trains_the_same_function_with_the_same_gradients(rescale: str):
+    """``fold`` (one linear with the effective weight built each step) is the structured path's
+    function and gives every trainable tensor the same gradient, re-scaling included."""
+    torch.manual_seed(5)
+    structured = KARST.apply(tiny_vit(), KarstConfig(rescale=rescale, kernels=2, mode="structured"))
+    with torch.no_grad():
+        for name, p in structured.named_parameters():
+            if ".karst_B" in name or ".pre." in name or ".post." in name:
+                p.normal_(0.0, 0.5)  # off the identity init, so every factor shapes the output
+    folded = KARST.apply(tiny_vit(), KarstConfig(rescale=rescale, kernels=2, mode="fold"))
+    folded.load_state_dict(structured.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    y = torch.tensor([0, 1, 2, 3])
+    outputs, grads = [], []
+    for model in (structured, folded):
+        model.train()
+        model.zero_grad()
+        out = model(x)
+        nn.functional.cross_entropy(out, y).backward()
+        outputs.append(out.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert _max_rel_error(outputs[1], outputs[0]) <= 1e-5
+    assert grads[0].keys() == grads[1].keys() and any(".post." in n for n in grads[0]) == (rescale != "none")
+    for name, g in grads[0].items():
+        # A scalar shift adds one constant to every channel of the residual stream, which every
+        # later LayerNorm subtracts again: its gradient is zero whichever way it is computed.
+        constant_shift = rescale == "scalar" and name.endswith("post.shift")
+        assert constant_shift or torch.count_nonzero(g) > 0, name
+        assert torch.allclose(grads[1][name], g, rtol=1e-4, atol=1e-6), name
+
+
+def test_fold_under_bf16_autocast_keeps_the_update():
+    """The effective weight is built in fp32: a bf16 dW would round small updates of W0 away."""
+    torch.manual_seed(6)
+    layer = _random_karst(nn.Linear(64, 64), kernels=2, mode="fold")
+    weight, _ = layer.folded_weight_and_bias()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        weight_autocast, _ = layer.folded_weight_and_bias()
+    assert weight_autocast.dtype == torch.float32 and torch.equal(weight_autocast, weight)
+    assert torch.allclose(weight, layer.base.weight + layer.delta_weight(), atol=1e-6)
 
 
 def _lokr(base: nn.Linear, rank: int, alpha: float, names: tuple[str, ...] = ("default",)) -> nn.Module:

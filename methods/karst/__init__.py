@@ -27,8 +27,10 @@ epochs and the best is kept (here: test once after the last epoch), weight decay
 (here: the preset's), the few-shot script's epochs grow with the split seed (110/120/130), and
 its schedule runs 100 + 10 epochs with the last 10 at lr/10 (here: the preset's schedule).
 
-Training computes the update in structured form (B, then C across the f blocks, then A: rank-r
-work per token, no W0-sized weight gradient); evaluation uses the merged model, a plain timm ViT.
+Training builds each layer's effective weight (W0 + dW, re-scaling folded in) every step and runs
+one matmul (``mode="fold"``, the fastest on a GPU); ``mode="structured"`` computes the update in
+structured form instead (B, then C across the f blocks, then A: rank-r work per token, no
+W0-sized weight gradient). Evaluation uses the merged model, a plain timm ViT.
 """
 
 from .config import KarstConfig

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 #: Where the update is computed during training (see ``layer.KarstLinear``).
-Mode = Literal["structured", "materialize"]
+Mode = Literal["structured", "fold", "materialize"]
 Rescale = Literal["channel", "scalar", "none"]
 
 
@@ -17,4 +17,4 @@ class KarstConfig:
     rank: int = 8  # r: A_i is (out/f) x r, B_i is r x (in/f)
     alpha: float = 1.0  # scale s = alpha / rank = 1/8, the official code's effective scale
     rescale: Rescale = "channel"  # the paper's channel-wise re-scaling; "scalar" = the official code
-    mode: Mode = "structured"  # "materialize": build W0 + dW every step (slower to train; same function)
+    mode: Mode = "fold"  # how training computes the update (layer.KarstLinear); the same function in each

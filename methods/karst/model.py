@@ -63,8 +63,8 @@ class Karst(Method):
                 raise MethodError(f"karst {field}={getattr(config, field)} must be a positive integer")
         if config.rescale not in ("channel", "scalar", "none"):
             raise MethodError(f"karst rescale={config.rescale!r} must be channel, scalar or none")
-        if config.mode not in ("structured", "materialize"):
-            raise MethodError(f"karst mode={config.mode!r} must be structured or materialize")
+        if config.mode not in ("structured", "fold", "materialize"):
+            raise MethodError(f"karst mode={config.mode!r} must be structured, fold or materialize")
 
     def apply(self, model: nn.Module, config: KarstConfig) -> nn.Module:
         d = model.embed_dim
