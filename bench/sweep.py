@@ -264,9 +264,17 @@ def _sized_method(name: str, request: SweepRequest, spec_bb) -> tuple[Method, An
         return method, make_config(method, overrides), None
     if not method.budget_adjustable:  # a reference keeps its size: its runs serve every budget's sweep
         return method, make_config(method, overrides), None
-    if overrides:
-        raise BenchError(f"--set {name}.… and --budget both size method {name!r}; drop one of them")
-    return method, choose_for_budget(method, spec_bb, request.budget).config, request.budget
+    fitted = choose_for_budget(method, spec_bb, request.budget).config
+    if not overrides:
+        return method, fitted, request.budget
+    # --set may change how the fitted method computes (e.g. karst.mode), never its size
+    config = make_config(method, {**config_to_dict(fitted), **overrides})
+    if method.count(spec_bb, config) != method.count(spec_bb, fitted):
+        raise BenchError(
+            f"--set {name}.… and --budget both size method {name!r}; drop one of them "
+            f"(a --set that keeps the size, such as karst.mode, works with --budget)"
+        )
+    return method, config, request.budget
 
 
 def run_sweep(

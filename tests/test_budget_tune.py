@@ -99,6 +99,20 @@ def test_run_at_a_budget_tags_it_and_shares_reference_runs(cli, workdir: Path, n
     assert code == 0 and "2 run(s) trained, 1 already finished" in out  # linear is shared
     code, _, err = cli(*base, "--budget", "8k", "--set", "lora.rank=2")
     assert code == 2 and "both size method 'lora'" in err
+    # a setting that leaves the fitted size alone is a different run of the same size
+    code, out, _ = cli(*base, "--budget", "8k", "--set", "karst.mode=structured")
+    assert code == 0 and "1 run(s) trained, 2 already finished" in out
+    karst = [
+        r
+        for r in Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder")
+        if r.data.tags["bench.method"] == "karst"
+    ]
+    modes = {
+        r.data.params["method.mode"]: r.data.metrics["params/trainable"]
+        for r in karst
+        if r.data.tags["bench.budget"] == "8000"
+    }
+    assert modes == {"fold": by_method["karst"].data.metrics["params/trainable"], "structured": modes["fold"]}
 
 
 # -- tuning ------------------------------------------------------------------------------------
