@@ -145,8 +145,8 @@ class KarstLinear(nn.Module):
         with _without_autocast(self.karst_C.device.type):
             ab = self.karst_A.reshape(self.kernels, -1, self.rank).float() @ self.karst_B.float()  # (N, s*k, n)
             # dW[s, a, c, b, e] = sum_i C[i, a, b] AB[i, s, c, e], written as a broadcast product
-            # summed over the N kernels: compiled, forward and backward are single fused kernels;
-            # as a GEMM over N the backward's dC would be a GEMM with an N-wide output.
+            # summed over the N kernels, so Inductor can emit elementwise work and reductions; as a
+            # GEMM over N (K = N = 2), its backward for dC would be a GEMM with an N-wide output.
             ab = ab.reshape(self.kernels, self.splits, 1, self.k, 1, self.n)
             dw = (self.karst_C.reshape(self.kernels, 1, f, 1, f, 1) * ab).sum(0)
             weight = self.base.weight.float() + self.scaling * dw.reshape(self.out_features, self.in_features)
