@@ -126,10 +126,19 @@ class KarstLinear(nn.Module):
         return self.base.out_features
 
     def delta_weight(self) -> torch.Tensor:
-        """dW (out x in), scaled, as the sum of the kernels' Kronecker products."""
-        ab = torch.einsum("iskr,irn->iskn", self.karst_A, self.karst_B)  # (N, splits, k, n)
-        # dW[s, a, c, b, e] = sum_i C[i, a, b] * AB[i, s, c, e]
-        dw = torch.einsum("iab,iscn->sacbn", self.karst_C, ab)
+        """dW (out x in), scaled, as the sum of the kernels' Kronecker products; fp32 even under autocast.
+
+        Under autocast these products would run in bf16, and a bf16 dW loses what training adds to
+        W0: ``fold`` and ``materialize`` cast the finished weight once, in the matmul that uses it.
+        """
+        f = self.factor
+        with _without_autocast(self.karst_C.device.type):
+            ab = self.karst_A.reshape(self.kernels, -1, self.rank).float() @ self.karst_B.float()  # (N, s*k, n)
+            # dW[s, a, c, b, e] = sum_i C[i, a, b] AB[i, s, c, e], written as a broadcast product
+            # summed over the N kernels, so Inductor can emit elementwise work and reductions; as a
+            # GEMM over N (K = N = 2), its backward for dC would be a GEMM with an N-wide output.
+            ab = ab.reshape(self.kernels, self.splits, 1, self.k, 1, self.n)
+            dw = (self.karst_C.float().reshape(self.kernels, 1, f, 1, f, 1) * ab).sum(0)
         return self.scaling * dw.reshape(self.out_features, self.in_features)
 
     def folded_weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -139,17 +148,8 @@ class KarstLinear(nn.Module):
         W = W0 + dW, a pre-rescale (1 + p1) * x + p2 and a post-rescale (1 + q1) * y + q2:
         W' = diag(1 + q1) W diag(1 + p1),  b' = (1 + q1) * (W p2 + b) + q2.
         """
-        f = self.factor
-        # Under autocast these products would run in bf16, and a bf16 dW loses what training adds
-        # to W0: the effective weight is built in fp32 and cast once, by the matmul that uses it.
         with _without_autocast(self.karst_C.device.type):
-            ab = self.karst_A.reshape(self.kernels, -1, self.rank).float() @ self.karst_B.float()  # (N, s*k, n)
-            # dW[s, a, c, b, e] = sum_i C[i, a, b] AB[i, s, c, e], written as a broadcast product
-            # summed over the N kernels, so Inductor can emit elementwise work and reductions; as a
-            # GEMM over N (K = N = 2), its backward for dC would be a GEMM with an N-wide output.
-            ab = ab.reshape(self.kernels, self.splits, 1, self.k, 1, self.n)
-            dw = (self.karst_C.reshape(self.kernels, 1, f, 1, f, 1) * ab).sum(0)
-            weight = self.base.weight.float() + self.scaling * dw.reshape(self.out_features, self.in_features)
+            weight = self.base.weight.float() + self.delta_weight()
             bias = self.base.bias.float() if self.base.bias is not None else None
             if self.pre is not None:
                 shift = weight @ self.pre.shift.float().expand(self.in_features)  # before the layer: a bias
