@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import traceback
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -136,6 +137,29 @@ SetOpt = Annotated[
 ]
 FieldSetOpt = Annotated[list[str] | None, typer.Option("--set", help="Config override FIELD=VALUE, repeatable.")]
 TasksOpt = Annotated[str | None, typer.Option(help="Comma-separated task names (default: all of the suite's).")]
+ExecutorOpt = Annotated[
+    str,
+    typer.Option(
+        help="Where runs train: inline (this process), ray (Ray tasks: this host's GPUs, --workers CPU workers, "
+        "or --ray-address), or auto (ray with several GPUs or any Ray option, else inline)."
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None, typer.Option(help="Join this Ray cluster (HOST:PORT of `ray start --head`) instead of starting one.")
+]
+GpusOpt = Annotated[
+    str | None, typer.Option(help="GPUs of this host for a local Ray cluster: all, a count (2) or indices (0,1).")
+]
+RunsPerGpuOpt = Annotated[
+    int | None, typer.Option(help="Runs packed on each GPU at once (Ray fractional GPUs); default 1.")
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(help="Ray: N CPU worker runs on this host; with --ray-address, at most N runs at once."),
+]
+ObjectStoreOpt = Annotated[
+    int | None, typer.Option(hidden=True, help="Object store size (MiB) of a local Ray cluster.")
+]
 BudgetOpt = Annotated[
     str | None, typer.Option(help="Fit every sizeable method to this many trainable params, head excluded (0.3M).")
 ]
@@ -163,14 +187,21 @@ def run(
         None, help="Few-shot suites: training-list seeds, each run with every --seeds (default: split seed = seed)."
     ),
     dedupe: bool = typer.Option(False, "--dedupe", help="Few-shot: drop repeated lines of the training lists."),
-    gpus: str | None = typer.Option(
-        None, help="Train one run per GPU at once: all, a count (2) or indices (0,1). Default: one run at a time."
-    ),
-    workers_cpu: int | None = typer.Option(None, hidden=True, help="Test only: N worker processes on the CPU."),
+    executor: ExecutorOpt = "auto",
+    ray_address: RayAddressOpt = None,
+    gpus: GpusOpt = None,
+    runs_per_gpu: RunsPerGpuOpt = None,
+    workers: WorkersOpt = None,
+    ray_object_store_mb: ObjectStoreOpt = None,
 ) -> None:
-    """Train every (task, method, seed) not yet finished, log each to MLflow, print a summary."""
+    """Train every (task, method, seed) not yet finished, log each to MLflow, print a summary.
+
+    A run that fails is recorded FAILED and the others go on; the command then exits 1 and lists
+    the failed runs. Rerunning the same command trains only what is not FINISHED.
+    """
+    from .engine import ExecutorOptions, Recorder
+    from .studies import default_storage
     from .sweep import SweepRequest, plan_sweep, run_sweep
-    from .tune import default_storage
 
     request = SweepRequest(
         suite=suite,
@@ -182,7 +213,7 @@ def run(
         backbone=backbone,
         checkpoint=checkpoint,
         epochs=epochs,
-        device=device,
+        device=_executor_device(device, gpus, runs_per_gpu),
         method_overrides=_method_overrides(set_ or []),
         budget=_budget(budget),
         hparams=hparams,
@@ -191,33 +222,57 @@ def run(
         split_seeds=parse_int_list(split_seeds, "--split-seeds", "0,1,2"),
         dedupe=dedupe,
     )
-    devices = _worker_slots(gpus, workers_cpu, request)
+    options = ExecutorOptions(executor, ray_address, gpus, runs_per_gpu, workers, ray_object_store_mb)
     plan = plan_sweep(request, State.workdir)
     for warning in plan.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-    tracker = _tracker(tracking_uri)
-    from .progress import RichReporter
+    recorder = Recorder(_tracker(tracking_uri))
+    with _executor(options, device) as pool:
+        from .progress import RichReporter
 
-    if devices:
-        err.print(f"{len(devices)} worker process(es), one run each: {', '.join(d.label for d in devices)}")
-    with RichReporter(err, slots=len(devices) if devices else 1) as reporter:
-        outcomes = run_sweep(plan, tracker, State.workdir, reporter, devices=devices)
+        with RichReporter(err, slots=pool.capacity) as reporter:
+            outcomes = run_sweep(plan, recorder, pool, State.workdir, reporter)
     _print_summary(outcomes, plan.stage.name)
+    _exit_on_failures(outcomes, "run")
 
 
-def _worker_slots(gpus: str | None, workers_cpu: int | None, request) -> list | None:
-    """``--gpus`` (or the hidden ``--workers-cpu``) -> the executor's device slots; sets the plan's device."""
-    if gpus is None and workers_cpu is None:
-        return None
-    from .executor import cpu_slots, parse_gpus
+def _executor_device(device: str, gpus: str | None, runs_per_gpu: int | None) -> str:
+    """The plan's device: ``--gpus`` and ``--runs-per-gpu`` imply CUDA."""
+    if (gpus is not None or runs_per_gpu is not None) and device == "auto":
+        return "cuda"
+    return device
 
-    if gpus is not None and workers_cpu is not None:
-        raise BenchError("--gpus and --workers-cpu exclude each other; pass one of them")
-    wanted = "cuda" if gpus is not None else "cpu"
-    if request.device not in ("auto", wanted):
-        raise BenchError(f"--device {request.device} contradicts --{'gpus' if gpus else 'workers-cpu'}; drop --device")
-    request.device = wanted
-    return parse_gpus(gpus) if gpus is not None else cpu_slots(workers_cpu)
+
+@contextmanager
+def _executor(options, device: str):
+    """The executor for a command, started here and always stopped (a local Ray cluster too)."""
+    from .engine import make_executor
+
+    pool = make_executor(options, device)
+    if hasattr(pool, "describe"):
+        err.print(pool.describe(), highlight=False)
+    graceful = False
+    try:
+        yield pool
+        graceful = True
+    finally:
+        pool.close(graceful)
+
+
+def _exit_on_failures(outcomes, command: str) -> None:
+    """Exit 1 when runs failed: each is listed with its one-line reason; finished runs are kept."""
+    failed = [o for o in outcomes if o.status == "failed"]
+    if not failed:
+        return
+    for o in failed:
+        err.print(f"[red]failed:[/] {o.spec.label}: {o.error}", highlight=False, soft_wrap=True)
+    err.print(
+        f"[red]error:[/] {len(failed)} of {len(outcomes)} run(s) failed (listed above, each recorded FAILED in "
+        f"MLflow with its error); fix the cause and rerun the same `bench {command}`: finished runs are reused",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(1)
 
 
 def _budget(text: str | None) -> int | None:
@@ -242,16 +297,22 @@ def tune(
     tracking_uri: TrackingOpt = None,
     set_: SetOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    gpus: str | None = typer.Option(
-        None,
-        help="Tune one study per GPU at once: all, a count (2) or indices (0,1); trials within a study stay "
-        "sequential. Default: one study at a time.",
-    ),
-    workers_cpu: int | None = typer.Option(None, hidden=True, help="Test only: N worker processes on the CPU."),
+    executor: ExecutorOpt = "auto",
+    ray_address: RayAddressOpt = None,
+    gpus: GpusOpt = None,
+    runs_per_gpu: RunsPerGpuOpt = None,
+    workers: WorkersOpt = None,
+    ray_object_store_mb: ObjectStoreOpt = None,
 ) -> None:
-    """Tune every (task, method) on train800 -> val200 with the same number of Optuna trials."""
+    """Tune every (task, method) on train800 -> val200 with the same number of Optuna trials.
+
+    The trials of one study run one after another; with room for several runs (Ray), several
+    studies tune at once, each exactly as it would alone.
+    """
+    from .engine import ExecutorOptions, Recorder
+    from .studies import default_storage
     from .sweep import SweepRequest
-    from .tune import default_storage, run_tuning
+    from .tune import run_tuning
 
     request = SweepRequest(
         suite=suite,
@@ -262,19 +323,18 @@ def tune(
         backbone=backbone,
         checkpoint=checkpoint,
         epochs=epochs,
-        device=device,
+        device=_executor_device(device, gpus, runs_per_gpu),
         method_overrides=_method_overrides(set_ or []),
         budget=_budget(budget),
     )
     url = storage or default_storage(State.workdir)
-    devices = _worker_slots(gpus, workers_cpu, request)
-    tracker = _tracker(tracking_uri)
-    from .progress import RichReporter
+    options = ExecutorOptions(executor, ray_address, gpus, runs_per_gpu, workers, ray_object_store_mb)
+    recorder = Recorder(_tracker(tracking_uri))
+    with _executor(options, device) as pool:
+        from .progress import RichReporter
 
-    if devices:
-        err.print(f"{len(devices)} worker process(es), one study each: {', '.join(d.label for d in devices)}")
-    with RichReporter(err, slots=len(devices) if devices else 1) as reporter:
-        summaries = run_tuning(request, trials, State.workdir, tracker, url, reporter, devices=devices)
+        with RichReporter(err, slots=pool.capacity) as reporter:
+            summaries = run_tuning(request, trials, State.workdir, recorder, url, pool, reporter)
     if as_json:
         _print_json([s.__dict__ for s in summaries])
         return

@@ -13,14 +13,15 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .sweep import PlannedRun, RunOutcome, SweepPlan
+from .engine import RunOutcome
+from .sweep import PlannedRun, SweepPlan
 from .train import EpochMetrics
 
 
 class RichReporter:
     def __init__(self, console: Console, slots: int = 1):
         self.console = console
-        self.slots = slots  # runs in progress at once (one per device with --gpus)
+        self.slots = slots  # runs in progress at once (the executor's capacity)
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -66,7 +67,14 @@ class RichReporter:
     def run_done(self, run: PlannedRun, outcome: RunOutcome) -> None:
         if id(run) in self.run_tasks:
             self.progress.remove_task(self.run_tasks.pop(id(run)))
+        if self.sweep_task is None:  # tuning trials: no sweep bar, no line per trial
+            return
         self.progress.advance(self.sweep_task)
+        if outcome.status == "failed":
+            self.console.print(f"  {run.spec.label}: [red]failed[/] ({outcome.error})", highlight=False)
+            return
+        if outcome.status == "interrupted":
+            return
         acc = f"{100 * outcome.eval_acc:.2f}%" if outcome.eval_acc is not None else "–"
         verb = "trained" if outcome.status == "trained" else "finished earlier, reused"
-        self.console.print(f"  {run.spec.label}: {acc} ({verb})")
+        self.console.print(f"  {run.spec.label}: {acc} ({verb})", highlight=False)

@@ -1,19 +1,20 @@
 """A sweep: every (task, method, seed) of a request, skipping what is already finished.
 
 Planning (:func:`plan_sweep`) validates everything a user can get wrong (names, data root, list
-files, checkpoint, backbone) before any training starts. Running (:func:`run_sweep`) trains each
-run that has no FINISHED record, one at a time, logging each to MLflow as it completes, so an
-error or a kill loses at most the run in progress.
+files, checkpoint, backbone) before any training starts. Running (:func:`run_sweep`) hands every
+run without a FINISHED record to the run engine (:mod:`bench.engine`) as a job of a
+:class:`SweepSource`; the engine's executor decides where the runs train, and its recorder logs
+each to MLflow as it goes, so an error or a kill loses at most the runs in progress, and a run
+that fails never stops the others.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
-import platform
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -24,16 +25,17 @@ from suites.base import Preset, Stage, Suite
 from suites.lists import ListEntry
 from suites.resolve import ResolvedTask
 
-from . import __version__
-from .backbone import Weights, backbone_spec, build_backbone, normalization, resolve_weights
+from . import __version__, schema
+from .backbone import Weights, backbone_spec, resolve_weights
 from .budget import choose_for_budget
 from .cache import load_split
+from .engine import Executor, Job, JobData, Recorder, Reporter, RunOutcome, RunRecord, SilentReporter, Work, drive
 from .errors import BenchError
 from .inspect import built_trainable_params
 from .provenance import git_revision
 from .spec import RunSpec, canonical_json
-from .tracking import Tracker, csv_text, experiment_name, flatten_params
-from .train import EpochMetrics, RunResult, SplitData, default_compile_mode, train_run
+from .tracking import experiment_name, flatten_params
+from .train import SplitData
 
 
 @dataclass
@@ -88,37 +90,6 @@ class SweepPlan:
     def sweep_key(self) -> str:
         keys = sorted(r.spec.run_key for r in self.runs)
         return hashlib.sha256(canonical_json(keys).encode()).hexdigest()[:24]
-
-
-@dataclass
-class RunOutcome:
-    spec: RunSpec
-    status: str  # "trained" | "skipped"
-    run_id: str
-    eval_acc: float | None
-
-
-class Reporter(Protocol):
-    """What the sweep tells its caller (the CLI draws a progress bar from it)."""
-
-    def sweep_started(self, plan: SweepPlan, todo: int) -> None: ...
-    def run_started(self, run: PlannedRun, epochs: int) -> None: ...
-    def epoch_done(self, run: PlannedRun, metrics: EpochMetrics) -> None: ...
-    def run_done(self, run: PlannedRun, outcome: RunOutcome) -> None: ...
-
-
-class SilentReporter:
-    def sweep_started(self, plan: SweepPlan, todo: int) -> None:
-        pass
-
-    def run_started(self, run: PlannedRun, epochs: int) -> None:
-        pass
-
-    def epoch_done(self, run: PlannedRun, metrics: EpochMetrics) -> None:
-        pass
-
-    def run_done(self, run: PlannedRun, outcome: RunOutcome) -> None:
-        pass
 
 
 def resolve_device(name: str) -> torch.device:
@@ -181,12 +152,12 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
         for method, config, budget in chosen:
             run_preset, run_config, tags = task_preset, config, {}
             if request.hparams == "tuned":
-                from .tune import TUNE_SEED, tuned_settings
+                from .studies import TUNE_SEED, tuned_settings
 
                 if TUNE_SEED in request.seeds:
                     raise BenchError(f"seed {TUNE_SEED} trained the tuning trials; final runs need other seeds")
                 run_preset, run_config, tags = tuned_settings(
-                    request, suite.name, task, method, config, budget, task_preset, backbone, weights
+                    request.storage, suite.name, task, method, config, budget, task_preset, backbone, weights
                 )
             for seed in task_seeds:
                 spec = RunSpec(
@@ -277,86 +248,6 @@ def _sized_method(name: str, request: SweepRequest, spec_bb) -> tuple[Method, An
     return method, config, request.budget
 
 
-def run_sweep(
-    plan: SweepPlan,
-    tracker: Tracker,
-    workdir: Path,
-    reporter: Reporter | None = None,
-    devices: list[Any] | None = None,
-) -> list[RunOutcome]:
-    """Train every planned run without a FINISHED record. ``devices`` (slots from
-    :func:`bench.executor.parse_gpus`) trains one run per device in worker processes at once;
-    without it, the runs train one after another in this process."""
-    reporter = reporter or SilentReporter()
-    experiment = plan.experiment
-    records = tracker.runs_by_key(experiment)  # one query for the whole sweep
-    done = {r.spec.run_key: tracker.finished(records.get(r.spec.run_key, [])) for r in plan.runs}
-    todo = sum(1 for r in plan.runs if done[r.spec.run_key] is None)
-    reporter.sweep_started(plan, todo)
-    parent = tracker.open_sweep(
-        experiment,
-        plan.sweep_key,
-        tags={
-            "bench.suite": plan.suite.name,
-            "bench.stage": plan.stage.name,
-            "bench.methods": ",".join(plan.request.methods),
-            "bench.seeds": ",".join(map(str, plan.request.seeds)),
-            "bench.shots": ",".join(map(str, sorted({r.spec.extra["shots"] for r in plan.runs})))
-            if plan.suite.fewshot is not None
-            else "none",
-            "bench.sweep_name": f"sweep/{plan.suite.name}/{plan.stage.name}/{plan.sweep_key[:8]}",
-        },
-        params=flatten_params(
-            {
-                "backbone": plan.backbone,
-                "checkpoint": plan.weights.checkpoint_id,
-                "hp": plan.preset.to_dict(),
-                "runs": len(plan.runs),
-            }
-        ),
-    )
-    outcomes: list[RunOutcome] = []
-    cache_dir = workdir / "cache" / "images"
-    data_memo: dict[str, TaskData] = {}
-    status = "FAILED"
-    try:
-        if devices:  # the same records, in worker processes; this process stays the only MLflow writer
-            from .executor import run_parallel
-
-            run_parallel(plan, tracker, parent, records, done, reporter, devices, cache_dir, outcomes)
-            status = "FINISHED"
-            return outcomes
-        for run in plan.runs:
-            previous = done[run.spec.run_key]
-            if previous is not None:
-                acc = previous.data.metrics.get(eval_metric(plan.stage))
-                outcome = RunOutcome(run.spec, "skipped", previous.info.run_id, acc)
-            else:
-                tracker.close_interrupted(records.get(run.spec.run_key, []))
-                data = task_data(run.task, plan, cache_dir, data_memo)
-                outcome = _train_and_log(run, plan, tracker, parent, data, reporter)
-            outcomes.append(outcome)
-            reporter.run_done(run, outcome)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.close_sweep(
-            parent,
-            status,
-            {
-                "trained": sum(o.status == "trained" for o in outcomes),
-                "reused": sum(o.status == "skipped" for o in outcomes),
-            },
-        )
-    return outcomes
-
-
-def eval_metric(stage: Stage) -> str:
-    return "test/acc" if stage.name == "final" else "val/acc"
-
-
 @dataclass
 class TaskData:
     """A task's decoded splits for one stage, and the eval list (its paths go into the predictions)."""
@@ -367,7 +258,7 @@ class TaskData:
     eval_key: tuple[Any, ...] = ()  # (task, eval list): few-shot splits of a task share their eval split
 
 
-def task_data(task: ResolvedTask, plan: SweepPlan, cache_dir: Path, memo: dict[Any, TaskData]) -> TaskData:
+def task_data(task: ResolvedTask, plan: Any, cache_dir: Path, memo: dict[Any, TaskData]) -> TaskData:
     """The task's splits, decoded once and kept for the task's runs (one task in memory at a time).
 
     A few-shot task's (shots, split seed) variants each have their own training split and share
@@ -393,37 +284,36 @@ def task_data(task: ResolvedTask, plan: SweepPlan, cache_dir: Path, memo: dict[A
 def run_tags(spec: RunSpec, **extra: str) -> dict[str, str]:
     """The ``bench.*`` tags every run carries, final or tuning trial."""
     return {
-        "bench.run_key": spec.run_key,
-        "bench.suite": spec.suite,
-        "bench.task": spec.task,
-        "bench.method": spec.method,
-        "bench.seed": str(spec.seed),
-        "bench.stage": spec.stage,
-        "bench.preset": spec.preset,
-        "bench.budget": str(spec.budget) if spec.budget is not None else "none",
-        "bench.shots": str(spec.extra.get("shots", "none")),  # reports group few-shot results by this
-        "bench.split_seed": str(spec.extra.get("split_seed", "none")),
-        "bench.dedupe": str(spec.extra["dedupe"]).lower() if "dedupe" in spec.extra else "none",
-        "bench.backbone": spec.backbone,
-        "bench.checkpoint": spec.checkpoint,
-        "bench.data_fingerprint": spec.data,
-        "bench.version": __version__,
+        schema.RUN_KEY: spec.run_key,
+        schema.SUITE: spec.suite,
+        schema.TASK: spec.task,
+        schema.METHOD: spec.method,
+        schema.SEED: str(spec.seed),
+        schema.STAGE: spec.stage,
+        schema.PRESET: spec.preset,
+        schema.BUDGET: str(spec.budget) if spec.budget is not None else "none",
+        schema.SHOTS: str(spec.extra.get("shots", "none")),  # reports group few-shot results by this
+        schema.SPLIT_SEED: str(spec.extra.get("split_seed", "none")),
+        schema.DEDUPE: str(spec.extra["dedupe"]).lower() if "dedupe" in spec.extra else "none",
+        schema.BACKBONE: spec.backbone,
+        schema.CHECKPOINT: spec.checkpoint,
+        schema.DATA_FINGERPRINT: spec.data,
+        schema.VERSION: __version__,
         **extra,
     }
 
 
-def run_record(run: PlannedRun, device: str) -> tuple[dict[str, str], dict[str, str]]:
-    """The tags and params a run's record is created with, in this process or by the executor.
+def run_record(run: PlannedRun, stage: Stage, experiment: str, parent: str | None, stale: list) -> RunRecord:
+    """How a planned run appears in MLflow: its identity as tags, its full config as params.
 
-    Besides the run's identity they say how it was computed, for readers of its cost figures:
-    ``bench.device``, ``bench.train_step`` (the training step's compile mode on that device) and,
-    in a git checkout, ``bench.git_sha``.
+    Where and how it was computed (``bench.device``, ``bench.train_step``, the Ray node) is added
+    when a worker starts it; ``bench.git_sha`` here, in a git checkout.
     """
     spec = run.spec
-    provenance = {"bench.device": device, "bench.train_step": default_compile_mode(torch.device(device))}
+    provenance = {}
     if (revision := git_revision()) is not None:
-        provenance["bench.git_sha"] = revision
-    tags = run_tags(spec, **{"bench.group": run.task.task.group, **provenance})
+        provenance[schema.GIT_SHA] = revision
+    tags = run_tags(spec, **{schema.GROUP: run.task.task.group, **provenance})
     params = flatten_params(
         {
             "method": spec.method_config,
@@ -437,127 +327,125 @@ def run_record(run: PlannedRun, device: str) -> tuple[dict[str, str], dict[str, 
             "extra": spec.extra,
         }
     )
-    return {**tags, **run.tags}, params
-
-
-def epoch_metrics(m: EpochMetrics) -> dict[str, float | None]:
-    """What every epoch logs (``val/acc`` only in the tune stage)."""
-    return {"train/loss": m.train_loss, "train/acc": m.train_acc, "lr": m.lr, "val/acc": m.eval_acc}
-
-
-def _train_and_log(
-    run: PlannedRun,
-    plan: SweepPlan,
-    tracker: Tracker,
-    parent: str,
-    data: TaskData,
-    reporter: Reporter,
-) -> RunOutcome:
-    spec = run.spec
-    tags, params = run_record(run, str(plan.device))
-    with tracker.child_run(plan.experiment, parent, spec.label, tags, params) as run_id:
-        reporter.run_started(run, run.preset.epochs)
-
-        def on_epoch(m: EpochMetrics) -> None:
-            reporter.epoch_done(run, m)
-
-        result = execute_run(run, plan, tracker, run_id, data, on_epoch)
-        _log_result(tracker, run_id, run, plan, result, data.eval_entries)
-    return RunOutcome(spec, "trained", run_id, result.eval_acc)
-
-
-def execute_run(
-    run: PlannedRun,
-    plan: SweepPlan,
-    tracker: Tracker,
-    run_id: str,
-    data: TaskData,
-    on_epoch=None,
-) -> RunResult:
-    """Build the backbone, apply the method, train, logging the resolved config and every epoch."""
-    spec = run.spec
-    model, mean, std = build_model(run, plan.weights)
-    tracker.log_json(run_id, _resolved_config(spec, run, plan, mean, std), "config/resolved.json")
-
-    def log_epoch(m: EpochMetrics) -> None:
-        tracker.log_metrics(run_id, epoch_metrics(m), step=m.epoch)
-        if on_epoch is not None:
-            on_epoch(m)
-
-    return train_run(
-        model,
-        run.method,
-        run.preset,
-        plan.stage,
-        data.train,
-        data.evaluate,
-        seed=spec.seed,
-        device=plan.device,
-        mean=mean,
-        std=std,
-        on_epoch=log_epoch,
-    )
-
-
-def build_model(run: PlannedRun, weights: Weights) -> tuple[torch.nn.Module, tuple[float, ...], tuple[float, ...]]:
-    """The run's backbone with the method applied, and the backbone's normalisation (mean, std)."""
-    spec = run.spec
-    model = build_backbone(
-        spec.backbone,
-        num_classes=spec.num_classes,
-        img_size=run.preset.img_size,
-        drop_path=run.preset.drop_path,
-        weights=weights,
-        seed=spec.seed,
-    )
-    mean, std = normalization(model)
-    return run.method.apply(model, run.config), mean, std
-
-
-def _resolved_config(spec: RunSpec, run: PlannedRun, plan: SweepPlan, mean, std) -> dict[str, Any]:
-    return {
+    train_list, eval_list = run.task.list_names(stage)
+    resolved = {
         "run_key": spec.run_key,
         "spec": spec.to_dict(),
-        "normalization": {"mean": list(mean), "std": list(std)},
         "data": {
             "task_dir": str(run.task.directory),
-            "train_list": run.task.list_names(plan.stage)[0],
-            "eval_list": run.task.list_names(plan.stage)[1],
+            "train_list": train_list,
+            "eval_list": eval_list,
             "image_root": str(run.task.image_root or run.task.directory),
         },
-        "environment": {
-            "bench": __version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "device": str(plan.device),
-            "gpu": torch.cuda.get_device_name(plan.device) if plan.device.type == "cuda" else None,
+    }
+    return RunRecord(experiment, parent, spec.label, {**tags, **run.tags}, params, resolved, stale)
+
+
+def job_data(run: PlannedRun, plan: Any, cache_dir: Path, memo: dict[Any, TaskData]) -> JobData:
+    """A run's splits for the engine: decoded here once per task, from the image cache."""
+    data = task_data(run.task, plan, cache_dir, memo)
+    return JobData(data.train, data.evaluate, data.eval_entries, run.task.directory)
+
+
+class SweepSource:
+    """The runs of a sweep as engine jobs, in plan order: finished ones reused, the rest trained."""
+
+    def __init__(self, plan: SweepPlan, recorder: Recorder, parent: str, cache_dir: Path, reporter: Reporter):
+        self.plan, self.parent, self.cache_dir, self.reporter = plan, parent, cache_dir, reporter
+        records = recorder.tracker.runs_by_key(plan.experiment)  # one query for the whole sweep
+        self.outcomes: dict[int, RunOutcome] = {}
+        self.pending: deque[tuple[int, list]] = deque()
+        for index, run in enumerate(plan.runs):
+            previous = recorder.tracker.finished(records.get(run.spec.run_key, []))
+            if previous is None:
+                self.pending.append((index, records.get(run.spec.run_key, [])))
+            else:
+                acc = previous.data.metrics.get(schema.eval_metric(plan.stage.name))
+                self.outcomes[index] = RunOutcome(run.spec, "skipped", previous.info.run_id, acc)
+        self._memo: dict[Any, TaskData] = {}
+
+    @property
+    def todo(self) -> int:
+        return len(self.pending)
+
+    def report_reused(self) -> None:
+        for index, outcome in sorted(self.outcomes.items()):
+            self.reporter.run_done(self.plan.runs[index], outcome)
+
+    def next_job(self) -> Job | None:
+        if not self.pending:
+            return None
+        index, stale = self.pending.popleft()
+        run = self.plan.runs[index]
+        record = run_record(run, self.plan.stage, self.plan.experiment, self.parent, stale)
+        return Job(Work(index, run, self.plan.stage, self.plan.weights), record)
+
+    def load(self, job: Job) -> JobData:
+        return job_data(job.run, self.plan, self.cache_dir, self._memo)
+
+    def on_epoch(self, job: Job, metrics: Any) -> bool:
+        return False
+
+    def on_end(self, job: Job, outcome: RunOutcome, end: Any) -> tuple[dict[str, str], dict[str, float]]:
+        self.outcomes[job.id] = outcome
+        return {}, {}
+
+    def results(self) -> list[RunOutcome]:
+        """Every run's outcome, in plan order (runs never started after a Ctrl-C are left out)."""
+        return [self.outcomes[i] for i in sorted(self.outcomes)]
+
+
+def run_sweep(
+    plan: SweepPlan, recorder: Recorder, executor: Executor, workdir: Path, reporter: Reporter | None = None
+) -> list[RunOutcome]:
+    """Train every planned run without a FINISHED record on ``executor``; return every run's outcome.
+
+    A run that fails is recorded FAILED and the sweep goes on; the sweep's parent run ends FAILED
+    if any run failed (the CLI then exits non-zero and lists them), KILLED on Ctrl-C.
+    """
+    reporter = reporter or SilentReporter()
+    parent = recorder.open_parent(
+        plan.experiment,
+        plan.sweep_key,
+        tags={
+            schema.SUITE: plan.suite.name,
+            schema.STAGE: plan.stage.name,
+            schema.METHODS: ",".join(plan.request.methods),
+            schema.SEEDS: ",".join(map(str, plan.request.seeds)),
+            schema.SHOTS: ",".join(map(str, sorted({r.spec.extra["shots"] for r in plan.runs})))
+            if plan.suite.fewshot is not None
+            else "none",
+            schema.SWEEP_NAME: f"sweep/{plan.suite.name}/{plan.stage.name}/{plan.sweep_key[:8]}",
         },
-    }
-
-
-def _log_result(
-    tracker: Tracker, run_id: str, run: PlannedRun, plan: SweepPlan, result: RunResult, entries: list[ListEntry]
-) -> None:
-    from safetensors.torch import save
-
-    metrics = {
-        "params/trainable": result.trainable_params,
-        "params/head": result.head_params,
-        "throughput/train_img_s": result.train_images_per_s,
-        "throughput/infer_img_s": result.infer_images_per_s,
-        "time/train_s": result.train_seconds,
-        "mem/peak_mb": result.peak_memory_mb,
-    }
-    if math.isfinite(result.steady_train_images_per_s):  # runs of two or more epochs
-        metrics["throughput/train_img_s_steady"] = result.steady_train_images_per_s
-    if plan.stage.name == "final":
-        metrics["test/acc"] = result.eval_acc  # scored once, after the last epoch
-    tracker.log_metrics(run_id, metrics, step=run.preset.epochs)
-    rows = [
-        [i, str(e.path.relative_to(run.task.directory)), e.label, int(p)]
-        for i, (e, p) in enumerate(zip(entries, result.predictions.tolist(), strict=True))
-    ]
-    tracker.log_text(run_id, csv_text(["index", "path", "label", "prediction"], rows), "eval/predictions.csv")
-    state = {k: v.contiguous() for k, v in result.trainable_state.items()}
-    tracker.log_bytes(run_id, save(state), "checkpoints/trainable.safetensors")
-    tracker.client.set_tag(run_id, "bench.merged_eval", str(result.merged).lower())
+        params=flatten_params(
+            {
+                "backbone": plan.backbone,
+                "checkpoint": plan.weights.checkpoint_id,
+                "hp": plan.preset.to_dict(),
+                "runs": len(plan.runs),
+            }
+        ),
+    )
+    source = SweepSource(plan, recorder, parent, workdir / "cache" / "images", reporter)
+    if hasattr(reporter, "sweep_started"):
+        reporter.sweep_started(plan, source.todo)
+    source.report_reused()
+    status = "FAILED"
+    try:
+        drive(source, executor, recorder, reporter)
+        status = "FAILED" if any(o.status == "failed" for o in source.outcomes.values()) else "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        outcomes = source.results()
+        recorder.close_parent(
+            parent,
+            status,
+            {
+                "trained": sum(o.status == "trained" for o in outcomes),
+                "reused": sum(o.status == "skipped" for o in outcomes),
+                "failed": sum(o.status == "failed" for o in outcomes),
+            },
+        )
+    return outcomes

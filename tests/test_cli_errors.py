@@ -82,19 +82,23 @@ def test_unknown_names(cli, noah_root: Path):
     _assert_one_line_error(code, err, "unknown backbone 'vit_nonexistent'")
 
 
-def test_unreadable_image_keeps_the_runs_already_finished(cli, workdir: Path, noah_root: Path):
+def test_unreadable_image_fails_its_task_runs_and_the_others_finish(cli, workdir: Path, noah_root: Path):
     (noah_root / "beta" / "images" / "train800" / "000003.png").write_bytes(b"this is not a png")
     code, _, err = cli(
         "run", "--suite", "tinyfolder", "--methods", "linear", "--seeds", "2", "--data-root", str(noah_root)
     )
-    _assert_one_line_error(
-        code, err, "train800val200.txt:4", "000003.png cannot be read", "replace the file or delete its line"
-    )
+    assert code == 1 and "Traceback" not in err
+    failed = [line for line in err.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 2 and all(line.startswith("failed: linear/beta/") for line in failed), err
+    assert all("train800val200.txt:4" in line and "000003.png cannot be read" in line for line in failed)
+    assert err.rstrip().splitlines()[-1].startswith("error: 2 of 4 run(s) failed")
     runs = Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder")
-    finished = [r for r in runs if r.info.status == "FINISHED"]
-    assert {r.data.tags["bench.task"] for r in finished} == {"alpha"} and len(finished) == 2
+    status = {(r.data.tags["bench.task"], r.info.status) for r in runs}
+    assert status == {("alpha", "FINISHED"), ("beta", "FAILED")} and len(runs) == 4
+    assert all("replace the file or delete its line" in r.data.tags["bench.error"] for r in runs if r.info.status == "FAILED")
     [sweep] = Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder", kind="sweep")
     assert sweep.info.status == "FAILED" and sweep.data.tags["bench.trained"] == "2"
+    assert sweep.data.tags["bench.failed"] == "2"
 
 
 def test_missing_image_file(cli, noah_root: Path):

@@ -1,0 +1,206 @@
+"""The driver: one loop for every sweep and every tuning study, whatever executes the jobs.
+
+``drive(source, executor, recorder, reporter)`` fills the executor's free slots with jobs from
+the source, routes each job's events to the recorder (the only MLflow writer), the source (which
+may cancel a job, and learns how each ended) and the reporter (the progress display), and ends
+every run exactly once:
+
+* Done -> FINISHED, after its metrics and artifacts; Cancelled -> FINISHED without a result (a
+  pruned trial, tagged so by its source);
+* Failed, WorkerLost, or a failure to decode the job's data -> FAILED with a one-line
+  ``bench.error``; the loop goes on with the other jobs;
+* Ctrl-C or a failure of this process -> every run in flight KILLED (or FAILED), the executor
+  stopped, and the exception raised again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import BenchError
+from .events import Cancelled, Done, End, Epoch, Event, Failed, Started, WorkerLost
+from .executors import Executor
+from .recorder import Recorder, RunRecord
+from .work import Work
+
+
+@dataclass
+class Job:
+    """A unit of work with its MLflow record: what the source hands the driver."""
+
+    work: Work
+    record: RunRecord
+
+    @property
+    def id(self) -> int:
+        return self.work.job
+
+    @property
+    def run(self) -> Any:
+        return self.work.run
+
+
+@dataclass
+class JobData:
+    """A job's decoded splits, and the evaluation list that its predictions are written against."""
+
+    train: Any  # SplitData
+    evaluate: Any  # SplitData
+    eval_entries: list
+    root: Any  # the task folder: predictions name images relative to it
+
+
+@dataclass
+class RunOutcome:
+    """How one run of a sweep or study ended, for summaries and the progress display."""
+
+    spec: Any
+    status: str  # trained | skipped | failed | cancelled | interrupted
+    run_id: str | None
+    eval_acc: float | None = None
+    error: str | None = None
+    user_error: bool = False
+
+
+class JobSource(Protocol):
+    def next_job(self) -> Job | None:
+        """A job to start now, or None: none now (the driver waits for a running job to end) or ever."""
+
+    def load(self, job: Job) -> JobData:
+        """The job's decoded splits (from the image cache); raises BenchError for unreadable data."""
+
+    def on_epoch(self, job: Job, metrics: Any) -> bool:
+        """Whether to cancel ``job`` after this epoch (a pruned trial)."""
+
+    def on_end(self, job: Job, outcome: RunOutcome, end: End | None) -> tuple[dict[str, str], dict[str, float]]:
+        """Learn how ``job`` ended (``end`` None: interrupted); return extra tags and metrics for its record."""
+
+
+class Reporter(Protocol):
+    """What the driver tells its caller (the CLI draws progress bars from it)."""
+
+    def run_started(self, run: Any, epochs: int) -> None: ...
+    def epoch_done(self, run: Any, metrics: Any) -> None: ...
+    def run_done(self, run: Any, outcome: RunOutcome) -> None: ...
+
+
+class SilentReporter:
+    def sweep_started(self, plan: Any, todo: int) -> None:
+        pass
+
+    def run_started(self, run: Any, epochs: int) -> None:
+        pass
+
+    def epoch_done(self, run: Any, metrics: Any) -> None:
+        pass
+
+    def run_done(self, run: Any, outcome: RunOutcome) -> None:
+        pass
+
+
+@dataclass
+class _InFlight:
+    job: Job
+    run_id: str
+    data: JobData
+    cancelled: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def drive(source: JobSource, executor: Executor, recorder: Recorder, reporter: Reporter | None = None) -> None:
+    reporter = reporter or SilentReporter()
+    inflight: dict[int, _InFlight] = {}
+
+    def end(f: _InFlight, event: End | None, status: str | None = None) -> None:
+        """Record how a job ended (``event`` None: interrupted, with MLflow ``status``)."""
+        inflight.pop(f.job.id, None)
+        spec, epochs = f.job.run.spec, f.job.run.preset.epochs
+        if isinstance(event, Done) and f.cancelled:
+            event = Cancelled(event.job)  # it ended before the cancel reached it; its result is not wanted
+        if isinstance(event, Done):
+            outcome = RunOutcome(spec, "trained", f.run_id, event.result.eval_acc)
+            recorder.result(
+                f.run_id,
+                event.result,
+                stage=f.job.work.stage.name,
+                step=epochs,
+                entries=f.data.eval_entries,
+                root=f.data.root,
+            )
+        elif isinstance(event, Cancelled):
+            outcome = RunOutcome(spec, "cancelled", f.run_id)
+        elif isinstance(event, Failed):
+            outcome = RunOutcome(spec, "failed", f.run_id, error=event.error, user_error=event.user_error)
+        elif isinstance(event, WorkerLost):
+            outcome = RunOutcome(spec, "failed", f.run_id, error=event.reason)
+        else:
+            outcome = RunOutcome(spec, "interrupted", f.run_id, error=None if status == "KILLED" else "sweep stopped")
+        tags, metrics = source.on_end(f.job, outcome, event)
+        mlflow_status = status or ("FAILED" if outcome.status == "failed" else "FINISHED")
+        recorder.end(
+            f.run_id,
+            mlflow_status,
+            error=outcome.error if mlflow_status == "FAILED" else None,
+            traceback=event.traceback if isinstance(event, Failed) else None,
+            tags=tags,
+            metrics=metrics,
+            step=epochs,
+        )
+        reporter.run_done(f.job.run, outcome)
+
+    def start(job: Job) -> None:
+        try:
+            data = source.load(job)  # decodes into the image cache: finds unreadable images here
+        except BenchError as exc:
+            f = _InFlight(job, recorder.start(job.record), JobData(None, None, [], None))
+            end(f, Failed(job.id, str(exc), user_error=True))
+            return
+        f = _InFlight(job, recorder.start(job.record), data)
+        inflight[job.id] = f
+        reporter.run_started(job.run, job.run.preset.epochs)
+        executor.submit(job.work, data.train, data.evaluate)
+
+    def deliver(event: Event) -> None:
+        f = inflight.get(event.job)
+        if f is None:
+            return  # the job has ended here already (its recording failed); nothing more is logged
+        try:
+            if isinstance(event, Started):
+                recorder.started(f.run_id, f.job.record, event)
+            elif isinstance(event, Epoch):
+                if f.cancelled:
+                    return  # epochs trained after the deciding one are not part of the record
+                recorder.epoch(f.run_id, event.metrics)
+                reporter.epoch_done(f.job.run, event.metrics)
+                if source.on_epoch(f.job, event.metrics):
+                    f.cancelled = True
+                    executor.cancel(f.job.id)
+            else:
+                end(f, event)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # recording failed (the store, a disk): this run fails, the others go on
+            executor.cancel(f.job.id)
+            with contextlib.suppress(Exception):
+                end(f, Failed(f.job.id, f"recording the run failed: {type(exc).__name__}: {exc}"))
+            inflight.pop(f.job.id, None)
+
+    graceful = False
+    try:
+        while True:
+            while len(inflight) < executor.capacity and (job := source.next_job()) is not None:
+                start(job)
+            if not inflight:
+                break
+            executor.wait(deliver)
+        graceful = True
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        for f in list(inflight.values()):
+            with contextlib.suppress(Exception):
+                end(f, None, status)
+        raise
+    finally:
+        executor.close(graceful)

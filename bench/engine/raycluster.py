@@ -1,0 +1,287 @@
+"""The Ray executor: jobs as Ray core tasks, on this host's GPUs or CPUs, or on any Ray cluster.
+
+How a job travels:
+
+* the driver decodes each task's splits once (into the image cache, which also checks every
+  image) and puts them in Ray's object store as uint8 arrays; every run of the task reads the
+  same objects, and Ray copies them to a worker's node when a run is placed there. Workers
+  therefore need neither the data nor a filesystem shared with the driver;
+* the backbone checkpoint travels the same way, once per sweep: a worker writes it to its node's
+  temporary directory (named by its sha256) the first time a run there needs it;
+* the task returns its end event (Done with the result, Failed, Cancelled); Started and Epoch
+  events reach the driver through a small mailbox actor as they happen, and the actor's answer to
+  each Epoch says whether the driver has cancelled the job;
+* a worker process or node that dies fails the task (``max_retries=0``: a run is never trained
+  twice behind the driver's back); the driver records the run FAILED and goes on.
+
+Packing: a GPU job asks for ``1 / runs_per_gpu`` GPU, so Ray places that many runs on each GPU.
+The driver stays the only MLflow writer: workers never open the tracking store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backbone import Weights
+from ..errors import BenchError
+from .events import Event, WorkerLost
+from .work import Work
+
+POLL_S = 0.2  # how long the driver waits for a job to end before it reads the mailbox again
+KEEP_SPLITS = 4  # decoded splits kept in the object store for the next jobs (each task has two)
+
+
+@dataclass(frozen=True)
+class RayPlan:
+    """How jobs are shaped on the cluster: the resources of one job, and how many run at once."""
+
+    use_gpu: bool
+    capacity: int
+    gpus_per_job: float
+    cpus_per_job: float
+
+
+def _plan(resources: dict[str, float], use_gpu: bool | None, runs_per_gpu: int, workers: int | None) -> RayPlan:
+    """``use_gpu`` None: the cluster's GPUs if it has any, else its CPUs."""
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+    if use_gpu is None:
+        use_gpu = gpus >= 1
+    if use_gpu:
+        if gpus < 1:
+            raise BenchError("the Ray cluster has no GPU; add GPU nodes, or pass --device cpu to train on its CPUs")
+        capacity = int(gpus) * runs_per_gpu
+        if workers is not None:
+            capacity = min(capacity, workers)
+        return RayPlan(True, capacity, 1.0 / runs_per_gpu, 1.0)
+    if cpus < 1:
+        raise BenchError("the Ray cluster has no CPU to train on; check `ray status`")
+    capacity = workers or int(cpus)
+    return RayPlan(False, capacity, 0.0, max(1.0, float(int(cpus) // capacity)))
+
+
+def _mailbox_class():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Mailbox:
+        """Started and Epoch events on their way to the driver, and the jobs it has cancelled."""
+
+        def __init__(self) -> None:
+            self.events: list[Any] = []
+            self.cancelled: set[int] = set()
+
+        def put(self, event: Any) -> bool:
+            self.events.append(event)
+            return event.job in self.cancelled
+
+        def take(self) -> list[Any]:
+            events, self.events = self.events, []
+            return events
+
+        def cancel(self, job: int) -> None:
+            self.cancelled.add(job)
+
+    return Mailbox
+
+
+def _local_weights(weights: Weights, blob: list) -> Weights:
+    """The checkpoint as a file on this node: written once per node from the object store."""
+    if weights.path is None:
+        return weights
+    import ray
+
+    digest = weights.checkpoint_id.split(":")[-1]
+    path = Path(tempfile.gettempdir()) / "bench-weights" / f"{digest}{weights.path.suffix}"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        partial.write_bytes(ray.get(blob[0]))
+        os.replace(partial, path)  # atomic: a run beside this one never reads half a file
+    return Weights(path, weights.checkpoint_id)
+
+
+def _split(arrays: tuple[np.ndarray, np.ndarray]):
+    """A SplitData over the object store's read-only arrays (training only reads them)."""
+    import warnings
+
+    import torch
+
+    from ..train import SplitData
+
+    images, labels = arrays
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "not writable": the arrays are shared, never written
+        return SplitData(torch.from_numpy(images), torch.from_numpy(labels))
+
+
+def _task_body(work: Work, train: tuple, evaluate: tuple, blob: list, mailbox: Any, threads: int) -> Any:
+    """One job in a Ray worker process."""
+    import ray
+    import torch
+
+    from .work import placement, run_work
+
+    torch.set_num_threads(threads)
+    if ray.get_gpu_ids():
+        torch.cuda.set_device(0)  # Ray shows the task its GPU alone, as device 0
+        device = torch.device("cuda", 0)
+    else:
+        device = torch.device("cpu")
+    work = Work(work.job, work.run, work.stage, _local_weights(work.weights, blob))
+    where = placement("ray", ray.get_runtime_context().get_node_id(), device)
+
+    def emit(event: Event) -> bool:
+        return ray.get(mailbox.put.remote(event))
+
+    return run_work(work, _split(train), _split(evaluate), device, where, emit)
+
+
+class RayExecutor:
+    """Ray core tasks on a local cluster this executor starts (and stops), or on an existing one."""
+
+    name = "ray"
+
+    def __init__(
+        self,
+        *,
+        address: str | None = None,
+        gpus: list[str] | None = None,
+        use_gpu: bool | None = False,
+        runs_per_gpu: int = 1,
+        workers: int | None = None,
+        object_store_mb: int | None = None,
+    ):
+        try:
+            import ray
+        except ImportError:  # pragma: no cover - ray is a dependency; a broken install says so
+            raise BenchError("--executor ray needs the ray package; install bench as the README says") from None
+        self._ray = ray
+        self._mailbox: Any = None
+        self._refs: dict[Any, int] = {}  # a task's result ref -> its job
+        self._splits: OrderedDict[int, tuple[Any, Any]] = OrderedDict()  # id(SplitData) -> (it, its ref)
+        self._weights: dict[str, list] = {}  # checkpoint id -> [ref of its bytes]
+        self._saved_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        if address is None:
+            if gpus is not None:  # the local cluster sees the chosen GPUs only
+                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+                options["num_gpus"] = len(gpus)
+            elif not use_gpu:
+                options["num_gpus"] = 0
+            options["num_cpus"] = os.cpu_count() or 1
+            if object_store_mb:
+                options["object_store_memory"] = object_store_mb * 2**20
+        else:
+            options["address"] = address
+        try:
+            ray.init(**options)
+        except Exception as exc:
+            self._restore_env()
+            where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+            raise BenchError(
+                f"cannot start or join {where} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                + ("check --ray-address and that `ray start --head` runs there" if address else "check `ray status`")
+            ) from None
+        try:
+            self.plan = _plan(ray.cluster_resources(), use_gpu, runs_per_gpu, workers)
+        except BaseException:
+            self.close(graceful=True)
+            raise
+        self._mailbox = _mailbox_class().remote()
+        self._remote = ray.remote(max_retries=0)(_task_body)
+
+    @property
+    def capacity(self) -> int:
+        return self.plan.capacity
+
+    def describe(self) -> str:
+        res = self._ray.cluster_resources()
+        nodes = len([n for n in self._ray.nodes() if n.get("Alive")])
+        unit = f"{self.plan.gpus_per_job:g} GPU" if self.plan.use_gpu else f"{self.plan.cpus_per_job:g} CPU"
+        return (
+            f"Ray: {nodes} node(s), {res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU; "
+            f"{self.plan.capacity} run(s) at once, {unit} each"
+        )
+
+    def _put_split(self, split: Any) -> Any:
+        key = id(split)
+        if key in self._splits:
+            self._splits.move_to_end(key)
+            return self._splits[key][1]
+        ref = self._ray.put((split.images.numpy(), split.labels.numpy()))
+        self._splits[key] = (split, ref)  # the split itself is kept too, so its id is not reused
+        while len(self._splits) > KEEP_SPLITS:
+            self._splits.popitem(last=False)  # tasks in flight hold their own references
+        return ref
+
+    def _put_weights(self, weights: Weights) -> list:
+        if weights.path is None:
+            return []
+        if weights.checkpoint_id not in self._weights:
+            self._weights[weights.checkpoint_id] = [self._ray.put(weights.path.read_bytes())]
+        return self._weights[weights.checkpoint_id]
+
+    def submit(self, work: Work, train: Any, evaluate: Any) -> None:
+        p = self.plan
+        ref = self._remote.options(num_gpus=p.gpus_per_job, num_cpus=p.cpus_per_job).remote(
+            work,
+            self._put_split(train),
+            self._put_split(evaluate),
+            self._put_weights(work.weights),  # nested in a list: a worker fetches it only if its node lacks the file
+            self._mailbox,
+            max(1, int(p.cpus_per_job)),
+        )
+        self._refs[ref] = work.job
+
+    def cancel(self, job: int) -> None:
+        self._mailbox.cancel.remote(job)
+
+    def wait(self, deliver: Callable[[Event], None]) -> None:
+        ray = self._ray
+        refs = list(self._refs)
+        ready: list[Any] = []
+        if refs:
+            ready, _ = ray.wait(refs, num_returns=1, timeout=POLL_S)
+            if ready:
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        for event in ray.get(self._mailbox.take.remote()):  # before the ends: a job's epochs precede its end
+            deliver(event)
+        for ref in ready:
+            job = self._refs.pop(ref)
+            try:
+                event = ray.get(ref)
+            except ray.exceptions.RayError as exc:  # the worker process or its node died
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                event = WorkerLost(job, f"the Ray worker training it was lost ({type(exc).__name__}: {first[:200]})")
+            deliver(event)
+
+    def close(self, graceful: bool) -> None:
+        ray = self._ray
+        if not graceful:
+            for ref in self._refs:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
+        if self._mailbox is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(self._mailbox)
+        self._refs, self._mailbox = {}, None
+        self._splits.clear()
+        self._weights.clear()
+        with contextlib.suppress(Exception):
+            ray.shutdown()  # stops the cluster this executor started; only disconnects from one it joined
+        self._restore_env()
+
+    def _restore_env(self) -> None:
+        if self._saved_visible is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = self._saved_visible

@@ -1,0 +1,85 @@
+"""Every name bench writes into MLflow: tags, metrics and artifact paths.
+
+The recorder writes them; ``bench runs`` and ``reports/`` read them. Both import the names from
+here, so a renamed tag cannot leave a reader behind. This module imports nothing and holds no
+logic: it is the contract between the writer and its readers, documented for users in
+``docs/reference/tracking.md``.
+"""
+
+from __future__ import annotations
+
+# --- tags: what a run is ---------------------------------------------------------------------
+KIND = "bench.kind"  # "run" (a training run or tuning trial) or "sweep" (a sweep's or study's parent)
+KIND_RUN = "run"
+KIND_SWEEP = "sweep"
+
+RUN_KEY = "bench.run_key"
+SUITE = "bench.suite"
+TASK = "bench.task"
+GROUP = "bench.group"
+METHOD = "bench.method"
+SEED = "bench.seed"
+STAGE = "bench.stage"
+PRESET = "bench.preset"
+BUDGET = "bench.budget"
+SHOTS = "bench.shots"
+SPLIT_SEED = "bench.split_seed"
+DEDUPE = "bench.dedupe"
+BACKBONE = "bench.backbone"
+CHECKPOINT = "bench.checkpoint"
+DATA_FINGERPRINT = "bench.data_fingerprint"
+VERSION = "bench.version"
+HPARAMS = "bench.hparams"  # "tuned" when a study's best trial set the hyperparameters
+STUDY = "bench.study"
+TRIAL = "bench.trial"
+
+# --- tags: how and where it was computed --------------------------------------------------------
+DEVICE = "bench.device"
+TRAIN_STEP = "bench.train_step"
+GIT_SHA = "bench.git_sha"
+EXECUTOR = "bench.executor"  # inline or ray
+NODE_ID = "bench.node_id"  # the Ray node (or "local") that trained the run
+HOST = "bench.host"
+GPU = "bench.gpu"
+MERGED_EVAL = "bench.merged_eval"
+
+# --- tags: how it ended -------------------------------------------------------------------------
+ERROR = "bench.error"  # one line, on FAILED runs
+INTERRUPTED = "bench.interrupted"  # a RUNNING record left by a killed process, closed as KILLED
+OPTUNA_STATE = "optuna.state"  # complete, pruned or failed, on tuning trials
+OPTUNA_STORAGE = "optuna.storage"
+
+# --- tags: sweep (parent) runs ------------------------------------------------------------------
+SWEEP_KEY = "bench.sweep_key"
+SWEEP_NAME = "bench.sweep_name"
+METHODS = "bench.methods"
+SEEDS = "bench.seeds"
+TRAINED = "bench.trained"
+REUSED = "bench.reused"
+FAILED = "bench.failed"
+
+# --- metrics --------------------------------------------------------------------------------------
+TRAIN_LOSS = "train/loss"
+TRAIN_ACC = "train/acc"
+LR = "lr"
+VAL_ACC = "val/acc"
+TEST_ACC = "test/acc"
+PARAMS_TRAINABLE = "params/trainable"
+PARAMS_HEAD = "params/head"
+TRAIN_IMG_S = "throughput/train_img_s"
+TRAIN_IMG_S_STEADY = "throughput/train_img_s_steady"
+INFER_IMG_S = "throughput/infer_img_s"
+TRAIN_SECONDS = "time/train_s"
+PEAK_MEMORY_MB = "mem/peak_mb"
+TUNE_OBJECTIVE = "tune/objective"
+
+# --- artifacts ------------------------------------------------------------------------------------
+RESOLVED_CONFIG = "config/resolved.json"
+PREDICTIONS = "eval/predictions.csv"
+TRAINABLE_TENSORS = "checkpoints/trainable.safetensors"
+TRACEBACK = "error/traceback.txt"
+
+
+def eval_metric(stage: str) -> str:
+    """The accuracy a stage scores: test once after the last epoch (final), val each epoch (tune)."""
+    return TEST_ACC if stage == "final" else VAL_ACC
