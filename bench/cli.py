@@ -237,7 +237,12 @@ def run(
 
 
 def _executor_device(device: str, gpus: str | None, runs_per_gpu: int | None) -> str:
-    """The plan's device: ``--gpus`` and ``--runs-per-gpu`` imply CUDA."""
+    """The plan's device: ``--gpus`` and ``--runs-per-gpu`` imply CUDA (and ``--gpus`` is checked
+    against this host's GPUs before anything is planned)."""
+    if gpus is not None:
+        from .engine.executors import parse_gpus
+
+        parse_gpus(gpus)
     if (gpus is not None or runs_per_gpu is not None) and device == "auto":
         return "cuda"
     return device

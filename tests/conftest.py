@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -115,3 +116,16 @@ def bench_subprocess(*args: str, env_extra: dict[str, str] | None = None, **kwar
     """``bench`` in a fresh interpreter, as a user would run it."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.Popen([sys.executable, "-m", "bench", *args], env=env, **kwargs)
+
+
+RAY_SMALL = ("--ray-object-store-mb", "80")  # a local Ray cluster's object store, small enough for CI
+
+
+@pytest.fixture
+def ray_tmp(monkeypatch: pytest.MonkeyPatch):
+    """A short temp dir for this test's Ray cluster (RAY_TMPDIR: Ray's socket paths must stay
+    short), removed afterwards."""
+    path = tempfile.mkdtemp(prefix="br", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

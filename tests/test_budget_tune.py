@@ -15,9 +15,10 @@ import methods
 from bench.backbone import backbone_spec
 from bench.budget import format_budget, parse_budget
 from bench.errors import BenchError
+from bench.studies import TUNE_SEED, default_storage
 from bench.tracking import Tracker, default_tracking_uri
-from bench.tune import TUNE_SEED, default_storage
 from methods.base import BackboneSpec, Method, freeze_all_but, register_method, shared_search_space
+from tests.conftest import RAY_SMALL
 
 
 @pytest.mark.parametrize(
@@ -177,15 +178,15 @@ def test_tuning_resumes_without_repeating_trials(tuned_workdir: Path, capsys):
 
 
 @pytest.mark.slow
-def test_parallel_tuning_equals_the_one_process_studies(tuned_workdir: Path, tmp_path: Path, mlflow_template: Path):
-    """Two worker processes tune the two studies at once (the path of ``bench tune --gpus``); each
-    study proposes, prunes and ends as in one process, and every trial is logged the same way."""
+def test_ray_tuning_equals_the_inline_studies(tuned_workdir: Path, tmp_path: Path, mlflow_template: Path, ray_tmp):
+    """Two Ray workers tune the two studies at once; each study proposes, prunes and ends as in
+    one process, and every trial is logged the same way."""
     from bench.cli import run_cli
 
     wd = tmp_path / "runs"
     wd.mkdir()
     shutil.copy(mlflow_template, wd / "mlflow.db")
-    assert run_cli(["--workdir", str(wd), *TUNE, "--workers-cpu", "2"]) == 0
+    assert run_cli(["--workdir", str(wd), *TUNE, "--executor", "ray", "--workers", "2", *RAY_SMALL]) == 0
     ours, theirs = _studies(wd), _studies(tuned_workdir)
     assert set(ours) == set(theirs)
     for name, study in ours.items():
@@ -302,9 +303,9 @@ def poison_method():
     methods.base._REGISTRY.pop("_poison")
 
 
-@pytest.mark.parametrize("workers", [[], ["--workers-cpu", "1"]], ids=["one-process", "worker"])
+@pytest.mark.parametrize("workers", [[], ["--executor", "ray", "--workers", "1", *RAY_SMALL]], ids=["inline", "ray"])
 def test_a_failed_trial_is_recorded_and_the_study_goes_on(
-    workers: list[str], poison_method, cli, workdir: Path, noah_root: Path
+    workers: list[str], poison_method, cli, workdir: Path, noah_root: Path, ray_tmp
 ):
     code, out, err = cli(
         "tune",

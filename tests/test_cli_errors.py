@@ -95,7 +95,9 @@ def test_unreadable_image_fails_its_task_runs_and_the_others_finish(cli, workdir
     runs = Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder")
     status = {(r.data.tags["bench.task"], r.info.status) for r in runs}
     assert status == {("alpha", "FINISHED"), ("beta", "FAILED")} and len(runs) == 4
-    assert all("replace the file or delete its line" in r.data.tags["bench.error"] for r in runs if r.info.status == "FAILED")
+    assert all(
+        "replace the file or delete its line" in r.data.tags["bench.error"] for r in runs if r.info.status == "FAILED"
+    )
     [sweep] = Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder", kind="sweep")
     assert sweep.info.status == "FAILED" and sweep.data.tags["bench.trained"] == "2"
     assert sweep.data.tags["bench.failed"] == "2"

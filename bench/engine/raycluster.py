@@ -68,6 +68,25 @@ def _plan(resources: dict[str, float], use_gpu: bool | None, runs_per_gpu: int, 
     return RayPlan(False, capacity, 0.0, max(1.0, float(int(cpus) // capacity)))
 
 
+def _check_reachable(address: str) -> None:
+    """Fail in a second, not after Ray's minutes of retries, when nothing listens at HOST:PORT."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        if address == "auto":  # Ray's own lookup of a cluster started on this machine
+            return
+        raise BenchError(f"--ray-address {address!r} must be HOST:PORT (what `ray start --head` prints), or auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except OSError as exc:
+        raise BenchError(
+            f"cannot start or join the Ray cluster at {address} (nothing answers there: {exc.strerror or exc}); "
+            "check --ray-address and that `ray start --head` runs there"
+        ) from None
+
+
 def _mailbox_class():
     import ray
 
@@ -181,6 +200,7 @@ class RayExecutor:
             if object_store_mb:
                 options["object_store_memory"] = object_store_mb * 2**20
         else:
+            _check_reachable(address)
             options["address"] = address
         try:
             ray.init(**options)
