@@ -1,4 +1,4 @@
-"""The Ray executor: jobs as Ray core tasks, on this host's GPUs or CPUs, or on any Ray cluster.
+"""The Ray executor: jobs on Ray actors, on this host's GPUs or CPUs, or on any Ray cluster.
 
 How a job travels:
 
@@ -8,13 +8,16 @@ How a job travels:
   therefore need neither the data nor a filesystem shared with the driver;
 * the backbone checkpoint travels the same way, once per sweep: a worker writes it to its node's
   temporary directory (named by its sha256) the first time a run there needs it;
-* the task returns its end event (Done with the result, Failed, Cancelled); Started and Epoch
+* each run slot is a Ray actor holding its share of a GPU (or its CPUs) for the whole sweep, so
+  a worker process stays on its GPU and keeps its imports and compiled kernels warm between runs;
+* a run returns its end event (Done with the result, Failed, Cancelled); Started and Epoch
   events reach the driver through a small mailbox actor as they happen, and the actor's answer to
   each Epoch says whether the driver has cancelled the job;
-* a worker process or node that dies fails the task (``max_retries=0``: a run is never trained
-  twice behind the driver's back); the driver records the run FAILED and goes on.
+* a worker process or node that dies fails its run (no restarts, no retries: a run is never
+  trained twice behind the driver's back); the driver records the run FAILED, starts a new actor
+  in its place and goes on.
 
-Packing: a GPU job asks for ``1 / runs_per_gpu`` GPU, so Ray places that many runs on each GPU.
+Packing: each actor asks for ``1 / runs_per_gpu`` GPU, so Ray places that many runs on each GPU.
 The driver stays the only MLflow writer: workers never open the tracking store.
 """
 
@@ -142,30 +145,42 @@ def _split(arrays: tuple[np.ndarray, np.ndarray]):
         return SplitData(torch.from_numpy(images), torch.from_numpy(labels))
 
 
-def _task_body(work: Work, train: tuple, evaluate: tuple, blob: list, mailbox: Any, threads: int) -> Any:
-    """One job in a Ray worker process."""
-    import ray
-    import torch
+class _Trainer:
+    """A Ray actor that trains jobs one at a time: one per run slot, kept for the whole sweep.
 
-    from .work import placement, run_work
+    An actor keeps its GPU share for its lifetime, so a reused process never finds its CUDA
+    context on another GPU than Ray assigned, and its imports, CUDA context and compiled kernels
+    stay warm from one run to the next (a plain GPU task is given a fresh process per call).
+    """
 
-    torch.set_num_threads(threads)
-    if ray.get_gpu_ids():
-        torch.cuda.set_device(0)  # Ray shows the task its GPU alone, as device 0
-        device = torch.device("cuda", 0)
-    else:
-        device = torch.device("cpu")
-    work = Work(work.job, work.run, work.stage, _local_weights(work.weights, blob))
-    where = placement("ray", ray.get_runtime_context().get_node_id(), device)
+    def __init__(self, threads: int) -> None:
+        import ray
+        import torch
 
-    def emit(event: Event) -> bool:
-        return ray.get(mailbox.put.remote(event))
+        torch.set_num_threads(threads)
+        if ray.get_gpu_ids():
+            torch.cuda.set_device(0)  # Ray shows the actor its GPU alone, as device 0
+            self.device = torch.device("cuda", 0)
+        else:
+            self.device = torch.device("cpu")
+        self.node_id = ray.get_runtime_context().get_node_id()
 
-    return run_work(work, _split(train), _split(evaluate), device, where, emit)
+    def run(self, work: Work, train: tuple, evaluate: tuple, blob: list, mailbox: Any) -> Any:
+        import ray
+
+        from .work import placement, run_work
+
+        work = Work(work.job, work.run, work.stage, _local_weights(work.weights, blob))
+        where = placement("ray", self.node_id, self.device)
+
+        def emit(event: Event) -> bool:
+            return ray.get(mailbox.put.remote(event))
+
+        return run_work(work, _split(train), _split(evaluate), self.device, where, emit)
 
 
 class RayExecutor:
-    """Ray core tasks on a local cluster this executor starts (and stops), or on an existing one."""
+    """Ray actors on a local cluster this executor starts (and stops), or on an existing one."""
 
     name = "ray"
 
@@ -185,7 +200,8 @@ class RayExecutor:
             raise BenchError("--executor ray needs the ray package; install bench as the README says") from None
         self._ray = ray
         self._mailbox: Any = None
-        self._refs: dict[Any, int] = {}  # a task's result ref -> its job
+        self._refs: dict[Any, tuple[int, Any]] = {}  # a run's result ref -> (its job, its actor)
+        self._idle: list[Any] = []  # actors with no run
         self._splits: OrderedDict[int, tuple[Any, Any]] = OrderedDict()  # id(SplitData) -> (it, its ref)
         self._weights: dict[str, list] = {}  # checkpoint id -> [ref of its bytes]
         self._saved_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -217,7 +233,12 @@ class RayExecutor:
             self.close(graceful=True)
             raise
         self._mailbox = _mailbox_class().remote()
-        self._remote = ray.remote(max_retries=0)(_task_body)
+        # max_restarts=0: a dead actor fails its run and is replaced by a new one; Ray never
+        # retrains a run behind the driver's back.
+        self._trainer = ray.remote(max_restarts=0, max_task_retries=0)(_Trainer).options(
+            num_gpus=self.plan.gpus_per_job, num_cpus=self.plan.cpus_per_job
+        )
+        self._idle = [self._new_trainer() for _ in range(self.plan.capacity)]
 
     @property
     def capacity(self) -> int:
@@ -250,17 +271,19 @@ class RayExecutor:
             self._weights[weights.checkpoint_id] = [self._ray.put(weights.path.read_bytes())]
         return self._weights[weights.checkpoint_id]
 
+    def _new_trainer(self) -> Any:
+        return self._trainer.remote(max(1, int(self.plan.cpus_per_job)))
+
     def submit(self, work: Work, train: Any, evaluate: Any) -> None:
-        p = self.plan
-        ref = self._remote.options(num_gpus=p.gpus_per_job, num_cpus=p.cpus_per_job).remote(
+        actor = self._idle.pop()
+        ref = actor.run.remote(
             work,
             self._put_split(train),
             self._put_split(evaluate),
             self._put_weights(work.weights),  # nested in a list: a worker fetches it only if its node lacks the file
             self._mailbox,
-            max(1, int(p.cpus_per_job)),
         )
-        self._refs[ref] = work.job
+        self._refs[ref] = (work.job, actor)
 
     def cancel(self, job: int) -> None:
         self._mailbox.cancel.remote(job)
@@ -276,24 +299,27 @@ class RayExecutor:
         for event in ray.get(self._mailbox.take.remote()):  # before the ends: a job's epochs precede its end
             deliver(event)
         for ref in ready:
-            job = self._refs.pop(ref)
+            job, actor = self._refs.pop(ref)
             try:
                 event = ray.get(ref)
+                self._idle.append(actor)
             except ray.exceptions.RayError as exc:  # the worker process or its node died
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 event = WorkerLost(job, f"the Ray worker training it was lost ({type(exc).__name__}: {first[:200]})")
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
+                self._idle.append(self._new_trainer())
             deliver(event)
 
     def close(self, graceful: bool) -> None:
         ray = self._ray
-        if not graceful:
-            for ref in self._refs:
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref, force=True)
+        for actor in [*self._idle, *(a for _, a in self._refs.values())]:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)  # ends a run in flight at once: only after Ctrl-C or a failure is one left
         if self._mailbox is not None:
             with contextlib.suppress(Exception):
                 ray.kill(self._mailbox)
-        self._refs, self._mailbox = {}, None
+        self._refs, self._idle, self._mailbox = {}, [], None
         self._splits.clear()
         self._weights.clear()
         with contextlib.suppress(Exception):
