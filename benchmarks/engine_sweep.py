@@ -55,6 +55,7 @@ class MemoryTracker:
     def __init__(self) -> None:
         self.ids = itertools.count()
         self.status: dict[str, str] = {}
+        self.metrics: dict[str, dict[str, float]] = {}
         self.client = self
 
     def runs_by_key(self, experiment: str) -> dict[str, list[Any]]:
@@ -82,7 +83,7 @@ class MemoryTracker:
         self.status[run_id] = status
 
     def log_metrics(self, run_id: str, values: dict, step: int = 0) -> None:
-        pass
+        self.metrics.setdefault(run_id, {}).update({k: v for k, v in values.items() if v is not None})
 
     def log_json(self, run_id: str, obj: Any, artifact_file: str) -> None:
         json.dumps(obj, default=str)
@@ -104,6 +105,12 @@ def make_tracker(workdir: Path):
         return Tracker(default_tracking_uri(workdir), artifact_root=workdir / "artifacts"), "MLflow sqlite"
     except Exception as exc:  # mlflow missing on the GPU machine
         return MemoryTracker(), f"in-memory (MLflow unavailable: {type(exc).__name__})"
+
+
+def _metric(tracker: Any, run_id: str, name: str) -> float:
+    if isinstance(tracker, MemoryTracker):
+        return tracker.metrics.get(run_id, {}).get(name, float("nan"))
+    return tracker.client.get_run(run_id).data.metrics.get(name, float("nan"))
 
 
 def executor_options(mode: str) -> tuple[ExecutorOptions, str]:
@@ -230,6 +237,11 @@ def main() -> None:
                 "runs_per_hour": round(3600 * len(outcomes) / seconds, 1),
                 "tracker": tracker_kind,
                 "test_acc": [o.eval_acc for o in outcomes],
+                # per run, from what the recorder logged: time in training epochs, and steady images/s
+                "train_s": [round(_metric(tracker, o.run_id, "time/train_s"), 2) for o in outcomes],
+                "train_img_s_steady": [
+                    round(_metric(tracker, o.run_id, "throughput/train_img_s_steady")) for o in outcomes
+                ],
             }
             print(json.dumps({mode: result["modes"][mode]}), flush=True)
             if torch.cuda.is_available():

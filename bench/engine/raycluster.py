@@ -165,6 +165,9 @@ class _Trainer:
             self.device = torch.device("cpu")
         self.node_id = ray.get_runtime_context().get_node_id()
 
+    def ready(self) -> str:
+        return self.node_id
+
     def run(self, work: Work, train: tuple, evaluate: tuple, blob: list, mailbox: Any) -> Any:
         import ray
 
@@ -239,6 +242,13 @@ class RayExecutor:
             num_gpus=self.plan.gpus_per_job, num_cpus=self.plan.cpus_per_job
         )
         self._idle = [self._new_trainer() for _ in range(self.plan.capacity)]
+        # Wait for every actor to have imported torch and taken its device: a start-up cost paid
+        # once per sweep, here, rather than hidden in the first runs.
+        try:
+            ray.get([actor.ready.remote() for actor in self._idle])
+        except BaseException:
+            self.close(graceful=False)
+            raise
 
     @property
     def capacity(self) -> int:
