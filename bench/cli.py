@@ -823,7 +823,8 @@ def run_cli(args: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BenchError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        one_line = " ".join(str(exc).splitlines())  # a message quoting a file or a library may span lines
+        err.print(f"[red]error:[/] {one_line}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted; finished runs are kept, the interrupted one will be trained again")
