@@ -128,6 +128,17 @@ def create_vit(backbone: str, **kwargs) -> nn.Module:
                 "(list them with python -c \"import timm; print(timm.list_models('vit_*'))\")"
             ) from None
         raise
+    except TypeError:
+        # Other architectures reject a ViT's keyword arguments (img_size, ...) before their class
+        # can be looked at, so build the bare model on the meta device to say what it is.
+        with torch.device("meta"):
+            bare = timm.create_model(backbone, pretrained=False)
+        if isinstance(bare, VisionTransformer):
+            raise
+        raise BenchError(
+            f"backbone {backbone!r} is a {type(bare).__name__}; bench needs a timm VisionTransformer "
+            "such as vit_base_patch16_224.orig_in21k"
+        ) from None
     if not isinstance(model, VisionTransformer):
         raise BenchError(f"backbone {backbone!r} is a {type(model).__name__}; bench needs a timm VisionTransformer")
     return model
@@ -136,9 +147,19 @@ def create_vit(backbone: str, **kwargs) -> nn.Module:
 @lru_cache(maxsize=32)
 def backbone_spec(backbone: str, img_size: int | None = None) -> BackboneSpec:
     """Shapes and parameter count of ``backbone``, built on the meta device: no weights, no download."""
+    if img_size is not None and img_size < 1:
+        raise BenchError(f"--img-size {img_size} must be a positive number of pixels, e.g. 224")
     kwargs = {"img_size": img_size} if img_size else {}
     with torch.device("meta"):
-        model = create_vit(backbone, num_classes=0, **kwargs)
+        try:
+            model = create_vit(backbone, num_classes=0, **kwargs)
+        except (ValueError, AssertionError) as exc:
+            raise BenchError(f"backbone {backbone!r} cannot be built at --img-size {img_size} ({exc})") from None
+    patch = max(model.patch_embed.patch_size)
+    if img_size is not None and img_size < patch:
+        raise BenchError(
+            f"--img-size {img_size} is smaller than the {patch}-pixel patches of {backbone!r}; use at least {patch}"
+        )
     return backbone_spec_of(model, backbone)
 
 

@@ -127,7 +127,11 @@ def create_sqlite_store(path: Path) -> None:
     """
     from mlflow.tracking import MlflowClient
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        raise BenchError(
+            f"cannot create the tracking store {path}: folder {path.parent} does not exist; "
+            "create it or pass another --tracking-uri"
+        )
     prefix = f".{path.name}.creating-"
     for stale in path.parent.glob(prefix + "*"):  # left by a creator that was killed
         pid = stale.name.removeprefix(prefix).split("-")[0]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import math
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -175,9 +176,27 @@ def make_config(method: Method, overrides: dict[str, Any] | None = None) -> Any:
             f"its fields are: {', '.join(names) or '(none)'}"
         )
     values = {k: _coerce(v, hints[k], k) if isinstance(v, str) else v for k, v in overrides.items()}
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MethodError(f"{method.name} {key}={value} is not a finite number; give a finite value")
     config = cls(**values)
     method.validate(config)
     return config
+
+
+def check_range(
+    method: str, field: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False
+) -> None:
+    """Refuse ``value`` outside [low, high] (bounds open where asked), naming field, value and range.
+
+    Values far outside a method's range do not fail: they overflow or saturate the update and
+    the run quietly trains nothing (LoRA with alpha 1e30 scores like a linear probe).
+    """
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if not math.isfinite(value) or too_low or too_high:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise MethodError(f"{method} {field}={value:g} is out of range; set it within {interval}")
 
 
 def parse_set_options(items: Iterable[str]) -> dict[str, str]:

@@ -41,6 +41,7 @@ from .base import (
     Method,
     MethodError,
     budget_error,
+    check_range,
     freeze_all_but,
     make_config,
     register_method,
@@ -49,6 +50,9 @@ from .base import (
 )
 
 PUBLISHED = (32, 1)  # (n, rank)
+# The largest scale c accepted: the tuner searches 10..1000 around the published 160; far beyond,
+# the update swamps the frozen weights and training stops moving.
+MAX_SCALE = 10_000.0
 
 
 @dataclass
@@ -138,6 +142,7 @@ class KAdaptation(Method):
             raise MethodError(f"kadaptation n={config.n} and rank={config.rank} must be positive integers")
         if not 0.0 <= config.dropout < 1.0:
             raise MethodError(f"kadaptation dropout={config.dropout} must be in [0, 1)")
+        check_range("kadaptation", "scale", config.scale, 0.0, MAX_SCALE, low_open=True)
 
     def apply(self, model: nn.Module, config: KAdaptationConfig) -> nn.Module:
         model.kadaptation_rules = SharedRules(config.n)

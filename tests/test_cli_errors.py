@@ -129,3 +129,63 @@ def test_a_method_config_that_does_not_fit_the_backbone_fails_before_training(cl
 def test_set_for_a_method_not_in_the_sweep_is_refused(cli, noah_root: Path):
     code, _, err = _run(cli, noah_root, "--set", "karst.rank=4")
     _assert_one_line_error(code, err, "--set names method(s) karst that are not in --methods")
+
+
+def _claim_size(png: Path, width: int, height: int) -> None:
+    """Rewrite a PNG's header to claim another size (a decompression bomb costs nothing to make)."""
+    import struct
+    import zlib
+
+    data = bytearray(png.read_bytes())
+    ihdr = data[12:29]  # chunk type + 13 bytes of IHDR data
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    png.write_bytes(bytes(data))
+
+
+def test_an_image_claiming_20000_pixels_a_side_is_a_data_error(cli, noah_root: Path):
+    _claim_size(noah_root / "alpha" / "images" / "test" / "000004.png", 20000, 20000)
+    code, _, err = _run(cli, noah_root, "--tasks", "alpha")
+    _assert_one_line_error(code, err, "test.txt:5", "000004.png is too large to decode safely", "delete its line")
+
+
+def test_a_backbone_that_is_not_a_vit(cli, noah_root: Path):
+    code, _, err = _run(cli, noah_root, "--backbone", "resnet18")
+    _assert_one_line_error(code, err, "backbone 'resnet18' is a ResNet", "VisionTransformer")
+    code, _, err = cli("methods", "budget", "--budget", "0.3M", "--backbone", "resnet18")
+    _assert_one_line_error(code, err, "backbone 'resnet18' is a ResNet")
+
+
+@pytest.mark.parametrize(
+    ("setting", "fragments"),
+    [
+        ("lora.alpha=inf", ("lora alpha=inf is not a finite number",)),
+        ("lora.alpha=nan", ("lora alpha=nan is not a finite number",)),
+        ("lora.alpha=1e30", ("lora alpha=1e+30 is out of range", "(0, 800]")),
+        ("lora.alpha=0", ("lora alpha=0 is out of range",)),
+        ("kadaptation.scale=1e9", ("kadaptation scale=1e+09 is out of range", "(0, 10000]")),
+        ("karst.alpha=-1", ("karst alpha=-1 is out of range", "(0, 800]")),
+    ],
+)
+def test_method_values_outside_their_range(cli, workdir: Path, noah_root: Path, setting: str, fragments):
+    method = setting.split(".")[0]
+    code, _, err = cli(
+        "run", "--suite", "tinyfolder", "--methods", method, "--seeds", "1", "--data-root", str(noah_root),
+        "--set", setting,
+    )  # fmt: skip
+    _assert_one_line_error(code, err, *fragments)
+    assert Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder") == []
+
+
+def test_image_sizes_a_backbone_cannot_take(cli):
+    code, _, err = cli("methods", "info", "lora", "--backbone", "vit_demo_tiny", "--img-size", "2")
+    _assert_one_line_error(code, err, "--img-size 2 is smaller than the 4-pixel patches", "at least 4")
+    code, _, err = cli("methods", "info", "lora", "--backbone", "vit_demo_tiny", "--img-size", "-4")
+    _assert_one_line_error(code, err, "--img-size -4 must be a positive number")
+
+
+def test_a_tracking_uri_in_a_missing_folder_is_not_created(cli, tmp_path: Path):
+    code, _, err = cli("runs", "--suite", "demo", "--tracking-uri", f"sqlite:///{tmp_path}/no/such/mlflow.db")
+    _assert_one_line_error(code, err, f"folder {tmp_path}/no/such does not exist")
+    assert not (tmp_path / "no").exists()

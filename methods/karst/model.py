@@ -11,6 +11,7 @@ from ..base import (
     Method,
     MethodError,
     budget_error,
+    check_range,
     config_to_dict,
     freeze_all_but,
     make_config,
@@ -23,6 +24,9 @@ from .layer import KarstLinear, Rescale, merge_linear, split_width
 
 # The published shape and the grid for_budget searches (f stays 8; N and r move).
 PUBLISHED = (2, 8)  # (kernels, rank)
+# The largest scale alpha / rank accepted (published: 1/8); far larger ones blow the update up
+# until training stops moving.
+MAX_SCALE = 100.0
 BUDGET_KERNELS = range(1, 17)
 BUDGET_RANKS = range(1, 65)
 
@@ -65,6 +69,7 @@ class Karst(Method):
             raise MethodError(f"karst rescale={config.rescale!r} must be channel, scalar or none")
         if config.mode not in ("structured", "fold", "materialize"):
             raise MethodError(f"karst mode={config.mode!r} must be structured, fold or materialize")
+        check_range("karst", "alpha", config.alpha, 0.0, MAX_SCALE * config.rank, low_open=True)
 
     def apply(self, model: nn.Module, config: KarstConfig) -> nn.Module:
         d = model.embed_dim
