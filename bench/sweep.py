@@ -26,7 +26,7 @@ from suites.resolve import ResolvedTask
 
 from . import __version__
 from .backbone import Weights, backbone_spec, build_backbone, normalization, resolve_weights
-from .budget import choose_for_budget
+from .budget import check_structure, choose_for_budget
 from .cache import load_split
 from .errors import BenchError
 from .inspect import built_trainable_params
@@ -260,10 +260,11 @@ def _sized_method(name: str, request: SweepRequest, spec_bb) -> tuple[Method, An
     """The method with its config: published (plus --set), or fitted to --budget."""
     method = methods.get_method(name)
     overrides = request.method_overrides.get(name)
-    if request.budget is None:
-        return method, make_config(method, overrides), None
-    if not method.budget_adjustable:  # a reference keeps its size: its runs serve every budget's sweep
-        return method, make_config(method, overrides), None
+    if request.budget is None or not method.budget_adjustable:
+        # a reference keeps its size under --budget: its runs serve every budget's sweep
+        config = make_config(method, overrides)
+        check_structure(method, spec_bb, config)
+        return method, config, None
     fitted = choose_for_budget(method, spec_bb, request.budget).config
     if not overrides:
         return method, fitted, request.budget

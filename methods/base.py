@@ -253,6 +253,20 @@ class Method(ABC):
             return config
         raise MethodError(budget_error(self.name, budget, [n]))
 
+    def size_limits(self, spec: BackboneSpec, config: Any) -> dict[str, tuple[int, str]]:
+        """The largest value each structural size field of ``config`` may take on ``spec``, and why
+        (LoRA: rank up to min(in, out) of the adapted layers). Past it a method adds parameters
+        but no capacity, so a budget or a --set that needs more is refused."""
+        return {}
+
+    def largest_config(self, spec: BackboneSpec) -> Any:
+        """The config with the most trainable parameters :meth:`for_budget` can reach on ``spec``:
+        the published config with every size field at its limit. Override where the budget search
+        also varies other fields."""
+        config = make_config(self)
+        limits = self.size_limits(spec, config)
+        return dataclasses.replace(config, **{name: cap for name, (cap, _) in limits.items()})
+
     def search_space(self, trial: Any) -> dict[str, Any]:
         """The hyperparameters Optuna may tune: the shared optimiser ones plus the method's own."""
         return shared_search_space(trial)

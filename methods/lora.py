@@ -114,6 +114,10 @@ class Lora(Method):
     def _per_rank(self, spec: BackboneSpec, targets: str) -> int:
         return spec.depth * sum(sum(_target_dims(spec, t)) for t in parse_targets(targets))
 
+    def size_limits(self, spec: BackboneSpec, config: LoraSettings) -> dict[str, tuple[int, str]]:
+        cap = min(min(_target_dims(spec, t)) for t in parse_targets(config.targets))
+        return {"rank": (cap, f"min(in, out) of the adapted layers {config.targets}")}
+
     def for_budget(self, spec: BackboneSpec, budget: int) -> LoraSettings:
         default = make_config(self)
         per_rank = self._per_rank(spec, default.targets)

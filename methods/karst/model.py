@@ -100,6 +100,16 @@ class Karst(Method):
     def count(self, spec: BackboneSpec, config: KarstConfig) -> int:
         return karst_count(spec, config.kernels, config.factor, config.rank, config.rescale)
 
+    def size_limits(self, spec: BackboneSpec, config: KarstConfig) -> dict[str, tuple[int, str]]:
+        widths = [w for fan_in, fan_out, splits in _linear_dims(spec).values() for w in (fan_in, fan_out // splits)]
+        cap = max(1, min(widths) // config.factor)
+        return {"rank": (cap, f"the narrowest adapted width / factor {config.factor}")}
+
+    def largest_config(self, spec: BackboneSpec) -> KarstConfig:
+        default = make_config(self)
+        cap = self.size_limits(spec, default)["rank"][0]
+        return make_config(self, {"kernels": max(BUDGET_KERNELS), "rank": min(cap, max(BUDGET_RANKS))})
+
     def for_budget(self, spec: BackboneSpec, budget: int) -> KarstConfig:
         """(N, r) within ±5 % of ``budget``, nearest to the published (2, 8) first, then the closest count."""
         default = make_config(self)
@@ -107,6 +117,7 @@ class Karst(Method):
             (n, r, karst_count(spec, n, default.factor, r, default.rescale))
             for n in BUDGET_KERNELS
             for r in BUDGET_RANKS
+            if r <= self.size_limits(spec, default)["rank"][0]
         ]
         feasible = [c for c in candidates if within_budget(c[2], budget)]
         if not feasible:
