@@ -15,6 +15,7 @@ Normalisation (mean/std) comes from the backbone's pretrained config, e.g. 0.5/0
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -95,20 +96,80 @@ def resolve_weights(backbone: str, checkpoint: Path | None, pretrained: bool) ->
 
 
 def download_hub_weights(backbone: str) -> Path:
-    """Fetch a timm backbone's weights file from the Hugging Face Hub (the only network access)."""
-    from huggingface_hub import hf_hub_download
+    """Fetch a timm backbone's weights file from the Hugging Face Hub (the only network access).
+
+    A cached file is used as is. Offline (HF_HUB_OFFLINE) or with the Hub unreachable this fails
+    at once: the Hub client would otherwise retry for half a minute before giving up.
+    """
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     cfg = _pretrained_cfg(backbone)
     hub_id = cfg.get("hf_hub_id")
     if not hub_id:
         raise BenchError(f"backbone {backbone!r} has no Hugging Face Hub weights in timm; pass --checkpoint PATH")
+    filename = cfg.get("hf_hub_filename") or "model.safetensors"
+    cached = try_to_load_from_cache(hub_id, filename)
+    if isinstance(cached, str):
+        return Path(cached)
+    if _hub_offline():
+        raise BenchError(
+            f"the weights of {backbone!r} are not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+            "pass --checkpoint PATH with a local weights file, or unset HF_HUB_OFFLINE to download them"
+        )
+    endpoint = _hub_endpoint()
+    if not _reachable(endpoint):
+        raise BenchError(
+            f"cannot reach the Hugging Face Hub at {endpoint} to download the weights of {backbone!r}; "
+            "pass --checkpoint PATH with a local weights file to run offline"
+        )
     try:
-        return Path(hf_hub_download(hub_id, cfg.get("hf_hub_filename") or "model.safetensors"))
-    except Exception as exc:  # offline, hub down, gated repo: the fix is the same
+        return Path(hf_hub_download(hub_id, filename))
+    except Exception as exc:  # hub down, gated repo: the fix is the same
         raise BenchError(
             f"could not download the weights of {backbone!r} from the Hub ({type(exc).__name__}); "
             "pass --checkpoint PATH with a local weights file to run offline"
         ) from None
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE")
+    if flag is not None:  # read now: the Hub client reads it once, at import
+        return flag.strip().upper() in ("1", "ON", "YES", "TRUE")
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` (name lookup included)."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+    if not host:
+        return False
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    # a name lookup takes no timeout of its own; the thread bounds it
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
 
 
 def _pretrained_cfg(backbone: str) -> dict:
@@ -218,6 +279,19 @@ def load_weights(model: VisionTransformer, path: Path, backbone: str) -> None:
             f"checkpoint {path} does not fit backbone {backbone!r} ({detail}); pass the --backbone it was trained as"
         )
     model.load_state_dict(state, strict=False)
+
+
+def check_weights(weights: Weights, backbone: str, img_size: int) -> None:
+    """Load a checkpoint into the backbone once, before a sweep starts.
+
+    A file that cannot be read or does not fit would otherwise fail only inside the first run,
+    leaving a FAILED record behind; the state dict stays cached for the runs.
+    """
+    if weights.path is None:
+        return
+    torch.manual_seed(RANDOM_BACKBONE_SEED)
+    model = create_vit(backbone, num_classes=0, img_size=img_size)
+    load_weights(model, weights.path, backbone)
 
 
 def reset_head(model: VisionTransformer) -> None:

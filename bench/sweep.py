@@ -25,7 +25,7 @@ from suites.lists import ListEntry
 from suites.resolve import ResolvedTask
 
 from . import __version__
-from .backbone import Weights, backbone_spec, build_backbone, normalization, resolve_weights
+from .backbone import Weights, backbone_spec, build_backbone, check_weights, normalization, resolve_weights
 from .budget import check_structure, choose_for_budget
 from .cache import load_split
 from .errors import BenchError
@@ -172,6 +172,7 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
     for method, config, _ in chosen:  # a config that does not fit the backbone fails before any training
         built_trainable_params(method, config, backbone, img_size=preset.img_size)
     weights = resolve_weights(backbone, request.checkpoint, pretrained=suite.backbone_pretrained)
+    check_weights(weights, backbone, preset.img_size)
 
     runs, warnings = [], []
     if request.hparams == "published":

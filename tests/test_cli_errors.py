@@ -189,3 +189,52 @@ def test_a_tracking_uri_in_a_missing_folder_is_not_created(cli, tmp_path: Path):
     code, _, err = cli("runs", "--suite", "demo", "--tracking-uri", f"sqlite:///{tmp_path}/no/such/mlflow.db")
     _assert_one_line_error(code, err, f"folder {tmp_path}/no/such does not exist")
     assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other backbone"])
+def test_a_bad_checkpoint_fails_before_any_run_is_recorded(cli, workdir: Path, noah_root: Path, damage: str):
+    from safetensors.torch import save_file
+
+    from bench.backbone import create_vit
+
+    path = noah_root.parent / ("weights.pth" if damage == "garbage" else "weights.safetensors")
+    name = "vit_tiny_patch16_224" if damage == "other backbone" else "vit_demo_tiny"
+    state = {k: v.contiguous() for k, v in create_vit(name, num_classes=0).state_dict().items()}
+    save_file(state, str(path))
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x80\x04 not a pickle" * 50)
+    code, _, err = _run(cli, noah_root, "--checkpoint", str(path))
+    expected = "does not fit backbone 'vit_demo_tiny'" if damage == "other backbone" else "cannot be read"
+    _assert_one_line_error(code, err, f"checkpoint {path}", expected)
+    assert Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder") == []
+    assert Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder", kind="sweep") == []
+
+
+def _folder_run(cli, root: Path):
+    return cli("run", "--suite", "folder", "--methods", "linear", "--seeds", "1", "--data-root", str(root))
+
+
+def test_the_folder_suite_offline_fails_at_once(cli, workdir: Path, noah_root: Path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(workdir / "empty-hf-home"))  # no cached weights to fall back on
+    started = time.monotonic()
+    code, _, err = _folder_run(cli, noah_root)
+    assert time.monotonic() - started < 5
+    _assert_one_line_error(code, err, "HF_HUB_OFFLINE is set", "--checkpoint PATH")
+    assert Tracker(default_tracking_uri(workdir)).search("bench/folder") == []
+
+
+def test_the_folder_suite_with_the_hub_unreachable_fails_at_once(cli, workdir: Path, noah_root: Path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    monkeypatch.setenv("HF_HOME", str(workdir / "empty-hf-home"))
+    started = time.monotonic()
+    code, _, err = _folder_run(cli, noah_root)
+    assert time.monotonic() - started < 5
+    _assert_one_line_error(code, err, "cannot reach the Hugging Face Hub at http://127.0.0.1:9", "--checkpoint PATH")
