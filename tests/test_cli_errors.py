@@ -238,3 +238,29 @@ def test_the_folder_suite_with_the_hub_unreachable_fails_at_once(cli, workdir: P
     code, _, err = _folder_run(cli, noah_root)
     assert time.monotonic() - started < 5
     _assert_one_line_error(code, err, "cannot reach the Hugging Face Hub at http://127.0.0.1:9", "--checkpoint PATH")
+
+
+def test_a_stray_test_label_does_not_size_the_head(cli, workdir: Path, noah_root: Path):
+    with (noah_root / "alpha" / "test.txt").open("a") as f:
+        f.write("images/test/000000.png 999\n")
+    code, _, err = _run(cli, noah_root, "--tasks", "alpha")
+    _assert_one_line_error(code, err, "alpha/test.txt:16", "label 999 is out of range", "0..2", "classes.txt")
+    assert Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder") == []
+
+
+def test_a_class_missing_from_training_is_refused(cli, noah_root: Path):
+    lists = noah_root / "beta"
+    for name in ("train800.txt", "val200.txt", "train800val200.txt", "test.txt"):
+        lines = (lists / name).read_text().splitlines()
+        (lists / name).write_text("\n".join(ln[:-1] + "3" if ln.endswith(" 1") else ln for ln in lines) + "\n")
+    code, _, err = _run(cli, noah_root, "--tasks", "beta")
+    _assert_one_line_error(code, err, "train800val200.txt:2", "label 3 implies 4 classes", "no example of class 1, 2")
+
+
+def test_classes_txt_states_the_class_count(cli, noah_root: Path):
+    with (noah_root / "alpha" / "test.txt").open("a") as f:
+        f.write("images/test/000000.png 4\n")
+    (noah_root / "alpha" / "classes.txt").write_text("a\nb\nc\nd\ne\n")
+    code, out, err = _run(cli, noah_root, "--tasks", "alpha", "--epochs", "1")
+    assert code == 0, err
+    assert "1 run(s) trained" in out
