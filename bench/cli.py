@@ -116,7 +116,7 @@ def _method_overrides(items: list[str]) -> dict[str, dict[str, str]]:
     for item in items:
         method, dot, rest = item.partition(".")
         if not dot or "=" not in rest:
-            raise BenchError(f"--set {item!r} must be METHOD.FIELD=VALUE, e.g. --set lora.rank=4")
+            raise BenchError(f"--set {item!r} must be METHOD.FIELD=VALUE or preset.FIELD=VALUE, e.g. --set lora.rank=4")
         grouped.setdefault(method, []).append(rest)
     return {m: parse_set_options(v) for m, v in grouped.items()}
 
@@ -132,7 +132,8 @@ EpochsOpt = Annotated[int | None, typer.Option(help="Override the preset's epoch
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 TrackingOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI (default: sqlite in the workdir).")]
 SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", help="Method config override METHOD.FIELD=VALUE, repeatable.")
+    list[str] | None,
+    typer.Option("--set", help="Override METHOD.FIELD=VALUE, or preset.FIELD=VALUE (lr, weight_decay, …); repeatable."),
 ]
 FieldSetOpt = Annotated[list[str] | None, typer.Option("--set", help="Config override FIELD=VALUE, repeatable.")]
 TasksOpt = Annotated[str | None, typer.Option(help="Comma-separated task names (default: all of the suite's).")]
@@ -392,7 +393,9 @@ def report_cmd(
         None, help="Report the runs fitted to this budget (0.3M), or 'published'; references join every budget."
     ),
     stage: str = typer.Option("final", help="final (test accuracy) or tune (validation accuracy)."),
-    hparams: str | None = typer.Option(None, help="published or tuned (default: refuse a mix)."),
+    hparams: str | None = typer.Option(
+        None, help="published, tuned or override (runs with --set preset.…); default: refuse a mix."
+    ),
     format_: str = typer.Option("md,latex,csv", "--format", help="Any of md, latex, csv, comma-separated."),
     out_dir: Path = typer.Option(Path("report"), "--out", help="Folder for the report files and figures."),
     tracking_uri: TrackingOpt = None,
@@ -405,8 +408,8 @@ def report_cmd(
     suites.get_suite(suite)  # an unknown suite name fails with the list of suites
     if stage not in ("final", "tune"):
         raise BenchError(f"--stage {stage!r} must be final or tune")
-    if hparams not in (None, "published", "tuned"):
-        raise BenchError(f"--hparams {hparams!r} must be published or tuned")
+    if hparams not in (None, "published", "tuned", "override"):
+        raise BenchError(f"--hparams {hparams!r} must be published, tuned or override")
     selected_budget: int | str | None = None
     if budget is not None:
         selected_budget = "published" if budget.strip().lower() == "published" else _budget(budget)

@@ -105,7 +105,7 @@ def runs_frame(records: list, stage: str) -> pd.DataFrame:
                 "budget": _int_or_none(t.get("bench.budget")),
                 "backbone": t.get("bench.backbone"),
                 "checkpoint": t.get("bench.checkpoint"),
-                "hparams": t.get("bench.hparams", "published"),
+                "hparams": _hparams_source(t),
                 "acc": float(m[metric]),
                 "params_trainable": m.get("params/trainable", np.nan),
                 "params_head": m.get("params/head", np.nan),
@@ -167,8 +167,8 @@ def select_runs(
                 f"{'it' if len(unknown) == 1 else 'them'}; it has {', '.join(sorted(set(frame['method'])))}"
             )
         frame = frame[frame["method"].isin(methods)]
-    if hparams is not None:
-        frame = frame[frame["hparams"] == hparams]
+    if hparams is not None:  # "override" selects runs with any --set preset.…; mixed values are refused below
+        frame = frame[frame["hparams"].str.split(":").str[0] == hparams]
         if frame.empty:
             raise BenchError(f"no finished runs with --hparams {hparams}")
     sizeable = frame["method"].map(_budget_adjustable)
@@ -195,7 +195,9 @@ def select_runs(
     )
     _refuse_mixed(frame, "backbone", "backbones", "report each backbone from its own store")
     _refuse_mixed(frame, "checkpoint", "checkpoints", "report each checkpoint from its own store")
-    _refuse_mixed(frame, "hparams", "hyperparameter sources", "pass --hparams published or --hparams tuned")
+    _refuse_mixed(
+        frame, "hparams", "hyperparameter sources", "pass --hparams published, tuned or override (one override each)"
+    )
 
     # The batch size may follow the task (few-shot: min(64, list size)) but not the method.
     batch = frame.groupby(["task", "shots"], dropna=False)["batch_size"].nunique()
@@ -250,3 +252,11 @@ def load_runs(tracker, suite: str, stage: str = "final", **selection) -> ReportR
 
     records = tracker.search(experiment_name(suite), extra_filter="attributes.status = 'FINISHED'")
     return select_runs(runs_frame(records, stage), suite=suite, stage=stage, **selection)
+
+
+def _hparams_source(tags: dict[str, str]) -> str:
+    """published, tuned, or ``override: lr=0.0001`` (--set preset.…): distinct overrides never mix."""
+    source = tags.get("bench.hparams", "published")
+    if source == "override":
+        return f"override: {tags.get('bench.preset_overrides', '?')}"
+    return source
