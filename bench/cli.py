@@ -365,14 +365,23 @@ def runs_cmd(
     if as_json:
         _print_json(rows)
         return
-    table = Table(title=f"runs of suite {suite} ({len(rows)})")
-    table.add_column("run_key", no_wrap=True, min_width=12)
-    for col in ("method", "task", "seed", "stage", "status", "test acc", "trainable"):
+    from rich import box
+
+    table = Table(title=f"runs of suite {suite} ({len(rows)})", box=box.SIMPLE_HEAD, pad_edge=False)
+    # At 80 columns something must give: the key prefix is short (the full key is in --json) and
+    # the status, the column users scan for, never wraps; method and task names wrap instead.
+    table.add_column("key", no_wrap=True)
+    table.add_column("method", overflow="fold")
+    table.add_column("task", overflow="fold")
+    for col in ("seed", "stage"):
         table.add_column(col)
+    table.add_column("status", no_wrap=True, min_width=8)
+    for col in ("test acc", "trainable"):
+        table.add_column(col, justify="right", no_wrap=True)
     for x in rows:
         acc = x["test_acc"] if x["test_acc"] is not None else None
         table.add_row(
-            (x["run_key"] or "")[:12],
+            (x["run_key"] or "")[:8],
             x["method"],
             x["task"],
             str(x["seed"]),
