@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 from datetime import datetime
 from pathlib import Path
@@ -727,13 +728,14 @@ def ui(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Start the MLflow UI on the work directory's tracking store."""
-    import subprocess
-
-    from .tracking import default_tracking_uri
+    from .tracking import check_sqlite_store, default_tracking_uri, sqlite_path
 
     uri = tracking_uri or default_tracking_uri(State.workdir)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise BenchError(f"no tracking store at {uri}; run `bench run` first or pass --workdir/--tracking-uri")
+    path = sqlite_path(uri)
+    if path is not None:
+        if not path.exists():
+            raise BenchError(f"no tracking store at {uri}; run `bench run` first or pass --workdir/--tracking-uri")
+        check_sqlite_store(path)  # the server would otherwise migrate a damaged file in place
     cmd = [
         sys.executable,
         "-m",
@@ -747,7 +749,53 @@ def ui(
         str(port),
     ]
     err.print(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C stops it")
-    raise typer.Exit(subprocess.call(cmd))
+    raise typer.Exit(_serve(cmd))
+
+
+def _serve(cmd: list[str]) -> int:
+    """Run the server in a process group of its own and stop the whole group on SIGTERM or SIGINT.
+
+    The MLflow server starts uvicorn workers of its own; signalling only the process we started
+    would leave them holding the port.
+    """
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        _stop_group(proc)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if proc.poll() is None:
+            _stop_group(proc)
+
+
+def _stop_group(proc) -> None:
+    """SIGTERM the server's process group, SIGKILL whatever is left of it after a grace period."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:  # the group is gone already
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader, or the group never empties
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
 
 
 # ---------------------------------------------------------------------------------------
