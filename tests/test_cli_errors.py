@@ -264,3 +264,27 @@ def test_classes_txt_states_the_class_count(cli, noah_root: Path):
     code, out, err = _run(cli, noah_root, "--tasks", "alpha", "--epochs", "1")
     assert code == 0, err
     assert "1 run(s) trained" in out
+
+
+class _Payload:
+    """A pickle that runs a command when loaded: what a malicious .pth carries."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_pickle_checkpoint_is_refused_unexecuted(cli, workdir: Path, noah_root: Path, tmp_path: Path):
+    import torch
+
+    marker = tmp_path / "executed"
+    path = tmp_path / "weights.pth"
+    torch.save({"pos_embed": _Payload(marker)}, path)
+    code, _, err = _run(cli, noah_root, "--checkpoint", str(path))
+    _assert_one_line_error(code, err, f"checkpoint {path} cannot be read", "weights-only torch state dict")
+    assert not marker.exists()
+    assert Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder") == []
