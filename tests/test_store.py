@@ -83,6 +83,7 @@ def test_a_sqlite_file_of_another_program_is_refused(tmp_path: Path):
 
 def test_a_new_store_appears_complete_and_leaves_nothing_beside_it(tmp_path: Path):
     store = tmp_path / "new" / "mlflow.db"
+    store.parent.mkdir()
     Tracker(f"sqlite:///{store}")
     assert sorted(p.name for p in store.parent.iterdir()) == ["mlflow.db"]
     with sqlite3.connect(store) as con:
