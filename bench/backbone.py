@@ -15,6 +15,7 @@ Normalisation (mean/std) comes from the backbone's pretrained config, e.g. 0.5/0
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -95,20 +96,80 @@ def resolve_weights(backbone: str, checkpoint: Path | None, pretrained: bool) ->
 
 
 def download_hub_weights(backbone: str) -> Path:
-    """Fetch a timm backbone's weights file from the Hugging Face Hub (the only network access)."""
-    from huggingface_hub import hf_hub_download
+    """Fetch a timm backbone's weights file from the Hugging Face Hub (the only network access).
+
+    A cached file is used as is. Offline (HF_HUB_OFFLINE) or with the Hub unreachable this fails
+    at once: the Hub client would otherwise retry for half a minute before giving up.
+    """
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     cfg = _pretrained_cfg(backbone)
     hub_id = cfg.get("hf_hub_id")
     if not hub_id:
         raise BenchError(f"backbone {backbone!r} has no Hugging Face Hub weights in timm; pass --checkpoint PATH")
+    filename = cfg.get("hf_hub_filename") or "model.safetensors"
+    cached = try_to_load_from_cache(hub_id, filename)
+    if isinstance(cached, str):
+        return Path(cached)
+    if _hub_offline():
+        raise BenchError(
+            f"the weights of {backbone!r} are not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+            "pass --checkpoint PATH with a local weights file, or unset HF_HUB_OFFLINE to download them"
+        )
+    endpoint = _hub_endpoint()
+    if not _reachable(endpoint):
+        raise BenchError(
+            f"cannot reach the Hugging Face Hub at {endpoint} to download the weights of {backbone!r}; "
+            "pass --checkpoint PATH with a local weights file to run offline"
+        )
     try:
-        return Path(hf_hub_download(hub_id, cfg.get("hf_hub_filename") or "model.safetensors"))
-    except Exception as exc:  # offline, hub down, gated repo: the fix is the same
+        return Path(hf_hub_download(hub_id, filename))
+    except Exception as exc:  # hub down, gated repo: the fix is the same
         raise BenchError(
             f"could not download the weights of {backbone!r} from the Hub ({type(exc).__name__}); "
             "pass --checkpoint PATH with a local weights file to run offline"
         ) from None
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE")
+    if flag is not None:  # read now: the Hub client reads it once, at import
+        return flag.strip().upper() in ("1", "ON", "YES", "TRUE")
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` (name lookup included)."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+    if not host:
+        return False
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    # a name lookup takes no timeout of its own; the thread bounds it
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
 
 
 def _pretrained_cfg(backbone: str) -> dict:
@@ -128,6 +189,17 @@ def create_vit(backbone: str, **kwargs) -> nn.Module:
                 "(list them with python -c \"import timm; print(timm.list_models('vit_*'))\")"
             ) from None
         raise
+    except TypeError:
+        # Other architectures reject a ViT's keyword arguments (img_size, ...) before their class
+        # can be looked at, so build the bare model on the meta device to say what it is.
+        with torch.device("meta"):
+            bare = timm.create_model(backbone, pretrained=False)
+        if isinstance(bare, VisionTransformer):
+            raise
+        raise BenchError(
+            f"backbone {backbone!r} is a {type(bare).__name__}; bench needs a timm VisionTransformer "
+            "such as vit_base_patch16_224.orig_in21k"
+        ) from None
     if not isinstance(model, VisionTransformer):
         raise BenchError(f"backbone {backbone!r} is a {type(model).__name__}; bench needs a timm VisionTransformer")
     return model
@@ -136,9 +208,19 @@ def create_vit(backbone: str, **kwargs) -> nn.Module:
 @lru_cache(maxsize=32)
 def backbone_spec(backbone: str, img_size: int | None = None) -> BackboneSpec:
     """Shapes and parameter count of ``backbone``, built on the meta device: no weights, no download."""
+    if img_size is not None and img_size < 1:
+        raise BenchError(f"--img-size {img_size} must be a positive number of pixels, e.g. 224")
     kwargs = {"img_size": img_size} if img_size else {}
     with torch.device("meta"):
-        model = create_vit(backbone, num_classes=0, **kwargs)
+        try:
+            model = create_vit(backbone, num_classes=0, **kwargs)
+        except (ValueError, AssertionError) as exc:
+            raise BenchError(f"backbone {backbone!r} cannot be built at --img-size {img_size} ({exc})") from None
+    patch = max(model.patch_embed.patch_size)
+    if img_size is not None and img_size < patch:
+        raise BenchError(
+            f"--img-size {img_size} is smaller than the {patch}-pixel patches of {backbone!r}; use at least {patch}"
+        )
     return backbone_spec_of(model, backbone)
 
 
@@ -197,6 +279,19 @@ def load_weights(model: VisionTransformer, path: Path, backbone: str) -> None:
             f"checkpoint {path} does not fit backbone {backbone!r} ({detail}); pass the --backbone it was trained as"
         )
     model.load_state_dict(state, strict=False)
+
+
+def check_weights(weights: Weights, backbone: str, img_size: int) -> None:
+    """Load a checkpoint into the backbone once, before a sweep starts.
+
+    A file that cannot be read or does not fit would otherwise fail only inside the first run,
+    leaving a FAILED record behind; the state dict stays cached for the runs.
+    """
+    if weights.path is None:
+        return
+    torch.manual_seed(RANDOM_BACKBONE_SEED)
+    model = create_vit(backbone, num_classes=0, img_size=img_size)
+    load_weights(model, weights.path, backbone)
 
 
 def reset_head(model: VisionTransformer) -> None:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from methods.base import BackboneSpec, Method, config_to_dict, make_config
+from methods.base import BUDGET_TOLERANCE, BackboneSpec, Method, config_to_dict, make_config
 
 from .errors import BenchError
 
@@ -63,9 +63,34 @@ class BudgetChoice:
 
 
 def choose_for_budget(method: Method, spec: BackboneSpec, budget: int) -> BudgetChoice:
-    """The method's structure at ``budget``; a reference method keeps its fixed structure."""
+    """The method's structure at ``budget``; a reference method keeps its fixed structure.
+
+    A budget beyond what the backbone's shapes allow is refused with the largest count that fits,
+    rather than met with a rank larger than the layers it adapts.
+    """
     if not method.budget_adjustable:
         config = make_config(method)
         return BudgetChoice(method.name, False, config, method.count(spec, config), budget)
+    largest = method.largest_config(spec)
+    most = method.count(spec, largest)
+    limits = method.size_limits(spec, largest)
+    if limits and budget > most * (1 + BUDGET_TOLERANCE):
+        caps = ", ".join(f"{name} <= {cap}, {why}" for name, (cap, why) in limits.items())
+        raise BenchError(
+            f"method {method.name!r} cannot reach a budget of {budget:,} trainable parameters on {spec.name}: "
+            f"its structure allows at most {most:,} ({caps}); choose a budget up to {most:,}"
+        )
     config = method.for_budget(spec, budget)
+    check_structure(method, spec, config)
     return BudgetChoice(method.name, True, config, method.count(spec, config), budget)
+
+
+def check_structure(method: Method, spec: BackboneSpec, config: Any) -> None:
+    """Refuse a size field beyond the backbone's structure (from --set or a method's budget fit)."""
+    for name, (cap, why) in method.size_limits(spec, config).items():
+        value = getattr(config, name)
+        if value > cap:
+            raise BenchError(
+                f"{method.name} {name}={value} exceeds the structure of {spec.name}: at most {cap} ({why}); "
+                f"set {method.name}.{name} to {cap} or less"
+            )

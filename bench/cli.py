@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 from contextlib import contextmanager
 from datetime import datetime
@@ -117,7 +118,7 @@ def _method_overrides(items: list[str]) -> dict[str, dict[str, str]]:
     for item in items:
         method, dot, rest = item.partition(".")
         if not dot or "=" not in rest:
-            raise BenchError(f"--set {item!r} must be METHOD.FIELD=VALUE, e.g. --set lora.rank=4")
+            raise BenchError(f"--set {item!r} must be METHOD.FIELD=VALUE or preset.FIELD=VALUE, e.g. --set lora.rank=4")
         grouped.setdefault(method, []).append(rest)
     return {m: parse_set_options(v) for m, v in grouped.items()}
 
@@ -133,7 +134,8 @@ EpochsOpt = Annotated[int | None, typer.Option(help="Override the preset's epoch
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 TrackingOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI (default: sqlite in the workdir).")]
 SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", help="Method config override METHOD.FIELD=VALUE, repeatable.")
+    list[str] | None,
+    typer.Option("--set", help="Override METHOD.FIELD=VALUE, or preset.FIELD=VALUE (lr, weight_decay, …); repeatable."),
 ]
 FieldSetOpt = Annotated[list[str] | None, typer.Option("--set", help="Config override FIELD=VALUE, repeatable.")]
 TasksOpt = Annotated[str | None, typer.Option(help="Comma-separated task names (default: all of the suite's).")]
@@ -403,6 +405,7 @@ def runs_cmd(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """One row per run in tracking: key, method, task, seed, stage, status, accuracy, trainable params."""
+    from . import schema
     from .tracking import experiment_name
 
     tracker = _tracker(tracking_uri)
@@ -411,17 +414,17 @@ def runs_cmd(
         t, m = r.data.tags, r.data.metrics
         rows.append(
             {
-                "run_key": t.get("bench.run_key"),
-                "method": t.get("bench.method"),
-                "task": t.get("bench.task"),
-                "seed": int(t.get("bench.seed", -1)),
-                "stage": t.get("bench.stage"),
-                "shots": t.get("bench.shots", "none"),
-                "split_seed": t.get("bench.split_seed", "none"),
+                "run_key": t.get(schema.RUN_KEY),
+                "method": t.get(schema.METHOD),
+                "task": t.get(schema.TASK),
+                "seed": int(t.get(schema.SEED, -1)),
+                "stage": t.get(schema.STAGE),
+                "shots": t.get(schema.SHOTS, "none"),
+                "split_seed": t.get(schema.SPLIT_SEED, "none"),
                 "status": r.info.status,
-                "test_acc": m.get("test/acc"),
-                "val_acc": m.get("val/acc"),
-                "trainable_params": int(m["params/trainable"]) if "params/trainable" in m else None,
+                "test_acc": m.get(schema.TEST_ACC),
+                "val_acc": m.get(schema.VAL_ACC),
+                "trainable_params": int(m[schema.PARAMS_TRAINABLE]) if schema.PARAMS_TRAINABLE in m else None,
                 "run_id": r.info.run_id,
             }
         )
@@ -429,14 +432,23 @@ def runs_cmd(
     if as_json:
         _print_json(rows)
         return
-    table = Table(title=f"runs of suite {suite} ({len(rows)})")
-    table.add_column("run_key", no_wrap=True, min_width=12)
-    for col in ("method", "task", "seed", "stage", "status", "test acc", "trainable"):
+    from rich import box
+
+    table = Table(title=f"runs of suite {suite} ({len(rows)})", box=box.SIMPLE_HEAD, pad_edge=False)
+    # At 80 columns something must give: the key prefix is short (the full key is in --json) and
+    # the status, the column users scan for, never wraps; method and task names wrap instead.
+    table.add_column("key", no_wrap=True)
+    table.add_column("method", overflow="fold")
+    table.add_column("task", overflow="fold")
+    for col in ("seed", "stage"):
         table.add_column(col)
+    table.add_column("status", no_wrap=True, min_width=8)
+    for col in ("test acc", "trainable"):
+        table.add_column(col, justify="right", no_wrap=True)
     for x in rows:
         acc = x["test_acc"] if x["test_acc"] is not None else None
         table.add_row(
-            (x["run_key"] or "")[:12],
+            (x["run_key"] or "")[:8],
             x["method"],
             x["task"],
             str(x["seed"]),
@@ -457,7 +469,9 @@ def report_cmd(
         None, help="Report the runs fitted to this budget (0.3M), or 'published'; references join every budget."
     ),
     stage: str = typer.Option("final", help="final (test accuracy) or tune (validation accuracy)."),
-    hparams: str | None = typer.Option(None, help="published or tuned (default: refuse a mix)."),
+    hparams: str | None = typer.Option(
+        None, help="published, tuned or override (runs with --set preset.…); default: refuse a mix."
+    ),
     format_: str = typer.Option("md,latex,csv", "--format", help="Any of md, latex, csv, comma-separated."),
     out_dir: Path = typer.Option(Path("report"), "--out", help="Folder for the report files and figures."),
     tracking_uri: TrackingOpt = None,
@@ -470,8 +484,8 @@ def report_cmd(
     suites.get_suite(suite)  # an unknown suite name fails with the list of suites
     if stage not in ("final", "tune"):
         raise BenchError(f"--stage {stage!r} must be final or tune")
-    if hparams not in (None, "published", "tuned"):
-        raise BenchError(f"--hparams {hparams!r} must be published or tuned")
+    if hparams not in (None, "published", "tuned", "override"):
+        raise BenchError(f"--hparams {hparams!r} must be published, tuned or override")
     selected_budget: int | str | None = None
     if budget is not None:
         selected_budget = "published" if budget.strip().lower() == "published" else _budget(budget)
@@ -780,13 +794,14 @@ def ui(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Start the MLflow UI on the work directory's tracking store."""
-    import subprocess
-
-    from .tracking import default_tracking_uri
+    from .tracking import check_sqlite_store, default_tracking_uri, sqlite_path
 
     uri = tracking_uri or default_tracking_uri(State.workdir)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise BenchError(f"no tracking store at {uri}; run `bench run` first or pass --workdir/--tracking-uri")
+    path = sqlite_path(uri)
+    if path is not None:
+        if not path.exists():
+            raise BenchError(f"no tracking store at {uri}; run `bench run` first or pass --workdir/--tracking-uri")
+        check_sqlite_store(path)  # the server would otherwise migrate a damaged file in place
     cmd = [
         sys.executable,
         "-m",
@@ -800,7 +815,53 @@ def ui(
         str(port),
     ]
     err.print(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C stops it")
-    raise typer.Exit(subprocess.call(cmd))
+    raise typer.Exit(_serve(cmd))
+
+
+def _serve(cmd: list[str]) -> int:
+    """Run the server in a process group of its own and stop the whole group on SIGTERM or SIGINT.
+
+    The MLflow server starts uvicorn workers of its own; signalling only the process we started
+    would leave them holding the port.
+    """
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        _stop_group(proc)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if proc.poll() is None:
+            _stop_group(proc)
+
+
+def _stop_group(proc) -> None:
+    """SIGTERM the server's process group, SIGKILL whatever is left of it after a grace period."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:  # the group is gone already
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader, or the group never empties
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -888,7 +949,8 @@ def run_cli(args: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BenchError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        one_line = " ".join(str(exc).splitlines())  # a message quoting a file or a library may span lines
+        err.print(f"[red]error:[/] {one_line}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted; finished runs are kept, the interrupted one will be trained again")

@@ -29,7 +29,8 @@ BACKBONE = "bench.backbone"
 CHECKPOINT = "bench.checkpoint"
 DATA_FINGERPRINT = "bench.data_fingerprint"
 VERSION = "bench.version"
-HPARAMS = "bench.hparams"  # "tuned" when a study's best trial set the hyperparameters
+HPARAMS = "bench.hparams"  # published (default), tuned (a study's best trial) or override (--set preset.…)
+PRESET_OVERRIDES = "bench.preset_overrides"  # the --set preset.FIELD=VALUE of an override run
 STUDY = "bench.study"
 TRIAL = "bench.trial"
 

@@ -26,8 +26,8 @@ from suites.lists import ListEntry
 from suites.resolve import ResolvedTask
 
 from . import __version__, schema
-from .backbone import Weights, backbone_spec, resolve_weights
-from .budget import choose_for_budget
+from .backbone import Weights, backbone_spec, check_weights, resolve_weights
+from .budget import check_structure, choose_for_budget
 from .cache import load_split
 from .engine import Executor, Job, JobData, Recorder, Reporter, RunOutcome, RunRecord, SilentReporter, Work, drive
 from .errors import BenchError
@@ -57,6 +57,80 @@ class SweepRequest:
     shots: list[int] | None = None  # few-shot suites: the shot counts (default: all the suite has)
     split_seeds: list[int] | None = None  # few-shot: the training lists' seeds (default: the training seed)
     dedupe: bool = False  # few-shot: drop repeated lines of the training lists (default: keep, as published)
+    preset_overrides: dict[str, Any] = field(default_factory=dict)  # --set preset.FIELD=VALUE
+
+    def __post_init__(self) -> None:
+        # `--set preset.lr=…` arrives with the methods' --set values; it sets the preset, not a method
+        if "preset" in self.method_overrides:
+            self.method_overrides = dict(self.method_overrides)
+            self.preset_overrides = {**self.method_overrides.pop("preset"), **self.preset_overrides}
+
+
+# Preset fields a run may override: the optimiser and regularisation. The rest (image size,
+# interpolation, augmentation, normalisation) define the data a run sees and stay the suite's;
+# epochs have --epochs, which also scales the warm-up.
+PRESET_OVERRIDABLE = (
+    "lr",
+    "weight_decay",
+    "drop_path",
+    "label_smoothing",
+    "batch_size",
+    "warmup_epochs",
+    "warmup_lr",
+    "min_lr",
+)
+_PRESET_RANGES = {  # (low, high, low open, high open)
+    "lr": (0.0, 1.0, True, False),
+    "weight_decay": (0.0, 10.0, False, False),
+    "drop_path": (0.0, 1.0, False, True),
+    "label_smoothing": (0.0, 1.0, False, True),
+    "warmup_lr": (0.0, 1.0, False, False),
+    "min_lr": (0.0, 1.0, False, False),
+}
+
+
+def apply_preset_overrides(preset: Preset, overrides: dict[str, Any]) -> Preset:
+    """``preset`` with ``--set preset.FIELD=VALUE`` applied: known fields, their types, sane ranges."""
+    if not overrides:
+        return preset
+    import typing
+
+    from methods.base import MethodError, _coerce, check_range
+
+    unknown = sorted(set(overrides) - set(PRESET_OVERRIDABLE))
+    if unknown:
+        hint = "; epochs are set with --epochs" if "epochs" in unknown else ""
+        raise BenchError(
+            f"--set preset.{unknown[0]} is not a preset setting a run may change; "
+            f"valid: {', '.join(PRESET_OVERRIDABLE)}{hint}"
+        )
+    hints = typing.get_type_hints(Preset)
+    values: dict[str, Any] = {}
+    try:
+        for key, raw in overrides.items():
+            value = _coerce(raw, hints[key], f"preset.{key}") if isinstance(raw, str) else raw
+            if key in _PRESET_RANGES:
+                check_range("preset", key, float(value), *_PRESET_RANGES[key])
+            values[key] = value
+    except MethodError as exc:
+        raise BenchError(f"--set {exc}") from None
+    if values.get("batch_size", 1) < 1:
+        raise BenchError(f"--set preset.batch_size={values['batch_size']} must be at least 1")
+    result = preset.with_overrides(**values)
+    if not 0 <= result.warmup_epochs < result.epochs:
+        raise BenchError(
+            f"--set preset.warmup_epochs={result.warmup_epochs} must be in 0..{result.epochs - 1} "
+            f"(the run has {result.epochs} epochs)"
+        )
+    return result
+
+
+def preset_override_tags(overrides: dict[str, Any], preset: Preset) -> dict[str, str]:
+    """Tags marking runs trained with --set preset.…: reports keep them apart from published runs."""
+    if not overrides:
+        return {}
+    text = ",".join(f"{k}={getattr(preset, k)}" for k in sorted(overrides))
+    return {schema.HPARAMS: "override", schema.PRESET_OVERRIDES: text}
 
 
 @dataclass
@@ -136,13 +210,20 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
         suite.prepare(data_root)
     tasks = suites.resolve_tasks(suite, data_root, request.tasks, stage)
 
-    preset = resolve_preset(suite, request.epochs)
+    preset = apply_preset_overrides(resolve_preset(suite, request.epochs), request.preset_overrides)
+    if request.preset_overrides and request.hparams == "tuned":
+        raise BenchError(
+            "--set preset.… and --hparams tuned both set the hyperparameters; drop one "
+            "(tune with the preset override instead: `bench tune --set preset.…`)"
+        )
+    override_tags = preset_override_tags(request.preset_overrides, preset)
     backbone = request.backbone or suite.default_backbone
     spec_bb = backbone_spec(backbone, preset.img_size)  # fails early on an unknown or non-ViT name
     chosen = [_sized_method(name, request, spec_bb) for name in request.methods]
     for method, config, _ in chosen:  # a config that does not fit the backbone fails before any training
         built_trainable_params(method, config, backbone, img_size=preset.img_size)
     weights = resolve_weights(backbone, request.checkpoint, pretrained=suite.backbone_pretrained)
+    check_weights(weights, backbone, preset.img_size)
 
     runs, warnings = [], []
     if request.hparams == "published":
@@ -150,7 +231,7 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
     for task, task_seeds, task_preset in _run_groups(suite, tasks, stage, request, preset, warnings):
         fingerprint = task.fingerprint(stage)
         for method, config, budget in chosen:
-            run_preset, run_config, tags = task_preset, config, {}
+            run_preset, run_config, tags = task_preset, config, override_tags
             if request.hparams == "tuned":
                 from .studies import TUNE_SEED, tuned_settings
 
@@ -231,10 +312,11 @@ def _sized_method(name: str, request: SweepRequest, spec_bb) -> tuple[Method, An
     """The method with its config: published (plus --set), or fitted to --budget."""
     method = methods.get_method(name)
     overrides = request.method_overrides.get(name)
-    if request.budget is None:
-        return method, make_config(method, overrides), None
-    if not method.budget_adjustable:  # a reference keeps its size: its runs serve every budget's sweep
-        return method, make_config(method, overrides), None
+    if request.budget is None or not method.budget_adjustable:
+        # a reference keeps its size under --budget: its runs serve every budget's sweep
+        config = make_config(method, overrides)
+        check_structure(method, spec_bb, config)
+        return method, config, None
     fitted = choose_for_budget(method, spec_bb, request.budget).config
     if not overrides:
         return method, fitted, request.budget

@@ -22,10 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from . import schema
 from .errors import BenchError
 
-KIND_RUN = "run"
-KIND_SWEEP = "sweep"
+KIND_RUN = schema.KIND_RUN
+KIND_SWEEP = schema.KIND_SWEEP
 
 
 def default_tracking_uri(workdir: Path) -> str:
@@ -50,6 +51,127 @@ def flatten_params(values: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The file behind a ``sqlite:///`` URI (None for other stores and in-memory databases)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    rest = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(rest) if rest and rest != ":memory:" else None
+
+
+def _move_aside(path: Path) -> str:
+    return f"move it aside (mv {path} {path}.broken) and run the command again to start a new store"
+
+
+def check_sqlite_store(path: Path) -> None:
+    """Refuse a store file that is not a whole MLflow database, with the way out, in one line.
+
+    MLflow itself would treat a file without its tables as a fresh store and migrate it in place,
+    so a truncated or emptied store would silently restart from nothing (and a store whose
+    creation was interrupted fails every command with an alembic error).
+    """
+    import sqlite3
+
+    try:
+        with path.open("rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise BenchError(f"tracking store {path} cannot be read ({exc.strerror}); check its permissions") from None
+    if not header:
+        raise BenchError(
+            f"tracking store {path} is an empty file (0 bytes), not an MLflow database; it holds no runs, so "
+            "delete it and run the command again (a new store is created), or point --workdir elsewhere"
+        )
+    if header != SQLITE_HEADER:
+        raise BenchError(
+            f"tracking store {path} is not an SQLite database (its header is damaged or it is another file); "
+            f"restore it from a backup or {_move_aside(path)}"
+        )
+    try:
+        # read-write, so that SQLite rolls back a journal left by a killed writer before checking
+        con = sqlite3.connect(str(path))
+        try:
+            problem = con.execute("PRAGMA quick_check(1)").fetchone()[0]
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            runs = con.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        problem = " ".join(str(exc).split())
+    if problem != "ok":
+        raise BenchError(
+            f"tracking store {path} is corrupt (SQLite: {problem[:80]}); restore it from a backup or {_move_aside(path)}"
+        )
+    leftovers = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+    if leftovers or "alembic_version" not in tables:
+        what = (
+            f"was left half-created by an interrupted command (leftover table {leftovers[0]})"
+            if leftovers
+            else "holds no MLflow schema"
+        )
+        fix = (
+            f"it holds no runs, so delete it ({path}) and run the command again"
+            if not runs
+            else f"it holds {runs} run(s): {_move_aside(path)}"
+        )
+        raise BenchError(f"tracking store {path} {what}; {fix}")
+
+
+def create_sqlite_store(path: Path) -> None:
+    """Create and migrate a new sqlite store beside ``path``, then move it into place in one step.
+
+    Migrating takes seconds; done in place, an interrupt in that window leaves a half-migrated
+    file that no later command can open. A store only ever appears at ``path`` complete.
+    """
+    from mlflow.tracking import MlflowClient
+
+    if not path.parent.is_dir():
+        raise BenchError(
+            f"cannot create the tracking store {path}: folder {path.parent} does not exist; "
+            "create it or pass another --tracking-uri"
+        )
+    prefix = f".{path.name}.creating-"
+    for stale in path.parent.glob(prefix + "*"):  # left by a creator that was killed
+        pid = stale.name.removeprefix(prefix).split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+    tmp = path.parent / f"{prefix}{os.getpid()}"
+    try:
+        tmp.unlink(missing_ok=True)
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp}")
+        client.search_experiments(max_results=1)  # runs every migration
+        store = getattr(getattr(client, "_tracking_client", None), "store", None)
+        if store is not None and hasattr(store, "engine"):
+            store.engine.dispose()  # no connection may outlive the rename
+        try:
+            os.link(tmp, path)  # never replaces a store another process finished first
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links
+            os.replace(tmp, path)
+    except Exception as exc:
+        detail = " ".join(str(exc).split())[:160]
+        raise BenchError(
+            f"cannot create the tracking store {path} ({type(exc).__name__}: {detail}); "
+            "check that its folder is writable, or pass --workdir/--tracking-uri"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Tracker:
     """A tracking store (any MLflow URI) with the harness's conventions on top."""
 
@@ -59,12 +181,19 @@ class Tracker:
 
         self.uri = tracking_uri
         self.artifact_root = artifact_root
+        path = sqlite_path(tracking_uri)
+        if path is not None:
+            if path.exists():
+                check_sqlite_store(path)
+            else:
+                create_sqlite_store(path)
         try:
             self.client = MlflowClient(tracking_uri=tracking_uri)
-            self.client.search_experiments(max_results=1)  # creates/migrates a sqlite store now, not mid-sweep
+            self.client.search_experiments(max_results=1)  # opens the store now, not mid-sweep
         except Exception as exc:
+            detail = " ".join(str(exc).split())[:160]
             raise BenchError(
-                f"cannot open the tracking store {tracking_uri} ({type(exc).__name__}: {str(exc)[:160]}); "
+                f"cannot open the tracking store {tracking_uri} ({type(exc).__name__}: {detail}); "
                 "check --tracking-uri or --workdir"
             ) from None
         self._experiments: dict[str, str] = {}
@@ -93,7 +222,7 @@ class Tracker:
         """Every run of ``experiment`` grouped by ``bench.run_key``: one query for a whole sweep."""
         grouped: dict[str, list[Any]] = {}
         for run in self.search(experiment):
-            grouped.setdefault(run.data.tags.get("bench.run_key", ""), []).append(run)
+            grouped.setdefault(run.data.tags.get(schema.RUN_KEY, ""), []).append(run)
         return grouped
 
     @staticmethod
@@ -107,14 +236,14 @@ class Tracker:
         stale = [r for r in runs if r.info.status == "RUNNING"]
         for r in stale:
             self.client.set_terminated(r.info.run_id, status="KILLED")
-            self.client.set_tag(r.info.run_id, "bench.interrupted", "true")
+            self.client.set_tag(r.info.run_id, schema.INTERRUPTED, "true")
         return len(stale)
 
     def search(self, experiment: str, kind: str = KIND_RUN, extra_filter: str = "") -> list[Any]:
         exp_id = self.experiment_id(experiment, create=False)
         if exp_id is None:
             return []
-        flt = f"tags.`bench.kind` = '{kind}'" + (f" and {extra_filter}" if extra_filter else "")
+        flt = f"tags.`{schema.KIND}` = '{kind}'" + (f" and {extra_filter}" if extra_filter else "")
         runs, token = [], None
         while True:
             page = self.client.search_runs([exp_id], filter_string=flt, max_results=5000, page_token=token)
@@ -130,7 +259,7 @@ class Tracker:
         exp_id = self.experiment_id(experiment)
         found = self.client.search_runs(
             [exp_id],
-            filter_string=f"tags.`bench.sweep_key` = '{sweep_key}' and tags.`bench.kind` = '{KIND_SWEEP}'",
+            filter_string=f"tags.`{schema.SWEEP_KEY}` = '{sweep_key}' and tags.`{schema.KIND}` = '{KIND_SWEEP}'",
             max_results=1,
         )
         if found:
@@ -139,8 +268,8 @@ class Tracker:
             return run_id
         run = self.client.create_run(
             exp_id,
-            run_name=tags.get("bench.sweep_name"),
-            tags={**tags, "bench.kind": KIND_SWEEP, "bench.sweep_key": sweep_key},
+            run_name=tags.get(schema.SWEEP_NAME),
+            tags={**tags, schema.KIND: KIND_SWEEP, schema.SWEEP_KEY: sweep_key},
         )
         self._log_params(run.info.run_id, params)
         return run.info.run_id
@@ -178,7 +307,7 @@ class Tracker:
         once; :meth:`child_run` is the one-at-a-time form.
         """
         exp_id = self.experiment_id(experiment)
-        all_tags = {**tags, "bench.kind": KIND_RUN}
+        all_tags = {**tags, schema.KIND: KIND_RUN}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
         run_id = self.client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
@@ -192,7 +321,7 @@ class Tracker:
     def end_child(self, run_id: str, status: str, error: str | None = None) -> None:
         """FINISHED only after every metric and artifact is written; FAILED carries ``bench.error``."""
         if error is not None:
-            self.client.set_tag(run_id, "bench.error", error[:400])
+            self.client.set_tag(run_id, schema.ERROR, error[:400])
         self.client.set_terminated(run_id, status=status)
 
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:

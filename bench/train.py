@@ -259,7 +259,10 @@ def train_run(
             step += 1
         total_loss = loss_sum.item()  # one host sync per epoch
         if not math.isfinite(total_loss):
-            raise FloatingPointError(f"the training loss is not finite in epoch {epoch}; lower the learning rate")
+            raise FloatingPointError(
+                f"the training loss is not finite in epoch {epoch}; lower the learning rate, "
+                f"e.g. --set preset.lr={preset.lr / 10:g} (now {preset.lr:g})"
+            )
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=total_loss / len(train),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import math
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -175,9 +176,27 @@ def make_config(method: Method, overrides: dict[str, Any] | None = None) -> Any:
             f"its fields are: {', '.join(names) or '(none)'}"
         )
     values = {k: _coerce(v, hints[k], k) if isinstance(v, str) else v for k, v in overrides.items()}
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MethodError(f"{method.name} {key}={value} is not a finite number; give a finite value")
     config = cls(**values)
     method.validate(config)
     return config
+
+
+def check_range(
+    method: str, field: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False
+) -> None:
+    """Refuse ``value`` outside [low, high] (bounds open where asked), naming field, value and range.
+
+    Values far outside a method's range do not fail: they overflow or saturate the update and
+    the run quietly trains nothing (LoRA with alpha 1e30 scores like a linear probe).
+    """
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if not math.isfinite(value) or too_low or too_high:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise MethodError(f"{method} {field}={value:g} is out of range; set it within {interval}")
 
 
 def parse_set_options(items: Iterable[str]) -> dict[str, str]:
@@ -233,6 +252,20 @@ class Method(ABC):
         if within_budget(n, budget):
             return config
         raise MethodError(budget_error(self.name, budget, [n]))
+
+    def size_limits(self, spec: BackboneSpec, config: Any) -> dict[str, tuple[int, str]]:
+        """The largest value each structural size field of ``config`` may take on ``spec``, and why
+        (LoRA: rank up to min(in, out) of the adapted layers). Past it a method adds parameters
+        but no capacity, so a budget or a --set that needs more is refused."""
+        return {}
+
+    def largest_config(self, spec: BackboneSpec) -> Any:
+        """The config with the most trainable parameters :meth:`for_budget` can reach on ``spec``:
+        the published config with every size field at its limit. Override where the budget search
+        also varies other fields."""
+        config = make_config(self)
+        limits = self.size_limits(spec, config)
+        return dataclasses.replace(config, **{name: cap for name, (cap, _) in limits.items()})
 
     def search_space(self, trial: Any) -> dict[str, Any]:
         """The hyperparameters Optuna may tune: the shared optimiser ones plus the method's own."""

@@ -162,6 +162,9 @@ class DTL(Method):
     def count(self, spec: BackboneSpec, config: DTLConfig) -> int:
         return dtl_count(spec, config.rank, config.fusion_size)
 
+    def size_limits(self, spec: BackboneSpec, config: DTLConfig) -> dict[str, tuple[int, str]]:
+        return {"rank": (spec.embed_dim, "the model width the low-rank maps project")}
+
     def for_budget(self, spec: BackboneSpec, budget: int) -> DTLConfig:
         default = make_config(self)
         per_rank = dtl_count(spec, 1, 0)

@@ -41,6 +41,7 @@ from .base import (
     Method,
     MethodError,
     budget_error,
+    check_range,
     freeze_all_but,
     make_config,
     register_method,
@@ -49,6 +50,10 @@ from .base import (
 )
 
 PUBLISHED = (32, 1)  # (n, rank)
+# The largest scale c accepted: the tuner searches 10..1000 around the published 160; far beyond,
+# the update swamps the frozen weights and training stops moving.
+MAX_SCALE = 10_000.0
+BUDGET_N = (4, 8, 16, 32, 64)  # the numbers of Kronecker terms a budget may choose
 
 
 @dataclass
@@ -138,6 +143,7 @@ class KAdaptation(Method):
             raise MethodError(f"kadaptation n={config.n} and rank={config.rank} must be positive integers")
         if not 0.0 <= config.dropout < 1.0:
             raise MethodError(f"kadaptation dropout={config.dropout} must be in [0, 1)")
+        check_range("kadaptation", "scale", config.scale, 0.0, MAX_SCALE, low_open=True)
 
     def apply(self, model: nn.Module, config: KAdaptationConfig) -> nn.Module:
         model.kadaptation_rules = SharedRules(config.n)
@@ -152,13 +158,17 @@ class KAdaptation(Method):
     def count(self, spec: BackboneSpec, config: KAdaptationConfig) -> int:
         return kadaptation_count(spec, config.n, config.rank)
 
+    def size_limits(self, spec: BackboneSpec, config: KAdaptationConfig) -> dict[str, tuple[int, str]]:
+        return {"rank": (max(1, spec.embed_dim // config.n), f"B_i is width/n x width/n with n={config.n}")}
+
+    def largest_config(self, spec: BackboneSpec) -> KAdaptationConfig:
+        n = min(m for m in BUDGET_N if spec.embed_dim % m == 0) if spec.embed_dim % 4 == 0 else PUBLISHED[0]
+        return make_config(self, {"n": n, "rank": max(1, spec.embed_dim // n)})
+
     def for_budget(self, spec: BackboneSpec, budget: int) -> KAdaptationConfig:
         d = spec.embed_dim
         candidates = [
-            (n, r, kadaptation_count(spec, n, r))
-            for n in (4, 8, 16, 32, 64)
-            if d % n == 0
-            for r in range(1, d // n + 1)
+            (n, r, kadaptation_count(spec, n, r)) for n in BUDGET_N if d % n == 0 for r in range(1, d // n + 1)
         ]
         feasible = [c for c in candidates if within_budget(c[2], budget)]
         if not feasible:

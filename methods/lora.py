@@ -33,12 +33,17 @@ from .base import (
     Method,
     MethodError,
     budget_error,
+    check_range,
     freeze_all_but,
     make_config,
     register_method,
     shared_search_space,
     within_budget,
 )
+
+# The largest scale alpha / rank accepted: published settings use 1 or 2, and far larger scales
+# blow the update up until training stops moving (alpha 1e30 scores like a linear probe).
+MAX_SCALE = 100.0
 
 # Module paths inside a timm ViT block, by the short names users type.
 TARGET_PATHS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
@@ -47,7 +52,7 @@ TARGET_PATHS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2":
 @dataclass
 class LoraSettings:
     rank: int = 8
-    alpha: float | None = None  # None: alpha = rank, i.e. scale 1 (NOAH's unscaled update)
+    alpha: float | None = None  # None: alpha = rank, i.e. scale 1 (NOAH's unscaled update); at most MAX_SCALE · rank
     dropout: float = 0.0
     targets: str = "qkv"  # comma-separated subset of qkv, proj, fc1, fc2
 
@@ -86,6 +91,8 @@ class Lora(Method):
             raise MethodError(f"lora rank={config.rank} must be a positive integer")
         if not 0.0 <= config.dropout < 1.0:
             raise MethodError(f"lora dropout={config.dropout} must be in [0, 1)")
+        if config.alpha is not None:
+            check_range("lora", "alpha", config.alpha, 0.0, MAX_SCALE * config.rank, low_open=True)
         parse_targets(config.targets)
 
     def apply(self, model: nn.Module, config: LoraSettings) -> nn.Module:
@@ -106,6 +113,10 @@ class Lora(Method):
 
     def _per_rank(self, spec: BackboneSpec, targets: str) -> int:
         return spec.depth * sum(sum(_target_dims(spec, t)) for t in parse_targets(targets))
+
+    def size_limits(self, spec: BackboneSpec, config: LoraSettings) -> dict[str, tuple[int, str]]:
+        cap = min(min(_target_dims(spec, t)) for t in parse_targets(config.targets))
+        return {"rank": (cap, f"min(in, out) of the adapted layers {config.targets}")}
 
     def for_budget(self, spec: BackboneSpec, budget: int) -> LoraSettings:
         default = make_config(self)

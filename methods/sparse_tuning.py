@@ -267,9 +267,15 @@ class SparseTuning(Method):
     def count(self, spec: BackboneSpec, config: SparseTuningConfig) -> int:
         return adapter_count(spec.embed_dim, spec.depth, config)
 
+    def size_limits(self, spec: BackboneSpec, config: SparseTuningConfig) -> dict[str, tuple[int, str]]:
+        if config.adapter == "code":  # fixed widths; `width` is not used
+            return {}
+        return {"width": (spec.embed_dim, "an adapter bottleneck no wider than the model")}
+
     def for_budget(self, spec: BackboneSpec, budget: int) -> SparseTuningConfig:
         default = make_config(self)
-        counts = {w: adapter_count(spec.embed_dim, spec.depth, SparseTuningConfig(width=w)) for w in range(1, 513)}
+        widths = range(1, spec.embed_dim + 1)
+        counts = {w: adapter_count(spec.embed_dim, spec.depth, SparseTuningConfig(width=w)) for w in widths}
         width = min(counts, key=lambda w: abs(counts[w] - budget))
         if not within_budget(counts[width], budget):
             raise MethodError(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from bench import schema
 from bench.errors import BenchError
 
 # Protocol-defining settings: runs that differ in any of these are not one comparison. Learning
@@ -79,44 +80,44 @@ def _int_or_none(value: str | None) -> int | None:
 
 def runs_frame(records: list, stage: str) -> pd.DataFrame:
     """One row per FINISHED MLflow run of ``stage`` (all keys, duplicates included)."""
-    metric = "test/acc" if stage == "final" else "val/acc"
+    metric = schema.TEST_ACC if stage == "final" else schema.VAL_ACC
     rows = []
     for r in records:
         if r.info.status != "FINISHED":
             continue
         t, m, p = r.data.tags, r.data.metrics, r.data.params
-        if t.get("bench.stage") != stage or metric not in m:
+        if t.get(schema.STAGE) != stage or metric not in m:
             continue
         rows.append(
             {
                 "run_id": r.info.run_id,
-                "run_key": t.get("bench.run_key"),
-                "suite": t.get("bench.suite"),
-                "task": t.get("bench.task"),
-                "group": t.get("bench.group", ""),
-                "method": t.get("bench.method"),
-                "seed": int(t.get("bench.seed", -1)),
-                "shots": _int_or_none(t.get("bench.shots")),
-                "split_seed": _int_or_none(t.get("bench.split_seed")),
+                "run_key": t.get(schema.RUN_KEY),
+                "suite": t.get(schema.SUITE),
+                "task": t.get(schema.TASK),
+                "group": t.get(schema.GROUP, ""),
+                "method": t.get(schema.METHOD),
+                "seed": int(t.get(schema.SEED, -1)),
+                "shots": _int_or_none(t.get(schema.SHOTS)),
+                "split_seed": _int_or_none(t.get(schema.SPLIT_SEED)),
                 "stage": stage,
-                "preset": t.get("bench.preset"),
+                "preset": t.get(schema.PRESET),
                 "protocol": ", ".join(f"{k[3:]}={p.get(k, '?')}" for k in PROTOCOL_PARAMS),
                 "batch_size": p.get("hp.batch_size", "?"),
-                "budget": _int_or_none(t.get("bench.budget")),
-                "backbone": t.get("bench.backbone"),
-                "checkpoint": t.get("bench.checkpoint"),
-                "hparams": t.get("bench.hparams", "published"),
+                "budget": _int_or_none(t.get(schema.BUDGET)),
+                "backbone": t.get(schema.BACKBONE),
+                "checkpoint": t.get(schema.CHECKPOINT),
+                "hparams": _hparams_source(t),
                 "acc": float(m[metric]),
-                "params_trainable": m.get("params/trainable", np.nan),
-                "params_head": m.get("params/head", np.nan),
+                "params_trainable": m.get(schema.PARAMS_TRAINABLE, np.nan),
+                "params_head": m.get(schema.PARAMS_HEAD, np.nan),
                 # steady state (first epoch, with compilation, left out) where the run logged it
-                "train_img_s": m.get("throughput/train_img_s_steady", m.get("throughput/train_img_s", np.nan)),
-                "infer_img_s": m.get("throughput/infer_img_s", np.nan),
-                "peak_mem_mb": m.get("mem/peak_mb", np.nan),
-                "train_s": m.get("time/train_s", np.nan),
+                "train_img_s": m.get(schema.TRAIN_IMG_S_STEADY, m.get(schema.TRAIN_IMG_S, np.nan)),
+                "infer_img_s": m.get(schema.INFER_IMG_S, np.nan),
+                "peak_mem_mb": m.get(schema.PEAK_MEMORY_MB, np.nan),
+                "train_s": m.get(schema.TRAIN_SECONDS, np.nan),
                 # how the cost figures were produced (runs older than these tags: "unrecorded")
-                "train_step": t.get("bench.train_step", "unrecorded"),
-                "git_sha": t.get("bench.git_sha", "unrecorded"),
+                "train_step": t.get(schema.TRAIN_STEP, "unrecorded"),
+                "git_sha": t.get(schema.GIT_SHA, "unrecorded"),
                 "end_time": r.info.end_time or 0,
             }
         )
@@ -167,8 +168,8 @@ def select_runs(
                 f"{'it' if len(unknown) == 1 else 'them'}; it has {', '.join(sorted(set(frame['method'])))}"
             )
         frame = frame[frame["method"].isin(methods)]
-    if hparams is not None:
-        frame = frame[frame["hparams"] == hparams]
+    if hparams is not None:  # "override" selects runs with any --set preset.…; mixed values are refused below
+        frame = frame[frame["hparams"].str.split(":").str[0] == hparams]
         if frame.empty:
             raise BenchError(f"no finished runs with --hparams {hparams}")
     sizeable = frame["method"].map(_budget_adjustable)
@@ -195,7 +196,9 @@ def select_runs(
     )
     _refuse_mixed(frame, "backbone", "backbones", "report each backbone from its own store")
     _refuse_mixed(frame, "checkpoint", "checkpoints", "report each checkpoint from its own store")
-    _refuse_mixed(frame, "hparams", "hyperparameter sources", "pass --hparams published or --hparams tuned")
+    _refuse_mixed(
+        frame, "hparams", "hyperparameter sources", "pass --hparams published, tuned or override (one override each)"
+    )
 
     # The batch size may follow the task (few-shot: min(64, list size)) but not the method.
     batch = frame.groupby(["task", "shots"], dropna=False)["batch_size"].nunique()
@@ -250,3 +253,11 @@ def load_runs(tracker, suite: str, stage: str = "final", **selection) -> ReportR
 
     records = tracker.search(experiment_name(suite), extra_filter="attributes.status = 'FINISHED'")
     return select_runs(runs_frame(records, stage), suite=suite, stage=stage, **selection)
+
+
+def _hparams_source(tags: dict[str, str]) -> str:
+    """published, tuned, or ``override: lr=0.0001`` (--set preset.…): distinct overrides never mix."""
+    source = tags.get(schema.HPARAMS, "published")
+    if source == "override":
+        return f"override: {tags.get('bench.preset_overrides', '?')}"
+    return source

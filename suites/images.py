@@ -40,6 +40,11 @@ def _load(entry: ListEntry, size: int, resample: Image.Resampling, crop: int | N
         raise DataError(
             f"{entry.source}: image {entry.path} does not exist; restore the file or delete its line"
         ) from None
+    except Image.DecompressionBombError as exc:  # PIL refuses it before decoding; so does bench
+        raise DataError(
+            f"{entry.source}: image {entry.path} is too large to decode safely ({exc}); "
+            "downscale the file or delete its line"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(
             f"{entry.source}: image {entry.path} cannot be read ({exc}); replace the file or delete its line"

@@ -60,7 +60,7 @@ def read_list(
             bound = f"0..{num_classes - 1}" if num_classes is not None else "non-negative"
             raise DataError(
                 f"{where}: label {label} is out of range ({bound} for {num_classes} classes); "
-                "fix the label or the task's class count"
+                "fix the label, or the class count (for your own data: classes.txt naming every class, one a line)"
             )
         entries.append(ListEntry(Path(full), label, where))
     if not entries:

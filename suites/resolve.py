@@ -113,14 +113,31 @@ def discover_tasks(data_root: Path) -> list[tuple[Task, Path]]:
 
 
 def count_classes(folder: Path, lists: list[str]) -> int:
-    """``classes.txt`` if present, else one more than the largest label in the lists."""
+    """``classes.txt`` if present, else one more than the largest label of the training lists.
+
+    Without ``classes.txt`` the labels must be 0..C-1 with every class in training: one stray
+    label (a test label 999) would otherwise size the head and leave the task unlearnable. Eval
+    labels beyond the training classes are then refused by :func:`read_list` with their line.
+    """
     names = folder / "classes.txt"
     if names.is_file():
         return sum(1 for line in names.read_text().splitlines() if line.strip())
     present = [name for name in lists if (folder / name).is_file()]
     if not present:
         raise DataError(f"task folder {folder} has none of {', '.join(lists)}")
-    return 1 + max(e.label for name in present for e in read_list(folder, name))
+    training = [name for name in present if name.startswith("train")] or present
+    entries = [e for name in training for e in read_list(folder, name)]
+    top = max(entries, key=lambda e: e.label)
+    seen = {e.label for e in entries}
+    absent = [c for c in range(top.label) if c not in seen]
+    if absent:
+        shown = ", ".join(map(str, absent[:5])) + (" …" if len(absent) > 5 else "")
+        raise DataError(
+            f"{top.source}: label {top.label} implies {top.label + 1} classes, but {' and '.join(training)} "
+            f"{'has' if len(training) == 1 else 'have'} no example of class {shown}; labels must be 0..C-1 with "
+            "every class in training, or classes.txt in the task folder must name the C classes, one a line"
+        )
+    return top.label + 1
 
 
 def resolve_tasks(suite: Suite, data_root: Path | None, names: list[str] | None, stage: Stage) -> list[ResolvedTask]:

@@ -46,3 +46,43 @@ def test_ui_without_a_store_says_how_to_make_one(cli, workdir: Path):
     (workdir / "mlflow.db").unlink()
     code, _, err = cli("ui")
     assert code == 2 and "no tracking store" in err and "bench run" in err
+
+
+def _serving(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_sigterm_stops_the_server_and_its_workers(workdir: Path):
+    import signal
+
+    import psutil
+
+    port = _free_port()
+    proc = bench_subprocess(
+        "--workdir", str(workdir), "ui", "--port", str(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.time() + 90
+        while not _serving(port):
+            assert proc.poll() is None and time.time() < deadline, "the UI never started"
+            time.sleep(0.3)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "the server runs in child processes"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, [p.cmdline() for p in alive]
+    assert not _serving(port)
+
+
+def test_ui_refuses_a_damaged_store(cli, workdir: Path):
+    (workdir / "mlflow.db").write_bytes(b"")
+    code, _, err = cli("ui")
+    assert code == 2 and "empty file" in err and (workdir / "mlflow.db").stat().st_size == 0

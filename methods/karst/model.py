@@ -11,6 +11,7 @@ from ..base import (
     Method,
     MethodError,
     budget_error,
+    check_range,
     config_to_dict,
     freeze_all_but,
     make_config,
@@ -23,6 +24,9 @@ from .layer import KarstLinear, Rescale, merge_linear, split_width
 
 # The published shape and the grid for_budget searches (f stays 8; N and r move).
 PUBLISHED = (2, 8)  # (kernels, rank)
+# The largest scale alpha / rank accepted (published: 1/8); far larger ones blow the update up
+# until training stops moving.
+MAX_SCALE = 100.0
 BUDGET_KERNELS = range(1, 17)
 BUDGET_RANKS = range(1, 65)
 
@@ -65,6 +69,7 @@ class Karst(Method):
             raise MethodError(f"karst rescale={config.rescale!r} must be channel, scalar or none")
         if config.mode not in ("structured", "fold", "materialize"):
             raise MethodError(f"karst mode={config.mode!r} must be structured, fold or materialize")
+        check_range("karst", "alpha", config.alpha, 0.0, MAX_SCALE * config.rank, low_open=True)
 
     def apply(self, model: nn.Module, config: KarstConfig) -> nn.Module:
         d = model.embed_dim
@@ -95,6 +100,16 @@ class Karst(Method):
     def count(self, spec: BackboneSpec, config: KarstConfig) -> int:
         return karst_count(spec, config.kernels, config.factor, config.rank, config.rescale)
 
+    def size_limits(self, spec: BackboneSpec, config: KarstConfig) -> dict[str, tuple[int, str]]:
+        widths = [w for fan_in, fan_out, splits in _linear_dims(spec).values() for w in (fan_in, fan_out // splits)]
+        cap = max(1, min(widths) // config.factor)
+        return {"rank": (cap, f"the narrowest adapted width / factor {config.factor}")}
+
+    def largest_config(self, spec: BackboneSpec) -> KarstConfig:
+        default = make_config(self)
+        cap = self.size_limits(spec, default)["rank"][0]
+        return make_config(self, {"kernels": max(BUDGET_KERNELS), "rank": min(cap, max(BUDGET_RANKS))})
+
     def for_budget(self, spec: BackboneSpec, budget: int) -> KarstConfig:
         """(N, r) within ±5 % of ``budget``, nearest to the published (2, 8) first, then the closest count."""
         default = make_config(self)
@@ -102,6 +117,7 @@ class Karst(Method):
             (n, r, karst_count(spec, n, default.factor, r, default.rescale))
             for n in BUDGET_KERNELS
             for r in BUDGET_RANKS
+            if r <= self.size_limits(spec, default)["rank"][0]
         ]
         feasible = [c for c in candidates if within_budget(c[2], budget)]
         if not feasible:
