@@ -267,19 +267,23 @@ def _executor(options, device: str):
 
 
 def _exit_on_failures(outcomes, command: str) -> None:
-    """Exit 1 when runs failed: each is listed with its one-line reason; finished runs are kept."""
+    """When runs failed: list each with its one-line reason, then one ``error:`` line naming the
+    first. Exit 2 when every failure was the user's input (bad data, bad settings), else 1;
+    finished runs are kept either way."""
     failed = [o for o in outcomes if o.status == "failed"]
     if not failed:
         return
     for o in failed:
         err.print(f"[red]failed:[/] {o.spec.label}: {o.error}", highlight=False, soft_wrap=True)
+    first = failed[0]
     err.print(
-        f"[red]error:[/] {len(failed)} of {len(outcomes)} run(s) failed (listed above, each recorded FAILED in "
-        f"MLflow with its error); fix the cause and rerun the same `bench {command}`: finished runs are reused",
+        f"[red]error:[/] {len(failed)} of {len(outcomes)} run(s) failed, each recorded FAILED in MLflow; "
+        f"the first, {first.spec.label}: {first.error} — fix the cause and rerun the same `bench {command}`: "
+        "finished runs are reused",
         highlight=False,
         soft_wrap=True,
     )
-    raise typer.Exit(1)
+    raise typer.Exit(2 if all(o.user_error for o in failed) else 1)
 
 
 def _budget(text: str | None) -> int | None:
@@ -386,7 +390,11 @@ def _print_summary(outcomes, stage: str) -> None:
         )
     out.print(table)
     trained = sum(o.status == "trained" for o in outcomes)
-    out.print(f"{trained} run(s) trained, {len(outcomes) - trained} already finished and reused.")
+    reused = sum(o.status == "skipped" for o in outcomes)
+    failed = sum(o.status == "failed" for o in outcomes)
+    out.print(
+        f"{trained} run(s) trained, {reused} already finished and reused" + (f", {failed} failed." if failed else ".")
+    )
 
 
 def _task_label(spec) -> str:

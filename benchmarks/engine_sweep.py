@@ -179,7 +179,9 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "command": "python benchmarks/engine_sweep.py "
         + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False) and k != "out"
+            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+            for k, v in vars(args).items()
+            if v not in (None, False) and k != "out"
         ),
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "cpus": os.cpu_count(),

@@ -371,3 +371,54 @@ def test_ctrl_c_through_ray_marks_runs_in_flight_killed_and_the_rerun_resumes(
     assert "4 run(s) trained, 0 already finished and reused" in out
     statuses = Counter(r.info.status for rs in _records(workdir).values() for r in rs)
     assert statuses == {"KILLED": 2, "FINISHED": 4}
+
+
+# ---------------------------------------------------------------------------------------
+# A run that fails does not stop the others (inline)
+
+
+@dataclass
+class _NanConfig:
+    pass
+
+
+class _Nan(Method):
+    """Test-only: the logits become NaN, so the training loss does."""
+
+    name = "_nan"
+    Config = _NanConfig
+    budget_adjustable = False
+
+    def apply(self, model, config):
+        model.head.register_forward_hook(lambda m, a, out: out * torch.nan)
+        freeze_all_but(model, [])
+        return model
+
+    def count(self, spec: BackboneSpec, config) -> int:
+        return 0
+
+
+@pytest.fixture
+def nan_method():
+    register_method(_Nan)
+    yield
+    methods.base._REGISTRY.pop("_nan")
+
+
+def test_a_non_finite_loss_fails_its_run_and_the_sweep_goes_on(nan_method, cli, workdir: Path, noah_root: Path):
+    code, out, err = cli(
+        "run", "--suite", "tinyfolder", "--methods", "_nan,linear", "--seeds", "1", "--tasks", "alpha",
+        "--data-root", str(noah_root),
+    )  # fmt: skip
+    assert code == 1 and "Traceback" not in err and "internal error" not in err  # not the user's input: exit 1
+    assert "failed: _nan/alpha/s0: FloatingPointError: the training loss is not finite" in err
+    assert err.rstrip().splitlines()[-1].startswith("error: 1 of 2 run(s) failed")
+    assert "1 run(s) trained" in out  # the summary of what finished is still printed
+    tracker = Tracker(default_tracking_uri(workdir))
+    runs = {r.data.tags["bench.method"]: r for rs in _records(workdir).values() for r in rs}
+    assert runs["linear"].info.status == "FINISHED" and runs["_nan"].info.status == "FAILED"
+    assert "--set preset.lr=" in runs["_nan"].data.tags["bench.error"]  # says how to lower the learning rate
+    traceback = tracker.client.download_artifacts(runs["_nan"].info.run_id, "error/traceback.txt")
+    assert "FloatingPointError" in Path(traceback).read_text()
+    [sweep] = tracker.search("bench/tinyfolder", kind="sweep")
+    assert sweep.info.status == "FAILED" and sweep.data.tags["bench.failed"] == "1"

@@ -145,6 +145,15 @@ def _split(arrays: tuple[np.ndarray, np.ndarray]):
         return SplitData(torch.from_numpy(images), torch.from_numpy(labels))
 
 
+def _node_threads_per_gpu_run(node_id: str, runs_per_gpu: int) -> int:
+    import ray
+
+    node = next((n for n in ray.nodes() if n.get("NodeID") == node_id), {})
+    resources = node.get("Resources", {})
+    slots = max(1.0, resources.get("GPU", 1.0) * runs_per_gpu)
+    return max(1, int(resources.get("CPU", 1.0) // slots))
+
+
 class _Trainer:
     """A Ray actor that trains jobs one at a time: one per run slot, kept for the whole sweep.
 
@@ -153,17 +162,20 @@ class _Trainer:
     stay warm from one run to the next (a plain GPU task is given a fresh process per call).
     """
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, runs_per_gpu: int) -> None:
         import ray
         import torch
 
-        torch.set_num_threads(threads)
+        self.node_id = ray.get_runtime_context().get_node_id()
         if ray.get_gpu_ids():
             torch.cuda.set_device(0)  # Ray shows the actor its GPU alone, as device 0
             self.device = torch.device("cuda", 0)
+            # A GPU run reserves one CPU for scheduling, but building the backbone (weight init),
+            # merging and compiling run on the CPU: use this node's CPUs per run slot.
+            threads = _node_threads_per_gpu_run(self.node_id, runs_per_gpu)
         else:
             self.device = torch.device("cpu")
-        self.node_id = ray.get_runtime_context().get_node_id()
+        torch.set_num_threads(threads)
 
     def ready(self) -> str:
         return self.node_id
@@ -235,6 +247,7 @@ class RayExecutor:
         except BaseException:
             self.close(graceful=True)
             raise
+        self._runs_per_gpu = runs_per_gpu
         self._mailbox = _mailbox_class().remote()
         # max_restarts=0: a dead actor fails its run and is replaced by a new one; Ray never
         # retrains a run behind the driver's back.
@@ -246,6 +259,13 @@ class RayExecutor:
         # once per sweep, here, rather than hidden in the first runs.
         try:
             ray.get([actor.ready.remote() for actor in self._idle])
+        except ray.exceptions.RayError as exc:  # e.g. a node whose Python environment lacks bench
+            self.close(graceful=False)
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise BenchError(
+                f"a Ray worker could not start ({type(exc).__name__}: {lines[-1][:200] if lines else ''}); "
+                "every node needs the same Python environment as this one (bench and its dependencies)"
+            ) from None
         except BaseException:
             self.close(graceful=False)
             raise
@@ -282,7 +302,7 @@ class RayExecutor:
         return self._weights[weights.checkpoint_id]
 
     def _new_trainer(self) -> Any:
-        return self._trainer.remote(max(1, int(self.plan.cpus_per_job)))
+        return self._trainer.remote(max(1, int(self.plan.cpus_per_job)), self._runs_per_gpu)
 
     def submit(self, work: Work, train: Any, evaluate: Any) -> None:
         actor = self._idle.pop()
