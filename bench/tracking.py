@@ -17,8 +17,6 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -281,30 +279,12 @@ class Tracker:
 
     # -- runs ------------------------------------------------------------------------------
 
-    @contextmanager
-    def child_run(
-        self, experiment: str, parent_id: str | None, name: str, tags: dict[str, str], params: dict[str, str]
-    ) -> Iterator[str]:
-        """A child run that ends FINISHED only if the body returns; FAILED or KILLED otherwise."""
-        run_id = self.start_child(experiment, parent_id, name, tags, params)
-        try:
-            yield run_id
-        except KeyboardInterrupt:
-            self.end_child(run_id, "KILLED")
-            raise
-        except BaseException as exc:
-            self.end_child(run_id, "FAILED", f"{type(exc).__name__}: {exc}")
-            raise
-        else:
-            self.end_child(run_id, "FINISHED")
-
     def start_child(
         self, experiment: str, parent_id: str | None, name: str, tags: dict[str, str], params: dict[str, str]
     ) -> str:
         """Create a child run (RUNNING) with its tags and params; :meth:`end_child` ends it.
 
-        The explicit pair serves the multi-device executor, which keeps several children open at
-        once; :meth:`child_run` is the one-at-a-time form.
+        The engine's recorder keeps several children open at once (one per run in flight).
         """
         exp_id = self.experiment_id(experiment)
         all_tags = {**tags, schema.KIND: KIND_RUN}

@@ -16,7 +16,7 @@ every run exactly once:
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import BenchError
@@ -106,7 +106,6 @@ class _InFlight:
     run_id: str
     data: JobData
     cancelled: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def drive(source: JobSource, executor: Executor, recorder: Recorder, reporter: Reporter | None = None) -> None:
