@@ -142,7 +142,7 @@ TasksOpt = Annotated[str | None, typer.Option(help="Comma-separated task names (
 ExecutorOpt = Annotated[
     str,
     typer.Option(
-        help="Where runs train: inline (this process), ray (Ray tasks: this host's GPUs, --workers CPU workers, "
+        help="Where runs train: inline (this process), ray (Ray workers: this host's GPUs, --workers CPU workers, "
         "or --ray-address), or auto (ray with several GPUs or any Ray option, else inline)."
     ),
 ]
