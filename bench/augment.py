@@ -1,6 +1,6 @@
 """Training augmentation on the device, batched and seeded: the few-shot recipe's transforms.
 
-The training loop keeps every split as uint8 on the device (DESIGN §6), so augmentation runs
+The training loop keeps every split as uint8 on the device, so augmentation runs
 there too, on whole batches, instead of per image in data-loader workers:
 
 * ``rrc``: timm's ``RandomResizedCropAndInterpolation(size)``: scale (0.08, 1), log-uniform aspect

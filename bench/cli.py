@@ -638,7 +638,7 @@ def methods_check(
     set_: FieldSetOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Run the conformance checks of DESIGN §3 on a tiny ViT; exit 0 only if all pass."""
+    """Run the conformance checks on a tiny ViT; exit 0 only if all pass."""
     from methods.base import get_method, make_config, parse_set_options
     from methods.conformance import run_checks
 

@@ -1,4 +1,4 @@
-"""The one exception type for errors a user can cause (DESIGN §8).
+"""The one exception type for errors a user can cause.
 
 Its message names the bad file, line or value and says how to fix it; the CLI prints it on one
 line, without a traceback, and exits non-zero. ``methods`` and ``suites`` subclass it for their

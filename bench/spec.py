@@ -1,4 +1,4 @@
-"""Run identity: what a run is, and the key that says two runs are the same (DESIGN §5)."""
+"""Run identity: what a run is, and the key that says two runs are the same."""
 
 from __future__ import annotations
 

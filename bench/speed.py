@@ -18,7 +18,7 @@ the same batch size, number of steps and images:
   through the same kind of loader. Its training images/s also counts the epochs after the first.
 
 Throughput depends on the machine far more than on anything here, so the figure that means
-something is the ratio of the two, measured in one process (DESIGN §6). Nothing in this module
+something is the ratio of the two, measured in one process. Nothing in this module
 imports MLflow or Optuna: it runs on a bare GPU machine with torch, timm and peft.
 """
 

@@ -1,6 +1,6 @@
 """MLflow tracking: where runs live, how a finished run is recognised, and what a run stores.
 
-Layout (DESIGN §5): one experiment per suite (``bench/<suite>``), a parent run per sweep, one
+Layout: one experiment per suite (``bench/<suite>``), a parent run per sweep, one
 child run per run. Children carry ``bench.*`` tags, ``bench.run_key`` among them; a run is done
 when a child with its key is FINISHED. FINISHED is written last, after every metric and artifact,
 so a process killed at any point leaves RUNNING (or FAILED) behind, never FINISHED. A later

@@ -9,7 +9,7 @@ The protocol rules live here and nowhere else:
 * images stay uint8 on the device for the whole run and are normalised on the device; bf16
   autocast on CUDA; losses and accuracies accumulate on the device and are read once per epoch.
 
-Speed on CUDA (issue 9): the frozen backbone tensors are held in bf16 while training (they never
+Speed on CUDA: the frozen backbone tensors are held in bf16 while training (they never
 change; trainable tensors and the optimiser stay fp32), and their fp32 originals are put back
 before evaluation and merging. The training step's forward (normalisation, model, loss and the
 count of correct predictions) is one compiled function; ``compile_mode`` says how
@@ -92,7 +92,7 @@ def lr_at(step: int, *, total_steps: int, warmup_steps: int, base_lr: float, war
 
     The NOAH-lineage schedule (10 of 100 epochs warm-up, 1e-6 -> lr -> 1e-5), evaluated per step
     rather than per epoch, and fitted inside the stated epochs (timm's ``warmup_prefix=False``
-    plus "+10 epochs" quirk of some official scripts is not reproduced; shared notes methods §6).
+    plus "+10 epochs" quirk of some official scripts is not reproduced).
     """
     if step < warmup_steps:
         return warmup_lr + (base_lr - warmup_lr) * step / warmup_steps

@@ -1,7 +1,7 @@
 """Throughput of the real training path (``bench.train.train_run``) with and without its GPU speed-ups.
 
 For each method, in one process, each of ``bench.train.COMPILE_MODES`` (``--modes``): ``eager``
-(fp32 frozen weights under bf16 autocast: the path before issue 9) and the compiled modes (frozen
+(fp32 frozen weights under bf16 autocast: the earlier path) and the compiled modes (frozen
 weights held in bf16; ``model`` compiles the model alone, ``step`` normalisation + model + loss
 as one graph, ``step-cudagraphs`` the same replayed as CUDA graphs). Steady state is the mean of
 the epochs after the first (which includes compilation); the first epoch's time is reported too. Then, with

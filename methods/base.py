@@ -1,7 +1,7 @@
 """The method interface every PEFT method implements, and the registry that finds them.
 
 A method is a class with a config dataclass (its structural and method-specific
-hyperparameters, published defaults as field defaults) and five operations (DESIGN §3):
+hyperparameters, published defaults as field defaults) and five operations:
 ``apply``, ``count``, ``for_budget``, ``search_space`` and, where the method can be folded
 into plain layers, ``merge``. Built-in methods register with :func:`register_method`;
 third-party packages register a ``Method`` subclass under the entry-point group
@@ -30,7 +30,7 @@ from bench.errors import BenchError
 
 ENTRY_POINT_GROUP = "bench.methods"
 
-#: A config is within budget when |count - budget| <= BUDGET_TOLERANCE * budget (DESIGN §3).
+#: A config is within budget when |count - budget| <= BUDGET_TOLERANCE * budget.
 BUDGET_TOLERANCE = 0.05
 
 
@@ -297,7 +297,7 @@ class Method(ABC):
 
 
 def shared_search_space(trial: Any) -> dict[str, Any]:
-    """Ranges every method tunes alike, so no method gets a wider search (shared notes, tuning §4.3)."""
+    """Ranges every method tunes alike, so no method gets a wider search."""
     return {
         "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
         "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),

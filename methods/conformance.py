@@ -1,6 +1,6 @@
-"""Conformance checks every method must pass (DESIGN §3), on a tiny timm ViT with random weights.
+"""Conformance checks every method must pass, on a tiny timm ViT with random weights.
 
-The checks catch the fidelity bugs the field's code ships with (shared notes, harnesses §8.7):
+The checks catch the fidelity bugs the field's code ships with:
 an adapter init overwritten so the model no longer starts at the backbone, factors that never
 receive a gradient, a "frozen" backbone that moves, parameter counts that do not match the
 formula, merges that change the function, and trainable state that cannot be restored.

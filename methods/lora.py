@@ -11,7 +11,7 @@ Deviations from NOAH, all deliberate and recorded in the run config:
   NOAH's unscaled update; setting ``alpha`` changes it explicitly.
 * init: peft's (A Kaiming-uniform with a = √5, B = 0), applied *after* the backbone weights are
   loaded, so the adapted model equals the backbone at step 0 (V-PETL Bench and PETL_Vision
-  lose this to timm's model-wide init; see shared notes, harnesses §8.7).
+  lose this to timm's model-wide init).
 
 ``targets="qkv,proj,fc1,fc2"`` adapts all four linears of every block. Targets are given to peft
 as a regex anchored on ``blocks.N`` because the bare name ``proj`` also matches

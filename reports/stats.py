@@ -1,4 +1,4 @@
-"""Statistics for the report generator: small pure functions over numpy arrays (DESIGN §7).
+"""Statistics for the report generator: small pure functions over numpy arrays.
 
 Accuracies are fractions internally; rendering in percent is the caller's job. Every function
 returns plain floats, numpy arrays or frozen dataclasses, gives NaN where a quantity is undefined,

@@ -1,8 +1,8 @@
 """Per-method summaries over seeds: what `bench run` prints at the end of a sweep.
 
 The paper tables (CIs across tasks, significance tests) are the report generator's job; this is
-the quick look: mean, standard deviation and the 95 % Student-t half-width over seeds (DESIGN §7:
-no bootstrap at n <= 10).
+the quick look: mean, standard deviation and the 95 % Student-t half-width over seeds (no
+bootstrap at n <= 10).
 """
 
 from __future__ import annotations

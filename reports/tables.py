@@ -1,7 +1,7 @@
 """The numbers of a report, as data frames: per-task cells, aggregate rows, comparisons, few-shot.
 
 Everything statistical is delegated to :mod:`reports.stats` (small pure functions with their own
-tests); this module only arranges runs into the arrays those functions take (DESIGN §7):
+tests); this module only arranges runs into the arrays those functions take:
 
 * per task: mean over seeds ± 95 % Student-t half-width; against the reference a Welch t-test
   (difference, its CI, P(A>B)); the per-task markers use Benjamini–Hochberg over every

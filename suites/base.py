@@ -1,4 +1,4 @@
-"""What a suite is: tasks, a protocol preset and stages, all plain data (DESIGN §4)."""
+"""What a suite is: tasks, a protocol preset and stages, all plain data."""
 
 from __future__ import annotations
 

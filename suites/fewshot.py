@@ -1,6 +1,6 @@
 """``fgvc_fewshot``: five fine-grained datasets with NOAH's few-shot lists (1/2/4/8/16 shots, split seeds 0-2).
 
-Layout (NOAH's ``lib/datasets.py:general_dataset_few_shot``; shared notes, protocols §3)::
+Layout (NOAH's ``lib/datasets.py:general_dataset_few_shot``)::
 
     <data root>/<dataset>/annotations/train_meta.list.num_shot_<k>.seed_<s>   (15 per dataset)
     <data root>/<dataset>/annotations/val_meta.list

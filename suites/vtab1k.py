@@ -2,7 +2,7 @@
 
 Task folder names follow NOAH's ``data/vtab-source/get_vtab1k.py``; class counts follow
 ``ZhangYuanhan-AI/NOAH:lib/datasets.py`` and ``OSU-MLB/PETL_Vision:utils/global_var.py``; test
-sizes are derived from the ``task_adaptation`` split rules (shared notes, protocols §2.1).
+sizes are derived from the ``task_adaptation`` split rules.
 """
 
 from __future__ import annotations
