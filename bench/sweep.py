@@ -423,10 +423,29 @@ def run_record(run: PlannedRun, stage: Stage, experiment: str, parent: str | Non
     return RunRecord(experiment, parent, spec.label, {**tags, **run.tags}, params, resolved, stale)
 
 
-def job_data(run: PlannedRun, plan: Any, cache_dir: Path, memo: dict[Any, TaskData]) -> JobData:
-    """A run's splits for the engine: decoded here once per task, from the image cache."""
-    data = task_data(run.task, plan, cache_dir, memo)
-    return JobData(data.train, data.evaluate, data.eval_entries, run.task.directory)
+class TaskLoader:
+    """The splits of a plan's runs for the engine, decoded here once per task from the image cache.
+
+    One task stays in memory at a time (the sources hand out runs task by task). A task whose data
+    cannot be read is decoded once: its other runs fail with the same error at once, instead of
+    each decoding every image up to the bad one again.
+    """
+
+    def __init__(self, plan: Any, cache_dir: Path):
+        self.plan, self.cache_dir = plan, cache_dir
+        self._memo: dict[Any, TaskData] = {}
+        self._unreadable: dict[Any, str] = {}  # task cache id -> its data error
+
+    def __call__(self, run: PlannedRun) -> JobData:
+        key = run.task.cache_id
+        if key in self._unreadable:
+            raise BenchError(self._unreadable[key])
+        try:
+            data = task_data(run.task, self.plan, self.cache_dir, self._memo)
+        except BenchError as exc:
+            self._unreadable[key] = str(exc)
+            raise
+        return JobData(data.train, data.evaluate, data.eval_entries, run.task.directory)
 
 
 class SweepSource:
@@ -444,7 +463,7 @@ class SweepSource:
             else:
                 acc = previous.data.metrics.get(schema.eval_metric(plan.stage.name))
                 self.outcomes[index] = RunOutcome(run.spec, "skipped", previous.info.run_id, acc)
-        self._memo: dict[Any, TaskData] = {}
+        self._load = TaskLoader(plan, cache_dir)
 
     @property
     def todo(self) -> int:
@@ -463,7 +482,7 @@ class SweepSource:
         return Job(Work(index, run, self.plan.stage, self.plan.weights), record)
 
     def load(self, job: Job) -> JobData:
-        return job_data(job.run, self.plan, self.cache_dir, self._memo)
+        return self._load(job.run)
 
     def on_epoch(self, job: Job, metrics: Any) -> bool:
         return False
@@ -509,8 +528,7 @@ def run_sweep(
         ),
     )
     source = SweepSource(plan, recorder, parent, workdir / "cache" / "images", reporter)
-    if hasattr(reporter, "sweep_started"):
-        reporter.sweep_started(plan, source.todo)
+    reporter.sweep_started(plan, source.todo)
     source.report_reused()
     status = "FAILED"
     try:

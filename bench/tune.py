@@ -37,7 +37,7 @@ from .studies import (
     study_name,
     summarize_study,
 )
-from .sweep import PlannedRun, SweepPlan, SweepRequest, job_data, plan_sweep, run_tags
+from .sweep import PlannedRun, SweepPlan, SweepRequest, TaskLoader, plan_sweep, run_tags
 from .tracking import experiment_name, flatten_params
 
 
@@ -107,7 +107,7 @@ class TrialSource:
         self.open: list[_Study] = []
         self.inflight: dict[int, tuple[_Study, Any]] = {}  # job -> (its study, its Optuna trial)
         self.ids = count()
-        self._memo: dict = {}
+        self._load = TaskLoader(plan, cache_dir)
 
     def next_job(self) -> Job | None:
         study = next((s for s in self.open if not s.busy and s.remaining > 0), None)
@@ -157,7 +157,7 @@ class TrialSource:
         return job
 
     def load(self, job: Job) -> JobData:
-        return job_data(job.run, self.plan, self.cache_dir, self._memo)
+        return self._load(job.run)
 
     def on_epoch(self, job: Job, metrics: Any) -> bool:
         _, trial = self.inflight[job.id]

@@ -41,7 +41,7 @@ import torch
 
 from bench.engine import ExecutorOptions, Recorder, make_executor
 from bench.speed import synthetic_images, write_jpegs
-from bench.sweep import SweepRequest, job_data, plan_sweep, run_sweep
+from bench.sweep import SweepRequest, TaskLoader, plan_sweep, run_sweep
 from suites.base import Suite, available_suites, register_suite
 from suites.demo import DEMO_PRESET
 from suites.vtab1k import VTAB1K_PRESET
@@ -216,7 +216,7 @@ def main() -> None:
             run_sweep(warm, Recorder(MemoryTracker()), executor, work)
         for mode in args.modes.split(","):
             plan = plan_sweep(request, work)
-            job_data(plan.runs[0], plan, work / "cache" / "images", {})  # a warm cache before anything is timed
+            TaskLoader(plan, work / "cache" / "images")(plan.runs[0])  # a warm cache before anything is timed
             store = work / f"store-{mode}-{time.time_ns()}"
             store.mkdir(parents=True)
             tracker, tracker_kind = make_tracker(store)

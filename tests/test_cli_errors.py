@@ -82,11 +82,24 @@ def test_unknown_names(cli, noah_root: Path):
     _assert_one_line_error(code, err, "unknown backbone 'vit_nonexistent'")
 
 
-def test_unreadable_image_fails_its_task_runs_and_the_others_finish(cli, workdir: Path, noah_root: Path):
+def test_unreadable_image_fails_its_task_runs_and_the_others_finish(
+    cli, workdir: Path, noah_root: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import bench.cache
+
+    decoded: list[str] = []
+    real = bench.cache.decode_images
+
+    def counting(entries, *args, **kwargs):  # the real decoder, counted per task
+        decoded.append(entries[0].path.parts[-4])
+        return real(entries, *args, **kwargs)
+
+    monkeypatch.setattr(bench.cache, "decode_images", counting)
     (noah_root / "beta" / "images" / "train800" / "000003.png").write_bytes(b"this is not a png")
     code, _, err = cli(
         "run", "--suite", "tinyfolder", "--methods", "linear", "--seeds", "2", "--data-root", str(noah_root)
     )
+    assert decoded.count("beta") == 1  # the bad task is decoded once, not once per run
     _assert_one_line_error(code, err, "2 of 4 run(s) failed", "train800val200.txt:4", "000003.png cannot be read")
     failed = [line for line in err.splitlines() if line.startswith("failed: ")]
     assert len(failed) == 2 and all(line.startswith("failed: linear/beta/") for line in failed), err

@@ -137,7 +137,8 @@ def test_ray_is_imported_only_for_the_ray_executor():
 
 
 def test_executor_choice_and_its_errors(monkeypatch: pytest.MonkeyPatch):
-    assert choose_executor(ExecutorOptions(), "auto") in ("inline", "ray")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_executor(ExecutorOptions(), "auto") == "inline"  # a CPU: this process
     assert choose_executor(ExecutorOptions(), "cpu") == "inline"
     assert choose_executor(ExecutorOptions(workers=2), "cpu") == "ray"
     assert choose_executor(ExecutorOptions(address="127.0.0.1:6379"), "auto") == "ray"
@@ -150,6 +151,8 @@ def test_executor_choice_and_its_errors(monkeypatch: pytest.MonkeyPatch):
     with pytest.raises(Exception, match="contradict --device cpu"):
         make_executor(ExecutorOptions(kind="ray", runs_per_gpu=2), "cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert choose_executor(ExecutorOptions(), "auto") == "inline"  # one GPU: this process
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert choose_executor(ExecutorOptions(), "auto") == "ray"  # several GPUs: Ray over all of them
     assert choose_executor(ExecutorOptions(), "cpu") == "inline"
