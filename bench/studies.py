@@ -4,7 +4,7 @@ final runs take. A leaf: it knows Optuna and the method interface, not sweeps or
 Fairness rules (see ``docs/guide/tuning.md``):
 
 * every study gets the same ``n_trials``; complete, pruned and failed trials all count, so a
-  method that fails cannot buy extra trials. A trial cut short by Ctrl-C or a killed process is
+  method that fails cannot buy extra trials. A trial cut short by Ctrl-C or a killed driver process is
   marked failed *and interrupted*, and does not count: a rerun trains it again;
 * the same sampler (TPE, multivariate, constant liar, seeded from the study name) and the same
   pruner (Hyperband over epochs, fed the val200 accuracy of every epoch) for every study;
@@ -30,7 +30,7 @@ from .errors import BenchError
 
 TUNE_SEED = 1000  # the seed of every tuning trial; final runs must use others
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
-INTERRUPTED = "interrupted"  # a trial's user attribute: cut short by Ctrl-C or a killed process
+INTERRUPTED = "interrupted"  # a trial's user attribute: cut short by Ctrl-C or a killed driver
 
 
 def counts_toward_effort(trial: Any) -> bool:

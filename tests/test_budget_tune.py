@@ -329,3 +329,48 @@ def test_a_failed_trial_is_recorded_and_the_study_goes_on(
     failed = [r for r in runs if r.data.tags["optuna.state"] == "failed"]
     assert failed and all(r.info.status == "FAILED" for r in failed)
     assert "not finite" in failed[0].data.tags["bench.error"]
+
+
+class _InterruptAtFirstEpoch:
+    """Ctrl-C after the first trial's first epoch."""
+
+    def sweep_started(self, plan, todo) -> None:
+        pass
+
+    def run_started(self, run, epochs) -> None:
+        pass
+
+    def epoch_done(self, run, metrics) -> None:
+        raise KeyboardInterrupt
+
+    def run_done(self, run, outcome) -> None:
+        pass
+
+
+def test_an_interrupted_trial_does_not_count_and_the_rerun_tops_the_study_up(cli, workdir: Path, noah_root: Path):
+    from bench.engine import ExecutorOptions, Recorder, make_executor
+    from bench.sweep import SweepRequest
+    from bench.tune import run_tuning
+
+    request = SweepRequest(
+        suite="tinyfolder", methods=["lora"], seeds=[0], tasks=["alpha"], data_root=noah_root, device="cpu"
+    )
+    storage = default_storage(workdir)
+    recorder = Recorder(Tracker(default_tracking_uri(workdir), artifact_root=workdir / "artifacts"))
+    with pytest.raises(KeyboardInterrupt):
+        run_tuning(
+            request, 2, workdir, recorder, storage, make_executor(ExecutorOptions(), "cpu"), _InterruptAtFirstEpoch()
+        )
+    [study] = optuna.get_all_study_summaries(storage)
+    [trial] = optuna.load_study(study_name=study.study_name, storage=storage).trials
+    assert trial.state.name == "FAIL" and trial.user_attrs.get("interrupted") is True
+    [run] = Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder-tune")
+    assert run.info.status == "KILLED"
+
+    code, out, err = cli(
+        "tune", "--suite", "tinyfolder", "--methods", "lora", "--trials", "2", "--tasks", "alpha",
+        "--data-root", str(noah_root), "--device", "cpu", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    [summary] = json.loads(out)
+    assert summary["trials"] == {"interrupted": 1, "complete": 2}  # two that count, as every study gets
