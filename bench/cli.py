@@ -21,15 +21,37 @@ from rich.table import Table
 
 from .errors import BenchError
 
+
+def examples(*commands: str) -> str:
+    """A help epilog listing example commands, one per line (typer keeps lines ending in two spaces)."""
+    return "Examples:  \n" + "  \n".join(commands)
+
+
 app = typer.Typer(
     help="Benchmark parameter-efficient fine-tuning methods for vision transformers.",
+    epilog=examples(
+        "bench run --suite demo --methods lora,linear --seeds 3",
+        "bench report --suite demo --reference linear --out report",
+    ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-methods_app = typer.Typer(help="List, describe and check PEFT methods.", no_args_is_help=True)
-suites_app = typer.Typer(help="List and describe benchmark suites.", no_args_is_help=True)
-data_app = typer.Typer(help="Verify and fetch suite data.", no_args_is_help=True)
+methods_app = typer.Typer(
+    help="List, describe and check PEFT methods.",
+    epilog=examples("bench methods list", "bench methods info karst --backbone vit_small_patch16_224"),
+    no_args_is_help=True,
+)
+suites_app = typer.Typer(
+    help="List and describe benchmark suites.",
+    epilog=examples("bench suites list", "bench suites info vtab1k"),
+    no_args_is_help=True,
+)
+data_app = typer.Typer(
+    help="Verify and fetch suite data.",
+    epilog=examples("bench data verify --suite vtab1k --data-root ~/data/vtab-1k"),
+    no_args_is_help=True,
+)
 app.add_typer(methods_app, name="methods")
 app.add_typer(suites_app, name="suites")
 app.add_typer(data_app, name="data")
@@ -167,7 +189,12 @@ BudgetOpt = Annotated[
 ]
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "bench run --suite demo --methods lora,linear --seeds 3",
+        "bench run --suite vtab1k --methods lora,karst --data-root DIR --gpus all",
+    )
+)
 def run(
     suite: str = typer.Option(..., help="Suite name (see `bench suites list`)."),
     methods: str = typer.Option(..., help="Comma-separated method names, e.g. lora,linear."),
@@ -292,7 +319,12 @@ def _budget(text: str | None) -> int | None:
     return parse_budget(text) if text is not None else None
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "bench tune --suite demo --methods karst,lora --budget 8k --trials 4",
+        "bench run --suite demo --methods karst,lora --budget 8k --hparams tuned",
+    )
+)
 def tune(
     suite: str = typer.Option(..., help="Suite name."),
     methods: str = typer.Option(..., help="Comma-separated method names."),
@@ -406,7 +438,7 @@ def _pct(x: float) -> str:
     return "–" if x != x else f"{100 * x:.2f}"
 
 
-@app.command("runs")
+@app.command("runs", epilog=examples("bench runs --suite demo", "bench runs --suite vtab1k --json"))
 def runs_cmd(
     suite: str = typer.Option(..., help="Suite whose runs to list."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -468,7 +500,13 @@ def runs_cmd(
     out.print(table)
 
 
-@app.command("report")
+@app.command(
+    "report",
+    epilog=examples(
+        "bench report --suite demo --reference linear --out report",
+        "bench report --suite vtab1k --budget 0.3M --reference lora --out paper",
+    ),
+)
 def report_cmd(
     suite: str = typer.Option(..., help="Suite whose finished runs to report."),
     methods: str | None = typer.Option(None, help="Comma-separated methods (default: every method with runs)."),
@@ -512,7 +550,7 @@ def report_cmd(
 # bench methods
 
 
-@methods_app.command("list")
+@methods_app.command("list", epilog=examples("bench methods list", "bench methods list --json"))
 def methods_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Every registered method (built-in and from installed plugins)."""
     from methods.base import available_methods, config_to_dict, make_config
@@ -541,7 +579,13 @@ def methods_list(as_json: bool = typer.Option(False, "--json", help="Machine-rea
     out.print(table)
 
 
-@methods_app.command("info")
+@methods_app.command(
+    "info",
+    epilog=examples(
+        "bench methods info karst",
+        "bench methods info lora --set rank=4 --backbone vit_small_patch16_224",
+    ),
+)
 def methods_info(
     name: str = typer.Argument(..., help="Method name."),
     backbone: str = typer.Option("vit_base_patch16_224.orig_in21k", help="timm ViT name (never downloads)."),
@@ -603,7 +647,13 @@ def methods_info(
     out.print("Trainable parameters exclude the head, which adds (embed_dim + 1) × classes for every method.")
 
 
-@methods_app.command("budget")
+@methods_app.command(
+    "budget",
+    epilog=examples(
+        "bench methods budget --budget 0.3M",
+        "bench methods budget --budget 8k --backbone vit_demo_tiny --methods karst,lora",
+    ),
+)
 def methods_budget(
     budget: str = typer.Option(..., help="Trainable parameters, head excluded: 300000, 300k or 0.3M."),
     backbone: str = typer.Option("vit_base_patch16_224.orig_in21k", help="timm ViT name (never downloads)."),
@@ -632,7 +682,7 @@ def methods_budget(
     out.print(table)
 
 
-@methods_app.command("check")
+@methods_app.command("check", epilog=examples("bench methods check karst", "bench methods check lora --set rank=4"))
 def methods_check(
     name: str = typer.Argument(..., help="Method name."),
     set_: FieldSetOpt = None,
@@ -683,7 +733,7 @@ def _suite_info(suite) -> dict[str, Any]:
     }
 
 
-@suites_app.command("list")
+@suites_app.command("list", epilog=examples("bench suites list", "bench suites list --json"))
 def suites_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Every registered suite."""
     import suites
@@ -700,7 +750,7 @@ def suites_list(as_json: bool = typer.Option(False, "--json", help="Machine-read
     out.print(table)
 
 
-@suites_app.command("info")
+@suites_app.command("info", epilog=examples("bench suites info vtab1k", "bench suites info fgvc_fewshot --json"))
 def suites_info(
     name: str = typer.Argument(..., help="Suite name."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -734,7 +784,13 @@ def suites_info(
 # bench data
 
 
-@data_app.command("verify")
+@data_app.command(
+    "verify",
+    epilog=examples(
+        "bench data verify --suite vtab1k --data-root ~/data/vtab-1k",
+        "bench data verify --suite fgvc_fewshot --data-root ~/data/fgvc --dedupe",
+    ),
+)
 def data_verify(
     suite: str = typer.Option(..., help="Suite name."),
     data_root: Path = typer.Option(..., help="Folder holding the suite's task folders."),
@@ -776,7 +832,13 @@ def data_verify(
         raise typer.Exit(1)
 
 
-@data_app.command("fetch")
+@data_app.command(
+    "fetch",
+    epilog=examples(
+        "bench data fetch --suite vtab1k --to ~/data/vtab-1k",
+        "bench data fetch --suite fgvc_fewshot --to ~/data/fgvc",
+    ),
+)
 def data_fetch(
     suite: str = typer.Option(..., help="Suite name (vtab1k)."),
     to: Path = typer.Option(..., help="Folder to put the task folders in."),
@@ -795,7 +857,7 @@ def data_fetch(
 # bench ui
 
 
-@app.command()
+@app.command(epilog=examples("bench ui", "bench --workdir runs-vtab ui --port 5001"))
 def ui(
     port: int = typer.Option(5000, help="Port of the MLflow UI."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
@@ -876,7 +938,12 @@ def _stop_group(proc) -> None:
 # bench speed
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "bench speed --methods lora,linear --steps 3",
+        "bench speed --methods lora,karst,full --out speed.json",
+    )
+)
 def speed(
     methods: str | None = typer.Option(None, help="Comma-separated method names (default: every registered one)."),
     backbone: str | None = typer.Option(
@@ -952,7 +1019,7 @@ def run_cli(args: list[str] | None = None) -> int:
     Typer runs in standalone mode: it prints usage errors itself and exits through SystemExit.
     """
     try:
-        app(args=args, prog_name="bench")
+        click_command()(args=args, prog_name="bench")
         return 0
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -972,6 +1039,34 @@ def run_cli(args: list[str] | None = None) -> int:
             soft_wrap=True,
         )
         return 3
+
+
+def click_command() -> Any:
+    """The click command typer builds from ``app``, with flags shown without a type column.
+
+    typer prints ``<bool>`` beside every flag (``--json``, ``--help``); a flag takes no value, so the
+    column is left empty. The CLI reference in the docs is generated from this same command.
+    """
+    command = typer.main.get_command(app)
+    _blank_flag_types(command)
+    return command
+
+
+def _blank_flag_types(command: Any) -> None:
+    for param in command.params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    make_help_option = command.get_help_option
+
+    def get_help_option(ctx: Any) -> Any:
+        option = make_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = get_help_option  # type: ignore[method-assign]
+    for sub in getattr(command, "commands", {}).values():
+        _blank_flag_types(sub)
 
 
 def _write_crash(exc: BaseException) -> Path:
