@@ -3,7 +3,7 @@
 The recorder writes them; ``bench runs`` and ``reports/`` read them. Both import the names from
 here, so a renamed tag cannot leave a reader behind. This module imports nothing and holds no
 logic: it is the contract between the writer and its readers, documented for users in
-``docs/reference/tracking.md``.
+``docs/reference/tracking-schema.md``.
 """
 
 from __future__ import annotations

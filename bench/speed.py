@@ -67,8 +67,8 @@ class SpeedDefaults:
     workers: int
 
 
-# On a GPU: the setting (ViT-B/16 at 224, batch 64, 4 loader workers like the published
-# code). On a CPU: the demo's tiny ViT, so that CI measures both loops in seconds.
+# On a GPU: the field's VTAB-1K setting (ViT-B/16 at 224, batch 64, 4 loader workers like the
+# published code). On a CPU: the demo's tiny ViT, so that CI measures both loops in seconds.
 DEFAULTS = {
     "cuda": SpeedDefaults("vit_base_patch16_224", batch_size=64, steps=50, eval_images=4096, workers=4),
     "cpu": SpeedDefaults("vit_demo_tiny", batch_size=8, steps=5, eval_images=64, workers=0),
