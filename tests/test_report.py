@@ -203,6 +203,10 @@ def test_report_errors_are_one_line(swept, tmp_path: Path, capsys):
     assert code == 2 and "no finished final runs of suite 'demo'" in err
     code, _, err = _invoke(capsys, workdir, "report", "--suite", "tinyfolder", "--format", "md,docx")
     assert code == 2 and "docx" in err
+    code, _, err = _invoke(capsys, workdir, "report", "--suite", "tinyfolder", "--latex-width", "huge")
+    assert code == 2 and "--latex-width 'huge'" in err and "fit" in err
+    code, _, err = _invoke(capsys, workdir, "run", "--suite", "tinyfolder", "--methods", "lora", "--weights-label", " ")
+    assert code == 2 and "--weights-label" in err and "one non-empty line" in err
     a_file = tmp_path / "taken"
     a_file.write_text("")
     code, _, err = _invoke(capsys, workdir, "report", "--suite", "tinyfolder", "--out", str(a_file))
@@ -414,6 +418,7 @@ def test_one_task_shows_only_t_intervals_and_welch(tmp_path: Path):
     assert "Δ (pp) [95% Welch CI]" in md
 
 
+@pytest.mark.slow
 def test_vtab_groups_give_both_averages_named_and_rank_statistics(tmp_path: Path):
     groups = ["natural"] * 7 + ["specialized"] * 4 + ["structured"] * 8
     runs = _synthetic_runs(
@@ -475,6 +480,7 @@ def test_text_is_typeset_for_print():
         assert f"\\begin{{{env}}}" in frag and ("\\resizebox" in frag) == fit and "P(A$>$B)" in frag
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
 def test_latex_fragments_paste_into_a_plain_article_and_the_report_compiles(tmp_path: Path):
     methods = ("karst", "lora", "linear", "dtl", "full", "kadaptation", "sparse_tuning")
