@@ -118,7 +118,7 @@ def main_table(cells: pd.DataFrame, resources: pd.DataFrame, reference: str, sty
     """Rows: tasks, then parameter rows. Columns: methods (reference first), then the test-split SE."""
     methods = list(dict.fromkeys([reference, *cells["method"]]))
     se = {}
-    if split_se is not None and len(split_se):
+    if split_se is not None and split_se.get("se", pd.Series(dtype=float)).notna().any():
         se = {(r.task, None if pd.isna(r.shots) else int(r.shots)): r.se for r in split_se.itertuples()}
     rows: dict[str, dict[str, str]] = {}
     for task, shots in task_keys(cells):
@@ -484,7 +484,7 @@ def comparison_notes(agg: Aggregates, reference: str) -> list[str]:
     if n < 6:
         floor = 2 / 2**n
         notes.append(
-            f"With {plural(n, 'task')} the two-sided signed-rank test cannot go below p = 2/2^{n} = {floor:.3g}, so it "
+            f"With {plural(n, 'task')} the two-sided signed-rank test cannot go below p = 2/{2**n} = {floor:.3g}, so it "
             "cannot reach p < 0.05 whatever the data; read the intervals, not the p-values."
         )
     f = agg.friedman

@@ -85,7 +85,12 @@ def test_report_writes_every_file_and_its_numbers_match_the_runs(swept, tmp_path
 
     md = (out / "report.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("|") and "karst" in line)
-    assert [c.strip() for c in header.strip("|").split("|")][1:] == ["karst", "lora", "linear", "Test SE"]  # reference first
+    assert [c.strip() for c in header.strip("|").split("|")][1:] == [
+        "karst",
+        "lora",
+        "linear",
+        "Test SE",
+    ]  # reference first
     assert "95 % Student-t" in md and "Benjamini–Hochberg" in md and "exclude the classification head" in md
     assert "3 seeds" in md
     # every mean shown in the Markdown table is the recomputed one at one decimal
@@ -387,7 +392,7 @@ def test_three_tasks_seed_only_intervals_and_no_rank_statistics(tmp_path: Path):
     for text in (md, tex):
         assert "tasks fixed" in text
         assert "No Friedman or Iman" in text and "critical-difference diagram" in text
-        assert "cannot go below p = 2/2" in text  # the Wilcoxon floor, in report.tex too
+        assert "cannot go below p = 2/8 = 0.25" in text  # the Wilcoxon floor, in report.tex too
         assert "Friedman $\\chi$" not in text and "Friedman χ²" not in text
     assert "Δ mean of 3 tasks (pp) [95% CI]" in md and "P(A>B) [95% CI]" in md
     assert "P(A$>$B) [95\\% CI]" in tex  # no text ">" (¡ in OT1)
