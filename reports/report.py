@@ -25,6 +25,7 @@ from . import figures, render, tables
 from .runs import ReportRuns
 
 FORMATS = ("md", "latex", "csv")
+FRAGMENTS = ("main", "aggregates", "comparison", "fewshot", "fewshot_diff", "cost")  # tables/<name>.tex
 
 
 @dataclass
@@ -178,6 +179,8 @@ def write_report(report: Report, out: Path, formats: tuple[str, ...] = FORMATS, 
     if "latex" in formats:
         folder = out / "tables"
         folder.mkdir(exist_ok=True)
+        for stale in FRAGMENTS:  # an earlier report into this folder may have had tables this one has not
+            (folder / f"{stale}.tex").unlink(missing_ok=True)
         for section in parts:
             for item in section.items:
                 if isinstance(item, Table):
@@ -195,7 +198,7 @@ def _weights(frame: pd.DataFrame) -> str:
     labels = [x for x in dict.fromkeys(frame["weights_label"]) if x]
     checkpoint = frame["checkpoint"].iloc[0]
     if not labels:
-        return f"{checkpoint} (no --weights-label recorded)"
+        return f"{checkpoint} (no weights label recorded)"
     unlabelled = int((frame["weights_label"] == "").sum())
     text = "; ".join(f'"{x}"' for x in labels) + f" ({checkpoint})"
     if len(labels) > 1 or unlabelled:

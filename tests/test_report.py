@@ -522,3 +522,30 @@ def test_latex_fragments_paste_into_a_plain_article_and_the_report_compiles(tmp_
     if shutil.which("pdftotext"):
         text = subprocess.run(["pdftotext", "paper.pdf", "-"], cwd=out, capture_output=True, text=True).stdout
         assert "¡" not in text and "P(A>B)" in text
+
+
+def test_few_shot_tables_and_fragments(tmp_path: Path):
+    rng = np.random.default_rng(4)
+    rows = []
+    for shots in (1, 4):
+        for r in _grid(["karst", "lora"], ["pets", "cars"], [0, 1, 2], shots=shots):
+            acc = 0.3 + 0.1 * np.log2(shots) + 0.02 * (r["method"] == "lora") + rng.normal(0, 0.01)
+            rows.append({**r, "run_key": r["run_key"] + str(shots), "acc": acc, "split_seed": r["seed"]})
+    runs = select_runs(_frame(rows), suite="s", stage="final")
+    report, out, md, tex = _report(tmp_path, runs)
+    assert "## Few-shot: per shot count" in md and "no p-values across so few datasets" in md
+    assert {"fewshot.tex", "fewshot_diff.tex"} <= {p.name for p in (out / "tables").iterdir()}
+    one = report.few_shot[(report.few_shot["shots"] == 4) & (report.few_shot["method"] == "lora")].iloc[0]
+    frame = runs.frame[runs.frame["shots"] == 4]
+    cube = np.stack(
+        [
+            frame[frame["method"] == m].pivot_table(index="task", columns="seed", values="acc").to_numpy()
+            for m in ("karst", "lora")
+        ]
+    )
+    from reports import stats
+
+    direct = stats.few_shot_difference(cube[1], cube[0], n_boot=tables.N_BOOT, seed=tables.BOOT_SEED)
+    assert one["diff"] == pytest.approx(direct.diff)
+    assert (one["diff_low"], one["diff_high"]) == pytest.approx((direct.low, direct.high))
+    assert one["prob_superiority"] == pytest.approx(direct.prob_superiority)
