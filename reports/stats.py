@@ -3,8 +3,9 @@
 Accuracies are fractions internally; rendering in percent is the caller's job. Every function
 returns plain floats, numpy arrays or frozen dataclasses, gives NaN where a quantity is undefined,
 and does not raise on legal but degenerate data (one seed, identical methods, all-tied ranks).
-Only numpy and scipy are used here; the tests cross-check against statsmodels, scikit-posthocs and
-autorank.
+Only numpy and scipy are used here; the tests cross-check against statsmodels, scikit-posthocs,
+autorank, rliable's metrics and scipy.stats.bootstrap. rliable's own bootstrap module is not used:
+it needs arch<8, which does not import under pandas 3.
 
 What each piece is for, and why
 -------------------------------
