@@ -152,6 +152,12 @@ def _method_overrides(items: list[str]) -> dict[str, dict[str, str]]:
 DataRootOpt = Annotated[Path | None, typer.Option(help="Folder holding the suite's task folders.")]
 BackboneOpt = Annotated[str | None, typer.Option(help="timm ViT name (default: the suite's).")]
 CheckpointOpt = Annotated[Path | None, typer.Option(help="Local weights (.safetensors, .pth, .npz): runs offline.")]
+WeightsLabelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help='A human name for the weights, recorded on every run and shown in reports, e.g. "ViT-S/14, DINOv2 init".'
+    ),
+]
 EpochsOpt = Annotated[int | None, typer.Option(help="Override the preset's epochs (warm-up scales with it).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 TrackingOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI (default: sqlite in the workdir).")]
@@ -204,6 +210,7 @@ def run(
     data_root: DataRootOpt = None,
     backbone: BackboneOpt = None,
     checkpoint: CheckpointOpt = None,
+    weights_label: WeightsLabelOpt = None,
     epochs: EpochsOpt = None,
     device: DeviceOpt = "auto",
     tracking_uri: TrackingOpt = None,
@@ -250,6 +257,7 @@ def run(
         shots=parse_int_list(shots, "--shots", "1,2,4,8,16"),
         split_seeds=parse_int_list(split_seeds, "--split-seeds", "0,1,2"),
         dedupe=dedupe,
+        weights_label=_weights_label(weights_label),
     )
     options = ExecutorOptions(executor, ray_address, gpus, runs_per_gpu, workers, ray_object_store_mb)
     plan = plan_sweep(request, State.workdir)
@@ -313,6 +321,16 @@ def _exit_on_failures(outcomes, command: str) -> None:
     raise typer.Exit(2 if all(o.user_error for o in failed) else 1)
 
 
+def _weights_label(text: str | None) -> str | None:
+    """The --weights-label, stripped; a blank or multi-line label is refused (it is one table cell)."""
+    if text is None:
+        return None
+    label = text.strip()
+    if not label or "\n" in label:
+        raise BenchError(f'--weights-label {text!r} must be one non-empty line, e.g. --weights-label "ViT-B/16, MAE"')
+    return label
+
+
 def _budget(text: str | None) -> int | None:
     from .budget import parse_budget
 
@@ -335,6 +353,7 @@ def tune(
     data_root: DataRootOpt = None,
     backbone: BackboneOpt = None,
     checkpoint: CheckpointOpt = None,
+    weights_label: WeightsLabelOpt = None,
     epochs: EpochsOpt = None,
     device: DeviceOpt = "auto",
     tracking_uri: TrackingOpt = None,
@@ -369,6 +388,7 @@ def tune(
         device=_executor_device(device, gpus, runs_per_gpu),
         method_overrides=_method_overrides(set_ or []),
         budget=_budget(budget),
+        weights_label=_weights_label(weights_label),
     )
     url = storage or default_storage(State.workdir)
     options = ExecutorOptions(executor, ray_address, gpus, runs_per_gpu, workers, ray_object_store_mb)
@@ -521,11 +541,22 @@ def report_cmd(
     format_: str = typer.Option("md,latex,csv", "--format", help="Any of md, latex, csv, comma-separated."),
     out_dir: Path = typer.Option(Path("report"), "--out", help="Folder for the report files and figures."),
     tracking_uri: TrackingOpt = None,
+    resample_tasks: bool = typer.Option(
+        False,
+        "--resample-tasks",
+        help="Aggregate intervals resample tasks too (generalisation to similar tasks); needs 10 or more tasks.",
+    ),
+    latex_width: str = typer.Option(
+        "fit", help="LaTeX tables: fit (shrink to the line when wider), natural, or wide (table*, two-column papers)."
+    ),
+    results_csv: Path | None = typer.Option(
+        None, help="Rebuild from an earlier report's results.csv instead of the MLflow store."
+    ),
 ) -> None:
     """Tables (Markdown, LaTeX, CSV) and figures with CIs and significance tests from finished runs."""
     import suites
     from reports.report import build_report, write_report
-    from reports.runs import load_runs
+    from reports.runs import load_runs, runs_from_results_csv
 
     suites.get_suite(suite)  # an unknown suite name fails with the list of suites
     if stage not in ("final", "tune"):
@@ -536,11 +567,13 @@ def report_cmd(
     if budget is not None:
         selected_budget = "published" if budget.strip().lower() == "published" else _budget(budget)
     formats = tuple(_split(format_) or [])
-    runs = load_runs(
-        _tracker(tracking_uri), suite, stage, methods=_split(methods), budget=selected_budget, hparams=hparams
-    )
-    report = build_report(runs, reference)
-    files = write_report(report, out_dir, formats)
+    selection = {"methods": _split(methods), "budget": selected_budget, "hparams": hparams}
+    if results_csv is not None:
+        runs = runs_from_results_csv(results_csv, suite, stage, **selection)
+    else:
+        runs = load_runs(_tracker(tracking_uri), suite, stage, **selection)
+    report = build_report(runs, reference, resample_tasks=resample_tasks)
+    files = write_report(report, out_dir, formats, latex_width=latex_width)
     for line in runs.missing:
         err.print(f"[yellow]missing:[/] {line}")
     out.print(f"wrote {len(files)} files to {out_dir}: " + ", ".join(p.name for p in files))

@@ -58,6 +58,7 @@ class SweepRequest:
     split_seeds: list[int] | None = None  # few-shot: the training lists' seeds (default: the training seed)
     dedupe: bool = False  # few-shot: drop repeated lines of the training lists (default: keep, as published)
     preset_overrides: dict[str, Any] = field(default_factory=dict)  # --set preset.FIELD=VALUE
+    weights_label: str | None = None  # --weights-label: a human name for the weights, recorded per run
 
     def __post_init__(self) -> None:
         # `--set preset.lr=…` arrives with the methods' --set values; it sets the preset, not a method
@@ -217,6 +218,8 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
             "(tune with the preset override instead: `bench tune --set preset.…`)"
         )
     override_tags = preset_override_tags(request.preset_overrides, preset)
+    if request.weights_label:
+        override_tags = {**override_tags, schema.WEIGHTS_LABEL: request.weights_label}
     backbone = request.backbone or suite.default_backbone
     spec_bb = backbone_spec(backbone, preset.img_size)  # fails early on an unknown or non-ViT name
     chosen = [_sized_method(name, request, spec_bb) for name in request.methods]
@@ -240,6 +243,8 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
                 run_preset, run_config, tags = tuned_settings(
                     request.storage, suite.name, task, method, config, budget, task_preset, backbone, weights
                 )
+                if request.weights_label:
+                    tags = {**tags, schema.WEIGHTS_LABEL: request.weights_label}
             for seed in task_seeds:
                 spec = RunSpec(
                     suite=suite.name,

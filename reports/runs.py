@@ -39,8 +39,10 @@ COLUMNS = [
     "budget",
     "backbone",
     "checkpoint",
+    "weights_label",
     "hparams",
     "acc",
+    "n_test",
     "params_trainable",
     "params_head",
     "train_img_s",
@@ -106,8 +108,10 @@ def runs_frame(records: list, stage: str) -> pd.DataFrame:
                 "budget": _int_or_none(t.get(schema.BUDGET)),
                 "backbone": t.get(schema.BACKBONE),
                 "checkpoint": t.get(schema.CHECKPOINT),
+                "weights_label": t.get(schema.WEIGHTS_LABEL, ""),
                 "hparams": _hparams_source(t),
                 "acc": float(m[metric]),
+                "n_test": m.get(schema.EVAL_EXAMPLES, np.nan),  # runs older than the metric: unknown
                 "params_trainable": m.get(schema.PARAMS_TRAINABLE, np.nan),
                 "params_head": m.get(schema.PARAMS_HEAD, np.nan),
                 # steady state (first epoch, with compilation, left out) where the run logged it
@@ -253,6 +257,44 @@ def load_runs(tracker, suite: str, stage: str = "final", **selection) -> ReportR
 
     records = tracker.search(experiment_name(suite), extra_filter="attributes.status = 'FINISHED'")
     return select_runs(runs_frame(records, stage), suite=suite, stage=stage, **selection)
+
+
+def runs_from_results_csv(path, suite: str, stage: str = "final", **selection) -> ReportRuns:
+    """The runs of an earlier report's ``results.csv`` (one row per run), selected and checked as
+    :func:`load_runs` does: a report can be rebuilt without the MLflow store it came from.
+
+    Columns that older reports did not write (``weights_label``, ``n_test``) count as unrecorded.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"--results-csv {path} does not exist; pass the results.csv of an earlier `bench report`")
+    frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    needed = {"run_key", "suite", "task", "method", "seed", "acc", "stage"}
+    if not needed <= set(frame.columns):
+        raise BenchError(
+            f"--results-csv {path} lacks the columns {', '.join(sorted(needed - set(frame.columns)))}; "
+            "pass the results.csv that `bench report` wrote"
+        )
+    frame = frame[(frame["suite"] == suite) & (frame["stage"] == stage)].copy()
+    defaults = {
+        "weights_label": "",
+        "n_test": np.nan,
+        "end_time": 0,
+        "train_step": "unrecorded",
+        "git_sha": "unrecorded",
+    }
+    for column in COLUMNS:
+        if column not in frame.columns:
+            frame[column] = defaults.get(column, np.nan)
+    frame = frame[COLUMNS]
+    for column in ("group", "weights_label"):
+        frame[column] = frame[column].fillna("").astype(str)
+    for column in ("shots", "split_seed", "budget"):
+        frame[column] = pd.array(frame[column], dtype="Float64").astype("Int64")
+    frame["seed"] = frame["seed"].astype(int)
+    return select_runs(frame.reset_index(drop=True), suite=suite, stage=stage, **selection)
 
 
 def _hparams_source(tags: dict[str, str]) -> str:

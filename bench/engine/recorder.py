@@ -108,6 +108,7 @@ class Recorder:
             schema.INFER_IMG_S: result.infer_images_per_s,
             schema.TRAIN_SECONDS: result.train_seconds,
             schema.PEAK_MEMORY_MB: result.peak_memory_mb,
+            schema.EVAL_EXAMPLES: len(entries),
         }
         if math.isfinite(result.steady_train_images_per_s):  # runs of two or more epochs
             metrics[schema.TRAIN_IMG_S_STEADY] = result.steady_train_images_per_s
