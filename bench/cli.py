@@ -509,6 +509,53 @@ def report_cmd(
 
 
 # ---------------------------------------------------------------------------------------
+# bench export
+
+
+@app.command("export")
+def export_cmd(
+    run: str = typer.Argument(
+        ..., help="Run key (or its first 8+ characters), label (lora/digits/s0) or MLflow run id."
+    ),
+    format_: str | None = typer.Option(
+        None,
+        "--format",
+        help="peft (methods that run through peft), merged (mergeable methods: a plain timm state dict) or bench "
+        "(any method: trainable tensors + config); default merged where the method merges, else bench.",
+    ),
+    out_dir: Path | None = typer.Option(None, "--out", help="Folder to write (default: exports/<label>-<format>)."),
+    checkpoint: CheckpointOpt = None,
+    verify: bool = typer.Option(
+        False, "--verify", help="Load the export as its model card says and compare with the run's stored predictions."
+    ),
+    push_to_hub: str | None = typer.Option(
+        None, "--push-to-hub", help="Also upload the folder to this Hub repo (OWNER/NAME)."
+    ),
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Take a finished run out as a peft adapter, a merged timm checkpoint or bench's own format, with a model card."""
+    from . import export
+
+    tracker = _tracker(tracking_uri)
+    stored_run = export.find_run(tracker.client, run)
+    label = stored_run.info.run_name or stored_run.info.run_id
+    folder = out_dir or Path("exports") / f"{label.replace('/', '-')}-{format_ or 'auto'}"
+    result = export.export_run(tracker.client, run, folder, format_, checkpoint, verify)
+    out.print(f"exported {result.run.label} as {result.format} to {result.folder}: {', '.join(result.files)}")
+    if result.verified is not None:
+        same, total = result.verified
+        out.print(f"{same} of {total} test predictions equal the run's stored ones")
+        if same != total:
+            raise BenchError(
+                f"the export of {result.run.label} reproduces {same} of {total} stored predictions; "
+                "see the model card's note on precision (runs scored under bf16 on CUDA differ slightly in fp32)"
+            )
+    if push_to_hub:
+        url = export.push_to_hub(result.folder, push_to_hub)
+        out.print(f"pushed to {url}")
+
+
+# ---------------------------------------------------------------------------------------
 # bench methods
 
 
@@ -951,6 +998,9 @@ def run_cli(args: list[str] | None = None) -> int:
 
     Typer runs in standalone mode: it prints usage errors itself and exits through SystemExit.
     """
+    from .provenance import set_command
+
+    set_command(list(sys.argv[1:] if args is None else args))
     try:
         app(args=args, prog_name="bench")
         return 0

@@ -43,6 +43,7 @@ NODE_ID = "bench.node_id"  # the Ray node (or "local") that trained the run
 HOST = "bench.host"
 GPU = "bench.gpu"
 MERGED_EVAL = "bench.merged_eval"
+COMMAND = "bench.command"  # the bench command line that trained the run (model cards quote it)
 
 # --- tags: how it ended -------------------------------------------------------------------------
 ERROR = "bench.error"  # one line, on FAILED runs

@@ -32,7 +32,7 @@ from .cache import load_split
 from .engine import Executor, Job, JobData, Recorder, Reporter, RunOutcome, RunRecord, SilentReporter, Work, drive
 from .errors import BenchError
 from .inspect import built_trainable_params
-from .provenance import git_revision
+from .provenance import command_line, git_revision
 from .spec import RunSpec, canonical_json
 from .tracking import experiment_name, flatten_params
 from .train import SplitData
@@ -395,6 +395,8 @@ def run_record(run: PlannedRun, stage: Stage, experiment: str, parent: str | Non
     provenance = {}
     if (revision := git_revision()) is not None:
         provenance[schema.GIT_SHA] = revision
+    if (command := command_line()) is not None:
+        provenance[schema.COMMAND] = command
     tags = run_tags(spec, **{schema.GROUP: run.task.task.group, **provenance})
     params = flatten_params(
         {

@@ -85,6 +85,8 @@ class Recorder:
                 "bench": __version__,
                 "torch": where.torch,
                 "python": where.python,
+                "timm": where.timm,
+                "peft": where.peft,
                 "executor": where.executor,
                 "node_id": where.node_id,
                 "host": where.host,

@@ -57,7 +57,21 @@ def build_model(run: Any, weights: Weights) -> tuple[torch.nn.Module, tuple[floa
 def placement(executor: str, node_id: str, device: torch.device) -> Placement:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     host, pid = socket.gethostname(), os.getpid()
-    return Placement(executor, node_id, host, pid, str(device), gpu, torch.__version__, platform.python_version())
+    import peft
+    import timm
+
+    return Placement(
+        executor,
+        node_id,
+        host,
+        pid,
+        str(device),
+        gpu,
+        torch.__version__,
+        platform.python_version(),
+        timm.__version__,
+        peft.__version__,
+    )
 
 
 def run_work(
