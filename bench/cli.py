@@ -162,6 +162,16 @@ WorkersOpt = Annotated[
 ObjectStoreOpt = Annotated[
     int | None, typer.Option(hidden=True, help="Object store size (MiB) of a local Ray cluster.")
 ]
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(help="Suite hf: a Hugging Face Hub dataset (beans) or a folder written by save_to_disk."),
+]
+ImageColumnOpt = Annotated[
+    str | None, typer.Option(help="Suite hf: the image column (default: the one Image feature).")
+]
+LabelColumnOpt = Annotated[
+    str | None, typer.Option(help="Suite hf: the label column (default: the one ClassLabel feature).")
+]
 BudgetOpt = Annotated[
     str | None, typer.Option(help="Fit every sizeable method to this many trainable params, head excluded (0.3M).")
 ]
@@ -175,6 +185,9 @@ def run(
     tasks: TasksOpt = None,
     stage: str = typer.Option("final", help="final: train800val200 -> test once; tune: train800 -> val200."),
     data_root: DataRootOpt = None,
+    dataset: DatasetOpt = None,
+    image_column: ImageColumnOpt = None,
+    label_column: LabelColumnOpt = None,
     backbone: BackboneOpt = None,
     checkpoint: CheckpointOpt = None,
     epochs: EpochsOpt = None,
@@ -223,6 +236,9 @@ def run(
         shots=parse_int_list(shots, "--shots", "1,2,4,8,16"),
         split_seeds=parse_int_list(split_seeds, "--split-seeds", "0,1,2"),
         dedupe=dedupe,
+        dataset=dataset,
+        image_column=image_column,
+        label_column=label_column,
     )
     options = ExecutorOptions(executor, ray_address, gpus, runs_per_gpu, workers, ray_object_store_mb)
     plan = plan_sweep(request, State.workdir)
@@ -301,6 +317,9 @@ def tune(
     tasks: TasksOpt = None,
     storage: str | None = typer.Option(None, help="Optuna storage URL (default: sqlite in the workdir's optuna.db)."),
     data_root: DataRootOpt = None,
+    dataset: DatasetOpt = None,
+    image_column: ImageColumnOpt = None,
+    label_column: LabelColumnOpt = None,
     backbone: BackboneOpt = None,
     checkpoint: CheckpointOpt = None,
     epochs: EpochsOpt = None,
@@ -337,6 +356,9 @@ def tune(
         device=_executor_device(device, gpus, runs_per_gpu),
         method_overrides=_method_overrides(set_ or []),
         budget=_budget(budget),
+        dataset=dataset,
+        image_column=image_column,
+        label_column=label_column,
     )
     url = storage or default_storage(State.workdir)
     options = ExecutorOptions(executor, ray_address, gpus, runs_per_gpu, workers, ray_object_store_mb)

@@ -58,6 +58,9 @@ class SweepRequest:
     split_seeds: list[int] | None = None  # few-shot: the training lists' seeds (default: the training seed)
     dedupe: bool = False  # few-shot: drop repeated lines of the training lists (default: keep, as published)
     preset_overrides: dict[str, Any] = field(default_factory=dict)  # --set preset.FIELD=VALUE
+    dataset: str | None = None  # suites that load a dataset (hf): a Hub id or a save_to_disk folder
+    image_column: str | None = None
+    label_column: str | None = None
 
     def __post_init__(self) -> None:
         # `--set preset.lr=…` arrives with the methods' --set values; it sets the preset, not a method
@@ -204,7 +207,7 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
         raise BenchError(f"--hparams {request.hparams!r} must be published or tuned")
     _check_fewshot_options(suite, request)
 
-    data_root = request.data_root
+    data_root = _dataset_root(suite, request, workdir)
     if suite.prepare is not None:
         data_root = data_root or workdir / "data" / suite.name
         suite.prepare(data_root)
@@ -259,6 +262,28 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
                 )
                 runs.append(PlannedRun(spec, task, method, run_config, run_preset, dict(tags)))
     return SweepPlan(request, suite, stage, preset, backbone, weights, device, runs, Path(data_root), warnings)
+
+
+def _dataset_root(suite: Suite, request: SweepRequest, workdir: Path) -> Path | None:
+    """The data root: --data-root, or for a suite that loads a dataset (hf), the folder it writes."""
+    if suite.from_dataset is None:
+        for flag, value in (
+            ("--dataset", request.dataset),
+            ("--image-column", request.image_column),
+            ("--label-column", request.label_column),
+        ):
+            if value is not None:
+                raise BenchError(f"{flag} applies to suite hf only; suite {suite.name!r} reads --data-root")
+        return request.data_root
+    if request.dataset is None:
+        raise BenchError(
+            f"suite {suite.name!r} needs --dataset: a Hugging Face Hub dataset (e.g. beans) or a folder written by "
+            "save_to_disk"
+        )
+    if request.data_root is not None:
+        raise BenchError(f"suite {suite.name!r} reads --dataset, not --data-root; drop --data-root")
+    options = suites.DatasetOptions(request.dataset, request.image_column, request.label_column)
+    return suite.from_dataset(options, workdir / "data" / suite.name)
 
 
 def _check_fewshot_options(suite: Suite, request: SweepRequest) -> None:
