@@ -172,6 +172,13 @@ ImageColumnOpt = Annotated[
 LabelColumnOpt = Annotated[
     str | None, typer.Option(help="Suite hf: the label column (default: the one ClassLabel feature).")
 ]
+SystemMetricsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--system-metrics/--no-system-metrics",
+        help="Log GPU utilisation and memory, CPU and RAM per epoch (MLflow's system metrics, sampled where the run trains).",
+    ),
+]
 BudgetOpt = Annotated[
     str | None, typer.Option(help="Fit every sizeable method to this many trainable params, head excluded (0.3M).")
 ]
@@ -208,6 +215,7 @@ def run(
     runs_per_gpu: RunsPerGpuOpt = None,
     workers: WorkersOpt = None,
     ray_object_store_mb: ObjectStoreOpt = None,
+    system_metrics: SystemMetricsOpt = True,
 ) -> None:
     """Train every (task, method, seed) not yet finished, log each to MLflow, print a summary.
 
@@ -239,6 +247,7 @@ def run(
         dataset=dataset,
         image_column=image_column,
         label_column=label_column,
+        system_metrics=system_metrics,
     )
     options = ExecutorOptions(executor, ray_address, gpus, runs_per_gpu, workers, ray_object_store_mb)
     plan = plan_sweep(request, State.workdir)
@@ -333,6 +342,7 @@ def tune(
     runs_per_gpu: RunsPerGpuOpt = None,
     workers: WorkersOpt = None,
     ray_object_store_mb: ObjectStoreOpt = None,
+    system_metrics: SystemMetricsOpt = True,
 ) -> None:
     """Tune every (task, method) on train800 -> val200 with the same number of Optuna trials.
 
@@ -359,6 +369,7 @@ def tune(
         dataset=dataset,
         image_column=image_column,
         label_column=label_column,
+        system_metrics=system_metrics,
     )
     url = storage or default_storage(State.workdir)
     options = ExecutorOptions(executor, ray_address, gpus, runs_per_gpu, workers, ray_object_store_mb)
@@ -988,13 +999,26 @@ def speed(
         title=f"{report['backbone']} at {report['img_size']} px, batch {report['batch_size']}, "
         f"{report['steps']} timed steps, on {report['device_name']}"
     )
-    for col in ("method", "train img/s", "ref train", "×", "eval img/s", "ref eval", "×", "peak MB", "ref peak MB"):
+    columns = (
+        "method",
+        "train img/s",
+        "GPU %",
+        "ref train",
+        "×",
+        "eval img/s",
+        "ref eval",
+        "×",
+        "peak MB",
+        "ref peak MB",
+    )
+    for col in columns:
         table.add_column(col, justify="left" if col == "method" else "right")
     for row in report["methods"]:
         ours, ref, ratio = row["ours"], row["reference"] or {}, row.get("ratio") or {}
         table.add_row(
             row["method"],
             format_rate(ours["train_images_per_s"]),
+            f"{ours['gpu_utilization']:.0f}" if ours.get("gpu_utilization") is not None else "–",
             format_rate(ref.get("train_images_per_s")),
             f"{ratio['train']:.1f}" if ratio.get("train") else "–",
             format_rate(ours["eval_images_per_s"]) + ("*" if ours["merged_eval"] else ""),
@@ -1007,6 +1031,7 @@ def speed(
     out.print(
         "ours: bench's train_run (uint8 images on the device, bf16 autocast on CUDA, fused AdamW; * merged eval); "
         "ref: fp32, JPEG files decoded every epoch by a DataLoader, eager, unmerged eval. "
+        "GPU %: our training's mean GPU utilisation over the timed epochs (nvidia-ml-py; – without it). "
         "Ratios are ours / ref, measured in this process; the warm-up epoch is excluded from training images/s."
     )
 

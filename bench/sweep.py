@@ -61,6 +61,7 @@ class SweepRequest:
     dataset: str | None = None  # suites that load a dataset (hf): a Hub id or a save_to_disk folder
     image_column: str | None = None
     label_column: str | None = None
+    system_metrics: bool = True  # GPU/CPU/RAM per epoch where psutil / nvidia-ml-py exist
 
     def __post_init__(self) -> None:
         # `--set preset.lr=…` arrives with the methods' --set values; it sets the preset, not a method
@@ -506,7 +507,8 @@ class SweepSource:
         index, stale = self.pending.popleft()
         run = self.plan.runs[index]
         record = run_record(run, self.plan.stage, self.plan.experiment, self.parent, stale)
-        return Job(Work(index, run, self.plan.stage, self.plan.weights), record)
+        work = Work(index, run, self.plan.stage, self.plan.weights, self.plan.request.system_metrics)
+        return Job(work, record)
 
     def load(self, job: Job) -> JobData:
         return self._load(job.run)

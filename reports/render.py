@@ -170,6 +170,10 @@ def resources_table(resources: pd.DataFrame) -> pd.DataFrame:
             "Train time / run (s)": resources["train_s"].map(lambda v: "–" if not np.isfinite(v) else f"{v:,.1f}"),
         }
     )
+    util = resources["gpu_util"] if "gpu_util" in resources else pd.Series(dtype=float)
+    if util.notna().any():  # runs that sampled their GPU (nvidia-ml-py): mean utilisation beside throughput
+        column = util.map(lambda v: "–" if not np.isfinite(v) else f"{v:.0f}")
+        out.insert(out.columns.get_loc("Train img/s") + 1, "GPU util. (%)", column.to_numpy())
     out.index = resources["method"]
     out.index.name = None
     return out
@@ -282,6 +286,11 @@ def few_shot_caption(n_seeds: int, reference: str) -> str:
 def resources_caption(runs: pd.DataFrame) -> str:
     """The cost table's caption; it says so when the runs' throughput came from different code paths."""
     text = "Medians over runs. Throughput and memory are what each run measured on its own device."
+    if "gpu_util" in runs and runs["gpu_util"].notna().any():
+        text += (
+            " GPU util. is each run's mean over its epochs of its GPU's utilisation (NVML, through MLflow's system "
+            "metrics); runs packed on one GPU share it."
+        )
     counts = runs["train_step"].value_counts()
     if len(counts) > 1:
         paths = ", ".join(f"{step}: {n} runs" for step, n in counts.sort_index().items())
