@@ -379,8 +379,10 @@ def tune(
 
         with RichReporter(err, slots=pool.capacity) as reporter:
             summaries = run_tuning(request, trials, State.workdir, recorder, url, pool, reporter)
+    dashboard = dashboard_command(url)
     if as_json:
         _print_json([s.__dict__ for s in summaries])
+        err.print(f"browse the studies: {dashboard}", highlight=False, soft_wrap=True)
         return
     table = Table(title=f"tuning studies in {url}")
     for col in ("study", "trials", "best val acc", "best trial", "best params"):
@@ -394,6 +396,14 @@ def tune(
             ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.best_params.items()),
         )
     out.print(table)
+    out.print(f"browse the studies (pip install optuna-dashboard): {dashboard}", highlight=False, soft_wrap=True)
+
+
+def dashboard_command(storage: str) -> str:
+    """The ``optuna-dashboard`` command line that opens ``storage``."""
+    import shlex
+
+    return shlex.join(["optuna-dashboard", storage])
 
 
 def _print_summary(outcomes, stage: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from bench import schema
@@ -20,6 +21,7 @@ def _run(workdir: Path, task: str):
     return run
 
 
+@pytest.mark.slow
 def test_system_metrics_appear_per_epoch_and_can_be_turned_off(cli, workdir: Path, noah_root: Path):
     base = ("run", "--suite", "tinyfolder", "--methods", "linear", "--seeds", "0,", "--data-root", str(noah_root))
     assert cli(*base, "--tasks", "alpha")[0] == 0
