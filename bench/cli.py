@@ -577,12 +577,15 @@ def export_cmd(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Take a finished run out as a peft adapter, a merged timm checkpoint or bench's own format, with a model card."""
-    from . import export
+    from methods.base import get_method
+
+    from . import export, schema
 
     tracker = _tracker(tracking_uri)
-    stored_run = export.find_run(tracker.client, run)
-    label = stored_run.info.run_name or stored_run.info.run_id
-    folder = out_dir or Path("exports") / f"{label.replace('/', '-')}-{format_ or 'auto'}"
+    found = export.find_run(tracker.client, run)
+    label = found.info.run_name or found.info.run_id
+    fmt = format_ or ("merged" if get_method(found.data.tags.get(schema.METHOD, "")).mergeable else "bench")
+    folder = out_dir or Path("exports") / f"{label.replace('/', '-')}-{fmt}"
     result = export.export_run(tracker.client, run, folder, format_, checkpoint, verify)
     out.print(f"exported {result.run.label} as {result.format} to {result.folder}: {', '.join(result.files)}")
     if result.verified is not None:
