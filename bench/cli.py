@@ -555,7 +555,11 @@ def report_cmd(
 # bench export
 
 
-@app.command("export")
+@app.command(
+    "export",
+    # the help's examples, in the form every command's help ends with
+    epilog="Examples:  \nbench export lora/digits/s0 --format peft  \nbench export karst/digits/s0 --verify --out exports/karst",
+)
 def export_cmd(
     run: str = typer.Argument(
         ..., help="Run key (or its first 8+ characters), label (lora/digits/s0) or MLflow run id."
