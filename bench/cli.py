@@ -190,6 +190,23 @@ WorkersOpt = Annotated[
 ObjectStoreOpt = Annotated[
     int | None, typer.Option(hidden=True, help="Object store size (MiB) of a local Ray cluster.")
 ]
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(help="Suite hf: a Hugging Face Hub dataset (beans) or a folder written by save_to_disk."),
+]
+ImageColumnOpt = Annotated[
+    str | None, typer.Option(help="Suite hf: the image column (default: the one Image feature).")
+]
+LabelColumnOpt = Annotated[
+    str | None, typer.Option(help="Suite hf: the label column (default: the one ClassLabel feature).")
+]
+SystemMetricsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--system-metrics/--no-system-metrics",
+        help="Log GPU utilisation and memory, CPU and RAM per epoch (MLflow's system metrics, sampled where the run trains).",
+    ),
+]
 BudgetOpt = Annotated[
     str | None, typer.Option(help="Fit every sizeable method to this many trainable params, head excluded (0.3M).")
 ]
@@ -208,6 +225,9 @@ def run(
     tasks: TasksOpt = None,
     stage: str = typer.Option("final", help="final: train800val200 -> test once; tune: train800 -> val200."),
     data_root: DataRootOpt = None,
+    dataset: DatasetOpt = None,
+    image_column: ImageColumnOpt = None,
+    label_column: LabelColumnOpt = None,
     backbone: BackboneOpt = None,
     checkpoint: CheckpointOpt = None,
     weights_label: WeightsLabelOpt = None,
@@ -229,6 +249,7 @@ def run(
     runs_per_gpu: RunsPerGpuOpt = None,
     workers: WorkersOpt = None,
     ray_object_store_mb: ObjectStoreOpt = None,
+    system_metrics: SystemMetricsOpt = True,
 ) -> None:
     """Train every (task, method, seed) not yet finished, log each to MLflow, print a summary.
 
@@ -258,6 +279,10 @@ def run(
         split_seeds=parse_int_list(split_seeds, "--split-seeds", "0,1,2"),
         dedupe=dedupe,
         weights_label=_weights_label(weights_label),
+        dataset=dataset,
+        image_column=image_column,
+        label_column=label_column,
+        system_metrics=system_metrics,
     )
     options = ExecutorOptions(executor, ray_address, gpus, runs_per_gpu, workers, ray_object_store_mb)
     plan = plan_sweep(request, State.workdir)
@@ -351,6 +376,9 @@ def tune(
     tasks: TasksOpt = None,
     storage: str | None = typer.Option(None, help="Optuna storage URL (default: sqlite in the workdir's optuna.db)."),
     data_root: DataRootOpt = None,
+    dataset: DatasetOpt = None,
+    image_column: ImageColumnOpt = None,
+    label_column: LabelColumnOpt = None,
     backbone: BackboneOpt = None,
     checkpoint: CheckpointOpt = None,
     weights_label: WeightsLabelOpt = None,
@@ -365,6 +393,7 @@ def tune(
     runs_per_gpu: RunsPerGpuOpt = None,
     workers: WorkersOpt = None,
     ray_object_store_mb: ObjectStoreOpt = None,
+    system_metrics: SystemMetricsOpt = True,
 ) -> None:
     """Tune every (task, method) on train800 -> val200 with the same number of Optuna trials.
 
@@ -389,6 +418,10 @@ def tune(
         method_overrides=_method_overrides(set_ or []),
         budget=_budget(budget),
         weights_label=_weights_label(weights_label),
+        dataset=dataset,
+        image_column=image_column,
+        label_column=label_column,
+        system_metrics=system_metrics,
     )
     url = storage or default_storage(State.workdir)
     options = ExecutorOptions(executor, ray_address, gpus, runs_per_gpu, workers, ray_object_store_mb)
@@ -398,8 +431,10 @@ def tune(
 
         with RichReporter(err, slots=pool.capacity) as reporter:
             summaries = run_tuning(request, trials, State.workdir, recorder, url, pool, reporter)
+    dashboard = dashboard_command(url)
     if as_json:
         _print_json([s.__dict__ for s in summaries])
+        err.print(f"browse the studies: {dashboard}", highlight=False, soft_wrap=True)
         return
     table = Table(title=f"tuning studies in {url}")
     for col in ("study", "trials", "best val acc", "best trial", "best params"):
@@ -413,6 +448,14 @@ def tune(
             ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.best_params.items()),
         )
     out.print(table)
+    out.print(f"browse the studies (pip install optuna-dashboard): {dashboard}", highlight=False, soft_wrap=True)
+
+
+def dashboard_command(storage: str) -> str:
+    """The ``optuna-dashboard`` command line that opens ``storage``."""
+    import shlex
+
+    return shlex.join(["optuna-dashboard", storage])
 
 
 def _print_summary(outcomes, stage: str) -> None:
@@ -577,6 +620,60 @@ def report_cmd(
     for line in runs.missing:
         err.print(f"[yellow]missing:[/] {line}")
     out.print(f"wrote {len(files)} files to {out_dir}: " + ", ".join(p.name for p in files))
+
+
+# ---------------------------------------------------------------------------------------
+# bench export
+
+
+@app.command(
+    "export",
+    # the help's examples, in the form every command's help ends with
+    epilog="Examples:  \nbench export lora/digits/s0 --format peft  \nbench export karst/digits/s0 --verify --out exports/karst",
+)
+def export_cmd(
+    run: str = typer.Argument(
+        ..., help="Run key (or its first 8+ characters), label (lora/digits/s0) or MLflow run id."
+    ),
+    format_: str | None = typer.Option(
+        None,
+        "--format",
+        help="peft (methods that run through peft), merged (mergeable methods: a plain timm state dict) or bench "
+        "(any method: trainable tensors + config); default merged where the method merges, else bench.",
+    ),
+    out_dir: Path | None = typer.Option(None, "--out", help="Folder to write (default: exports/<label>-<format>)."),
+    checkpoint: CheckpointOpt = None,
+    verify: bool = typer.Option(
+        False, "--verify", help="Load the export as its model card says and compare with the run's stored predictions."
+    ),
+    push_to_hub: str | None = typer.Option(
+        None, "--push-to-hub", help="Also upload the folder to this Hub repo (OWNER/NAME)."
+    ),
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Take a finished run out as a peft adapter, a merged timm checkpoint or bench's own format, with a model card."""
+    from methods.base import get_method
+
+    from . import export, schema
+
+    tracker = _tracker(tracking_uri)
+    found = export.find_run(tracker.client, run)
+    label = found.info.run_name or found.info.run_id
+    fmt = format_ or ("merged" if get_method(found.data.tags.get(schema.METHOD, "")).mergeable else "bench")
+    folder = out_dir or Path("exports") / f"{label.replace('/', '-')}-{fmt}"
+    result = export.export_run(tracker.client, run, folder, format_, checkpoint, verify)
+    out.print(f"exported {result.run.label} as {result.format} to {result.folder}: {', '.join(result.files)}")
+    if result.verified is not None:
+        same, total = result.verified
+        out.print(f"{same} of {total} test predictions equal the run's stored ones")
+        if same != total:
+            raise BenchError(
+                f"the export of {result.run.label} reproduces {same} of {total} stored predictions; "
+                "see the model card's note on precision (runs scored under bf16 on CUDA differ slightly in fp32)"
+            )
+    if push_to_hub:
+        url = export.push_to_hub(result.folder, push_to_hub)
+        out.print(f"pushed to {url}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -1019,13 +1116,26 @@ def speed(
         title=f"{report['backbone']} at {report['img_size']} px, batch {report['batch_size']}, "
         f"{report['steps']} timed steps, on {report['device_name']}"
     )
-    for col in ("method", "train img/s", "ref train", "×", "eval img/s", "ref eval", "×", "peak MB", "ref peak MB"):
+    columns = (
+        "method",
+        "train img/s",
+        "GPU %",
+        "ref train",
+        "×",
+        "eval img/s",
+        "ref eval",
+        "×",
+        "peak MB",
+        "ref peak MB",
+    )
+    for col in columns:
         table.add_column(col, justify="left" if col == "method" else "right")
     for row in report["methods"]:
         ours, ref, ratio = row["ours"], row["reference"] or {}, row.get("ratio") or {}
         table.add_row(
             row["method"],
             format_rate(ours["train_images_per_s"]),
+            f"{ours['gpu_utilization']:.0f}" if ours.get("gpu_utilization") is not None else "–",
             format_rate(ref.get("train_images_per_s")),
             f"{ratio['train']:.1f}" if ratio.get("train") else "–",
             format_rate(ours["eval_images_per_s"]) + ("*" if ours["merged_eval"] else ""),
@@ -1038,6 +1148,7 @@ def speed(
     out.print(
         "ours: bench's train_run (uint8 images on the device, bf16 autocast on CUDA, fused AdamW; * merged eval); "
         "ref: fp32, JPEG files decoded every epoch by a DataLoader, eager, unmerged eval. "
+        "GPU %: our training's mean GPU utilisation over the timed epochs (nvidia-ml-py; – without it). "
         "Ratios are ours / ref, measured in this process; the warm-up epoch is excluded from training images/s."
     )
 
@@ -1051,6 +1162,9 @@ def run_cli(args: list[str] | None = None) -> int:
 
     Typer runs in standalone mode: it prints usage errors itself and exits through SystemExit.
     """
+    from .provenance import set_command
+
+    set_command(list(sys.argv[1:] if args is None else args))
     try:
         click_command()(args=args, prog_name="bench")
         return 0

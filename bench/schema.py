@@ -44,6 +44,7 @@ NODE_ID = "bench.node_id"  # the Ray node (or "local") that trained the run
 HOST = "bench.host"
 GPU = "bench.gpu"
 MERGED_EVAL = "bench.merged_eval"
+COMMAND = "bench.command"  # the bench command line that trained the run (model cards quote it)
 
 # --- tags: how it ended -------------------------------------------------------------------------
 ERROR = "bench.error"  # one line, on FAILED runs
@@ -75,6 +76,11 @@ INFER_IMG_S = "throughput/infer_img_s"
 TRAIN_SECONDS = "time/train_s"
 PEAK_MEMORY_MB = "mem/peak_mb"
 TUNE_OBJECTIVE = "tune/objective"
+# System metrics: MLflow's names (system/cpu_utilization_percentage, system/gpu_0_…), sampled by
+# the worker per epoch (bench/sysmetrics.py); gpu_0 is the run's own GPU.
+SYSTEM_PREFIX = "system/"
+GPU_UTILIZATION = "system/gpu_0_utilization_percentage"
+GPU_UTILIZATION_MEAN = "system/gpu_utilization_mean"  # over the run's epochs, logged with the result
 
 # --- artifacts ------------------------------------------------------------------------------------
 RESOLVED_CONFIG = "config/resolved.json"

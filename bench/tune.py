@@ -152,7 +152,8 @@ class TrialSource:
         params = flatten_params({"method": spec.method_config, "hp": spec.hparams, "trial": values})
         resolved = {"run_key": spec.run_key, "spec": spec.to_dict(), "study": s.name, "trial": trial.number}
         record = RunRecord(self.experiment, s.parent, f"trial-{trial.number:03d}", tags, params, resolved)
-        job = Job(Work(next(self.ids), run, self.plan.stage, self.plan.weights), record)
+        work = Work(next(self.ids), run, self.plan.stage, self.plan.weights, self.plan.request.system_metrics)
+        job = Job(work, record)
         s.remaining -= 1
         s.busy = True
         self.inflight[job.id] = (s, trial)

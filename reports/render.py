@@ -271,6 +271,10 @@ def resources_table(resources: pd.DataFrame) -> pd.DataFrame:
             "Train time / run (s)": resources["train_s"].map(lambda v: "–" if not np.isfinite(v) else f"{v:,.1f}"),
         }
     )
+    util = resources["gpu_util"] if "gpu_util" in resources else pd.Series(dtype=float)
+    if util.notna().any():  # runs that sampled their GPU (nvidia-ml-py): mean utilisation beside throughput
+        column = util.map(lambda v: "–" if not np.isfinite(v) else f"{v:.0f}")
+        out.insert(out.columns.get_loc("Train img/s") + 1, "GPU util. (%)", column.to_numpy())
     out.index = resources["method"]
     out.index.name = None
     return out
@@ -520,7 +524,13 @@ def few_shot_diff_caption(reference: str) -> str:
 
 
 def resources_caption(runs: pd.DataFrame | None = None) -> str:
-    return "Cost per method: medians over runs. Throughput and memory are what each run measured on its own device."
+    text = "Cost per method: medians over runs. Throughput and memory are what each run measured on its own device."
+    if runs is not None and "gpu_util" in runs and runs["gpu_util"].notna().any():
+        text += (
+            " GPU util. is each run's mean over its epochs of its GPU's utilisation (NVML, through MLflow's system "
+            "metrics); runs packed on one GPU share it."
+        )
+    return text
 
 
 def cost_warnings(runs: pd.DataFrame, ratio: float = 2.0) -> list[str]:

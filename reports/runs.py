@@ -48,6 +48,7 @@ COLUMNS = [
     "train_img_s",
     "infer_img_s",
     "peak_mem_mb",
+    "gpu_util",
     "train_s",
     "train_step",
     "git_sha",
@@ -118,6 +119,7 @@ def runs_frame(records: list, stage: str) -> pd.DataFrame:
                 "train_img_s": m.get(schema.TRAIN_IMG_S_STEADY, m.get(schema.TRAIN_IMG_S, np.nan)),
                 "infer_img_s": m.get(schema.INFER_IMG_S, np.nan),
                 "peak_mem_mb": m.get(schema.PEAK_MEMORY_MB, np.nan),
+                "gpu_util": m.get(schema.GPU_UTILIZATION_MEAN, np.nan),  # runs on a GPU with nvidia-ml-py
                 "train_s": m.get(schema.TRAIN_SECONDS, np.nan),
                 # how the cost figures were produced (runs older than these tags: "unrecorded")
                 "train_step": t.get(schema.TRAIN_STEP, "unrecorded"),

@@ -359,7 +359,8 @@ def few_shot_table(runs: ReportRuns, reference: str) -> pd.DataFrame:
 
 
 def method_resources(runs: ReportRuns, reference: str) -> pd.DataFrame:
-    """Per method: trainable and head parameters, training and eval speed, peak memory (medians over runs)."""
+    """Per method: trainable and head parameters, training and eval speed, peak memory and mean GPU
+    utilisation (medians over runs)."""
     rows = []
     for m in method_order(runs, reference):
         sub = runs.frame[runs.frame["method"] == m]
@@ -374,6 +375,7 @@ def method_resources(runs: ReportRuns, reference: str) -> pd.DataFrame:
                 "train_img_s": float(sub["train_img_s"].median()),
                 "infer_img_s": float(sub["infer_img_s"].median()),
                 "peak_mem_mb": float(sub["peak_mem_mb"].median()),
+                "gpu_util": float(sub["gpu_util"].median()) if "gpu_util" in sub else np.nan,
                 "train_s": float(sub["train_s"].median()),
                 "runs": len(sub),
                 "mean_acc": float(sub["acc"].mean()),
