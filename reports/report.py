@@ -147,7 +147,11 @@ def sections(report: Report) -> list[Section]:
     out.append(
         Section(
             "Cost",
-            [Table("cost", cost, cost, render.resources_caption(report.runs.frame), ["Warning: " + w for w in warnings])],
+            [
+                Table(
+                    "cost", cost, cost, render.resources_caption(report.runs.frame), ["Warning: " + w for w in warnings]
+                )
+            ],
         )
     )
     return out
