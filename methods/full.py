@@ -17,6 +17,7 @@ class Full(Method):
     identity_at_init = True
     mergeable = True  # the trained model is already a plain timm model
     budget_adjustable = False  # the all-parameter reference
+    families = ("vit", "swin")  # the head reads the pooled features timm gives it (Swin: mean of the tokens)
 
     def apply(self, model: nn.Module, config: Any) -> nn.Module:
         freeze_all_but(model, model.parameters())

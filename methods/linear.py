@@ -17,6 +17,7 @@ class Linear(Method):
     identity_at_init = True
     mergeable = True  # nothing to fold: the model is the backbone plus its head
     budget_adjustable = False  # the zero-parameter reference
+    families = ("vit", "swin")  # the head reads the pooled features timm gives it (Swin: mean of the tokens)
 
     def apply(self, model: nn.Module, config: Any) -> nn.Module:
         freeze_all_but(model, [])

@@ -41,8 +41,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .backbones import BackboneSpec, describe_backbone
 from .base import (
-    BackboneSpec,
     Method,
     MethodError,
     budget_error,
@@ -249,6 +249,14 @@ class SparseTuning(Method):
     description = "Sparse-Tuning: drop low-attention tokens at blocks 3, 6, 9 and adapt with dense adapters"
     identity_at_init = False  # tokens are dropped; see extra_checks for what does hold
     mergeable = False
+    families = ("vit",)
+    unsupported_reasons = {
+        "swin": (
+            "it ranks tokens by the attention they receive from the class token under global attention and "
+            "drops the rest, and a Swin has no class token and attends within fixed windows whose token grid "
+            "dropping would break (windows, shifts and patch merging need every position)"
+        )
+    }
 
     def validate(self, config: SparseTuningConfig) -> None:
         if not 0.0 < config.keep_rate <= 1.0:
@@ -259,6 +267,7 @@ class SparseTuning(Method):
             raise MethodError(f"sparse_tuning width={config.width} must be a positive integer")
 
     def apply(self, model: nn.Module, config: SparseTuningConfig) -> nn.Module:
+        self.check_backbone(describe_backbone(model))
         model.sparse = SparseState(model.embed_dim, len(model.blocks), config)
         model.forward = types.MethodType(sparse_forward, model)
         freeze_all_but(model, model.sparse.parameters())

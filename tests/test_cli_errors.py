@@ -213,11 +213,11 @@ def test_a_tracking_uri_in_a_missing_folder_is_not_created(cli, tmp_path: Path):
 def test_a_bad_checkpoint_fails_before_any_run_is_recorded(cli, workdir: Path, noah_root: Path, damage: str):
     from safetensors.torch import save_file
 
-    from bench.backbone import create_vit
+    from bench.backbone import create_backbone
 
     path = noah_root.parent / ("weights.pth" if damage == "garbage" else "weights.safetensors")
     name = "vit_tiny_patch16_224" if damage == "other backbone" else "vit_demo_tiny"
-    state = {k: v.contiguous() for k, v in create_vit(name, num_classes=0).state_dict().items()}
+    state = {k: v.contiguous() for k, v in create_backbone(name, num_classes=0).state_dict().items()}
     save_file(state, str(path))
     if damage == "truncated":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
