@@ -83,14 +83,15 @@ def vit_demo_tiny(pretrained: bool = False, **kwargs) -> VisionTransformer:
 
 @register_model
 def swin_demo_tiny(pretrained: bool = False, **kwargs) -> SwinTransformer:
-    """Swin with two stages of widths 32 and 64 (2 blocks each), patch 2 and 4 x 4 windows at 32 px.
+    """Swin with two stages of widths 32 and 64 (2 blocks each), patch 4 and 4 x 4 windows at 32 px
+    (8 x 8 tokens, shifted windows in the first stage, one window after the patch merging).
 
     Wide enough for every Swin method at its published shape (KARST's f = 8 gives m = 4 and 8, so
     ranks 4 and 8 at the default rank 8); no weights exist.
     """
     args = {
         "img_size": 32,
-        "patch_size": 2,
+        "patch_size": 4,
         "embed_dim": 32,
         "depths": (2, 2),
         "num_heads": (2, 4),

@@ -15,7 +15,7 @@ import argparse
 import json
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.speed import SpeedConfig, run_speed
@@ -55,7 +55,7 @@ def main() -> None:
                 f"python benchmarks/speed_backbones.py --backbone {args.backbone} --methods {','.join(names)} "
                 f"--steps {args.steps} --eval-images {args.eval_images})"
             )
-        merged["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        merged["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         args.out.write_text(json.dumps(merged, indent=2) + "\n")
 
 

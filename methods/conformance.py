@@ -31,11 +31,11 @@ from .base import (
 )
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 12, "num_heads": 4, "num_classes": 5}
-# Two stages (widths 32 and 64) with shifted 4 x 4 windows on 16 x 16 and 8 x 8 grids, and a patch
-# merging between them: every Swin code path, at widths KARST's f = 8 divides.
+# Two stages (widths 32 and 64): shifted 4 x 4 windows on an 8 x 8 grid, a patch merging, then one
+# 4 x 4 window: every Swin code path, at widths KARST's f = 8 divides.
 TINY_SWIN = {
     "img_size": 32,
-    "patch_size": 2,
+    "patch_size": 4,
     "embed_dim": 32,
     "depths": (2, 2),
     "num_heads": (2, 4),
@@ -60,7 +60,7 @@ def tiny_vit(seed: int = 0, **overrides: Any) -> VisionTransformer:
 
 
 def tiny_swin(seed: int = 0, **overrides: Any) -> SwinTransformer:
-    """A two-stage Swin (widths 32, 64; 2 blocks each) at 32 px with 4 x 4 shifted windows."""
+    """A two-stage Swin (widths 32, 64; 2 blocks each) at 32 px, patch 4, 4 x 4 windows (shifted in stage 0)."""
     torch.manual_seed(seed)
     model = SwinTransformer(**{**TINY_SWIN, **overrides})
     return model.eval()

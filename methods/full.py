@@ -1,4 +1,8 @@
-"""Full fine-tuning: every backbone parameter trains (the upper reference point)."""
+"""Full fine-tuning: every backbone parameter trains (the upper reference point).
+
+On a Swin the count is every parameter but the head, relative-position tables included
+(86,743,224 on Swin-B); the head reads timm's pooled features (final norm, mean of the tokens).
+"""
 
 from __future__ import annotations
 

@@ -10,6 +10,10 @@ plus one learnable bias per layer added to both q and v. Defaults follow the off
 rank-1 rules, c = 160, dropout 0.5 on the update matrix during training, the shared rules drawn
 from U(-0.01, 0.01). With them the count on ViT-B/16 is the code's 50,176.
 
+Swin: the same update on every block's fused qkv at the block's width (B_i is (d_s/n) x (d_s/n)
+per stage; the rules A_i stay n x n and shared across stages): 64,256 on Swin-B. The official code
+has no Swin path; this is the ViT recipe applied per block.
+
 Kept from the official code, and why: the scale c = 160 and the U(-0.01, 0.01) rules together set
 the update's magnitude (changing one alone moves it by orders of magnitude); the dropout on the
 update is the code's regulariser (``dropout`` sets it; 0 turns it off). Where the code adds the q

@@ -1,4 +1,7 @@
-"""Linear probe: only the classification head trains (the zero-parameter reference point)."""
+"""Linear probe: only the classification head trains (the zero-parameter reference point).
+
+On a Swin the head is ``head.fc`` over timm's pooled features (final norm, mean of the tokens).
+"""
 
 from __future__ import annotations
 

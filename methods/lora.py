@@ -20,7 +20,7 @@ patch-merging ``downsample.reduction`` is ever matched.
 
 Swin: the same rule per block, at each stage's width; the count is rank · Σ_blocks Σ_targets
 (in + out). Swin-B (widths 128, 256, 512, 1024; depths 2, 2, 18, 2) at rank 8 on qkv:
-8 · 4 · (2·128 + 2·256 + 18·512 + 2·1024) = 393,216.
+8 · 4 · (2·128 + 2·256 + 18·512 + 2·1024) = 385,024.
 """
 
 from __future__ import annotations

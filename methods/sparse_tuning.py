@@ -29,6 +29,11 @@ actually behaves. With rho = 1 nothing is cut and no fused token is appended (EV
 the paper wiring with zero up-projections is exactly the backbone. The code's head
 (BatchNorm1d without affine before the Linear) and its training recipe are not used: every method
 shares the suite's head and preset. Not re-parameterisable: tokens are dropped.
+
+ViTs only. On a Swin it is refused before any run: its token selection ranks tokens by the
+attention the class token pays them under global attention, and a Swin has no class token and
+attends within fixed windows over a full token grid that shifted windows and patch merging need
+(the paper and the official code have no Swin path).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from ..backbones import BackboneSpec, BlockSpec, LinearSpec, describe_backbone
 from ..base import (
     Method,
     MethodError,
@@ -18,7 +19,6 @@ from ..base import (
     shared_search_space,
     within_budget,
 )
-from ..backbones import BackboneSpec, BlockSpec, LinearSpec, describe_backbone
 from .config import KarstConfig
 from .layer import KarstLinear, Rescale, merge_linear, split_width
 
