@@ -170,7 +170,7 @@ def test_an_image_claiming_20000_pixels_a_side_is_a_data_error(cli, noah_root: P
 
 def test_a_backbone_that_is_not_a_vit(cli, noah_root: Path):
     code, _, err = _run(cli, noah_root, "--backbone", "resnet18")
-    _assert_one_line_error(code, err, "backbone 'resnet18' is a ResNet", "VisionTransformer")
+    _assert_one_line_error(code, err, "backbone 'resnet18' is a ResNet", "ViT or Swin")
     code, _, err = cli("methods", "budget", "--budget", "0.3M", "--backbone", "resnet18")
     _assert_one_line_error(code, err, "backbone 'resnet18' is a ResNet")
 

@@ -256,7 +256,5 @@ def test_demo_suite_runs_a_tiny_swin_through_run_report_and_tune(cli, workdir: P
     tune = ("tune", "--suite", "demo", "--backbone", "swin_demo_tiny", "--methods", "karst", "--trials", "1")
     code, out, err = cli(*tune, "--epochs", "1", "--json")
     assert code == 0, err
-    trials = [
-        r for r in Tracker(default_tracking_uri(workdir)).search("bench/demo") if r.data.tags["bench.stage"] == "tune"
-    ]
-    assert len(trials) == 1 and trials[0].data.tags["bench.backbone"] == "swin_demo_tiny"
+    [trial] = Tracker(default_tracking_uri(workdir)).search("bench/demo-tune")
+    assert trial.data.tags["bench.stage"] == "tune" and trial.data.tags["bench.backbone"] == "swin_demo_tiny"
