@@ -21,15 +21,37 @@ from rich.table import Table
 
 from .errors import BenchError
 
+
+def examples(*commands: str) -> str:
+    """A help epilog listing example commands, one per line (typer keeps lines ending in two spaces)."""
+    return "Examples:  \n" + "  \n".join(commands)
+
+
 app = typer.Typer(
     help="Benchmark parameter-efficient fine-tuning methods for vision transformers.",
+    epilog=examples(
+        "bench run --suite demo --methods lora,linear --seeds 3",
+        "bench report --suite demo --reference linear --out report",
+    ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-methods_app = typer.Typer(help="List, describe and check PEFT methods.", no_args_is_help=True)
-suites_app = typer.Typer(help="List and describe benchmark suites.", no_args_is_help=True)
-data_app = typer.Typer(help="Verify and fetch suite data.", no_args_is_help=True)
+methods_app = typer.Typer(
+    help="List, describe and check PEFT methods.",
+    epilog=examples("bench methods list", "bench methods info karst --backbone vit_small_patch16_224"),
+    no_args_is_help=True,
+)
+suites_app = typer.Typer(
+    help="List and describe benchmark suites.",
+    epilog=examples("bench suites list", "bench suites info vtab1k"),
+    no_args_is_help=True,
+)
+data_app = typer.Typer(
+    help="Verify and fetch suite data.",
+    epilog=examples("bench data verify --suite vtab1k --data-root ~/data/vtab-1k"),
+    no_args_is_help=True,
+)
 app.add_typer(methods_app, name="methods")
 app.add_typer(suites_app, name="suites")
 app.add_typer(data_app, name="data")
@@ -130,6 +152,12 @@ def _method_overrides(items: list[str]) -> dict[str, dict[str, str]]:
 DataRootOpt = Annotated[Path | None, typer.Option(help="Folder holding the suite's task folders.")]
 BackboneOpt = Annotated[str | None, typer.Option(help="timm ViT or Swin name (default: the suite's).")]
 CheckpointOpt = Annotated[Path | None, typer.Option(help="Local weights (.safetensors, .pth, .npz): runs offline.")]
+WeightsLabelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help='A human name for the weights, recorded on every run and shown in reports, e.g. "ViT-S/14, DINOv2 init".'
+    ),
+]
 EpochsOpt = Annotated[int | None, typer.Option(help="Override the preset's epochs (warm-up scales with it).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 TrackingOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI (default: sqlite in the workdir).")]
@@ -162,12 +190,34 @@ WorkersOpt = Annotated[
 ObjectStoreOpt = Annotated[
     int | None, typer.Option(hidden=True, help="Object store size (MiB) of a local Ray cluster.")
 ]
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(help="Suite hf: a Hugging Face Hub dataset (beans) or a folder written by save_to_disk."),
+]
+ImageColumnOpt = Annotated[
+    str | None, typer.Option(help="Suite hf: the image column (default: the one Image feature).")
+]
+LabelColumnOpt = Annotated[
+    str | None, typer.Option(help="Suite hf: the label column (default: the one ClassLabel feature).")
+]
+SystemMetricsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--system-metrics/--no-system-metrics",
+        help="Log GPU utilisation and memory, CPU and RAM per epoch (MLflow's system metrics, sampled where the run trains).",
+    ),
+]
 BudgetOpt = Annotated[
     str | None, typer.Option(help="Fit every sizeable method to this many trainable params, head excluded (0.3M).")
 ]
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "bench run --suite demo --methods lora,linear --seeds 3",
+        "bench run --suite vtab1k --methods lora,karst --data-root DIR --gpus all",
+    )
+)
 def run(
     suite: str = typer.Option(..., help="Suite name (see `bench suites list`)."),
     methods: str = typer.Option(..., help="Comma-separated method names, e.g. lora,linear."),
@@ -175,8 +225,12 @@ def run(
     tasks: TasksOpt = None,
     stage: str = typer.Option("final", help="final: train800val200 -> test once; tune: train800 -> val200."),
     data_root: DataRootOpt = None,
+    dataset: DatasetOpt = None,
+    image_column: ImageColumnOpt = None,
+    label_column: LabelColumnOpt = None,
     backbone: BackboneOpt = None,
     checkpoint: CheckpointOpt = None,
+    weights_label: WeightsLabelOpt = None,
     epochs: EpochsOpt = None,
     device: DeviceOpt = "auto",
     tracking_uri: TrackingOpt = None,
@@ -195,6 +249,7 @@ def run(
     runs_per_gpu: RunsPerGpuOpt = None,
     workers: WorkersOpt = None,
     ray_object_store_mb: ObjectStoreOpt = None,
+    system_metrics: SystemMetricsOpt = True,
 ) -> None:
     """Train every (task, method, seed) not yet finished, log each to MLflow, print a summary.
 
@@ -223,6 +278,11 @@ def run(
         shots=parse_int_list(shots, "--shots", "1,2,4,8,16"),
         split_seeds=parse_int_list(split_seeds, "--split-seeds", "0,1,2"),
         dedupe=dedupe,
+        weights_label=_weights_label(weights_label),
+        dataset=dataset,
+        image_column=image_column,
+        label_column=label_column,
+        system_metrics=system_metrics,
     )
     options = ExecutorOptions(executor, ray_address, gpus, runs_per_gpu, workers, ray_object_store_mb)
     plan = plan_sweep(request, State.workdir)
@@ -286,13 +346,28 @@ def _exit_on_failures(outcomes, command: str) -> None:
     raise typer.Exit(2 if all(o.user_error for o in failed) else 1)
 
 
+def _weights_label(text: str | None) -> str | None:
+    """The --weights-label, stripped; a blank or multi-line label is refused (it is one table cell)."""
+    if text is None:
+        return None
+    label = text.strip()
+    if not label or "\n" in label:
+        raise BenchError(f'--weights-label {text!r} must be one non-empty line, e.g. --weights-label "ViT-B/16, MAE"')
+    return label
+
+
 def _budget(text: str | None) -> int | None:
     from .budget import parse_budget
 
     return parse_budget(text) if text is not None else None
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "bench tune --suite demo --methods karst,lora --budget 8k --trials 4",
+        "bench run --suite demo --methods karst,lora --budget 8k --hparams tuned",
+    )
+)
 def tune(
     suite: str = typer.Option(..., help="Suite name."),
     methods: str = typer.Option(..., help="Comma-separated method names."),
@@ -301,8 +376,12 @@ def tune(
     tasks: TasksOpt = None,
     storage: str | None = typer.Option(None, help="Optuna storage URL (default: sqlite in the workdir's optuna.db)."),
     data_root: DataRootOpt = None,
+    dataset: DatasetOpt = None,
+    image_column: ImageColumnOpt = None,
+    label_column: LabelColumnOpt = None,
     backbone: BackboneOpt = None,
     checkpoint: CheckpointOpt = None,
+    weights_label: WeightsLabelOpt = None,
     epochs: EpochsOpt = None,
     device: DeviceOpt = "auto",
     tracking_uri: TrackingOpt = None,
@@ -314,6 +393,7 @@ def tune(
     runs_per_gpu: RunsPerGpuOpt = None,
     workers: WorkersOpt = None,
     ray_object_store_mb: ObjectStoreOpt = None,
+    system_metrics: SystemMetricsOpt = True,
 ) -> None:
     """Tune every (task, method) on train800 -> val200 with the same number of Optuna trials.
 
@@ -337,6 +417,11 @@ def tune(
         device=_executor_device(device, gpus, runs_per_gpu),
         method_overrides=_method_overrides(set_ or []),
         budget=_budget(budget),
+        weights_label=_weights_label(weights_label),
+        dataset=dataset,
+        image_column=image_column,
+        label_column=label_column,
+        system_metrics=system_metrics,
     )
     url = storage or default_storage(State.workdir)
     options = ExecutorOptions(executor, ray_address, gpus, runs_per_gpu, workers, ray_object_store_mb)
@@ -346,8 +431,10 @@ def tune(
 
         with RichReporter(err, slots=pool.capacity) as reporter:
             summaries = run_tuning(request, trials, State.workdir, recorder, url, pool, reporter)
+    dashboard = dashboard_command(url)
     if as_json:
         _print_json([s.__dict__ for s in summaries])
+        err.print(f"browse the studies: {dashboard}", highlight=False, soft_wrap=True)
         return
     table = Table(title=f"tuning studies in {url}")
     for col in ("study", "trials", "best val acc", "best trial", "best params"):
@@ -361,6 +448,14 @@ def tune(
             ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.best_params.items()),
         )
     out.print(table)
+    out.print(f"browse the studies (pip install optuna-dashboard): {dashboard}", highlight=False, soft_wrap=True)
+
+
+def dashboard_command(storage: str) -> str:
+    """The ``optuna-dashboard`` command line that opens ``storage``."""
+    import shlex
+
+    return shlex.join(["optuna-dashboard", storage])
 
 
 def _print_summary(outcomes, stage: str) -> None:
@@ -406,7 +501,7 @@ def _pct(x: float) -> str:
     return "–" if x != x else f"{100 * x:.2f}"
 
 
-@app.command("runs")
+@app.command("runs", epilog=examples("bench runs --suite demo", "bench runs --suite vtab1k --json"))
 def runs_cmd(
     suite: str = typer.Option(..., help="Suite whose runs to list."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -468,7 +563,13 @@ def runs_cmd(
     out.print(table)
 
 
-@app.command("report")
+@app.command(
+    "report",
+    epilog=examples(
+        "bench report --suite demo --reference linear --out report",
+        "bench report --suite vtab1k --budget 0.3M --reference lora --out paper",
+    ),
+)
 def report_cmd(
     suite: str = typer.Option(..., help="Suite whose finished runs to report."),
     methods: str | None = typer.Option(None, help="Comma-separated methods (default: every method with runs)."),
@@ -483,11 +584,22 @@ def report_cmd(
     format_: str = typer.Option("md,latex,csv", "--format", help="Any of md, latex, csv, comma-separated."),
     out_dir: Path = typer.Option(Path("report"), "--out", help="Folder for the report files and figures."),
     tracking_uri: TrackingOpt = None,
+    resample_tasks: bool = typer.Option(
+        False,
+        "--resample-tasks",
+        help="Aggregate intervals resample tasks too (generalisation to similar tasks); needs 10 or more tasks.",
+    ),
+    latex_width: str = typer.Option(
+        "fit", help="LaTeX tables: fit (shrink to the line when wider), natural, or wide (table*, two-column papers)."
+    ),
+    results_csv: Path | None = typer.Option(
+        None, help="Rebuild from an earlier report's results.csv instead of the MLflow store."
+    ),
 ) -> None:
     """Tables (Markdown, LaTeX, CSV) and figures with CIs and significance tests from finished runs."""
     import suites
     from reports.report import build_report, write_report
-    from reports.runs import load_runs
+    from reports.runs import load_runs, runs_from_results_csv
 
     suites.get_suite(suite)  # an unknown suite name fails with the list of suites
     if stage not in ("final", "tune"):
@@ -498,21 +610,77 @@ def report_cmd(
     if budget is not None:
         selected_budget = "published" if budget.strip().lower() == "published" else _budget(budget)
     formats = tuple(_split(format_) or [])
-    runs = load_runs(
-        _tracker(tracking_uri), suite, stage, methods=_split(methods), budget=selected_budget, hparams=hparams
-    )
-    report = build_report(runs, reference)
-    files = write_report(report, out_dir, formats)
+    selection = {"methods": _split(methods), "budget": selected_budget, "hparams": hparams}
+    if results_csv is not None:
+        runs = runs_from_results_csv(results_csv, suite, stage, **selection)
+    else:
+        runs = load_runs(_tracker(tracking_uri), suite, stage, **selection)
+    report = build_report(runs, reference, resample_tasks=resample_tasks)
+    files = write_report(report, out_dir, formats, latex_width=latex_width)
     for line in runs.missing:
         err.print(f"[yellow]missing:[/] {line}")
     out.print(f"wrote {len(files)} files to {out_dir}: " + ", ".join(p.name for p in files))
 
 
 # ---------------------------------------------------------------------------------------
+# bench export
+
+
+@app.command(
+    "export",
+    # the help's examples, in the form every command's help ends with
+    epilog="Examples:  \nbench export lora/digits/s0 --format peft  \nbench export karst/digits/s0 --verify --out exports/karst",
+)
+def export_cmd(
+    run: str = typer.Argument(
+        ..., help="Run key (or its first 8+ characters), label (lora/digits/s0) or MLflow run id."
+    ),
+    format_: str | None = typer.Option(
+        None,
+        "--format",
+        help="peft (methods that run through peft), merged (mergeable methods: a plain timm state dict) or bench "
+        "(any method: trainable tensors + config); default merged where the method merges, else bench.",
+    ),
+    out_dir: Path | None = typer.Option(None, "--out", help="Folder to write (default: exports/<label>-<format>)."),
+    checkpoint: CheckpointOpt = None,
+    verify: bool = typer.Option(
+        False, "--verify", help="Load the export as its model card says and compare with the run's stored predictions."
+    ),
+    push_to_hub: str | None = typer.Option(
+        None, "--push-to-hub", help="Also upload the folder to this Hub repo (OWNER/NAME)."
+    ),
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Take a finished run out as a peft adapter, a merged timm checkpoint or bench's own format, with a model card."""
+    from methods.base import get_method
+
+    from . import export, schema
+
+    tracker = _tracker(tracking_uri)
+    found = export.find_run(tracker.client, run)
+    label = found.info.run_name or found.info.run_id
+    fmt = format_ or ("merged" if get_method(found.data.tags.get(schema.METHOD, "")).mergeable else "bench")
+    folder = out_dir or Path("exports") / f"{label.replace('/', '-')}-{fmt}"
+    result = export.export_run(tracker.client, run, folder, format_, checkpoint, verify)
+    out.print(f"exported {result.run.label} as {result.format} to {result.folder}: {', '.join(result.files)}")
+    if result.verified is not None:
+        same, total = result.verified
+        out.print(f"{same} of {total} test predictions equal the run's stored ones")
+        if same != total:
+            raise BenchError(
+                f"the export of {result.run.label} reproduces {same} of {total} stored predictions; "
+                "see the model card's note on precision (runs scored under bf16 on CUDA differ slightly in fp32)"
+            )
+    if push_to_hub:
+        url = export.push_to_hub(result.folder, push_to_hub)
+        out.print(f"pushed to {url}")
+
+
+# ---------------------------------------------------------------------------------------
 # bench methods
 
 
-@methods_app.command("list")
+@methods_app.command("list", epilog=examples("bench methods list", "bench methods list --json"))
 def methods_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Every registered method (built-in and from installed plugins)."""
     from methods.base import available_methods, config_to_dict, make_config
@@ -548,7 +716,13 @@ def methods_list(as_json: bool = typer.Option(False, "--json", help="Machine-rea
     out.print(table)
 
 
-@methods_app.command("info")
+@methods_app.command(
+    "info",
+    epilog=examples(
+        "bench methods info lora --set rank=4 --backbone vit_small_patch16_224",
+        "bench methods info karst --backbone swin_base_patch4_window7_224.ms_in22k",
+    ),
+)
 def methods_info(
     name: str = typer.Argument(..., help="Method name."),
     backbone: str = typer.Option("vit_base_patch16_224.orig_in21k", help="timm ViT or Swin name (never downloads)."),
@@ -612,7 +786,13 @@ def methods_info(
     out.print("Trainable parameters exclude the head, which adds (feature width + 1) × classes for every method.")
 
 
-@methods_app.command("budget")
+@methods_app.command(
+    "budget",
+    epilog=examples(
+        "bench methods budget --budget 0.3M",
+        "bench methods budget --budget 8k --backbone vit_demo_tiny --methods karst,lora",
+    ),
+)
 def methods_budget(
     budget: str = typer.Option(..., help="Trainable parameters, head excluded: 300000, 300k or 0.3M."),
     backbone: str = typer.Option("vit_base_patch16_224.orig_in21k", help="timm ViT or Swin name (never downloads)."),
@@ -643,7 +823,13 @@ def methods_budget(
     out.print(table)
 
 
-@methods_app.command("check")
+@methods_app.command(
+    "check",
+    epilog=examples(
+        "bench methods check lora --set rank=4",
+        "bench methods check karst --backbone swin_base_patch4_window7_224.ms_in22k",
+    ),
+)
 def methods_check(
     name: str = typer.Argument(..., help="Method name."),
     backbone: str = typer.Option(
@@ -702,7 +888,7 @@ def _suite_info(suite) -> dict[str, Any]:
     }
 
 
-@suites_app.command("list")
+@suites_app.command("list", epilog=examples("bench suites list", "bench suites list --json"))
 def suites_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Every registered suite."""
     import suites
@@ -719,7 +905,7 @@ def suites_list(as_json: bool = typer.Option(False, "--json", help="Machine-read
     out.print(table)
 
 
-@suites_app.command("info")
+@suites_app.command("info", epilog=examples("bench suites info vtab1k", "bench suites info fgvc_fewshot --json"))
 def suites_info(
     name: str = typer.Argument(..., help="Suite name."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -753,7 +939,13 @@ def suites_info(
 # bench data
 
 
-@data_app.command("verify")
+@data_app.command(
+    "verify",
+    epilog=examples(
+        "bench data verify --suite vtab1k --data-root ~/data/vtab-1k",
+        "bench data verify --suite fgvc_fewshot --data-root ~/data/fgvc --dedupe",
+    ),
+)
 def data_verify(
     suite: str = typer.Option(..., help="Suite name."),
     data_root: Path = typer.Option(..., help="Folder holding the suite's task folders."),
@@ -795,7 +987,13 @@ def data_verify(
         raise typer.Exit(1)
 
 
-@data_app.command("fetch")
+@data_app.command(
+    "fetch",
+    epilog=examples(
+        "bench data fetch --suite vtab1k --to ~/data/vtab-1k",
+        "bench data fetch --suite fgvc_fewshot --to ~/data/fgvc",
+    ),
+)
 def data_fetch(
     suite: str = typer.Option(..., help="Suite name (vtab1k)."),
     to: Path = typer.Option(..., help="Folder to put the task folders in."),
@@ -814,7 +1012,7 @@ def data_fetch(
 # bench ui
 
 
-@app.command()
+@app.command(epilog=examples("bench ui", "bench --workdir runs-vtab ui --port 5001"))
 def ui(
     port: int = typer.Option(5000, help="Port of the MLflow UI."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
@@ -895,7 +1093,12 @@ def _stop_group(proc) -> None:
 # bench speed
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "bench speed --methods lora,linear --steps 3",
+        "bench speed --methods lora,karst,full --out speed.json",
+    )
+)
 def speed(
     methods: str | None = typer.Option(None, help="Comma-separated method names (default: every registered one)."),
     backbone: str | None = typer.Option(
@@ -939,13 +1142,26 @@ def speed(
         title=f"{report['backbone']} at {report['img_size']} px, batch {report['batch_size']}, "
         f"{report['steps']} timed steps, on {report['device_name']}"
     )
-    for col in ("method", "train img/s", "ref train", "×", "eval img/s", "ref eval", "×", "peak MB", "ref peak MB"):
+    columns = (
+        "method",
+        "train img/s",
+        "GPU %",
+        "ref train",
+        "×",
+        "eval img/s",
+        "ref eval",
+        "×",
+        "peak MB",
+        "ref peak MB",
+    )
+    for col in columns:
         table.add_column(col, justify="left" if col == "method" else "right")
     for row in report["methods"]:
         ours, ref, ratio = row["ours"], row["reference"] or {}, row.get("ratio") or {}
         table.add_row(
             row["method"],
             format_rate(ours["train_images_per_s"]),
+            f"{ours['gpu_utilization']:.0f}" if ours.get("gpu_utilization") is not None else "–",
             format_rate(ref.get("train_images_per_s")),
             f"{ratio['train']:.1f}" if ratio.get("train") else "–",
             format_rate(ours["eval_images_per_s"]) + ("*" if ours["merged_eval"] else ""),
@@ -958,6 +1174,7 @@ def speed(
     out.print(
         "ours: bench's train_run (uint8 images on the device, bf16 autocast on CUDA, fused AdamW; * merged eval); "
         "ref: fp32, JPEG files decoded every epoch by a DataLoader, eager, unmerged eval. "
+        "GPU %: our training's mean GPU utilisation over the timed epochs (nvidia-ml-py; – without it). "
         "Ratios are ours / ref, measured in this process; the warm-up epoch is excluded from training images/s."
     )
 
@@ -971,8 +1188,11 @@ def run_cli(args: list[str] | None = None) -> int:
 
     Typer runs in standalone mode: it prints usage errors itself and exits through SystemExit.
     """
+    from .provenance import set_command
+
+    set_command(list(sys.argv[1:] if args is None else args))
     try:
-        app(args=args, prog_name="bench")
+        click_command()(args=args, prog_name="bench")
         return 0
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -992,6 +1212,34 @@ def run_cli(args: list[str] | None = None) -> int:
             soft_wrap=True,
         )
         return 3
+
+
+def click_command() -> Any:
+    """The click command typer builds from ``app``, with flags shown without a type column.
+
+    typer prints ``<bool>`` beside every flag (``--json``, ``--help``); a flag takes no value, so the
+    column is left empty. The CLI reference in the docs is generated from this same command.
+    """
+    command = typer.main.get_command(app)
+    _blank_flag_types(command)
+    return command
+
+
+def _blank_flag_types(command: Any) -> None:
+    for param in command.params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    make_help_option = command.get_help_option
+
+    def get_help_option(ctx: Any) -> Any:
+        option = make_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = get_help_option  # type: ignore[method-assign]
+    for sub in getattr(command, "commands", {}).values():
+        _blank_flag_types(sub)
 
 
 def _write_crash(exc: BaseException) -> Path:

@@ -8,6 +8,7 @@ without a ``.git`` (a wheel, a copied tree) records nothing rather than a guess.
 from __future__ import annotations
 
 import functools
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -35,3 +36,16 @@ def git_revision() -> str | None:
     # Only the code counts as dirty: untracked work folders (runs/, mlflow.db) are not code.
     status = _git("status", "--porcelain", "--untracked-files=no")
     return f"{sha}-dirty" if status else sha
+
+
+_COMMAND: list[str] = []
+
+
+def set_command(args: list[str]) -> None:
+    """Remember the command line of this process's ``bench`` invocation (set by the CLI)."""
+    _COMMAND[:] = ["bench", *args]
+
+
+def command_line() -> str | None:
+    """``bench run …`` as typed, for the ``bench.command`` tag; None outside the CLI."""
+    return shlex.join(_COMMAND) if _COMMAND else None

@@ -3,7 +3,7 @@
 The recorder writes them; ``bench runs`` and ``reports/`` read them. Both import the names from
 here, so a renamed tag cannot leave a reader behind. This module imports nothing and holds no
 logic: it is the contract between the writer and its readers, documented for users in
-``docs/reference/tracking.md``.
+``docs/reference/tracking-schema.md``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ SPLIT_SEED = "bench.split_seed"
 DEDUPE = "bench.dedupe"
 BACKBONE = "bench.backbone"
 CHECKPOINT = "bench.checkpoint"
+WEIGHTS_LABEL = "bench.weights_label"  # a human name for the weights (--weights-label), shown in reports
 DATA_FINGERPRINT = "bench.data_fingerprint"
 VERSION = "bench.version"
 HPARAMS = "bench.hparams"  # published (default), tuned (a study's best trial) or override (--set preset.…)
@@ -43,6 +44,7 @@ NODE_ID = "bench.node_id"  # the Ray node (or "local") that trained the run
 HOST = "bench.host"
 GPU = "bench.gpu"
 MERGED_EVAL = "bench.merged_eval"
+COMMAND = "bench.command"  # the bench command line that trained the run (model cards quote it)
 
 # --- tags: how it ended -------------------------------------------------------------------------
 ERROR = "bench.error"  # one line, on FAILED runs
@@ -65,6 +67,7 @@ TRAIN_ACC = "train/acc"
 LR = "lr"
 VAL_ACC = "val/acc"
 TEST_ACC = "test/acc"
+EVAL_EXAMPLES = "eval/examples"  # how many examples the accuracy was scored on (its binomial standard error)
 PARAMS_TRAINABLE = "params/trainable"
 PARAMS_HEAD = "params/head"
 TRAIN_IMG_S = "throughput/train_img_s"
@@ -73,6 +76,11 @@ INFER_IMG_S = "throughput/infer_img_s"
 TRAIN_SECONDS = "time/train_s"
 PEAK_MEMORY_MB = "mem/peak_mb"
 TUNE_OBJECTIVE = "tune/objective"
+# System metrics: MLflow's names (system/cpu_utilization_percentage, system/gpu_0_…), sampled by
+# the worker per epoch (bench/sysmetrics.py); gpu_0 is the run's own GPU.
+SYSTEM_PREFIX = "system/"
+GPU_UTILIZATION = "system/gpu_0_utilization_percentage"
+GPU_UTILIZATION_MEAN = "system/gpu_utilization_mean"  # over the run's epochs, logged with the result
 
 # --- artifacts ------------------------------------------------------------------------------------
 RESOLVED_CONFIG = "config/resolved.json"

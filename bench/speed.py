@@ -67,8 +67,8 @@ class SpeedDefaults:
     workers: int
 
 
-# On a GPU: the setting (ViT-B/16 at 224, batch 64, 4 loader workers like the published
-# code). On a CPU: the demo's tiny ViT, so that CI measures both loops in seconds.
+# On a GPU: the field's VTAB-1K setting (ViT-B/16 at 224, batch 64, 4 loader workers like the
+# published code). On a CPU: the demo's tiny ViT, so that CI measures both loops in seconds.
 DEFAULTS = {
     "cuda": SpeedDefaults("vit_base_patch16_224", batch_size=64, steps=50, eval_images=4096, workers=4),
     "cpu": SpeedDefaults("vit_demo_tiny", batch_size=8, steps=5, eval_images=64, workers=0),
@@ -341,21 +341,30 @@ def measure_reference(
 
 
 def measure_ours(name: str, cfg: SpeedConfig, train: SplitData, evaluate: SplitData) -> dict[str, Any]:
+    from .sysmetrics import GPU_UTILIZATION, SystemSampler
+
     device = torch.device(cfg.device)
     method, model, mean, std = _build(name, cfg)
-    result = train_run(
-        model,
-        method,
-        speed_preset(cfg.batch_size, cfg.img_size),
-        STAGES["final"],
-        train,
-        evaluate,
-        seed=0,
-        device=device,
-        mean=mean,
-        std=std,
-    )
+    with SystemSampler(device, interval=0.2) as sampler:  # the GPU's utilisation (nvidia-ml-py), if any
+
+        def sample(metrics) -> None:
+            metrics.system = sampler.take()
+
+        result = train_run(
+            model,
+            method,
+            speed_preset(cfg.batch_size, cfg.img_size),
+            STAGES["final"],
+            train,
+            evaluate,
+            seed=0,
+            device=device,
+            mean=mean,
+            std=std,
+            on_epoch=sample,
+        )
     timed = result.epochs[WARMUP_EPOCHS:]
+    utilization = [e.system[GPU_UTILIZATION] for e in timed if GPU_UTILIZATION in e.system]
     return {
         "train_images_per_s": len(train) * len(timed) / sum(e.seconds for e in timed),
         "eval_images_per_s": result.infer_images_per_s,
@@ -364,6 +373,8 @@ def measure_ours(name: str, cfg: SpeedConfig, train: SplitData, evaluate: SplitD
         "logged_train_images_per_s": result.train_images_per_s,  # what a run logs: warm-up included
         "merged_eval": result.merged,
         "trainable_params": result.trainable_params,
+        # mean GPU utilisation over the timed epochs; None without a GPU or nvidia-ml-py
+        "gpu_utilization": sum(utilization) / len(utilization) if utilization else None,
     }
 
 

@@ -73,6 +73,11 @@ def open_study(storage: str, name: str, epochs: int, create: bool = True):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         rdb = optuna.storages.RDBStorage(storage)
+    except ImportError as exc:  # the URL's database driver (postgresql:// needs psycopg, mysql:// a MySQL driver)
+        raise BenchError(
+            f"cannot open the Optuna storage {storage}: its database driver is not installed ({exc}); install it, "
+            'e.g. pip install "psycopg[binary]" for postgresql://'
+        ) from None
     except Exception as exc:
         raise BenchError(f"cannot open the Optuna storage {storage} ({type(exc).__name__}); check --storage") from None
     if not create:

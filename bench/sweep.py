@@ -32,7 +32,7 @@ from .cache import load_split
 from .engine import Executor, Job, JobData, Recorder, Reporter, RunOutcome, RunRecord, SilentReporter, Work, drive
 from .errors import BenchError
 from .inspect import built_trainable_params
-from .provenance import git_revision
+from .provenance import command_line, git_revision
 from .spec import RunSpec, canonical_json
 from .tracking import experiment_name, flatten_params
 from .train import SplitData
@@ -58,6 +58,11 @@ class SweepRequest:
     split_seeds: list[int] | None = None  # few-shot: the training lists' seeds (default: the training seed)
     dedupe: bool = False  # few-shot: drop repeated lines of the training lists (default: keep, as published)
     preset_overrides: dict[str, Any] = field(default_factory=dict)  # --set preset.FIELD=VALUE
+    weights_label: str | None = None  # --weights-label: a human name for the weights, recorded per run
+    dataset: str | None = None  # suites that load a dataset (hf): a Hub id or a save_to_disk folder
+    image_column: str | None = None
+    label_column: str | None = None
+    system_metrics: bool = True  # GPU/CPU/RAM per epoch where psutil / nvidia-ml-py exist
 
     def __post_init__(self) -> None:
         # `--set preset.lr=…` arrives with the methods' --set values; it sets the preset, not a method
@@ -211,13 +216,15 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
             "(tune with the preset override instead: `bench tune --set preset.…`)"
         )
     override_tags = preset_override_tags(request.preset_overrides, preset)
+    if request.weights_label:
+        override_tags = {**override_tags, schema.WEIGHTS_LABEL: request.weights_label}
     backbone = request.backbone or suite.default_backbone
     # an unknown backbone, or a method that does not support its family, fails before data is prepared
     spec_bb = backbone_spec(backbone, preset.img_size)
     chosen = [_sized_method(name, request, spec_bb) for name in request.methods]
     for method, config, _ in chosen:  # a config that does not fit the backbone fails before any training
         built_trainable_params(method, config, backbone, img_size=preset.img_size)
-    data_root = request.data_root
+    data_root = _dataset_root(suite, request, workdir)
     if suite.prepare is not None:
         data_root = data_root or workdir / "data" / suite.name
         suite.prepare(data_root)
@@ -241,6 +248,8 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
                 run_preset, run_config, tags = tuned_settings(
                     request.storage, suite.name, task, method, config, budget, task_preset, backbone, weights
                 )
+                if request.weights_label:
+                    tags = {**tags, schema.WEIGHTS_LABEL: request.weights_label}
             for seed in task_seeds:
                 spec = RunSpec(
                     suite=suite.name,
@@ -260,6 +269,28 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
                 )
                 runs.append(PlannedRun(spec, task, method, run_config, run_preset, dict(tags)))
     return SweepPlan(request, suite, stage, preset, backbone, weights, device, runs, Path(data_root), warnings)
+
+
+def _dataset_root(suite: Suite, request: SweepRequest, workdir: Path) -> Path | None:
+    """The data root: --data-root, or for a suite that loads a dataset (hf), the folder it writes."""
+    if suite.from_dataset is None:
+        for flag, value in (
+            ("--dataset", request.dataset),
+            ("--image-column", request.image_column),
+            ("--label-column", request.label_column),
+        ):
+            if value is not None:
+                raise BenchError(f"{flag} applies to suite hf only; suite {suite.name!r} reads --data-root")
+        return request.data_root
+    if request.dataset is None:
+        raise BenchError(
+            f"suite {suite.name!r} needs --dataset: a Hugging Face Hub dataset (e.g. beans) or a folder written by "
+            "save_to_disk"
+        )
+    if request.data_root is not None:
+        raise BenchError(f"suite {suite.name!r} reads --dataset, not --data-root; drop --data-root")
+    options = suites.DatasetOptions(request.dataset, request.image_column, request.label_column)
+    return suite.from_dataset(options, workdir / "data" / suite.name)
 
 
 def _check_fewshot_options(suite: Suite, request: SweepRequest) -> None:
@@ -396,6 +427,8 @@ def run_record(run: PlannedRun, stage: Stage, experiment: str, parent: str | Non
     provenance = {}
     if (revision := git_revision()) is not None:
         provenance[schema.GIT_SHA] = revision
+    if (command := command_line()) is not None:
+        provenance[schema.COMMAND] = command
     tags = run_tags(spec, **{schema.GROUP: run.task.task.group, **provenance})
     params = flatten_params(
         {
@@ -480,7 +513,8 @@ class SweepSource:
         index, stale = self.pending.popleft()
         run = self.plan.runs[index]
         record = run_record(run, self.plan.stage, self.plan.experiment, self.parent, stale)
-        return Job(Work(index, run, self.plan.stage, self.plan.weights), record)
+        work = Work(index, run, self.plan.stage, self.plan.weights, self.plan.request.system_metrics)
+        return Job(work, record)
 
     def load(self, job: Job) -> JobData:
         return self._load(job.run)

@@ -69,6 +69,7 @@ class EpochMetrics:
     lr: float
     eval_acc: float | None = None  # only in the tune stage (val200)
     seconds: float = 0.0  # training time of the epoch (after its one host sync), evaluation excluded
+    system: dict[str, float] = field(default_factory=dict)  # the worker's system metrics over the epoch
 
 
 @dataclass

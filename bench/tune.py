@@ -147,10 +147,13 @@ class TrialSource:
         spec = dataclasses.replace(s.run.spec, hparams=preset.to_dict(), method_config=config_to_dict(config))
         run = PlannedRun(spec, s.run.task, s.run.method, config, preset)
         tags = run_tags(spec, **{schema.STUDY: s.name, schema.TRIAL: str(trial.number)})
+        if (label := s.run.tags.get(schema.WEIGHTS_LABEL)) is not None:
+            tags[schema.WEIGHTS_LABEL] = label
         params = flatten_params({"method": spec.method_config, "hp": spec.hparams, "trial": values})
         resolved = {"run_key": spec.run_key, "spec": spec.to_dict(), "study": s.name, "trial": trial.number}
         record = RunRecord(self.experiment, s.parent, f"trial-{trial.number:03d}", tags, params, resolved)
-        job = Job(Work(next(self.ids), run, self.plan.stage, self.plan.weights), record)
+        work = Work(next(self.ids), run, self.plan.stage, self.plan.weights, self.plan.request.system_metrics)
+        job = Job(work, record)
         s.remaining -= 1
         s.busy = True
         self.inflight[job.id] = (s, trial)

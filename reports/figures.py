@@ -1,15 +1,22 @@
 """The report's figures, each saved as PNG (for Markdown) and PDF (for LaTeX).
 
-* accuracy vs trainable parameters (log x, 95 % interval bars, the Pareto front);
-* a critical-difference diagram of average ranks (scikit-posthocs draws it; Demšar 2006);
+* accuracy vs trainable parameters (log x, 95 % interval bars, the Pareto front; a method with no
+  trainable parameters gets its own panel left of a broken axis, since log(0) has no position);
+* a critical-difference diagram of average ranks (scikit-posthocs draws it; Demšar 2006), only
+  where the report ranks methods (enough tasks);
 * a forest plot of per-task differences to the reference with their Welch 95 % intervals;
+* performance profiles: the fraction of runs above each accuracy (Agarwal et al. 2021);
 * per method: accuracy, training images/s and peak GPU memory side by side.
 
+Every figure gives a method the same colour (``palette``), names methods in a legend or on the
+axis rather than in free text (so labels cannot collide), and embeds TrueType fonts in its PDF
+(``pdf.fonttype`` 42): ACM and IEEE reject the Type 3 fonts matplotlib embeds by default.
 matplotlib runs on the Agg backend: reports are built on machines without a display.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import matplotlib
@@ -22,6 +29,21 @@ import pandas as pd  # noqa: E402
 from .render import task_label  # noqa: E402
 
 COLORS = plt.get_cmap("tab10").colors
+FONTS = {"pdf.fonttype": 42, "ps.fonttype": 42}  # TrueType, not Type 3
+
+
+def palette(methods: list[str]) -> dict[str, tuple]:
+    """One colour per method, by its place in the report's method order (reference first)."""
+    return {m: COLORS[i % len(COLORS)] for i, m in enumerate(methods)}
+
+
+def _truetype(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with plt.rc_context(FONTS):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _save(fig, out: Path, stem: str) -> list[Path]:
@@ -43,77 +65,175 @@ def pareto_front(params: np.ndarray, acc: np.ndarray) -> np.ndarray:
     return np.array(front, dtype=int)
 
 
-def accuracy_vs_params(points: pd.DataFrame, out: Path, title: str) -> list[Path]:
-    """``points``: method, params, estimate, low, high (fractions). Zero-parameter methods sit at the left edge."""
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+def _break_marks(left, right) -> None:
+    """The // marks of a broken x axis between two panels."""
+    kw = {"color": "k", "clip_on": False, "lw": 1}
+    d = 0.015
+    for ax, x in ((left, 1.0), (right, 0.0)):
+        scale = 1.0 / ax.get_position().width
+        for y in (0.0, 1.0):
+            ax.plot((x - d * scale / 8, x + d * scale / 8), (y - d, y + d), transform=ax.transAxes, **kw)
+
+
+@_truetype
+def accuracy_vs_params(points: pd.DataFrame, out: Path, title: str, colors: dict | None = None) -> list[Path]:
+    """``points``: method, params, estimate, low, high (fractions), one row per method.
+
+    Methods with zero trainable parameters (a linear probe) sit in a narrow panel left of a broken
+    x axis, labelled 0; the others on a log axis. The Pareto front joins the points no other point
+    beats on both fewer parameters and higher accuracy.
+    """
+    colors = colors or palette(list(points["method"]))
     params = points["params"].to_numpy(dtype=float)
-    positive = params[params > 0]
-    floor = (positive.min() / 10) if len(positive) else 1.0
-    x = np.where(params > 0, params, floor)
     y = 100 * points["estimate"].to_numpy(dtype=float)
     lo = 100 * points["low"].to_numpy(dtype=float)
     hi = 100 * points["high"].to_numpy(dtype=float)
+    zero = params <= 0
+    if zero.any() and (~zero).any():
+        fig, (left, ax) = plt.subplots(
+            1, 2, figsize=(6.5, 4), sharey=True, gridspec_kw={"width_ratios": [1, 6], "wspace": 0.06}
+        )
+    else:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        left = None
     for i, m in enumerate(points["method"]):
-        ax.errorbar(x[i], y[i], yerr=[[y[i] - lo[i]], [hi[i] - y[i]]], fmt="o", capsize=3, color=COLORS[i % 10])
-        label = m + (" (0 params)" if params[i] == 0 else "")
-        ax.annotate(label, (x[i], y[i]), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    front = pareto_front(x, y)
-    ax.plot(x[front], y[front], "--", color="grey", lw=1, label="Pareto front")
-    ax.set_xscale("log")
+        target = left if (zero[i] and left is not None) else ax
+        x = 0.0 if zero[i] else params[i]
+        target.errorbar(
+            x,
+            y[i],
+            yerr=[[max(0.0, y[i] - lo[i])], [max(0.0, hi[i] - y[i])]],
+            fmt="o",
+            capsize=3,
+            color=colors[m],
+            label=m,
+        )
+    front = pareto_front(np.where(zero, 0.0, params), y)
+    on_log = [i for i in front if not zero[i]]
+    if on_log:
+        ax.plot(params[on_log], y[on_log], "--", color="grey", lw=1, label="Pareto front")
+    if (~zero).any():
+        ax.set_xscale("log")
     ax.set_xlabel("trainable parameters, head excluded (log scale)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc="best")
+    if left is not None:
+        left.set_xticks([0.0], ["0"])
+        left.set_xlim(-1, 1)
+        left.spines["right"].set_visible(False)
+        ax.spines["left"].set_visible(False)
+        ax.tick_params(axis="y", which="both", left=False)
+        left.set_ylabel("accuracy (%)")
+        left.grid(alpha=0.3)
+        _break_marks(left, ax)
+    else:
+        ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    by_label = {}
+    for a in [left, ax] if left is not None else [ax]:
+        by_label.update(zip(*reversed(a.get_legend_handles_labels()), strict=True))
+    order = [m for m in points["method"] if m in by_label] + (["Pareto front"] if "Pareto front" in by_label else [])
+    ax.legend(
+        [by_label[k] for k in order], order, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False
+    )
     return _save(fig, out, "accuracy_vs_params")
 
 
-def cd_diagram(scores: pd.DataFrame, cd: float, out: Path, title: str) -> list[Path]:
-    """``scores``: blocks × methods (higher is better). Bars join methods whose ranks differ by less than ``cd``."""
+@_truetype
+def cd_diagram(scores: pd.DataFrame, cd: float, out: Path, title: str, colors: dict | None = None) -> list[Path]:
+    """``scores``: blocks × methods (higher is better). Bars join methods whose ranks differ by less than ``cd``.
+
+    The title goes under the diagram (scikit-posthocs draws the CD bar and the rank axis at the
+    top, where a title would cover them).
+    """
     import scikit_posthocs as sp
 
     ranks = scores.rank(axis=1, ascending=False).mean(axis=0)
     names = list(scores.columns)
+    colors = colors or palette(names)
     # Methods closer than the Nemenyi CD are not distinguishable; scikit-posthocs joins pairs with p >= alpha.
     sig = pd.DataFrame(1.0, index=names, columns=names)
     for a in names:
         for b in names:
             if a != b and abs(ranks[a] - ranks[b]) >= cd:
                 sig.loc[a, b] = 0.0
-    fig, ax = plt.subplots(figsize=(6, 1.2 + 0.3 * len(names)))
-    sp.critical_difference_diagram(ranks, sig, cd=cd, ax=ax)
-    ax.set_title(title, fontsize=9)
+    fig, (ax, bar) = plt.subplots(
+        2, 1, figsize=(6.5, 1.9 + 0.3 * len(names)), gridspec_kw={"height_ratios": [4 + 0.3 * len(names), 1]}
+    )
+    sp.critical_difference_diagram(
+        ranks, sig, ax=ax, color_palette={m: colors[m] for m in names}, label_props={"fontsize": 8}
+    )
+    # The CD bar gets its own strip under the diagram: scikit-posthocs would draw it over the rank ticks.
+    lo, hi = ax.get_xlim()
+    bar.set_xlim(lo, hi)
+    bar.set_ylim(-1, 1)
+    start = min(lo, hi) + 0.02 * abs(hi - lo)
+    bar.plot([start, start + cd], [0, 0], color="black", lw=2)
+    bar.text(start + cd + 0.02 * abs(hi - lo), 0, f"critical difference = {cd:.2f}", va="center", fontsize=8)
+    bar.axis("off")
+    fig.text(0.5, 0.0, title, ha="center", va="top", fontsize=8)
     return _save(fig, out, "critical_difference")
 
 
-def forest_plot(cells: pd.DataFrame, reference: str, out: Path) -> list[Path]:
+@_truetype
+def forest_plot(cells: pd.DataFrame, reference: str, out: Path, colors: dict | None = None) -> list[Path]:
     """Per task and method, Δ accuracy to the reference (pp) with its Welch 95 % interval, sorted by Δ."""
     data = cells[(cells["method"] != reference) & cells["diff"].notna()].copy()
     data["label"] = [
         task_label(t, None if pd.isna(k) else int(k)) for t, k in zip(data["task"], data["shots"], strict=True)
     ]
     methods = list(dict.fromkeys(data["method"]))
+    colors = colors or palette([reference, *methods])
     rows = max(1, len(data))
-    fig, ax = plt.subplots(figsize=(6, 1.0 + 0.28 * rows))
+    fig, ax = plt.subplots(figsize=(6.5, 1.0 + 0.28 * rows))
     data = data.sort_values(["method", "diff"])
     y = np.arange(len(data))
-    for i, m in enumerate(methods):
+    for m in methods:
         sel = (data["method"] == m).to_numpy()
         d = 100 * data["diff"].to_numpy()[sel]
-        err = np.vstack([d - 100 * data["diff_low"].to_numpy()[sel], 100 * data["diff_high"].to_numpy()[sel] - d])
-        ax.errorbar(d, y[sel], xerr=err, fmt="o", capsize=2, color=COLORS[(i + 1) % 10], label=m)
+        lo = 100 * data["diff_low"].to_numpy()[sel]
+        hi = 100 * data["diff_high"].to_numpy()[sel]
+        err = np.vstack([np.nan_to_num(d - lo), np.nan_to_num(hi - d)])
+        ax.errorbar(d, y[sel], xerr=err, fmt="o", capsize=2, color=colors[m], label=m)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y, [f"{lab} · {m}" for lab, m in zip(data["label"], data["method"], strict=True)], fontsize=7)
     ax.set_xlabel(f"Δ accuracy to {reference} (percentage points), Welch 95 % interval")
     if methods:
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, out, "forest_vs_reference")
 
 
-def resources_plot(resources: pd.DataFrame, out: Path) -> list[Path]:
+@_truetype
+def performance_profile(cube: np.ndarray, methods: list[str], out: Path, colors: dict | None = None) -> list[Path]:
+    """``cube``: (methods × tasks × seeds) accuracies. Fraction of runs above τ, with 95 % seed-bootstrap bands."""
+    from .stats import performance_profile as profile_of
+
+    colors = colors or palette(methods)
+    lo, hi = np.nanmin(cube), np.nanmax(cube)
+    pad = max(1e-3, 0.02 * (hi - lo))
+    tau = np.linspace(lo - pad, hi + pad, 200)
+    prof, low, high = profile_of(cube, tau)
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for i, m in enumerate(methods):
+        ax.plot(100 * tau, prof[i], color=colors[m], label=m, lw=1.5)
+        ax.fill_between(100 * tau, low[i], high[i], color=colors[m], alpha=0.15, lw=0)
+    ax.set_xlabel("accuracy threshold τ (%)")
+    ax.set_ylabel("fraction of runs with accuracy > τ")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    n_tasks, n_seeds = cube.shape[1], cube.shape[2]
+    ax.set_title(
+        f"{n_tasks} task{'s' if n_tasks != 1 else ''} × {n_seeds} seeds; bands: 95 % seed bootstrap", fontsize=8
+    )
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    return _save(fig, out, "performance_profile")
+
+
+@_truetype
+def resources_plot(resources: pd.DataFrame, out: Path, colors: dict | None = None) -> list[Path]:
     """Three aligned bar panels: mean accuracy, training images/s, peak GPU memory (when measured)."""
     methods = resources["method"].tolist()
+    colors = colors or palette(methods)
     panels = [
         ("mean accuracy (%)", 100 * resources["mean_acc"].to_numpy(dtype=float)),
         ("training images/s", resources["train_img_s"].to_numpy(dtype=float)),
@@ -123,7 +243,7 @@ def resources_plot(resources: pd.DataFrame, out: Path) -> list[Path]:
     y = np.arange(len(methods))
     for ax, (name, values) in zip(axes, panels, strict=True):
         if np.isfinite(values).any():
-            ax.barh(y, np.nan_to_num(values), color=[COLORS[i % 10] for i in range(len(methods))])
+            ax.barh(y, np.nan_to_num(values), color=[colors[m] for m in methods])
         else:
             ax.text(0.5, 0.5, "not measured (CPU runs)", ha="center", va="center", transform=ax.transAxes, fontsize=8)
         ax.set_xlabel(name, fontsize=8)

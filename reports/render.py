@@ -1,21 +1,29 @@
-"""Tables as text: the same cells in Markdown (GitHub) and LaTeX (booktabs), plus their captions.
+"""Tables as text: the same cells in Markdown (GitHub) and LaTeX (booktabs), their captions and notes.
 
-Cells are built as strings first (bold best, underline second, a dagger for a significant
-difference), then laid out by pandas: ``DataFrame.to_markdown`` (tabulate) and
-``Styler.to_latex`` (jinja2), which handles booktabs rules and index escaping.
+Cells are built as strings first (bold best, underline second, a dagger after a significant
+difference), then laid out: ``DataFrame.to_markdown`` (tabulate) for Markdown and
+``Styler.to_latex`` (jinja2) for the booktabs ``tabular`` of a LaTeX fragment.
+
+Numbers are typeset for print: a real minus sign (U+2212 in Markdown, ``$-$`` in LaTeX), p-values
+below 0.001 as 7.5×10⁻⁷ / ``$7.5\\times10^{-7}$``, ``<`` and ``>`` in math mode in LaTeX (in a
+plain OT1 document a text ``<`` prints as ¡). A caption is short (what is shown, the seeds, what ±
+means, the test and its correction); the longer explanations are notes printed under the table.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from . import stats
-from .tables import ALPHA, Aggregates, method_order, task_keys
+from .tables import ALPHA, MIN_RANK_TASKS, VTAB_GROUPS, Aggregates, task_keys
 
 DECIMALS = 1  # accuracies are shown in percent with one decimal
+DIFF_DECIMALS = 2  # differences in percentage points
+MINUS = "\u2212"
 
 
 @dataclass(frozen=True)
@@ -27,12 +35,50 @@ class Style:
     pm: str
 
 
-MARKDOWN = Style("md", best="**{}**", second="<u>{}</u>", dagger="†", pm="±")
+MARKDOWN = Style("md", best="**{}**", second="<ins>{}</ins>", dagger="†", pm="±")
 LATEX = Style("latex", best=r"\textbf{{{}}}", second=r"\underline{{{}}}", dagger=r"$^\dagger$", pm=r"$\pm$")
+
+# How a LaTeX table fragment handles its width: shrink it to the line when it is wider (the
+# default), leave it at its natural width, or set it in a table* that spans both columns of a
+# two-column paper (and shrink it to the text width when wider).
+LATEX_WIDTHS = ("fit", "natural", "wide")
 
 
 def pct(x: float, decimals: int = DECIMALS) -> str:
     return "–" if x is None or not np.isfinite(x) else f"{100 * x:.{decimals}f}"
+
+
+def signed(x: float, decimals: int = DIFF_DECIMALS, scale: float = 100.0) -> str:
+    """``+0.41`` / ``−0.41`` (a real minus sign) of ``scale·x``; a value that rounds to zero has no sign."""
+    if x is None or not np.isfinite(x):
+        return "–"
+    text = f"{abs(scale * x):.{decimals}f}"
+    if float(text) == 0.0:
+        return text
+    return ("+" if x > 0 else MINUS) + text
+
+
+def bound(x: float, unsettled: bool, decimals: int = DIFF_DECIMALS) -> str:
+    """A difference's interval bound; ``≈0`` where its sign is within the bootstrap's Monte Carlo error."""
+    return "≈0" if unsettled else signed(x, decimals)
+
+
+def fmt_p(p: float, style: Style) -> str:
+    """p as 0.034 or 0.0012, and below 0.001 as 7.5×10⁻⁷ (Markdown) / $7.5\\times10^{-7}$ (LaTeX)."""
+    if p is None or not np.isfinite(p):
+        return "–"
+    if p >= 1e-3:
+        return f"{p:.2g}"
+    if p <= 0:
+        return "$<10^{-16}$" if style is LATEX else "< 10⁻¹⁶"
+    exponent = math.floor(math.log10(p))
+    mantissa = p / 10**exponent
+    if round(mantissa, 1) >= 10:
+        mantissa, exponent = mantissa / 10, exponent + 1
+    if style is LATEX:
+        return f"${mantissa:.1f}\\times10^{{{exponent}}}$"
+    sup = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+    return f"{mantissa:.1f}×10{str(exponent).translate(sup)}"
 
 
 def fmt_params(n: float) -> str:
@@ -57,9 +103,23 @@ def task_label(task: str, shots: int | None) -> str:
     return task if shots is None else f"{task} ({shots}-shot)"
 
 
-def main_table(cells: pd.DataFrame, agg: Aggregates, resources: pd.DataFrame, reference: str, style: Style):
-    """Rows: tasks, aggregate rows, parameter rows, W/T/L. Columns: methods (reference first)."""
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+TEST_SE = "Test SE"
+
+
+def main_table(cells: pd.DataFrame, resources: pd.DataFrame, reference: str, style: Style, split_se=None):
+    """Rows: tasks, then parameter rows. Columns: methods (reference first), then the test-split SE."""
     methods = list(dict.fromkeys([reference, *cells["method"]]))
+    se = {}
+    if split_se is not None and split_se.get("se", pd.Series(dtype=float)).notna().any():
+        se = {(r.task, None if pd.isna(r.shots) else int(r.shots)): r.se for r in split_se.itertuples()}
     rows: dict[str, dict[str, str]] = {}
     for task, shots in task_keys(cells):
         sub = cells[(cells["task"] == task) & (cells["shots"].isna() if shots is None else cells["shots"] == shots)]
@@ -76,16 +136,9 @@ def main_table(cells: pd.DataFrame, agg: Aggregates, resources: pd.DataFrame, re
             if bool(c["significant"]):
                 text += style.dagger
             row[m] = text
+        if se:
+            row[TEST_SE] = pct(se.get((task, shots), np.nan), 2)
         rows[task_label(task, shots)] = row
-    if len(agg.rows):
-        for name, sub in agg.rows.groupby("row", sort=False):
-            by_method = sub.set_index("method")
-            marks = stats.mark_best(np.array([100 * by_method["estimate"][m] for m in methods]), DECIMALS)
-            rows[name] = {
-                m: _mark(pct(by_method["estimate"][m]), mark, style)
-                + f" [{pct(by_method['low'][m])}, {pct(by_method['high'][m])}]"
-                for m, mark in zip(methods, marks, strict=True)
-            }
     res = resources.set_index("method")
     rows["Trainable params (head excl.)"] = {m: fmt_params(res["params_trainable"][m]) for m in methods}
     rows["Head params"] = {
@@ -97,42 +150,90 @@ def main_table(cells: pd.DataFrame, agg: Aggregates, resources: pd.DataFrame, re
         )
         for m in methods
     }
-    if len(agg.comparisons):
-        comp = agg.comparisons.set_index("method")
-        rows[f"W/T/L vs {reference}"] = {
-            m: "–" if m == reference else f"{comp['wins'][m]}/{comp['ties'][m]}/{comp['losses'][m]}" for m in methods
+    columns = methods + ([TEST_SE] if se else [])
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns).fillna("")
+
+
+def _interval_cell(est: float, low: float, high: float, mark: str, style: Style) -> str:
+    return _mark(pct(est), mark, style) + f" [{pct(low)}, {pct(high)}]"
+
+
+def aggregate_table(agg: Aggregates, reference: str, style: Style) -> pd.DataFrame:
+    """Rows: methods. Columns: each group mean, the mean of group means, the mean of all tasks, the IQM."""
+    if not len(agg.rows):
+        return pd.DataFrame()
+    methods = list(dict.fromkeys([reference, *agg.rows["method"]]))
+    cols: dict[str, dict[str, str]] = {}
+    for name, sub in agg.rows.groupby("row", sort=False):
+        s = sub.set_index("method")
+        marks = stats.mark_best(np.array([100 * s["estimate"][m] for m in methods]), DECIMALS)
+        cols[name] = {
+            m: _interval_cell(s["estimate"][m], s["low"][m], s["high"][m], mk, style)
+            for m, mk in zip(methods, marks, strict=True)
         }
-    return pd.DataFrame.from_dict(rows, orient="index", columns=methods)
+    q = agg.iqm.set_index("method")
+    marks = stats.mark_best(np.array([100 * q["estimate"][m] for m in methods]), DECIMALS)
+    cols["IQM"] = {
+        m: _interval_cell(q["estimate"][m], q["low"][m], q["high"][m], mk, style)
+        for m, mk in zip(methods, marks, strict=True)
+    }
+    return pd.DataFrame(cols, index=methods)
 
 
-def comparison_table(agg: Aggregates, reference: str, style: Style) -> pd.DataFrame:
-    """Per method vs the reference: Δ of the mean over tasks with its bootstrap CI and the across-task tests."""
+def delta_header(agg: Aggregates) -> str:
+    if agg.single_task:
+        return "Δ (pp) [95% Welch CI]"
+    return f"Δ {agg.headline[0].lower() + agg.headline[1:]} (pp) [95% CI]"
+
+
+def comparison_table(agg: Aggregates, reference: str, style: Style, cells: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per method vs the reference: Δ and its interval first, then P(A>B), then the tests (daggers last)."""
     if not len(agg.comparisons):
         return pd.DataFrame()
+    delta = delta_header(agg)
     rows = {}
+    if agg.single_task:
+        bh = {}
+        if cells is not None and len(cells):
+            bh = cells.set_index("method")["p_bh"].to_dict()
+        rows[reference] = {delta: "reference", "P(A>B)": "–", "Welch p (BH)": "–"}
+        for _, c in agg.comparisons.iterrows():
+            p_bh = bh.get(c["method"], np.nan)
+            sig = np.isfinite(p_bh) and p_bh < ALPHA
+            rows[c["method"]] = {
+                delta: f"{signed(c['diff'])} [{signed(c['diff_low'])}, {signed(c['diff_high'])}]"
+                + (style.dagger if sig else ""),
+                "P(A>B)": f"{c['prob_superiority']:.2f}",
+                "Welch p (BH)": f"{fmt_p(c['welch_p'], style)} ({fmt_p(p_bh, style)})",
+            }
+        return pd.DataFrame.from_dict(rows, orient="index")
     rank = {}
     if agg.friedman is not None:
-        ordered = [reference, *agg.comparisons["method"]]
-        rank = dict(zip(ordered, agg.friedman.avg_ranks, strict=True))
-    rows[reference] = {
-        f"Δ vs {reference} (pp) [95% CI]": "reference",
-        "Wilcoxon p (Holm)": "–",
-        "W/T/L": "–",
-        "P(A>B)": "–",
-        "Avg rank": f"{rank[reference]:.2f}" if rank else "–",
-    }
+        rank = dict(zip([reference, *agg.comparisons["method"]], agg.friedman.avg_ranks, strict=True))
+    ref_row = {delta: "reference", "P(A>B) [95% CI]": "–", "W/T/L": "–", "Wilcoxon p (Holm)": "–"}
+    if rank:
+        ref_row["Avg rank"] = f"{rank[reference]:.2f}"
+    rows[reference] = ref_row
     for _, c in agg.comparisons.iterrows():
         sig = c["holm_p"] < ALPHA and (c["diff_low"] > 0 or c["diff_high"] < 0)
-        rows[c["method"]] = {
-            f"Δ vs {reference} (pp) [95% CI]": f"{100 * c['diff']:+.2f} [{100 * c['diff_low']:+.2f}, {100 * c['diff_high']:+.2f}]",
+        row = {
+            delta: f"{signed(c['diff'])} [{bound(c['diff_low'], c['diff_low_unsettled'])}, "
+            f"{bound(c['diff_high'], c['diff_high_unsettled'])}]" + (style.dagger if sig else ""),
+            "P(A>B) [95% CI]": f"{c['prob_superiority']:.2f} [{_poi_bound(c['poi_low'], c['poi_low_unsettled'])}, "
+            f"{_poi_bound(c['poi_high'], c['poi_high_unsettled'])}]",
+            "W/T/L": f"{c['wins']}/{c['ties']}/{c['losses']}",
             "Wilcoxon p (Holm)": "–"
             if not np.isfinite(c["wilcoxon_p"])
-            else f"{c['wilcoxon_p']:.3g} ({c['holm_p']:.3g})" + (style.dagger if sig else ""),
-            "W/T/L": f"{c['wins']}/{c['ties']}/{c['losses']}",
-            "P(A>B)": f"{c['prob_superiority']:.2f}",
-            "Avg rank": f"{rank[c['method']]:.2f}" if rank else "–",
+            else f"{fmt_p(c['wilcoxon_p'], style)} ({fmt_p(c['holm_p'], style)})",
         }
+        if rank:
+            row["Avg rank"] = f"{rank[c['method']]:.2f}"
+        rows[c["method"]] = row
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _poi_bound(x: float, unsettled: bool) -> str:
+    return "≈0.5" if unsettled else f"{x:.2f}"
 
 
 def few_shot_tables(table: pd.DataFrame, reference: str, style: Style) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -146,14 +247,14 @@ def few_shot_tables(table: pd.DataFrame, reference: str, style: Style) -> tuple[
         marks = stats.mark_best(np.array([100 * s["estimate"][m] for m in methods]), DECIMALS)
         label = f"{shots}-shot ({int(s['datasets'].iloc[0])} datasets)"
         means[label] = {
-            m: _mark(pct(s["estimate"][m]), mk, style) + f" [{pct(s['low'][m])}, {pct(s['high'][m])}]"
+            m: _interval_cell(s["estimate"][m], s["low"][m], s["high"][m], mk, style)
             for m, mk in zip(methods, marks, strict=True)
         }
         diffs[label] = {
             m: "reference"
             if m == reference
-            else f"{100 * s['diff'][m]:+.1f} [{100 * s['diff_low'][m]:+.1f}, {100 * s['diff_high'][m]:+.1f}], "
-            f"P(A>B) {s['prob_superiority'][m]:.2f}"
+            else f"{signed(s['diff'][m], 1)} [{bound(s['diff_low'][m], s['diff_low_unsettled'][m], 1)}, "
+            f"{bound(s['diff_high'][m], s['diff_high_unsettled'][m], 1)}], P(A>B) {s['prob_superiority'][m]:.2f}"
             for m in methods
         }
     return (pd.DataFrame.from_dict(means, orient="index"), pd.DataFrame.from_dict(diffs, orient="index"))
@@ -170,26 +271,22 @@ def resources_table(resources: pd.DataFrame) -> pd.DataFrame:
             "Train time / run (s)": resources["train_s"].map(lambda v: "–" if not np.isfinite(v) else f"{v:,.1f}"),
         }
     )
+    util = resources["gpu_util"] if "gpu_util" in resources else pd.Series(dtype=float)
+    if util.notna().any():  # runs that sampled their GPU (nvidia-ml-py): mean utilisation beside throughput
+        column = util.map(lambda v: "–" if not np.isfinite(v) else f"{v:.0f}")
+        out.insert(out.columns.get_loc("Train img/s") + 1, "GPU util. (%)", column.to_numpy())
     out.index = resources["method"]
     out.index.name = None
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# Markdown and LaTeX
+# ---------------------------------------------------------------------------------------------
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     return table.to_markdown(tablefmt="github")
-
-
-def to_latex(table: pd.DataFrame, caption: str, label: str) -> str:
-    """A booktabs table; index and header escaped for LaTeX (task names hold underscores)."""
-    styler = table.style.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
-    return styler.to_latex(
-        hrules=True,
-        column_format="l" + "c" * len(table.columns),
-        caption=latex_escape_text(caption),
-        label=label,
-        position_float="centering",
-        position="htbp",
-    )
 
 
 LATEX_SPECIALS = {
@@ -203,9 +300,12 @@ LATEX_SPECIALS = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    "<": r"$<$",  # a text < or > prints as ¡ or ¿ in an OT1 document
+    ">": r"$>$",
 }
 
-# Non-ASCII characters the report uses, as macros: a plain pdflatex (T1, no unicode setup) compiles it.
+# Non-ASCII characters the report uses, as macros: a plain pdflatex (OT1 or T1, no unicode setup)
+# compiles it.
 UNICODE_TO_LATEX = {
     "±": r"$\pm$",
     "†": r"$^\dagger$",
@@ -214,16 +314,21 @@ UNICODE_TO_LATEX = {
     "²": r"$^2$",
     "≥": r"$\geq$",
     "≤": r"$\leq$",
+    "≈": r"$\approx$",
     "×": r"$\times$",
     "·": r"$\cdot$",
+    "√": r"$\surd$",
+    MINUS: r"$-$",
     "–": "--",
     "—": "---",
     "’": "'",
+    "š": r"\v{s}",
+    "é": r"\'e",
 }
 
 
 def latex_escape_text(text: str) -> str:
-    """Escape prose for LaTeX: the ASCII characters that break a compile (unicode is handled later)."""
+    """Escape prose for LaTeX: the ASCII characters that break a compile or misprint (unicode is mapped later)."""
     return "".join(LATEX_SPECIALS.get(ch, ch) for ch in text)
 
 
@@ -233,63 +338,229 @@ def latex_unicode(text: str) -> str:
     return "".join(UNICODE_TO_LATEX.get(ch, ch if ord(ch) < 128 else "?") for ch in text)
 
 
-def main_caption(n_seeds: int, reference: str, agg: Aggregates, stage: str) -> str:
-    split = "test" if stage == "final" else "validation"
+def latex_table(table: pd.DataFrame, caption: str, label: str, width: str = "fit") -> str:
+    """A paste-ready LaTeX fragment: one ``table`` (or ``table*``) with a booktabs ``tabular``.
+
+    It needs ``\\usepackage{booktabs}`` (and ``graphicx`` unless ``width="natural"``), which a
+    comment on its first line says. ``width``: see ``LATEX_WIDTHS``. ASCII only.
+    """
+    if width not in LATEX_WIDTHS:
+        raise ValueError(f"width must be one of {', '.join(LATEX_WIDTHS)}, got {width!r}")
+    shown = table.copy()
+    shown.index = [latex_escape_text(str(i)) for i in shown.index]
+    shown.columns = [latex_escape_text(str(c)) for c in shown.columns]
+    tabular = shown.style.to_latex(hrules=True, column_format="l" + "c" * len(shown.columns)).strip()
+    env = "table*" if width == "wide" else "table"
+    line = r"\textwidth" if width == "wide" else r"\linewidth"
+    packages = r"\usepackage{booktabs}" + ("" if width == "natural" else r", \usepackage{graphicx}")
+    body = tabular
+    if width != "natural":  # shrink to the line only when wider than it (graphicx's \width)
+        body = rf"\resizebox{{\ifdim\width>{line}{line}\else\width\fi}}{{!}}{{%" + "\n" + tabular + "}"
     parts = [
-        f"Top-1 {split} accuracy (%), mean over {n_seeds} seed{'s' if n_seeds != 1 else ''}; "
-        "± is the half-width of the 95 % Student-t confidence interval over seeds.",
-        "Bold: best, underlined: second best, at displayed precision (ties share the mark).",
-        f"† marks a difference to {reference} that is significant at 0.05 by a Welch t-test over seeds, "
-        "after Benjamini–Hochberg correction over all cells of the table.",
+        f"% bench report table ({label}); needs {packages}",
+        rf"\begin{{{env}}}[htbp]",
+        r"\centering",
+        rf"\caption{{{latex_escape_text(caption)}}}",
+        rf"\label{{{label}}}",
+        body,
+        rf"\end{{{env}}}",
     ]
-    if len(agg.rows):
-        parts.append(
-            "Aggregate rows show the estimate and its 95 % two-level paired bootstrap interval "
-            f"({len(agg.tasks)} task{'s' if len(agg.tasks) != 1 else ''} resampled within groups, then seeds; "
-            f"{10_000:,} draws)."
+    return latex_unicode("\n".join(parts) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Captions and notes
+# ---------------------------------------------------------------------------------------------
+
+
+def main_caption(n_seeds: int, reference: str, stage: str, has_se: bool) -> str:
+    split = "test" if stage == "final" else "validation"
+    text = (
+        f"Top-1 {split} accuracy (%), mean ± 95 % Student-t half-width over {plural(n_seeds, 'seed')}. "
+        f"Bold: best; underlined: second. †: Welch p < {ALPHA} vs {reference}, Benjamini–Hochberg-adjusted "
+        "over all cells. Parameters exclude the classification head. "
+    )
+    if has_se:
+        text += (
+            f"Results are conditional on one fixed {split} split; {TEST_SE}: binomial standard error (pp) "
+            f"of {reference}'s accuracy on it."
         )
-    parts.append("Parameter counts exclude the classification head, which is listed separately.")
-    return " ".join(parts)
+    else:
+        text += f"Results are conditional on one fixed {split} split (its size was not recorded)."
+    return text
+
+
+def main_notes(split_se: pd.DataFrame, n_seeds: int) -> list[str]:
+    notes = [
+        "Bold and underline are decided at the displayed precision (ties share the mark). "
+        "± is the half-width of the 95 % Student-t interval over seeds: with a handful of seeds a bootstrap "
+        "would cover far less than 95 %.",
+    ]
+    known = split_se.dropna(subset=["se"]) if len(split_se) else split_se
+    if len(known):
+        lo, hi = 100 * known["se"].min(), 100 * known["se"].max()
+        span = f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}–{hi:.2f}"
+        notes.append(
+            f"Seeds vary the training, not the test split: every interval here is conditional on the one test set "
+            f"of each task. Its own sampling error, the binomial SE √(p(1−p)/n) of the reference's accuracy, is "
+            f"{span} pp ({TEST_SE} column), often as large as the spread over seeds."
+        )
+    else:
+        notes.append(
+            "Seeds vary the training, not the test split: every interval here is conditional on the one test set "
+            "of each task. These runs did not record the test-set size (the eval/examples metric), so its "
+            "binomial standard error √(p(1−p)/n) is not shown."
+        )
+    return notes
+
+
+def interval_phrase(agg: Aggregates) -> str:
+    if agg.resample_tasks:
+        return "tasks resampled within their group, then seeds within each task"
+    return "seeds resampled within each task, tasks fixed"
+
+
+def aggregate_caption(agg: Aggregates, n_seeds: int) -> str:
+    return (
+        f"Aggregate top-1 accuracy (%) over {plural(len(agg.tasks), 'task')} and {plural(n_seeds, 'seed')}, "
+        f"with 95 % stratified-bootstrap intervals ({interval_phrase(agg)}). IQM: interquartile mean over all runs."
+    )
+
+
+def aggregate_notes(agg: Aggregates) -> list[str]:
+    notes = []
+    if agg.groups:
+        names = ", ".join(g.capitalize() for g in agg.groups)
+        notes.append(
+            f"Two averages are shown and named: the mean of the {len(agg.groups)} group means ({names}; each group "
+            f"weighs equally) and the mean over all {len(agg.tasks)} tasks (each task weighs equally)."
+        )
+        if tuple(sorted(g.lower() for g in agg.groups)) == VTAB_GROUPS:
+            notes.append(
+                "For VTAB-1K, papers in the VPT lineage (VPT, NOAH, FacT, DTL) give the mean of the three group "
+                "means as their headline number; V-PETL Bench gives the mean over the 19 tasks. They differ by "
+                "several points: full fine-tuning in the VPT paper is 68.9 by the first and 65.6 by the second. "
+                "Compare a number only with one of the same kind."
+            )
+    notes.append(
+        f"The interval keeps the tasks fixed and resamples each task's seeds, the same indices for every method "
+        f"(Agarwal et al. 2021; rliable's default): it answers how much the numbers move with the training seeds "
+        f"on these tasks. {'Here the tasks are resampled as well (--resample-tasks), which asks how they generalise to similar tasks. ' if agg.resample_tasks else ''}"
+        f"At least 10,000 draws, more where a bound's sign needed them (up to {agg.n_boot:,} here); the largest "
+        f"Monte Carlo standard error of any accuracy bound is {100 * agg.mc_se:.3f} pp"
+        + (f", of any P(A>B) bound {agg.poi_mc_se:.3f}." if np.isfinite(agg.poi_mc_se) else ".")
+    )
+    return notes
 
 
 def comparison_caption(agg: Aggregates, reference: str, n_seeds: int) -> str:
-    parts = [
-        f"Each method against {reference} across {len(agg.tasks)} task{'s' if len(agg.tasks) != 1 else ''} "
-        f"(per-task means over {n_seeds} seeds).",
-        "Δ: difference of the mean over tasks with its 95 % two-level paired bootstrap interval.",
-        "Wilcoxon signed-rank test on per-task means (zero differences kept, Pratt), "
-        "Holm-adjusted over the methods compared; † where the adjusted p < 0.05 and the Δ interval excludes 0.",
-        "W/T/L: tasks won, tied (equal per-task means), lost; P(A>B): probability that a seed of the method "
-        "beats a seed of the reference, averaged over tasks.",
-    ]
-    f = agg.friedman
-    if f is not None and np.isfinite(f.chi2):
-        parts.append(
-            f"Friedman χ² = {f.chi2:.2f} (p = {f.p_chi2:.3g}); Iman–Davenport F = {f.iman_davenport_f:.2f} "
-            f"(p = {f.p_f:.3g}); Nemenyi critical difference of average ranks = {f.cd:.2f} at 0.05."
+    if agg.single_task:
+        return (
+            f"Each method against {reference} on its one task, over {plural(n_seeds, 'seed')}: Δ with its 95 % Welch "
+            f"t-interval; P(A>B): probability that a seed of the method beats a seed of {reference}; "
+            f"Welch p with its Benjamini–Hochberg adjustment. †: adjusted p < {ALPHA}."
         )
-    return " ".join(parts)
+    return (
+        f"Each method against {reference} over {plural(len(agg.tasks), 'task')} ({plural(n_seeds, 'seed')} each): "
+        f"Δ of the {agg.headline[0].lower() + agg.headline[1:]} with its paired 95 % bootstrap interval; "
+        f"P(A>B), averaged over tasks, with its 95 % interval; Wilcoxon signed-rank p on per-task means, "
+        f"Holm-adjusted. †: adjusted p < {ALPHA} and the Δ interval excludes 0."
+    )
+
+
+def comparison_notes(agg: Aggregates, reference: str) -> list[str]:
+    """The small-N guards and what the rank statistics say, in words (identical in Markdown and LaTeX)."""
+    n = len(agg.tasks)
+    notes = []
+    if agg.single_task:
+        notes.append(
+            "One task: no aggregate row, no bootstrap and no rank statistics. The only interval for a method is its "
+            "Student-t interval over seeds, and the only test the Welch t-test on that task; the differences above "
+            "are those of the forest plot."
+        )
+        return notes
+    notes.append(
+        "W/T/L: tasks won, tied (equal per-task means), lost against the reference. P(A>B) resamples each method's "
+        "seeds independently within each task (rliable's stratified independent bootstrap)."
+    )
+    if any(agg.comparisons[c].any() for c in ("diff_low_unsettled", "diff_high_unsettled") if c in agg.comparisons):
+        notes.append(f"≈0: the bound's sign stayed within Monte Carlo error after {agg.n_boot:,} draws; read it as 0.")
+    if n < 6:
+        floor = 2 / 2**n
+        notes.append(
+            f"With {plural(n, 'task')} the two-sided signed-rank test cannot go below p = 2/{2**n} = {floor:.3g}, so it "
+            "cannot reach p < 0.05 whatever the data; read the intervals, not the p-values."
+        )
+    f = agg.friedman
+    if f is None:
+        notes.append(
+            f"No Friedman or Iman–Davenport test, average ranks or critical-difference diagram: with fewer than "
+            f"{MIN_RANK_TASKS} tasks their p-values rest on large-sample approximations that do not hold (at 3 tasks "
+            "the Iman–Davenport p can be an order of magnitude below the exact permutation p), and a rank diagram "
+            "would contradict the intervals above."
+        )
+    elif np.isfinite(f.chi2):
+        notes.append(
+            f"Friedman χ² = {f.chi2:.2f} (p = {fmt_p(f.p_chi2, MARKDOWN)}); Iman–Davenport F = {f.iman_davenport_f:.2f} "
+            f"(p = {fmt_p(f.p_f, MARKDOWN)}); Nemenyi critical difference of average ranks = {f.cd:.2f} at {ALPHA}. "
+            "Pairwise claims rest on the Wilcoxon tests, not on the ranks: a mean-rank verdict on two methods "
+            "depends on which others are in the pool."
+        )
+    return notes
 
 
 def few_shot_caption(n_seeds: int, reference: str) -> str:
     return (
-        f"Few-shot top-1 accuracy (%), per shot count the mean over datasets of the mean over {n_seeds} seeds, "
-        "with a 95 % bootstrap interval over seeds (datasets fixed). Differences to "
-        f"{reference} carry the same bootstrap interval and P(A>B); no p-values are given across so few datasets."
+        f"Few-shot top-1 accuracy (%): per shot count, the mean over datasets of the mean over {plural(n_seeds, 'seed')}, "
+        "with a 95 % bootstrap interval over seeds (datasets fixed)."
     )
 
 
-def resources_caption(runs: pd.DataFrame) -> str:
-    """The cost table's caption; it says so when the runs' throughput came from different code paths."""
-    text = "Medians over runs. Throughput and memory are what each run measured on its own device."
-    counts = runs["train_step"].value_counts()
-    if len(counts) > 1:
-        paths = ", ".join(f"{step}: {n} runs" for step, n in counts.sort_index().items())
+def few_shot_diff_caption(reference: str) -> str:
+    return (
+        f"Few-shot differences to {reference} (pp) with the same bootstrap interval, and P(A>B) averaged over "
+        "datasets; no p-values across so few datasets."
+    )
+
+
+def resources_caption(runs: pd.DataFrame | None = None) -> str:
+    text = "Cost per method: medians over runs. Throughput and memory are what each run measured on its own device."
+    if runs is not None and "gpu_util" in runs and runs["gpu_util"].notna().any():
         text += (
-            f" The runs trained through different training-step paths ({paths}; the tag bench.train_step), "
-            "so their throughputs compare only within one path; per-run figures are in results.csv."
+            " GPU util. is each run's mean over its epochs of its GPU's utilisation (NVML, through MLflow's system "
+            "metrics); runs packed on one GPU share it."
         )
     return text
+
+
+def cost_warnings(runs: pd.DataFrame, ratio: float = 2.0) -> list[str]:
+    """Why the cost table's medians may mislead: a method whose training throughput differs more than
+    ``ratio``× across tasks, and runs from different or unrecorded training-step paths."""
+    out = []
+    for method, sub in runs.groupby("method", sort=False):
+        per_task = sub.groupby(["task", "shots"], dropna=False)["train_img_s"].median().dropna()
+        per_task = per_task[per_task > 0]
+        if len(per_task) >= 2 and per_task.max() > ratio * per_task.min():
+            slow, fast = per_task.idxmin(), per_task.idxmax()
+            out.append(
+                f"{method}: training throughput differs {per_task.max() / per_task.min():.1f}× across tasks "
+                f"({per_task.min():,.0f} img/s on {task_label(slow[0], None if pd.isna(slow[1]) else int(slow[1]))}, "
+                f"{per_task.max():,.0f} on {task_label(fast[0], None if pd.isna(fast[1]) else int(fast[1]))}); "
+                "its median hides that, see results.csv."
+            )
+    counts = runs["train_step"].value_counts()
+    if len(counts) > 1:
+        paths = ", ".join(f"{step}: {plural(int(n), 'run')}" for step, n in counts.sort_index().items())
+        out.append(
+            f"The runs trained through different training-step paths ({paths}; the tag bench.train_step), "
+            "so their throughputs compare only within one path; per-run figures are in results.csv."
+        )
+    elif len(counts) == 1 and counts.index[0] == "unrecorded":
+        out.append(
+            "The runs did not record their training-step path (the tag bench.train_step; runs from before it "
+            "existed), so whether their throughputs are comparable is unknown."
+        )
+    return out
 
 
 def missing_note(missing: list[str]) -> str:
@@ -300,13 +571,14 @@ def missing_note(missing: list[str]) -> str:
 
 __all__ = [
     "LATEX",
+    "LATEX_WIDTHS",
     "MARKDOWN",
+    "aggregate_table",
     "comparison_table",
+    "cost_warnings",
     "few_shot_tables",
+    "latex_table",
     "main_table",
-    "method_order",
-    "resources_caption",
     "resources_table",
-    "to_latex",
     "to_markdown",
 ]

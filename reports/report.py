@@ -1,8 +1,13 @@
-"""``bench report``: finished runs -> report.md, report.tex, results.csv, summary.csv and figures.
+"""``bench report``: finished runs -> report.md, report.tex (+ one LaTeX fragment per table), CSVs, figures.
 
 The pipeline is: :func:`reports.runs.load_runs` (select, de-duplicate, refuse incomparable runs)
 -> :mod:`reports.tables` (statistics, as data frames) -> :mod:`reports.render` (cells as text)
 and :mod:`reports.figures` (PNG + PDF). Nothing here computes a statistic itself.
+
+Both documents are rendered from one list of sections, so the Markdown and the LaTeX report carry
+the same tables, captions, notes and small-sample guards. Each table is also written on its own to
+``tables/<name>.tex``, the fragment a paper pastes (or ``\\input``\\s); ``report.tex`` inputs exactly
+those files.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from . import figures, render, tables
 from .runs import ReportRuns
 
 FORMATS = ("md", "latex", "csv")
+FRAGMENTS = ("main", "aggregates", "comparison", "fewshot", "fewshot_diff", "cost")  # tables/<name>.tex
 
 
 @dataclass
@@ -30,6 +36,7 @@ class Report:
     agg: tables.Aggregates
     few_shot: pd.DataFrame
     resources: pd.DataFrame
+    split_se: pd.DataFrame = field(default_factory=pd.DataFrame)
     figures: list[Path] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
 
@@ -38,7 +45,7 @@ class Report:
         return int(self.runs.frame["seed"].nunique())
 
 
-def build_report(runs: ReportRuns, reference: str | None) -> Report:
+def build_report(runs: ReportRuns, reference: str | None, resample_tasks: bool = False) -> Report:
     methods = runs.methods
     if reference is None:
         reference = methods[0]
@@ -47,22 +54,122 @@ def build_report(runs: ReportRuns, reference: str | None) -> Report:
             f"--reference {reference!r} has no finished runs in this selection; choose one of {', '.join(methods)}"
         )
     cells = tables.task_cells(runs, reference)
-    agg = tables.aggregates(runs, reference)
+    agg = tables.aggregates(runs, reference, resample_tasks=resample_tasks)
     few = tables.few_shot_table(runs, reference) if runs.few_shot else pd.DataFrame()
     resources = tables.method_resources(runs, reference)
-    return Report(runs, reference, cells, agg, few, resources)
+    split_se = tables.test_split_errors(runs, cells, reference)
+    return Report(runs, reference, cells, agg, few, resources, split_se)
 
 
-def write_report(report: Report, out: Path, formats: tuple[str, ...] = FORMATS) -> list[Path]:
+# ---------------------------------------------------------------------------------------------
+# One document model, two renderings
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    name: str  # the fragment's file stem and the LaTeX label tab:<name>
+    md: pd.DataFrame
+    tex: pd.DataFrame
+    caption: str
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Section:
+    title: str
+    items: list = field(default_factory=list)  # Table or str (a paragraph)
+
+
+def sections(report: Report) -> list[Section]:
+    ref, n, agg = report.reference, report.n_seeds, report.agg
+    has_se = bool(len(report.split_se)) and report.split_se["se"].notna().any()
+    out = []
+
+    main = Section("Accuracy per task")
+    main.items.append(
+        Table(
+            "main",
+            *(
+                render.main_table(report.cells, report.resources, ref, s, report.split_se)
+                for s in (render.MARKDOWN, render.LATEX)
+            ),
+            render.main_caption(n, ref, report.runs.stage, has_se),
+            render.main_notes(report.split_se, n),
+        )
+    )
+    if note := render.missing_note(report.runs.missing):
+        main.items.append("Missing runs. " + note)
+    out.append(main)
+
+    if len(agg.rows):
+        out.append(
+            Section(
+                "Across tasks",
+                [
+                    Table(
+                        "aggregates",
+                        *(render.aggregate_table(agg, ref, s) for s in (render.MARKDOWN, render.LATEX)),
+                        render.aggregate_caption(agg, n),
+                        render.aggregate_notes(agg),
+                    )
+                ],
+            )
+        )
+    if len(agg.comparisons):
+        out.append(
+            Section(
+                "Against the reference",
+                [
+                    Table(
+                        "comparison",
+                        *(render.comparison_table(agg, ref, s, report.cells) for s in (render.MARKDOWN, render.LATEX)),
+                        render.comparison_caption(agg, ref, n),
+                        render.comparison_notes(agg, ref),
+                    )
+                ],
+            )
+        )
+    if not report.few_shot.empty:
+        md_means, md_diffs = render.few_shot_tables(report.few_shot, ref, render.MARKDOWN)
+        tex_means, tex_diffs = render.few_shot_tables(report.few_shot, ref, render.LATEX)
+        out.append(
+            Section(
+                "Few-shot: per shot count",
+                [
+                    Table("fewshot", md_means, tex_means, render.few_shot_caption(n, ref)),
+                    Table("fewshot_diff", md_diffs, tex_diffs, render.few_shot_diff_caption(ref)),
+                ],
+            )
+        )
+    cost = render.resources_table(report.resources)
+    warnings = render.cost_warnings(report.runs.frame)
+    out.append(
+        Section(
+            "Cost",
+            [
+                Table(
+                    "cost", cost, cost, render.resources_caption(report.runs.frame), ["Warning: " + w for w in warnings]
+                )
+            ],
+        )
+    )
+    return out
+
+
+def write_report(report: Report, out: Path, formats: tuple[str, ...] = FORMATS, latex_width: str = "fit") -> list[Path]:
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise BenchError(f"--format {','.join(unknown)} is not supported; use any of {','.join(FORMATS)}")
+    if latex_width not in render.LATEX_WIDTHS:
+        raise BenchError(f"--latex-width {latex_width!r} must be one of {', '.join(render.LATEX_WIDTHS)}")
     if out.exists() and not out.is_dir():
         raise BenchError(f"--out {out} is a file; pass a folder for the report (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     report.figures = _figures(report, out)
     written += report.figures
+    parts = sections(report)
     if "csv" in formats:
         results = out / "results.csv"
         report.runs.frame.drop(columns=["end_time"]).to_csv(results, index=False)
@@ -71,14 +178,37 @@ def write_report(report: Report, out: Path, formats: tuple[str, ...] = FORMATS) 
         written += [results, summary]
     if "md" in formats:
         path = out / "report.md"
-        path.write_text(markdown(report), encoding="utf-8")
+        path.write_text(markdown(report, parts), encoding="utf-8")
         written.append(path)
     if "latex" in formats:
+        folder = out / "tables"
+        folder.mkdir(exist_ok=True)
+        for stale in FRAGMENTS:  # an earlier report into this folder may have had tables this one has not
+            (folder / f"{stale}.tex").unlink(missing_ok=True)
+        for section in parts:
+            for item in section.items:
+                if isinstance(item, Table):
+                    path = folder / f"{item.name}.tex"
+                    path.write_text(render.latex_table(item.tex, item.caption, f"tab:{item.name}", latex_width))
+                    written.append(path)
         path = out / "report.tex"
-        path.write_text(latex(report), encoding="utf-8")
+        path.write_text(latex(report, parts), encoding="ascii")
         written.append(path)
     report.files = written
     return written
+
+
+def _weights(frame: pd.DataFrame) -> str:
+    labels = [x for x in dict.fromkeys(frame["weights_label"]) if x]
+    checkpoint = frame["checkpoint"].iloc[0]
+    if not labels:
+        return f"{checkpoint} (no weights label recorded)"
+    unlabelled = int((frame["weights_label"] == "").sum())
+    text = "; ".join(f'"{x}"' for x in labels) + f" ({checkpoint})"
+    if len(labels) > 1 or unlabelled:
+        counts = frame["weights_label"].replace("", "no label").value_counts()
+        text += " — runs per label: " + ", ".join(f"{k}: {v}" for k, v in counts.items())
+    return text
 
 
 def _context(report: Report) -> list[tuple[str, str]]:
@@ -92,7 +222,7 @@ def _context(report: Report) -> list[tuple[str, str]]:
             f"{report.runs.stage} ({'test scored once after the last epoch' if report.runs.stage == 'final' else 'validation'})",
         ),
         ("backbone", f["backbone"].iloc[0]),
-        ("weights", f["checkpoint"].iloc[0]),
+        ("weights", _weights(f)),
         ("preset", f"{f['preset'].iloc[0]} ({f['protocol'].iloc[0]})"),
         ("hyperparameters", f["hparams"].iloc[0]),
         ("budget", ", ".join(budgets) + " (trainable parameters, head excluded)"),
@@ -106,42 +236,37 @@ def _context(report: Report) -> list[tuple[str, str]]:
     return rows
 
 
-def markdown(report: Report) -> str:
-    ref, n = report.reference, report.n_seeds
-    style = render.MARKDOWN
+FIGURE_CAPTIONS = {
+    "accuracy_vs_params": "Accuracy against trainable parameters (head excluded), with the Pareto front.",
+    "critical_difference": "Average ranks over tasks with the Nemenyi critical difference.",
+    "forest_vs_reference": "Per-task difference to the reference with its Welch 95 % interval.",
+    "performance_profile": "Performance profiles: the fraction of runs above each accuracy, with 95 % bands.",
+    "resources": "Accuracy, training throughput and peak GPU memory per method.",
+}
+
+
+def markdown(report: Report, parts: list[Section] | None = None) -> str:
+    parts = sections(report) if parts is None else parts
     lines = [f"# bench report: {report.runs.suite}", ""]
     lines += [f"- **{k}**: {v}" for k, v in _context(report)]
-    lines += ["", "## Accuracy per task", ""]
-    lines += [render.to_markdown(render.main_table(report.cells, report.agg, report.resources, ref, style)), ""]
-    lines += [render.main_caption(n, ref, report.agg, report.runs.stage), ""]
-    note = render.missing_note(report.runs.missing)
-    if note:
-        lines += [f"**Missing runs.** {note}", ""]
-    comp = render.comparison_table(report.agg, ref, style)
-    if len(comp):
-        lines += ["## Against the reference, across tasks", "", render.to_markdown(comp), ""]
-        lines += [render.comparison_caption(report.agg, ref, n), ""]
-        if len(report.agg.tasks) < 6:
-            lines += [
-                f"With {len(report.agg.tasks)} task(s) the signed-rank test cannot reach p < 0.05 "
-                "(its smallest two-sided p is 2/2^N); read the intervals, not the p-values.",
-                "",
-            ]
-    if not report.few_shot.empty:
-        means, diffs = render.few_shot_tables(report.few_shot, ref, style)
-        lines += ["## Few-shot: per shot count", "", render.to_markdown(means), ""]
-        lines += [render.to_markdown(diffs), "", render.few_shot_caption(n, ref), ""]
-    lines += ["## Cost", "", render.to_markdown(render.resources_table(report.resources)), ""]
-    lines += [render.resources_caption(report.runs.frame), ""]
-    lines += ["## Figures", ""]
+    for section in parts:
+        lines += ["", f"## {section.title}", ""]
+        for item in section.items:
+            if isinstance(item, Table):
+                lines += [render.to_markdown(item.md), "", item.caption, ""]
+                lines += [note + "\n" for note in item.notes]
+            else:
+                lines += [item, ""]
+    lines += ["", "## Figures", ""]
     for p in report.figures:
         if p.suffix == ".png":
-            lines += [f"![{p.stem}]({p.name})", ""]
-    return "\n".join(lines)
+            lines += [f"![{FIGURE_CAPTIONS.get(p.stem, p.stem)}]({p.name})", ""]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 LATEX_PREAMBLE = r"""\documentclass[10pt]{article}
 \usepackage[T1]{fontenc}
+\usepackage{lmodern}
 \usepackage[margin=2cm,landscape]{geometry}
 \usepackage{booktabs}
 \usepackage{graphicx}
@@ -150,85 +275,82 @@ LATEX_PREAMBLE = r"""\documentclass[10pt]{article}
 """
 
 
-def latex(report: Report) -> str:
-    ref, n = report.reference, report.n_seeds
-    style = render.LATEX
+def latex(report: Report, parts: list[Section] | None = None) -> str:
+    parts = sections(report) if parts is None else parts
     esc = render.latex_escape_text
-    parts = [LATEX_PREAMBLE, r"\section*{bench report: " + esc(report.runs.suite) + "}", r"\begin{itemize}"]
-    parts += [rf"\item \textbf{{{esc(k)}}}: {esc(v)}" for k, v in _context(report)]
-    parts += [r"\end{itemize}"]
-    main = render.main_table(report.cells, report.agg, report.resources, ref, style)
-    parts.append(render.to_latex(main, render.main_caption(n, ref, report.agg, report.runs.stage), "tab:main"))
-    note = render.missing_note(report.runs.missing)
-    if note:
-        parts.append(r"\paragraph{Missing runs.} " + esc(note))
-    comp = render.comparison_table(report.agg, ref, style)
-    if len(comp):
-        parts.append(render.to_latex(comp, render.comparison_caption(report.agg, ref, n), "tab:comparison"))
-    if not report.few_shot.empty:
-        means, diffs = render.few_shot_tables(report.few_shot, ref, style)
-        parts.append(render.to_latex(means, render.few_shot_caption(n, ref), "tab:fewshot"))
-        parts.append(render.to_latex(diffs, f"Few-shot differences to {ref}.", "tab:fewshot-diff"))
-    parts.append(
-        render.to_latex(
-            render.resources_table(report.resources), render.resources_caption(report.runs.frame), "tab:cost"
-        )
-    )
+    doc = [LATEX_PREAMBLE, r"\section*{bench report: " + esc(report.runs.suite) + "}", r"\begin{itemize}"]
+    doc += [rf"\item \textbf{{{esc(k)}}}: {esc(v)}" for k, v in _context(report)]
+    doc += [r"\end{itemize}"]
+    for section in parts:
+        doc.append(r"\subsection*{" + esc(section.title) + "}")
+        for item in section.items:
+            if isinstance(item, Table):
+                doc.append(rf"\input{{tables/{item.name}.tex}}")
+                doc += [esc(note) + "\n" for note in item.notes]
+            else:
+                doc.append(esc(item) + "\n")
+    doc.append(r"\clearpage")
     for p in report.figures:
         if p.suffix == ".pdf":
-            parts += [
+            doc += [
                 r"\begin{figure}[htbp]\centering",
-                rf"\includegraphics[width=0.7\linewidth]{{{p.name}}}",
-                rf"\caption{{{esc(p.stem.replace('_', ' '))}}}",
+                rf"\includegraphics[width=0.8\linewidth,height=0.4\textheight,keepaspectratio]{{{p.name}}}",
+                rf"\caption{{{esc(FIGURE_CAPTIONS.get(p.stem, p.stem.replace('_', ' ')))}}}",
                 r"\end{figure}",
             ]
-    parts.append(r"\end{document}")
-    return render.latex_unicode("\n".join(parts) + "\n")
+    doc.append(r"\end{document}")
+    return render.latex_unicode("\n".join(doc) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------
 
 
 def _figures(report: Report, out: Path) -> list[Path]:
     paths: list[Path] = []
     ref = report.reference
     agg = report.agg
+    methods = tables.method_order(report.runs, ref)
+    palette = figures.palette(methods)
     res = report.resources.set_index("method")
     if len(agg.rows):
-        last = agg.rows[agg.rows["row"] == agg.rows["row"].iloc[-1]].set_index("method")
-        title = f"{agg.rows['row'].iloc[-1]}, 95 % two-level bootstrap interval"
-    else:  # no task complete for every method: fall back to each method's mean over its own runs
-        last = pd.DataFrame(
-            {"estimate": res["mean_acc"], "low": res["mean_acc"], "high": res["mean_acc"]}, index=res.index
+        head = agg.rows[agg.rows["row"] == agg.headline].set_index("method")
+        title = f"{agg.headline}, 95 % bootstrap interval ({render.interval_phrase(agg)})"
+    elif agg.single_task:
+        one = report.cells[(report.cells["task"] == agg.tasks[0]) & report.cells["shots"].isna()].set_index("method")
+        head = pd.DataFrame(
+            {"estimate": one["mean"], "low": one["mean"] - one["half_width"], "high": one["mean"] + one["half_width"]}
         )
+        title = f"{agg.tasks[0]}: mean with its 95 % t-interval over seeds"
+    else:  # no complete task: each method's mean over its own runs, no interval
+        head = pd.DataFrame({"estimate": res["mean_acc"], "low": res["mean_acc"], "high": res["mean_acc"]})
         title = "mean accuracy over runs (no complete task: no interval)"
+    head = head.reindex([m for m in methods if m in head.index])
     points = pd.DataFrame(
         {
-            "method": last.index,
-            "params": [res["params_trainable"][m] for m in last.index],
-            "estimate": last["estimate"].to_numpy(),
-            "low": last["low"].to_numpy(),
-            "high": last["high"].to_numpy(),
+            "method": head.index,
+            "params": [res["params_trainable"][m] for m in head.index],
+            "estimate": head["estimate"].to_numpy(),
+            "low": head["low"].to_numpy(),
+            "high": head["high"].to_numpy(),
         }
     )
-    paths += figures.accuracy_vs_params(points, out, title)
-    scores, blocks = _rank_blocks(report)
-    if scores is not None:
+    paths += figures.accuracy_vs_params(points, out, title, palette)
+    if agg.ranked:
         from . import stats
 
+        keys = [(t, None) for t in agg.tasks]
+        cube = tables.seed_cube(report.runs, methods, keys)
+        scores = pd.DataFrame(cube.mean(axis=2).T, columns=methods)
         fr = stats.friedman(scores.to_numpy())
-        paths += figures.cd_diagram(scores, fr.cd, out, f"average ranks over {blocks}; Nemenyi CD = {fr.cd:.2f}")
-    paths += figures.forest_plot(report.cells, ref, out)
-    paths += figures.resources_plot(report.resources, out)
+        paths += figures.cd_diagram(
+            scores, fr.cd, out, f"average ranks over {len(keys)} tasks; Nemenyi CD = {fr.cd:.2f} at 0.05", palette
+        )
+    paths += figures.forest_plot(report.cells, ref, out, palette)
+    if len(agg.tasks):
+        keys = [(t, None) for t in agg.tasks]
+        cube = tables.seed_cube(report.runs, methods, keys)
+        paths += figures.performance_profile(cube, methods, out, palette)
+    paths += figures.resources_plot(report.resources, out, palette)
     return paths
-
-
-def _rank_blocks(report: Report) -> tuple[pd.DataFrame | None, str]:
-    """Blocks for the rank diagram: complete tasks (and shots); with a single task, its seeds (descriptive)."""
-    methods = tables.method_order(report.runs, report.reference)
-    keys = tables.complete_tasks(report.runs, methods)
-    if len(methods) < 2 or not keys:
-        return None, ""
-    cube = tables.seed_cube(report.runs, methods, keys)
-    if len(keys) >= 2:
-        return pd.DataFrame(cube.mean(axis=2).T, columns=methods), f"{len(keys)} tasks"
-    if cube.shape[2] >= 2:
-        return pd.DataFrame(cube[:, 0, :].T, columns=methods), f"the {cube.shape[2]} seeds of one task (descriptive)"
-    return None, ""

@@ -39,13 +39,16 @@ COLUMNS = [
     "budget",
     "backbone",
     "checkpoint",
+    "weights_label",
     "hparams",
     "acc",
+    "n_test",
     "params_trainable",
     "params_head",
     "train_img_s",
     "infer_img_s",
     "peak_mem_mb",
+    "gpu_util",
     "train_s",
     "train_step",
     "git_sha",
@@ -106,14 +109,17 @@ def runs_frame(records: list, stage: str) -> pd.DataFrame:
                 "budget": _int_or_none(t.get(schema.BUDGET)),
                 "backbone": t.get(schema.BACKBONE),
                 "checkpoint": t.get(schema.CHECKPOINT),
+                "weights_label": t.get(schema.WEIGHTS_LABEL, ""),
                 "hparams": _hparams_source(t),
                 "acc": float(m[metric]),
+                "n_test": m.get(schema.EVAL_EXAMPLES, np.nan),  # runs older than the metric: unknown
                 "params_trainable": m.get(schema.PARAMS_TRAINABLE, np.nan),
                 "params_head": m.get(schema.PARAMS_HEAD, np.nan),
                 # steady state (first epoch, with compilation, left out) where the run logged it
                 "train_img_s": m.get(schema.TRAIN_IMG_S_STEADY, m.get(schema.TRAIN_IMG_S, np.nan)),
                 "infer_img_s": m.get(schema.INFER_IMG_S, np.nan),
                 "peak_mem_mb": m.get(schema.PEAK_MEMORY_MB, np.nan),
+                "gpu_util": m.get(schema.GPU_UTILIZATION_MEAN, np.nan),  # runs on a GPU with nvidia-ml-py
                 "train_s": m.get(schema.TRAIN_SECONDS, np.nan),
                 # how the cost figures were produced (runs older than these tags: "unrecorded")
                 "train_step": t.get(schema.TRAIN_STEP, "unrecorded"),
@@ -253,6 +259,44 @@ def load_runs(tracker, suite: str, stage: str = "final", **selection) -> ReportR
 
     records = tracker.search(experiment_name(suite), extra_filter="attributes.status = 'FINISHED'")
     return select_runs(runs_frame(records, stage), suite=suite, stage=stage, **selection)
+
+
+def runs_from_results_csv(path, suite: str, stage: str = "final", **selection) -> ReportRuns:
+    """The runs of an earlier report's ``results.csv`` (one row per run), selected and checked as
+    :func:`load_runs` does: a report can be rebuilt without the MLflow store it came from.
+
+    Columns that older reports did not write (``weights_label``, ``n_test``) count as unrecorded.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"--results-csv {path} does not exist; pass the results.csv of an earlier `bench report`")
+    frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    needed = {"run_key", "suite", "task", "method", "seed", "acc", "stage"}
+    if not needed <= set(frame.columns):
+        raise BenchError(
+            f"--results-csv {path} lacks the columns {', '.join(sorted(needed - set(frame.columns)))}; "
+            "pass the results.csv that `bench report` wrote"
+        )
+    frame = frame[(frame["suite"] == suite) & (frame["stage"] == stage)].copy()
+    defaults = {
+        "weights_label": "",
+        "n_test": np.nan,
+        "end_time": 0,
+        "train_step": "unrecorded",
+        "git_sha": "unrecorded",
+    }
+    for column in COLUMNS:
+        if column not in frame.columns:
+            frame[column] = defaults.get(column, np.nan)
+    frame = frame[COLUMNS]
+    for column in ("group", "weights_label"):
+        frame[column] = frame[column].fillna("").astype(str)
+    for column in ("shots", "split_seed", "budget"):
+        frame[column] = pd.array(frame[column], dtype="Float64").astype("Int64")
+    frame["seed"] = frame["seed"].astype(int)
+    return select_runs(frame.reset_index(drop=True), suite=suite, stage=stage, **selection)
 
 
 def _hparams_source(tags: dict[str, str]) -> str:

@@ -3,8 +3,9 @@
 Accuracies are fractions internally; rendering in percent is the caller's job. Every function
 returns plain floats, numpy arrays or frozen dataclasses, gives NaN where a quantity is undefined,
 and does not raise on legal but degenerate data (one seed, identical methods, all-tied ranks).
-Only numpy and scipy are used here; the tests cross-check against statsmodels, scikit-posthocs and
-autorank.
+Only numpy and scipy are used here; the tests cross-check against statsmodels, scikit-posthocs,
+autorank, rliable's metrics and scipy.stats.bootstrap. rliable's own bootstrap module is not used:
+it needs arch<8, which does not import under pandas 3.
 
 What each piece is for, and why
 -------------------------------
@@ -43,20 +44,38 @@ multiple data sets", JMLR 7:1-30):
   (less conservative than the Friedman chi-square, Demšar §3.2.2) and the Nemenyi critical
   difference for the CD diagram, which is a summary picture of the ranking.
 
-Aggregates (VTAB mean of 19 tasks, mean of group means):
+Aggregates (VTAB mean of 19 tasks, mean of group means, IQM):
 
 * ``two_level_bootstrap`` / ``bootstrap_summary``: the stratified bootstrap of Agarwal et al.
-  2021 (NeurIPS, "Deep reinforcement learning at the edge of the statistical precipice"):
-  resample seeds within each task, optionally after resampling tasks within each group. The
-  seed-only variant (tasks fixed) is the interval for this benchmark; resampling tasks as well
-  asks how the result generalises to similar tasks. The same indices are used for every method,
-  so differences stay paired: the CI of the difference to the reference is reported from the
-  same draws, because marginal intervals are dominated by between-task spread and overlap even
-  when the paired difference is clear.
+  2021 (NeurIPS, "Deep reinforcement learning at the edge of the statistical precipice"). By
+  default the tasks stay fixed and the seeds are resampled within each task: the question a
+  benchmark on fixed tasks asks, and rliable's default. Resampling tasks as well (within their
+  group) asks how the result generalises to similar tasks; with a handful of tasks it has few
+  distinct resamples (3 tasks: 10) and covers far less than its nominal level, so callers allow
+  it only from 10 tasks on. The same indices are used for every method, so differences stay
+  paired: the CI of the difference to the reference is reported from the same draws, because
+  marginal intervals are dominated by between-task spread and overlap even when the paired
+  difference is clear.
+* Monte Carlo error: a percentile bound from B draws is itself random. ``bootstrap_summary`` and
+  ``probability_of_improvement`` keep drawing (doubling B up to ``max_boot``) while a bound's
+  Monte Carlo band (the order statistics q·B ± 3·√(B·q(1-q))) straddles the value that decides
+  the sign (0 for a difference, ½ for P(A>B)), and flag a bound whose sign is still unsettled;
+  they also return the Monte Carlo standard error of their bounds.
+* ``iqm`` / ``iqm_summary``: the interquartile mean over all runs of all tasks (the 25 %
+  trimmed mean, ``scipy.stats.trim_mean``), Agarwal et al.'s robust aggregate, with the same
+  seed-resampling interval.
+* ``probability_of_improvement``: P(A>B) per task averaged over tasks, with an interval from
+  resampling each method's seeds independently within each task (rliable's
+  ``StratifiedIndependentBootstrap``).
+* ``performance_profile``: the fraction of runs (over all tasks and seeds) above each threshold
+  τ, with a pointwise seed-resampling band (Agarwal et al.'s score distributions).
 * ``few_shot_difference``: with 5 few-shot datasets no across-dataset test can reach p < 0.05
   (exact Wilcoxon floor 0.0625), so each shot count gets the mean difference with a bootstrap
   CI over seeds (datasets fixed) and the average P(A>B) (Agarwal et al.'s average probability of
   improvement), and no p-value.
+* ``binomial_se``: the standard error √(p(1-p)/n) of an accuracy p measured on a fixed test set
+  of n examples. Every interval above is conditional on that one test split; this is the size
+  of the sampling error the seeds do not see.
 
 ``mark_best`` decides bold/underline on values rounded to the displayed precision, so that
 values that print the same get the same mark.
@@ -82,17 +101,24 @@ from scipy import stats
 
 __all__ = [
     "BootstrapSummary",
+    "IQMSummary",
+    "ImprovementProbability",
     "FewShotDifference",
     "FriedmanResult",
     "Interval",
     "SeedComparison",
     "WilcoxonResult",
     "benjamini_hochberg",
+    "binomial_se",
     "bootstrap_summary",
     "compare_seeds",
     "few_shot_difference",
     "friedman",
     "holm",
+    "iqm",
+    "iqm_summary",
+    "performance_profile",
+    "probability_of_improvement",
     "mark_best",
     "nemenyi_cd",
     "percentile_interval",
@@ -172,6 +198,10 @@ class BootstrapSummary:
 
     All arrays have one entry per method. ``diff`` is ``estimate - estimate[reference_index]``; its CI
     comes from the same (paired) draws, so the reference's own row is 0 with CI [0, 0].
+    ``n_boot`` is the number of draws used (at least the number asked for; more where a bound's sign
+    needed them), ``mc_se`` the largest Monte Carlo standard error of any bound, and
+    ``diff_unsettled[i]`` (low, high) says whether the sign of that bound of method i's difference
+    is still within Monte Carlo error after ``max_boot`` draws.
     """
 
     estimate: np.ndarray
@@ -184,6 +214,35 @@ class BootstrapSummary:
     conf: float
     n_boot: int
     resample_datasets: bool
+    mc_se: float = NAN
+    diff_unsettled: np.ndarray | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class IQMSummary:
+    """Per method: the interquartile mean over all (task, seed) runs and its seed-resampling CI."""
+
+    estimate: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    n_boot: int
+    mc_se: float
+
+
+@dataclass(frozen=True)
+class ImprovementProbability:
+    """Average over tasks of P(A>B) (a run of A beats a run of B, ties ½), with its bootstrap CI.
+
+    ``unsettled`` (low, high): whether that bound's side of ½ is still within Monte Carlo error.
+    """
+
+    estimate: float
+    low: float
+    high: float
+    n_tasks: int
+    n_boot: int
+    mc_se: float
+    unsettled: tuple[bool, bool] = (False, False)
 
 
 @dataclass(frozen=True)
@@ -528,8 +587,8 @@ def two_level_bootstrap(
     S,
     groups=None,
     n_boot: int = 10_000,
-    resample_datasets: bool = True,
-    seed: int = 0,
+    resample_datasets: bool = False,
+    seed: int | tuple[int, ...] = 0,
     *,
     method_names=None,
     dataset_names=None,
@@ -538,7 +597,7 @@ def two_level_bootstrap(
 
     ``S`` is (m methods, D datasets, n seeds). ``groups`` gives one label per dataset (None: one
     group, i.e. the plain mean over datasets). Each draw first resamples datasets with
-    replacement within each group (when ``resample_datasets``; otherwise datasets are fixed),
+    replacement within each group (when ``resample_datasets``; by default datasets are fixed),
     then resamples the n seeds with replacement within each drawn dataset, and averages: seeds
     within a dataset, datasets within a group, then the groups with equal weight. The same
     indices are used for every method, so ``draws[:, i] - draws[:, j]`` are paired draws of the
@@ -585,15 +644,70 @@ def percentile_interval(draws, conf: float = 0.95) -> np.ndarray:
     return np.percentile(draws, [tail, 100.0 - tail], axis=0)
 
 
+# Monte Carlo bands of percentile bounds use the order statistics q·B ± this many binomial SDs.
+_MC_Z = 3.0
+
+
+def _bound_bands(draws: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Monte Carlo bands of both percentile bounds of every column of ``draws`` (B × k).
+
+    A percentile bound is the q·B-th order statistic; the rank of the true q-quantile among B draws
+    is Binomial(B, q), so the order statistics at q·B ± z·√(B·q(1-q)) bracket it. Returns
+    (band_low, band_high) of shape (2, k) (rows: lower bound, upper bound) and the Monte Carlo
+    standard error of each bound, (half the band's width)/z.
+    """
+    B = draws.shape[0]
+    ordered = np.sort(draws, axis=0)
+    lows, highs = [], []
+    for q in ((1 - conf) / 2, (1 + conf) / 2):
+        spread = _MC_Z * math.sqrt(B * q * (1 - q))
+        lo = int(np.clip(math.floor(q * B - spread), 0, B - 1))
+        hi = int(np.clip(math.ceil(q * B + spread), 0, B - 1))
+        lows.append(ordered[lo])
+        highs.append(ordered[hi])
+    band_low, band_high = np.array(lows), np.array(highs)
+    return band_low, band_high, (band_high - band_low) / (2 * _MC_Z)
+
+
+def _unsettled(draws: np.ndarray, conf: float, centre: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per column and bound (2 × k): whether the bound's Monte Carlo band contains ``centre``
+    (so its side of the centre could change with the bootstrap seed), and the largest MC SE."""
+    band_low, band_high, se = _bound_bands(draws, conf)
+    tol = 1e-12
+    straddles = (band_low < centre - tol) & (band_high > centre + tol)
+    finite = se[np.isfinite(se)]
+    return straddles, float(finite.max()) if finite.size else NAN
+
+
+def _adaptive_draws(draw, n_boot: int, max_boot: int, conf: float, centre, seed) -> np.ndarray:
+    """Draws from ``draw(b, seed)`` (b × k), doubled until no bound straddles ``centre`` or
+    ``max_boot`` is reached. The first ``n_boot`` draws are those of ``seed`` itself, so a call that
+    needs no more draws equals a plain bootstrap with that seed."""
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be positive, got {n_boot}")
+    draws = draw(n_boot, seed)
+    base = seed if isinstance(seed, tuple) else (seed,)
+    round_ = 1
+    while draws.shape[0] < max_boot:
+        straddles, _ = _unsettled(draws, conf, centre)
+        if not straddles.any():
+            break
+        more = min(draws.shape[0], max_boot - draws.shape[0])
+        draws = np.concatenate([draws, draw(more, (*base, round_))])
+        round_ += 1
+    return draws
+
+
 def bootstrap_summary(
     S,
     groups,
     reference_index: int,
     n_boot: int = 10_000,
-    resample_datasets: bool = True,
+    resample_datasets: bool = False,
     seed: int = 0,
     conf: float = 0.95,
     *,
+    max_boot: int = 160_000,
     method_names=None,
     dataset_names=None,
 ) -> BootstrapSummary:
@@ -601,8 +715,13 @@ def bootstrap_summary(
 
     The point estimates come from the full data (seed means, then group means, then their mean);
     the intervals are percentile intervals of ``two_level_bootstrap`` draws, and the difference
-    intervals come from the same paired draws. ``resample_datasets=False`` is the seed-only
-    (benchmark) interval, True the dataset+seed (generalisation) interval; label which one.
+    intervals come from the same paired draws. ``resample_datasets=False`` (the default) keeps the
+    datasets fixed and resamples seeds (the benchmark's interval); True resamples datasets within
+    groups too (the generalisation interval); label which one.
+
+    Starting from ``n_boot`` draws, the draws are doubled (up to ``max_boot``) while the Monte Carlo
+    band of a difference bound contains 0; ``diff_unsettled`` flags a bound whose sign is still
+    undecided at ``max_boot``.
     """
     S = _check_scores(S, method_names, dataset_names)
     m, D, _ = S.shape
@@ -611,14 +730,142 @@ def bootstrap_summary(
     reference_index %= m
     _, weights = _group_slots(groups, D)
     estimate = S.mean(axis=2) @ weights
-    draws = two_level_bootstrap(S, groups, n_boot, resample_datasets, seed)
+
+    def draw(b, s):
+        d = two_level_bootstrap(S, groups, b, resample_datasets, s)
+        return np.concatenate([d, d - d[:, [reference_index]]], axis=1)  # marginals, then differences
+
+    centre = np.concatenate([np.full(m, -np.inf), np.zeros(m)])  # only the differences' signs matter
+    centre[m + reference_index] = -np.inf
+    draws = _adaptive_draws(draw, n_boot, max(n_boot, max_boot), conf, centre, seed)
     low, high = percentile_interval(draws, conf)
-    diff_draws = draws - draws[:, [reference_index]]
-    diff_low, diff_high = percentile_interval(diff_draws, conf)
+    straddles, mc_se = _unsettled(draws, conf, centre)
     diff = estimate - estimate[reference_index]
+    diff_low, diff_high = low[m:].copy(), high[m:].copy()
     diff_low[reference_index] = diff_high[reference_index] = diff[reference_index] = 0.0
-    arrays = [_frozen(v) for v in (estimate, low, high, diff, diff_low, diff_high)]
-    return BootstrapSummary(*arrays, reference_index, conf, n_boot, resample_datasets)
+    unsettled = straddles[:, m:].T.copy()  # (m, 2): low, high
+    unsettled.setflags(write=False)
+    arrays = [_frozen(v) for v in (estimate, low[:m], high[:m], diff, diff_low, diff_high)]
+    return BootstrapSummary(*arrays, reference_index, conf, int(draws.shape[0]), resample_datasets, mc_se, unsettled)
+
+
+def iqm(x, axis=None):
+    """Interquartile mean: the mean of the middle 50 % (``scipy.stats.trim_mean(x, 0.25)``), over all
+    values by default, as ``rliable.metrics.aggregate_iqm`` computes it over runs × tasks."""
+    return stats.trim_mean(np.asarray(x, dtype=float), 0.25, axis=axis)
+
+
+def _seed_indices(rng: np.random.Generator, b: int, D: int, n: int) -> np.ndarray:
+    return rng.integers(0, n, size=(b, D, n))
+
+
+def iqm_summary(
+    S, n_boot: int = 10_000, seed: int = 0, conf: float = 0.95, *, method_names=None, dataset_names=None
+) -> IQMSummary:
+    """Each method's IQM over all its (dataset, seed) scores, with the percentile CI of the
+    stratified bootstrap that resamples seeds within each dataset (datasets fixed; the same seed
+    indices for every method). ``S`` is (methods × datasets × seeds), complete."""
+    S = _check_scores(S, method_names, dataset_names)
+    m, D, n = S.shape
+    estimate = iqm(S.reshape(m, D * n), axis=1)
+
+    def draw(b, s):
+        rng = np.random.default_rng(s)
+        out = np.empty((b, m))
+        chunk = max(1, 2**21 // max(1, m * D * n))
+        for start in range(0, b, chunk):
+            idx = _seed_indices(rng, min(chunk, b - start), D, n)  # (c, D, n)
+            picked = np.take_along_axis(S[:, None], idx[None], axis=3)  # (m, c, D, n)
+            out[start : start + idx.shape[0]] = iqm(picked.reshape(m, idx.shape[0], D * n), axis=2).T
+        return out
+
+    draws = draw(n_boot, seed)
+    low, high = percentile_interval(draws, conf)
+    _, mc_se = _unsettled(draws, conf, np.full(m, -np.inf))
+    return IQMSummary(_frozen(estimate), _frozen(low), _frozen(high), n_boot, mc_se)
+
+
+def _mean_prob_superiority(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """P(X>Y) per task averaged over tasks, vectorised over leading axes: X, Y are (..., D, n)."""
+    gt = (X[..., :, None] > Y[..., None, :]).mean(axis=(-1, -2))
+    eq = (X[..., :, None] == Y[..., None, :]).mean(axis=(-1, -2))
+    return (gt + 0.5 * eq).mean(axis=-1)
+
+
+def probability_of_improvement(
+    X, Y, n_boot: int = 10_000, seed: int = 0, conf: float = 0.95, *, max_boot: int = 160_000
+) -> ImprovementProbability:
+    """Agarwal et al.'s average probability of improvement of X over Y, with its interval.
+
+    ``X`` and ``Y`` are (datasets × seeds), complete (the seed counts may differ). The estimate is
+    the mean over datasets of P(X_d > Y_d) (ties ½: the Mann-Whitney U statistic over n_x·n_y,
+    as ``rliable.metrics.probability_of_improvement``). The interval resamples X's and Y's seeds
+    independently within each dataset (datasets fixed), as rliable's stratified independent
+    bootstrap; draws are added while a bound's side of ½ is within Monte Carlo error.
+    """
+    X = np.asarray(X, dtype=float)
+    Y = np.asarray(Y, dtype=float)
+    if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
+        raise ValueError(f"X and Y must be (datasets × seeds) with the same datasets, got {X.shape} and {Y.shape}")
+    if np.isnan(X).any() or np.isnan(Y).any():
+        raise ValueError("X and Y must be complete (no NaN): the bootstrap needs every seed of every dataset")
+    D = X.shape[0]
+    estimate = float(_mean_prob_superiority(X, Y))
+
+    def draw(b, s):
+        rng = np.random.default_rng(s)
+        out = np.empty((b, 1))
+        chunk = max(1, 2**20 // max(1, D * X.shape[1] * Y.shape[1]))
+        for start in range(0, b, chunk):
+            c = min(chunk, b - start)
+            xi = _seed_indices(rng, c, D, X.shape[1])
+            yi = _seed_indices(rng, c, D, Y.shape[1])
+            xs = np.take_along_axis(np.broadcast_to(X, (c, *X.shape)), xi, axis=2)
+            ys = np.take_along_axis(np.broadcast_to(Y, (c, *Y.shape)), yi, axis=2)
+            out[start : start + c, 0] = _mean_prob_superiority(xs, ys)
+        return out
+
+    centre = np.array([0.5])
+    draws = _adaptive_draws(draw, n_boot, max(n_boot, max_boot), conf, centre, seed)
+    (low,), (high,) = percentile_interval(draws, conf)
+    straddles, mc_se = _unsettled(draws, conf, centre)
+    return ImprovementProbability(
+        estimate, float(low), float(high), D, int(draws.shape[0]), mc_se, (bool(straddles[0, 0]), bool(straddles[1, 0]))
+    )
+
+
+def performance_profile(
+    S, thresholds, n_boot: int = 2_000, seed: int = 0, conf: float = 0.95
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Score distribution per method: the fraction of its runs (all datasets and seeds) scoring above
+    each threshold τ, with a pointwise percentile band from resampling seeds within each dataset.
+
+    ``S`` is (methods × datasets × seeds), complete; returns (profile, low, high), each
+    (methods × thresholds).
+    """
+    S = _check_scores(S)
+    m, D, n = S.shape
+    tau = np.asarray(thresholds, dtype=float)
+    profile = (S.reshape(m, D * n, 1) > tau).mean(axis=1)
+    rng = np.random.default_rng(seed)
+    draws = np.empty((n_boot, m, tau.size))
+    chunk = max(1, 2**21 // max(1, m * D * n * max(1, tau.size) // 8))
+    for start in range(0, n_boot, chunk):
+        c = min(chunk, n_boot - start)
+        idx = _seed_indices(rng, c, D, n)
+        picked = np.take_along_axis(S[:, None], idx[None], axis=3).reshape(m, c, D * n)
+        draws[start : start + c] = (picked[..., None] > tau).mean(axis=2).transpose(1, 0, 2)
+    low, high = percentile_interval(draws, conf)
+    return profile, low, high
+
+
+def binomial_se(acc, n) -> float:
+    """√(p(1-p)/n): the standard error of an accuracy p scored on a fixed test set of n examples
+    (NaN where n is unknown or not positive)."""
+    acc = float(acc)
+    if n is None or not np.isfinite(float(n)) or float(n) <= 0 or not np.isfinite(acc):
+        return NAN
+    return math.sqrt(acc * (1.0 - acc) / float(n))
 
 
 def few_shot_difference(a, b, n_boot: int = 10_000, seed: int = 0, conf: float = 0.95) -> FewShotDifference:

@@ -1,15 +1,20 @@
 """The numbers of a report, as data frames: per-task cells, aggregate rows, comparisons, few-shot.
 
 Everything statistical is delegated to :mod:`reports.stats` (small pure functions with their own
-tests); this module only arranges runs into the arrays those functions take:
+tests); this module only arranges runs into the arrays those functions take, and decides which
+statistics the data can carry:
 
 * per task: mean over seeds ± 95 % Student-t half-width; against the reference a Welch t-test
   (difference, its CI, P(A>B)); the per-task markers use Benjamini–Hochberg over every
   (task, method) test of the table;
-* across tasks: group means, the mean of group means and the mean of all tasks, each with a
-  two-level paired bootstrap CI (tasks within groups, then seeds) and the CI of the difference to
-  the reference from the same draws; Wilcoxon signed-rank on per-task means with Holm over the
-  methods compared with the reference; Friedman with Iman–Davenport, average ranks, Nemenyi CD;
+* across tasks (two or more complete tasks): group means, the mean of group means and the mean of
+  all tasks, each with a stratified bootstrap CI that keeps the tasks fixed and resamples seeds
+  (tasks too only on request, and only from ``MIN_TASKS_RESAMPLED`` tasks), and the CI of the
+  difference to the reference from the same draws; the IQM; the average probability of
+  improvement with its CI; Wilcoxon signed-rank on per-task means with Holm over the methods
+  compared with the reference; Friedman with Iman–Davenport, average ranks and the Nemenyi CD
+  from ``MIN_RANK_TASKS`` tasks on;
+* one task: no aggregate and no bootstrap: the comparison is that task's Welch t-test;
 * few-shot: per shot, the mean over datasets with a seed-bootstrap CI (datasets fixed) and the
   difference to the reference with its CI and P(A>B); no p-values across five datasets.
 """
@@ -21,12 +26,25 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bench.errors import BenchError
+
 from . import stats
 from .runs import ReportRuns
 
 ALPHA = 0.05
-N_BOOT = 10_000
+N_BOOT = 10_000  # bootstrap draws to start from; more where a bound's sign needs them
+MAX_BOOT = 160_000
 BOOT_SEED = 0
+# Below 5 tasks rank statistics mislead: the Friedman/Iman-Davenport p-values rest on asymptotics
+# that need many more blocks (at N = 3 the F p-value can be 20 times smaller than the exact
+# permutation p), autorank refuses N < 5, and the Nemenyi CD joins methods the per-task tests
+# separate.
+MIN_RANK_TASKS = 5
+# A task bootstrap over D tasks has at most C(2D-1, D) distinct resamples (3 tasks: 10); below
+# about 10 tasks its percentile interval is close to [min, max] of the task means and covers far
+# less than 95 %.
+MIN_TASKS_RESAMPLED = 10
+VTAB_GROUPS = ("natural", "specialized", "structured")
 
 
 @dataclass
@@ -34,9 +52,24 @@ class Aggregates:
     """Across-task results of one table (only tasks every method completed take part)."""
 
     tasks: list[str]
-    rows: pd.DataFrame  # row, method, estimate, low, high, diff, diff_low, diff_high
-    comparisons: pd.DataFrame  # method vs reference: diff, CI, Wilcoxon p, Holm p, P(A>B), W/T/L, avg rank
+    rows: pd.DataFrame  # row, method, estimate, low, high, diff, diff_low, diff_high, *_unsettled
+    comparisons: pd.DataFrame  # method vs reference: diff and CI, P(A>B) and CI, Wilcoxon/Holm p, W/T/L, rank
     friedman: stats.FriedmanResult | None
+    iqm: pd.DataFrame = None  # method, estimate, low, high
+    headline: str = ""  # the row the comparison's Δ comes from
+    n_boot: int = 0  # the most draws any interval used
+    mc_se: float = float("nan")  # the largest Monte Carlo standard error of any bootstrap bound
+    resample_tasks: bool = False
+    groups: list[str] = None  # group names in table order (empty without groups)
+    poi_mc_se: float = float("nan")  # the largest Monte Carlo standard error of a P(A>B) bound
+
+    @property
+    def single_task(self) -> bool:
+        return len(self.tasks) == 1
+
+    @property
+    def ranked(self) -> bool:
+        return self.friedman is not None
 
 
 def method_order(runs: ReportRuns, reference: str) -> list[str]:
@@ -118,57 +151,134 @@ def complete_tasks(runs: ReportRuns, methods: list[str]) -> list[tuple[str, int 
     return [k for j, k in enumerate(keys) if not np.isnan(cube[:, j, :]).any()]
 
 
-def aggregates(runs: ReportRuns, reference: str) -> Aggregates:
+def aggregates(runs: ReportRuns, reference: str, resample_tasks: bool = False) -> Aggregates:
     methods = method_order(runs, reference)
     tasks = [k for k in complete_tasks(runs, methods) if k[1] is None]
+    if resample_tasks and len(tasks) < MIN_TASKS_RESAMPLED:
+        raise BenchError(
+            f"--resample-tasks needs at least {MIN_TASKS_RESAMPLED} complete tasks, this report has {len(tasks)}: "
+            "with so few tasks a task bootstrap has few distinct resamples and covers far less than 95 %; "
+            "drop the option (the default interval keeps the tasks fixed and resamples seeds)"
+        )
     if not tasks:
-        return Aggregates([], pd.DataFrame(), pd.DataFrame(), None)
+        return Aggregates([], pd.DataFrame(), pd.DataFrame(), None, pd.DataFrame(), groups=[])
     cube = seed_cube(runs, methods, tasks)
-    group_of = runs.frame.drop_duplicates("task").set_index("task")["group"].to_dict()
-    groups = np.array([group_of.get(t, "") or "" for t, _ in tasks])
+    names = [t for t, _ in tasks]
+    if len(tasks) == 1:
+        return Aggregates(
+            names, pd.DataFrame(), _single_task_comparisons(cube, methods), None, pd.DataFrame(), groups=[]
+        )
 
-    rows = []
+    group_of = runs.frame.drop_duplicates("task").set_index("task")["group"].to_dict()
+    groups = np.array([group_of.get(t, "") or "" for t in names])
     named_groups = [g for g in dict.fromkeys(groups) if g]
-    if len(named_groups) > 1:  # with one group, its mean is the mean of all tasks
-        for g in named_groups:  # each group's mean over its own tasks
-            rows += _bootstrap_rows(g, cube[:, groups == g], None, methods)
-        rows += _bootstrap_rows("Mean of group means", cube, groups, methods)
-    rows += _bootstrap_rows(f"Mean of {len(tasks)} task{'s' if len(tasks) != 1 else ''}", cube, None, methods)
+    if len(named_groups) <= 1 or not all(groups):
+        named_groups = []  # one group (or tasks without one): the mean of all tasks is the only average
+    rows, summaries = [], []
+    for g in named_groups:  # each group's mean over its own tasks
+        label = f"{g.capitalize()} ({int(np.sum(groups == g))} tasks)"
+        summaries.append(_bootstrap(cube[:, groups == g], None, resample_tasks and np.sum(groups == g) >= 2))
+        rows += _summary_rows(label, summaries[-1], methods)
+    headline = f"Mean of {len(tasks)} tasks"
+    if named_groups:
+        summaries.append(_bootstrap(cube, groups, resample_tasks))
+        headline = f"Mean of {len(named_groups)} group means"
+        rows += _summary_rows(headline, summaries[-1], methods)
+    summaries.append(_bootstrap(cube, None, resample_tasks))
+    rows += _summary_rows(f"Mean of {len(tasks)} tasks", summaries[-1], methods)
+    rows = pd.DataFrame(rows)
+
+    q = stats.iqm_summary(cube, n_boot=N_BOOT, seed=BOOT_SEED)
+    iqm = pd.DataFrame({"method": methods, "estimate": q.estimate, "low": q.low, "high": q.high})
 
     means = cube.mean(axis=2)  # (methods, tasks)
-    comp = []
+    head = rows[rows["row"] == headline].set_index("method")
+    comp, n_boot, mc = [], [s.n_boot for s in summaries] + [q.n_boot], [s.mc_se for s in summaries] + [q.mc_se]
+    poi_mc: list[float] = []
     for i, m in enumerate(methods[1:], start=1):
         w = stats.wilcoxon_signed_rank(means[i], means[0])
-        p_sup = np.mean([stats.prob_superiority(cube[i, j], cube[0, j]) for j in range(len(tasks))])
+        poi = stats.probability_of_improvement(cube[i], cube[0], n_boot=N_BOOT, seed=BOOT_SEED, max_boot=MAX_BOOT)
+        n_boot.append(poi.n_boot)
+        poi_mc.append(poi.mc_se)
         comp.append(
             {
                 "method": m,
                 "tasks": len(tasks),
+                "diff": head["diff"][m],
+                "diff_low": head["diff_low"][m],
+                "diff_high": head["diff_high"][m],
+                "diff_low_unsettled": head["diff_low_unsettled"][m],
+                "diff_high_unsettled": head["diff_high_unsettled"][m],
+                "prob_superiority": poi.estimate,
+                "poi_low": poi.low,
+                "poi_high": poi.high,
+                "poi_low_unsettled": poi.unsettled[0],
+                "poi_high_unsettled": poi.unsettled[1],
                 "wilcoxon_p": w.pvalue,
                 "wins": w.wins,
                 "ties": w.ties,
                 "losses": w.losses,
-                "prob_superiority": p_sup,
             }
         )
     comparisons = pd.DataFrame(comp)
     if len(comparisons):
         comparisons["holm_p"] = stats.holm(comparisons["wilcoxon_p"].to_numpy())
-        last = [r for r in rows if r["row"] == rows[-1]["row"]]
-        diff = {r["method"]: r for r in last}
-        for col in ("diff", "diff_low", "diff_high"):
-            comparisons[col] = [diff[m][col] for m in comparisons["method"]]
-    friedman = stats.friedman(means.T, alpha=ALPHA) if len(methods) >= 2 and len(tasks) >= 2 else None
-    if friedman is not None and len(comparisons):
-        rank = dict(zip(methods, friedman.avg_ranks, strict=True))
-        comparisons["avg_rank"] = [rank[m] for m in comparisons["method"]]
-    return Aggregates([t for t, _ in tasks], pd.DataFrame(rows), comparisons, friedman)
+    friedman = None
+    if len(methods) >= 2 and len(tasks) >= MIN_RANK_TASKS:
+        friedman = stats.friedman(means.T, alpha=ALPHA)
+        if len(comparisons):
+            rank = dict(zip(methods, friedman.avg_ranks, strict=True))
+            comparisons["avg_rank"] = [rank[m] for m in comparisons["method"]]
+    return Aggregates(
+        names,
+        rows,
+        comparisons,
+        friedman,
+        iqm,
+        headline,
+        int(max(n_boot)),
+        float(np.nanmax(mc)) if np.isfinite(mc).any() else float("nan"),
+        resample_tasks,
+        named_groups,
+        float(np.nanmax(poi_mc)) if np.isfinite(poi_mc).any() else float("nan"),
+    )
 
 
-def _bootstrap_rows(name: str, cube: np.ndarray, groups: np.ndarray | None, methods: list[str]) -> list[dict]:
-    summary = stats.bootstrap_summary(cube, groups, reference_index=0, n_boot=N_BOOT, seed=BOOT_SEED)
+def _single_task_comparisons(cube: np.ndarray, methods: list[str]) -> pd.DataFrame:
+    """One task: each method against the reference by the Welch t-test over seeds (no bootstrap)."""
+    rows = []
+    for i, m in enumerate(methods[1:], start=1):
+        c = stats.compare_seeds(cube[i, 0], cube[0, 0])
+        rows.append(
+            {
+                "method": m,
+                "tasks": 1,
+                "diff": c.diff,
+                "diff_low": c.low,
+                "diff_high": c.high,
+                "welch_p": c.pvalue,
+                "prob_superiority": c.prob_superiority,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _bootstrap(cube: np.ndarray, groups: np.ndarray | None, resample_tasks: bool) -> stats.BootstrapSummary:
+    return stats.bootstrap_summary(
+        cube,
+        groups,
+        reference_index=0,
+        n_boot=N_BOOT,
+        max_boot=MAX_BOOT,
+        seed=BOOT_SEED,
+        resample_datasets=bool(resample_tasks),
+    )
+
+
+def _summary_rows(name: str, summary: stats.BootstrapSummary, methods: list[str]) -> list[dict]:
     out = []
     for i, m in enumerate(methods):
+        ref = i == summary.reference_index
         out.append(
             {
                 "row": name,
@@ -176,12 +286,35 @@ def _bootstrap_rows(name: str, cube: np.ndarray, groups: np.ndarray | None, meth
                 "estimate": float(summary.estimate[i]),
                 "low": float(summary.low[i]),
                 "high": float(summary.high[i]),
-                "diff": np.nan if i == 0 else float(summary.diff[i]),
-                "diff_low": np.nan if i == 0 else float(summary.diff_low[i]),
-                "diff_high": np.nan if i == 0 else float(summary.diff_high[i]),
+                "diff": np.nan if ref else float(summary.diff[i]),
+                "diff_low": np.nan if ref else float(summary.diff_low[i]),
+                "diff_high": np.nan if ref else float(summary.diff_high[i]),
+                "diff_low_unsettled": bool(summary.diff_unsettled[i, 0]),
+                "diff_high_unsettled": bool(summary.diff_unsettled[i, 1]),
+                "n_boot": summary.n_boot,
             }
         )
     return out
+
+
+def test_split_errors(runs: ReportRuns, cells: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Per task: test-set size and the binomial standard error of the reference's mean accuracy on it.
+
+    Every interval of the report is conditional on this one test split; this is the sampling error
+    of the split itself, which the seeds do not see. NaN where the runs did not record the size.
+    """
+    rows = []
+    for task, shots in task_keys(cells):
+        sel = (runs.frame["task"] == task) & (
+            runs.frame["shots"].isna() if shots is None else runs.frame["shots"] == shots
+        )
+        sizes = runs.frame.loc[sel, "n_test"].dropna().unique()
+        n = float(sizes[0]) if len(sizes) == 1 else np.nan
+        ref = cells[(cells["task"] == task) & (cells["method"] == reference)]
+        ref = ref[ref["shots"].isna()] if shots is None else ref[ref["shots"] == shots]
+        acc = float(ref["mean"].iloc[0]) if len(ref) else np.nan
+        rows.append({"task": task, "shots": shots, "n_test": n, "acc": acc, "se": stats.binomial_se(acc, n)})
+    return pd.DataFrame(rows)
 
 
 def few_shot_table(runs: ReportRuns, reference: str) -> pd.DataFrame:
@@ -193,7 +326,7 @@ def few_shot_table(runs: ReportRuns, reference: str) -> pd.DataFrame:
         tasks = [k for k in keys if k[1] == shots]
         cube = seed_cube(runs, methods, tasks)
         summary = stats.bootstrap_summary(
-            cube, None, reference_index=0, n_boot=N_BOOT, seed=BOOT_SEED, resample_datasets=False
+            cube, None, reference_index=0, n_boot=N_BOOT, max_boot=MAX_BOOT, seed=BOOT_SEED, resample_datasets=False
         )
         for i, m in enumerate(methods):
             row = {
@@ -206,17 +339,28 @@ def few_shot_table(runs: ReportRuns, reference: str) -> pd.DataFrame:
                 "diff": np.nan,
                 "diff_low": np.nan,
                 "diff_high": np.nan,
+                "diff_low_unsettled": False,
+                "diff_high_unsettled": False,
                 "prob_superiority": np.nan,
             }
             if i:
-                d = stats.few_shot_difference(cube[i], cube[0], n_boot=N_BOOT, seed=BOOT_SEED)
-                row.update(diff=d.diff, diff_low=d.low, diff_high=d.high, prob_superiority=d.prob_superiority)
+                row.update(
+                    diff=float(summary.diff[i]),
+                    diff_low=float(summary.diff_low[i]),
+                    diff_high=float(summary.diff_high[i]),
+                    diff_low_unsettled=bool(summary.diff_unsettled[i, 0]),
+                    diff_high_unsettled=bool(summary.diff_unsettled[i, 1]),
+                    prob_superiority=np.mean(
+                        [stats.prob_superiority(cube[i, d], cube[0, d]) for d in range(len(tasks))]
+                    ),
+                )
             rows.append(row)
     return pd.DataFrame(rows)
 
 
 def method_resources(runs: ReportRuns, reference: str) -> pd.DataFrame:
-    """Per method: trainable and head parameters, training and eval speed, peak memory (medians over runs)."""
+    """Per method: trainable and head parameters, training and eval speed, peak memory and mean GPU
+    utilisation (medians over runs)."""
     rows = []
     for m in method_order(runs, reference):
         sub = runs.frame[runs.frame["method"] == m]
@@ -231,6 +375,7 @@ def method_resources(runs: ReportRuns, reference: str) -> pd.DataFrame:
                 "train_img_s": float(sub["train_img_s"].median()),
                 "infer_img_s": float(sub["infer_img_s"].median()),
                 "peak_mem_mb": float(sub["peak_mem_mb"].median()),
+                "gpu_util": float(sub["gpu_util"].median()) if "gpu_util" in sub else np.nan,
                 "train_s": float(sub["train_s"].median()),
                 "runs": len(sub),
                 "mean_acc": float(sub["acc"].mean()),

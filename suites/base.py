@@ -128,6 +128,15 @@ class FewShotLayout:
 
 
 @dataclass(frozen=True)
+class DatasetOptions:
+    """A dataset a suite loads itself (``hf``): ``--dataset``, ``--image-column``, ``--label-column``."""
+
+    dataset: str
+    image_column: str | None = None
+    label_column: str | None = None
+
+
+@dataclass(frozen=True)
 class Suite:
     """A protocol: its tasks (or a rule to discover them), preset, default backbone and data source.
 
@@ -146,6 +155,9 @@ class Suite:
     backbone_pretrained: bool = True  # False: the default backbone is a seeded random init (demo)
     source: str = "a local folder in the NOAH format"
     fewshot: FewShotLayout | None = None  # set: runs are (task, shots, split seed, seed, method)
+    # set: the suite's data is a dataset named with --dataset, written as a NOAH folder under the
+    # given folder; returns the data root (``hf``)
+    from_dataset: Callable[[DatasetOptions, Path], Path] | None = None
 
     @property
     def discovers_tasks(self) -> bool:

@@ -13,8 +13,8 @@ the images come from each dataset's official page (``Task.source``). A run is (d
 split seed, training seed, method); the split seed picks the training list, and by default it is
 the training seed.
 
-The preset is the published recipe as the issue states it; README "Few-shot FGVC" says which
-published variant each choice follows and why.
+The preset mixes NOAH's optimiser and schedule with DTL's augmentation; docs/protocol.md says
+which published variant each choice follows and why.
 """
 
 from __future__ import annotations

@@ -259,10 +259,15 @@ def test_tuning_never_needs_test_lists(cli, workdir: Path, noah_root: Path):
     for task in ("alpha", "beta"):
         (noah_root / task / "test.txt").unlink()
     code, out, err = cli(
-        "tune", "--suite", "tinyfolder", "--methods", "lora", "--trials", "2", "--data-root", str(noah_root), "--json"
-    )
+        "tune", "--suite", "tinyfolder", "--methods", "lora", "--trials", "2", "--data-root", str(noah_root), "--json",
+        "--weights-label", "tiny ViT, random init",
+    )  # fmt: skip
     assert code == 0, err
     assert [s["trials"] for s in json.loads(out)] == [{"complete": 2}, {"complete": 2}]
+    trials = Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder-tune")
+    assert {r.data.tags.get("bench.weights_label") for r in trials if "bench.trial" in r.data.tags} == {
+        "tiny ViT, random init"
+    }
 
 
 # -- a failed trial is recorded and the study goes on ------------------------------------------

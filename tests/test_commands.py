@@ -153,7 +153,7 @@ def test_vtab1k_protocol_offline_with_a_checkpoint(cli, workdir: Path, tmp_path:
 
 
 def test_methods_info_counts_at_the_runs_image_size(cli):
-    """Regression (issue 10): full fine-tuning's count includes the position embedding, whose size
+    """Regression: full fine-tuning's count includes the position embedding, whose size
     follows the input size. ViT-S/14 DINOv2 defaults to 518 px, runs use the preset's 224 px, and
     `methods info` must be able to report the count the runs log."""
 

@@ -1,4 +1,4 @@
-"""Few-shot FGVC (issue 8): suite, lists, verify/dedupe, fetch, run identity, stage rules, augmentation.
+"""Few-shot FGVC: suite, lists, verify/dedupe, fetch, run identity, stage rules, augmentation.
 
 The data is a generated copy of the NOAH layout with tiny images: ``oxford_pets`` (3 classes; its
 1-shot lists repeat every line, as NOAH's do) and ``stanford_cars`` in a folder named

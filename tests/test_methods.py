@@ -127,7 +127,7 @@ def test_checks_catch_wrong_counts():
 
 
 def test_full_fine_tuning_warns_about_the_shared_peft_learning_rate(noah_root, tmp_path):
-    """Regression (issue 10): with the preset's PEFT learning rate, full fine-tuning fell below the
+    """Regression: with the preset's PEFT learning rate, full fine-tuning fell below the
     linear probe on realmini; a sweep that runs it untuned must say so, once, before training."""
     from bench.sweep import SweepRequest, plan_sweep
 

@@ -16,15 +16,20 @@ from scipy import stats
 from reports.stats import (
     BootstrapSummary,
     benjamini_hochberg,
+    binomial_se,
     bootstrap_summary,
     compare_seeds,
     few_shot_difference,
     friedman,
     holm,
+    iqm,
+    iqm_summary,
     mark_best,
     nemenyi_cd,
     percentile_interval,
+    performance_profile,
     prob_superiority,
+    probability_of_improvement,
     t_interval,
     two_level_bootstrap,
     wilcoxon_signed_rank,
@@ -464,7 +469,7 @@ def test_bootstrap_pairing_constant_offset():
         assert (s.diff[0], s.diff_low[0], s.diff_high[0]) == (0.0, 0.0, 0.0)
         # the marginal intervals are wide; only the paired difference is exact
         assert s.high[0] - s.low[0] > 0.002
-    wide = bootstrap_summary(S, VTAB_GROUPS, 0, n_boot=2000)
+    wide = bootstrap_summary(S, VTAB_GROUPS, 0, n_boot=2000, resample_datasets=True)
     assert wide.high[0] - wide.low[0] > 0.05  # dataset resampling: between-task spread dominates
 
 
@@ -488,9 +493,9 @@ def test_datasets_are_resampled_within_groups_only():
     # move the mean of group means, resampling across groups would
     value = {"natural": 0.9, "specialized": 0.5, "structured": 0.2}
     S = np.array([value[g] for g in VTAB_GROUPS])[None, :, None].repeat(5, axis=2)
-    draws = two_level_bootstrap(S, VTAB_GROUPS, n_boot=300)
+    draws = two_level_bootstrap(S, VTAB_GROUPS, n_boot=300, resample_datasets=True)
     assert draws == pytest.approx(np.full((300, 1), np.mean(list(value.values()))), abs=1e-14)
-    assert np.ptp(two_level_bootstrap(S, None, n_boot=300)) > 0.05
+    assert np.ptp(two_level_bootstrap(S, None, n_boot=300, resample_datasets=True)) > 0.05
 
 
 def test_bootstrap_variance_matches_theory():
@@ -508,7 +513,7 @@ def test_bootstrap_variance_matches_theory():
         idx = g == VTAB_GROUPS
         per_slot = S[0, idx].mean(axis=1).var() + seed_var[idx].mean()
         expected += per_slot / idx.sum() / 9
-    both = two_level_bootstrap(S, VTAB_GROUPS, n_boot=20_000)[:, 0]
+    both = two_level_bootstrap(S, VTAB_GROUPS, n_boot=20_000, resample_datasets=True)[:, 0]
     assert both.var() == pytest.approx(expected, rel=0.05)
 
 
@@ -542,6 +547,145 @@ def test_percentile_interval_by_hand():
     assert percentile_interval(draws, 0.9) == pytest.approx([5.0, 95.0])
     low, high = percentile_interval(np.column_stack([draws, 2 * draws]))
     assert low == pytest.approx([2.5, 5.0]) and high == pytest.approx([97.5, 195.0])
+
+
+def _three_tasks(seed=0, n=3):
+    """Three tasks far apart in accuracy, 3 methods, n seeds: the realmini shape."""
+    rng = np.random.default_rng(seed)
+    base = np.array([0.80, 0.89, 0.85])[None, :, None]
+    return base + np.array([0.0, -0.02, -0.025])[:, None, None] + rng.normal(0, 0.008, size=(3, 3, n))
+
+
+def test_default_interval_keeps_tasks_fixed_and_task_resampling_spans_the_task_means():
+    S = _three_tasks()
+    fixed = bootstrap_summary(S, None, 0)
+    assert fixed.resample_datasets is False
+    tasks = bootstrap_summary(S, None, 0, resample_datasets=True)
+    task_means = S[0].mean(axis=1)
+    # resampling 3 tasks: 10 distinct resamples, an interval about [min, max] of the task means
+    assert tasks.low[0] == pytest.approx(task_means.min(), abs=0.01)
+    assert tasks.high[0] == pytest.approx(task_means.max(), abs=0.01)
+    # tasks fixed: only the seed noise of a mean of 9 runs, sd ~ 0.008/3
+    assert fixed.high[0] - fixed.low[0] < 0.015 < tasks.high[0] - tasks.low[0]
+
+
+def test_seed_only_bootstrap_matches_scipy_multi_sample_bootstrap():
+    """scipy.stats.bootstrap resamples each sample (here: each task's seeds) independently: the same
+    stratified bootstrap, with its own random stream; the bounds agree within Monte Carlo error."""
+    S = _three_tasks(seed=3, n=5)
+
+    def mean_of_task_means(*tasks, axis):
+        return np.mean([t.mean(axis=axis) for t in tasks], axis=0)
+
+    ours = bootstrap_summary(S, None, 0, n_boot=40_000)
+    for i in (0, 2):
+        ref = stats.bootstrap(tuple(S[i]), mean_of_task_means, n_resamples=40_000, method="percentile", rng=1)
+        assert (ours.low[i], ours.high[i]) == pytest.approx(
+            (ref.confidence_interval.low, ref.confidence_interval.high), abs=4e-4
+        )
+    # the paired difference: resampling seed-matched differences per task
+    diffs = tuple(S[2] - S[0])
+    ref = stats.bootstrap(diffs, mean_of_task_means, n_resamples=40_000, method="percentile", rng=2)
+    assert (ours.diff_low[2], ours.diff_high[2]) == pytest.approx(
+        (ref.confidence_interval.low, ref.confidence_interval.high), abs=4e-4
+    )
+
+
+def _edge_case():
+    """Scores whose difference's upper bound sits at 0 for bootstrap seed 0 with 10,000 draws."""
+    S = _three_tasks(seed=5)
+    plain = two_level_bootstrap(S, None, n_boot=10_000, seed=0)
+    upper = np.percentile(plain[:, 1] - plain[:, 0], 97.5)
+    S[1] -= upper  # shifts method 1 so that the bound is exactly 0 at seed 0
+    return S
+
+
+def test_no_printed_bound_changes_sign_with_the_bootstrap_seed():
+    from reports.render import bound
+
+    S = _edge_case()
+    naive = set()
+    printed = []
+    for seed in range(8):
+        plain = two_level_bootstrap(S, None, n_boot=10_000, seed=seed)
+        naive.add(bool(np.percentile(plain[:, 1] - plain[:, 0], 97.5) > 0))
+        s = bootstrap_summary(S, None, 0, seed=seed)
+        printed.append(bound(s.diff_high[1], s.diff_unsettled[1, 1]))
+        assert s.n_boot > 10_000  # the bound's band straddled 0, so more draws were taken
+        for i in (1, 2):
+            for j, b in enumerate((s.diff_low[i], s.diff_high[i])):
+                text = bound(b, s.diff_unsettled[i, j])
+                assert text == "≈0" or np.sign(float(text.replace("\u2212", "-"))) in (np.sign(b), 0)
+    assert naive == {True, False}  # a fixed 10,000 draws does flip the sign of this bound
+    signs = {t[0] for t in printed if t not in ("≈0", "0.00")}
+    assert len(signs) <= 1, printed  # printed: one sign, or "≈0" (within Monte Carlo error)
+
+
+def test_monte_carlo_error_matches_the_spread_over_bootstrap_seeds():
+    S = _three_tasks(seed=7, n=5)
+    runs = [bootstrap_summary(S, None, 0, n_boot=10_000, seed=k, max_boot=10_000) for k in range(12)]
+    spread = np.std([r.low[0] for r in runs], ddof=1)
+    reported = np.mean([r.mc_se for r in runs])
+    assert spread < 2.5 * reported and reported < 5 * spread  # the same order of magnitude
+
+
+def test_iqm_matches_rliable_and_a_hand_computation():
+    metrics = pytest.importorskip("rliable.metrics")
+    rng = np.random.default_rng(13)
+    S = rng.uniform(0.5, 0.9, size=(2, 4, 5))  # 20 runs per method: IQM drops 5 on each side
+    for m in range(2):
+        ordered = np.sort(S[m].ravel())
+        assert iqm(S[m]) == pytest.approx(ordered[5:15].mean(), rel=1e-12)
+        assert iqm(S[m]) == pytest.approx(metrics.aggregate_iqm(S[m].T), rel=1e-12)  # rliable: runs × tasks
+    q = iqm_summary(S, n_boot=4000)
+    assert q.estimate == pytest.approx([iqm(S[0]), iqm(S[1])])
+    # independent loop bootstrap (own RNG) of the same stratified scheme
+    loop_rng = np.random.default_rng(99)
+    draws = []
+    for _ in range(4000):
+        idx = loop_rng.integers(0, 5, size=(4, 5))
+        draws.append(iqm(np.take_along_axis(S[0], idx, axis=1)))
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    assert (q.low[0], q.high[0]) == pytest.approx((lo, hi), abs=0.012)  # MC error of 4,000 draws
+
+
+def test_probability_of_improvement_matches_rliable_and_a_loop_bootstrap():
+    metrics = pytest.importorskip("rliable.metrics")
+    rng = np.random.default_rng(21)
+    X = rng.normal(0.71, 0.01, size=(4, 5)) + np.arange(4)[:, None] * 0.05
+    Y = rng.normal(0.70, 0.01, size=(4, 6)) + np.arange(4)[:, None] * 0.05
+    r = probability_of_improvement(X, Y, n_boot=4000)
+    assert r.estimate == pytest.approx(metrics.probability_of_improvement(X.T, Y.T), rel=1e-12)
+    per_task = [stats.mannwhitneyu(X[d], Y[d]).statistic / 30 for d in range(4)]
+    assert r.estimate == pytest.approx(np.mean(per_task))
+    loop_rng = np.random.default_rng(5)
+    draws = []
+    for _ in range(3000):
+        xs = [X[d, loop_rng.integers(0, 5, 5)] for d in range(4)]
+        ys = [Y[d, loop_rng.integers(0, 6, 6)] for d in range(4)]
+        draws.append(np.mean([prob_superiority(a, b) for a, b in zip(xs, ys, strict=True)]))
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    assert (r.low, r.high) == pytest.approx((lo, hi), abs=0.03)
+    assert r.low < r.estimate < r.high and r.n_tasks == 4
+    same = probability_of_improvement(X, X.copy(), n_boot=2000)
+    assert same.estimate == 0.5 and same.unsettled == (False, False)  # the interval straddles ½ by far
+    assert same.low < 0.5 < same.high
+
+
+def test_performance_profile_by_hand():
+    S = np.array([[[0.1, 0.5], [0.7, 0.9]]])  # one method, 4 runs
+    prof, low, high = performance_profile(S, [0.0, 0.5, 0.8, 1.0], n_boot=200)
+    assert prof[0] == pytest.approx([1.0, 0.5, 0.25, 0.0])  # strictly above τ
+    assert (low <= prof + 1e-12).all() and (prof <= high + 1e-12).all()
+
+
+def test_binomial_se_matches_statsmodels_normal_interval():
+    proportion = pytest.importorskip("statsmodels.stats.proportion")
+    for acc, n in ((0.75, 10_000), (0.5, 200), (0.93, 1000)):
+        low, high = proportion.proportion_confint(round(acc * n), n, alpha=0.05, method="normal")
+        assert binomial_se(acc, n) == pytest.approx((high - low) / (2 * stats.norm.ppf(0.975)), rel=1e-9)
+    assert binomial_se(0.75, 10_000) == pytest.approx(0.00433, abs=1e-5)  # about 0.43 pp
+    assert math.isnan(binomial_se(0.7, float("nan"))) and math.isnan(binomial_se(0.7, 0))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ class Placement:
     gpu: str | None  # the GPU's name
     torch: str  # versions in the worker, for the run's resolved config
     python: str
+    timm: str = ""
+    peft: str = ""
 
 
 @dataclass(frozen=True)

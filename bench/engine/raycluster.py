@@ -28,7 +28,7 @@ import os
 import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +185,7 @@ class _Trainer:
 
         from .work import placement, run_work
 
-        work = Work(work.job, work.run, work.stage, _local_weights(work.weights, blob))
+        work = replace(work, weights=_local_weights(work.weights, blob))
         where = placement("ray", self.node_id, self.device)
 
         def emit(event: Event) -> bool:

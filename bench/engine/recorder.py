@@ -54,6 +54,7 @@ def placement_tags(where: Placement, train_step: str) -> dict[str, str]:
 class Recorder:
     def __init__(self, tracker: Tracker):
         self.tracker = tracker
+        self._gpu_utilization: dict[str, list[float]] = {}  # run id -> per-epoch GPU utilisation
 
     @property
     def client(self):
@@ -85,6 +86,8 @@ class Recorder:
                 "bench": __version__,
                 "torch": where.torch,
                 "python": where.python,
+                "timm": where.timm,
+                "peft": where.peft,
                 "executor": where.executor,
                 "node_id": where.node_id,
                 "host": where.host,
@@ -95,7 +98,10 @@ class Recorder:
         self.tracker.log_json(run_id, resolved, schema.RESOLVED_CONFIG)
 
     def epoch(self, run_id: str, metrics: Any) -> None:
-        self.tracker.log_metrics(run_id, epoch_metrics(metrics), step=metrics.epoch)
+        system = {schema.SYSTEM_PREFIX + k: v for k, v in getattr(metrics, "system", {}).items()}
+        self.tracker.log_metrics(run_id, {**epoch_metrics(metrics), **system}, step=metrics.epoch)
+        if schema.GPU_UTILIZATION in system:
+            self._gpu_utilization.setdefault(run_id, []).append(system[schema.GPU_UTILIZATION])
 
     def result(self, run_id: str, result: Any, *, stage: str, step: int, entries: list, root: Path) -> None:
         """A finished run's metrics and artifacts (not its end state: see :meth:`end`)."""
@@ -108,11 +114,15 @@ class Recorder:
             schema.INFER_IMG_S: result.infer_images_per_s,
             schema.TRAIN_SECONDS: result.train_seconds,
             schema.PEAK_MEMORY_MB: result.peak_memory_mb,
+            schema.EVAL_EXAMPLES: len(entries),
         }
         if math.isfinite(result.steady_train_images_per_s):  # runs of two or more epochs
             metrics[schema.TRAIN_IMG_S_STEADY] = result.steady_train_images_per_s
         if stage == "final":
             metrics[schema.TEST_ACC] = result.eval_acc  # scored once, after the last epoch
+        utilization = self._gpu_utilization.pop(run_id, [])
+        if utilization:
+            metrics[schema.GPU_UTILIZATION_MEAN] = sum(utilization) / len(utilization)
         self.tracker.log_metrics(run_id, metrics, step=step)
         rows = [
             [i, str(e.path.relative_to(root)), e.label, int(p)]
@@ -135,6 +145,7 @@ class Recorder:
         step: int = 0,
     ) -> None:
         """The run's end state, written last; ``tags`` and ``metrics`` are the job source's own."""
+        self._gpu_utilization.pop(run_id, None)
         for key, value in (tags or {}).items():
             self.client.set_tag(run_id, key, value)
         if metrics:

@@ -8,6 +8,7 @@ executor, or the other runs, down with it.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import platform
@@ -21,6 +22,7 @@ import torch
 
 from ..backbone import Weights, build_backbone, normalization
 from ..errors import BenchError
+from ..sysmetrics import SystemSampler
 from ..train import SplitData, default_compile_mode, train_run
 from .events import Cancelled, Done, End, Epoch, Event, Failed, Placement, Started
 
@@ -33,6 +35,7 @@ class Work:
     run: Any  # a planned run: .spec, .method, .config, .preset
     stage: Any  # suites.base.Stage
     weights: Weights
+    system_metrics: bool = True  # sample GPU/CPU/RAM while training (bench.sysmetrics)
 
 
 class _Cancel(Exception):
@@ -57,7 +60,21 @@ def build_model(run: Any, weights: Weights) -> tuple[torch.nn.Module, tuple[floa
 def placement(executor: str, node_id: str, device: torch.device) -> Placement:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     host, pid = socket.gethostname(), os.getpid()
-    return Placement(executor, node_id, host, pid, str(device), gpu, torch.__version__, platform.python_version())
+    import peft
+    import timm
+
+    return Placement(
+        executor,
+        node_id,
+        host,
+        pid,
+        str(device),
+        gpu,
+        torch.__version__,
+        platform.python_version(),
+        timm.__version__,
+        peft.__version__,
+    )
 
 
 def run_work(
@@ -76,23 +93,28 @@ def run_work(
         model, mean, std = build_model(run, work.weights)
         emit(Started(work.job, where, mean, std, default_compile_mode(device)))
 
+        sampler = SystemSampler(device) if work.system_metrics else None
+
         def on_epoch(metrics) -> None:
+            if sampler is not None:
+                metrics.system = sampler.take()
             if emit(Epoch(work.job, metrics)):
                 raise _Cancel
 
-        result = train_run(
-            model,
-            run.method,
-            run.preset,
-            work.stage,
-            train,
-            evaluate,
-            seed=run.spec.seed,
-            device=device,
-            mean=mean,
-            std=std,
-            on_epoch=on_epoch,
-        )
+        with sampler or contextlib.nullcontext():
+            result = train_run(
+                model,
+                run.method,
+                run.preset,
+                work.stage,
+                train,
+                evaluate,
+                seed=run.spec.seed,
+                device=device,
+                mean=mean,
+                std=std,
+                on_epoch=on_epoch,
+            )
         return Done(work.job, result)
     except _Cancel:
         return Cancelled(work.job)

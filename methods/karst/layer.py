@@ -18,9 +18,9 @@ Three ways to compute the same function, chosen by ``mode``:
   computes an out x in weight gradient (the FLOPs of full fine-tuning's weight gradient: a
   frozen linear's training FLOPs times 1.5), but the activations pass through each linear once,
   with no second tokens x out tensor for the update and no separate re-scaling passes. The
-  issue's premise was the opposite (avoid the weight gradient at any cost); measured on an H100,
+  usual premise is the opposite (avoid the weight gradient at any cost); measured on an H100,
   ViT-B/16 at batch 64, ``fold`` trains at 0.86x LoRA and ``structured`` at 0.67x, because the
-  structured path's cost is memory traffic over activations, not arithmetic (README, KARST);
+  structured path's cost is memory traffic over activations, not arithmetic (docs/methods/karst.md);
 * ``structured``: two GEMMs per layer, never a W0-sized weight gradient in backward. Either B on each of the f input blocks then G = C (x) A, or K = C (x) B then A,
   whichever costs fewer multiply-adds for the layer's shape (:meth:`KarstLinear.choose_route`);
   the second GEMM adds into the base output (``addmm``) where the memory layout allows. It does

@@ -5,7 +5,7 @@ on the same checkpoint and data through bench's own `train_run`, at a reduced sc
 afford (112 px, 5 epochs), once at the preset's lr 1e-3 and once at 1e-4, and scores test once
 at the end. A proxy: it shows the direction, not the GPU numbers.
 
-    PYTHONPATH=. python docs/results/realmini/full_ft_lr_check.py --data-root shared/data/realmini \
+    PYTHONPATH=. python docs/results/realmini/full_ft_lr_check.py --data-root DIR \
         --checkpoint vit_s14_imgfocus.safetensors
 """
 

@@ -1,0 +1,156 @@
+"""`bench export`: finished runs out as peft adapters, merged timm checkpoints and bench's format.
+
+Each round trip loads the export the way its model card says (peft's ``PeftModel.from_pretrained``,
+``timm.create_model`` + ``load_state_dict``, ``load_bench_export``) and compares its predictions
+on the run's test split with the predictions the run stored in MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from bench import export
+from bench.tracking import Tracker, default_tracking_uri
+
+
+def _stored(workdir: Path, ref: str) -> export.StoredRun:
+    client = MlflowClient(default_tracking_uri(workdir))
+    return export.load_stored_run(client, export.find_run(client, ref))
+
+
+def _card_fields(folder: Path) -> str:
+    card = (folder / "README.md").read_text()
+    for needle in ("backbone weights", "method config", "suite / task", "seed", "test/acc", "Package versions"):
+        assert needle in card
+    return card
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory, mlflow_template):
+    """LoRA, KARST and DTL trained on the demo (one epoch each), in one store."""
+    import shutil
+
+    from bench.cli import run_cli
+
+    workdir = tmp_path_factory.mktemp("export") / "runs"
+    workdir.mkdir()
+    shutil.copy(mlflow_template, workdir / "mlflow.db")
+    code = run_cli(
+        ["--workdir", str(workdir), "run", "--suite", "demo", "--methods", "lora,karst,dtl", "--seeds", "0,"]
+        + ["--epochs", "1", "--device", "cpu"]
+    )
+    assert code == 0
+    return workdir
+
+
+@pytest.mark.slow
+def test_lora_exports_as_a_peft_adapter_that_reproduces_the_run(demo_runs: Path, tmp_path: Path, capsys):
+    import timm
+    from peft import PeftModel
+
+    from bench.cli import run_cli
+
+    out = tmp_path / "lora-peft"
+    code = run_cli(["--workdir", str(demo_runs), "export", "lora/digits/s0", "--format", "peft", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= {p.name for p in out.iterdir()}
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 8 and config["modules_to_save"] == ["head"]
+    card = _card_fields(out)
+    assert "bench --workdir" in card and "--methods lora,karst,dtl" in card  # the command that trained it
+
+    stored = _stored(demo_runs, "lora/digits/s0")
+    import bench.backbone  # noqa: F401  (registers vit_demo_tiny in timm)
+
+    torch.manual_seed(0)  # the demo backbone: timm's random init from seed 0, as the card says
+    base = timm.create_model("vit_demo_tiny", num_classes=10, img_size=32)
+    model = PeftModel.from_pretrained(base, str(out)).eval()
+    images, _, stored_preds = export.eval_split(stored)
+    assert len(stored_preds) == 797
+    assert torch.equal(export.predict(model, stored, images), stored_preds)
+
+
+@pytest.mark.slow
+def test_karst_exports_merged_into_a_plain_timm_model(demo_runs: Path, tmp_path: Path, capsys):
+    import timm
+
+    from bench.cli import run_cli
+
+    out = tmp_path / "karst"
+    code = run_cli(["--workdir", str(demo_runs), "export", "karst/digits/s0", "--out", str(out), "--verify"])
+    assert code == 0, capsys.readouterr().err
+    assert "797 of 797 test predictions equal" in capsys.readouterr().out
+    state = load_file(str(out / "model.safetensors"))
+    assert not any("karst" in k.lower() or "kernel" in k for k in state)  # folded into plain linears
+    assert json.loads((out / "config.json").read_text())["num_classes"] == 10
+    _card_fields(out)
+
+    stored = _stored(demo_runs, "karst/digits/s0")
+    model = timm.create_model("vit_demo_tiny", num_classes=10)
+    model.load_state_dict(state)  # strict: exactly timm's keys
+    images, _, stored_preds = export.eval_split(stored)
+    assert torch.equal(export.predict(model.eval(), stored, images), stored_preds)
+
+
+@pytest.mark.slow
+def test_dtl_exports_in_bench_format_and_refuses_merged(demo_runs: Path, tmp_path: Path, capsys):
+    from bench.cli import run_cli
+
+    args = ["--workdir", str(demo_runs), "export", "dtl/digits/s0"]
+    assert run_cli([*args, "--format", "merged", "--out", str(tmp_path / "no")]) == 2
+    assert "cannot merge" in capsys.readouterr().err and not any((tmp_path / "no").glob("*.safetensors"))
+    out = tmp_path / "dtl"
+    assert run_cli([*args, "--out", str(out)]) == 0
+    resolved = json.loads((out / "resolved.json").read_text())
+    assert resolved["spec"]["method"] == "dtl"
+    _card_fields(out)
+
+    stored = _stored(demo_runs, "dtl/digits/s0")
+    model = export.load_bench_export(out)
+    images, _, stored_preds = export.eval_split(stored)
+    assert torch.equal(export.predict(model, stored, images), stored_preds)
+
+
+def test_export_finds_runs_by_key_prefix_label_and_run_id_and_refuses_the_rest(cli, workdir: Path, noah_root: Path):
+    base = ("run", "--suite", "tinyfolder", "--methods", "linear", "--seeds", "0,", "--data-root", str(noah_root))
+    assert cli(*base, "--tasks", "alpha")[0] == 0
+    assert cli(*base, "--tasks", "alpha", "--stage", "tune")[0] == 0  # a second run labelled linear/alpha/s0
+    client = MlflowClient(default_tracking_uri(workdir))
+    code, _, err = cli("export", "linear/alpha/s0", "--out", str(workdir / "x"))
+    assert code == 2 and "2 different runs match 'linear/alpha/s0'" in err and "pass one run key" in err
+    assert len(err.strip().splitlines()) == 1
+
+    runs = {r.data.tags["bench.stage"]: r for r in Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder")}
+    final = runs["final"]
+    key, run_id = final.data.tags["bench.run_key"], final.info.run_id
+    assert export.find_run(client, key[:8]).info.run_id == run_id
+    assert export.find_run(client, run_id).info.run_id == run_id
+
+    code, _, err = cli("export", "nothing/like/this", "--out", str(workdir / "y"))
+    assert code == 2 and "no finished run matches 'nothing/like/this'" in err and "bench runs --suite" in err
+
+    code, _, err = cli("export", key, "--format", "peft", "--out", str(workdir / "z"))
+    assert code == 2 and "does not run through peft" in err and "--format merged" in err
+
+    out = workdir / "linear"
+    code, stdout, err = cli("export", key, "--out", str(out), "--verify")
+    assert code == 0, err
+    assert "exported linear/alpha/s0 as merged" in stdout and "15 of 15 test predictions equal" in stdout
+
+
+def test_push_to_hub_fails_in_one_line_offline(cli, workdir: Path, noah_root: Path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base = ("run", "--suite", "tinyfolder", "--methods", "linear", "--seeds", "0,", "--data-root", str(noah_root))
+    assert cli(*base, "--tasks", "beta")[0] == 0
+    out = workdir / "beta"
+    code, stdout, err = cli("export", "linear/beta/s0", "--out", str(out), "--push-to-hub", "someone/beta-linear")
+    assert code == 2
+    assert (out / "model.safetensors").is_file() and "exported" in stdout  # the local export is kept
+    assert "HF_HUB_OFFLINE is set" in err and "someone/beta-linear" in err
+    assert len(err.strip().splitlines()) == 1
