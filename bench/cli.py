@@ -809,7 +809,8 @@ def methods_budget(
 
     target = parse_budget(budget)
     spec = backbone_spec(backbone)
-    names = _split(methods) or [n for n, cls in available_methods().items() if spec.family in cls.families]
+    registered = available_methods()
+    names = _split(methods) or [n for n, cls in registered.items() if spec.family in cls.families]
     rows = [choose_for_budget(get_method(n), spec, target).to_dict() for n in names]
     if as_json:
         _print_json(rows)
@@ -821,6 +822,9 @@ def methods_budget(
         dev = f"{100 * r['deviation']:+.1f}%" if r["adjustable"] else "reference (fixed size)"
         table.add_row(r["method"], json.dumps(r["config"]), f"{r['trainable_params']:,}", dev)
     out.print(table)
+    unsupported = [n for n, cls in registered.items() if spec.family not in cls.families and not methods]
+    if unsupported:
+        out.print(f"Not shown, they do not support {spec.family} backbones: {', '.join(unsupported)}.")
 
 
 @methods_app.command(

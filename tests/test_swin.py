@@ -171,6 +171,8 @@ def test_methods_list_info_budget_on_swin(cli):
         "linear",
         "lora",
     }
+    code, out, _ = cli("methods", "budget", "--budget", "300k", "--backbone", SWIN_B)
+    assert code == 0 and "do not support swin backbones: sparse_tuning" in out
 
 
 def test_swin_checkpoint_loads_offline_and_keeps_a_fresh_head(tmp_path: Path):
