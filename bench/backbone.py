@@ -1,4 +1,9 @@
-"""Building a timm ViT backbone and loading its weights.
+"""Building a timm backbone (a ViT or a Swin) and loading its weights.
+
+Two families are supported (``methods.backbones`` describes them for the methods): timm's
+``VisionTransformer`` (supervised IN-21k, DINOv2 with or without registers, CLIP, ViT-L, ViT-H)
+and ``SwinTransformer`` (Swin-B: ``swin_base_patch4_window7_224.ms_in22k``, the IN-22k checkpoint
+KARST's Swin script uses). Anything else is refused in one line.
 
 Weights come from exactly one of three places, and every run records which (``checkpoint_id``):
 
@@ -9,13 +14,18 @@ Weights come from exactly one of three places, and every run records which (``ch
 * a seeded random initialisation (the demo's tiny ViT, and tests).
 
 Normalisation (mean/std) comes from the backbone's pretrained config, e.g. 0.5/0.5 for
-``vit_base_patch16_224.orig_in21k``, whose original ``ViT-B_16.npz`` expects inputs in [-1, 1].
+``vit_base_patch16_224.orig_in21k``, whose original ``ViT-B_16.npz`` expects inputs in [-1, 1],
+ImageNet's for Swin and DINOv2, OpenAI's constants for ``vit_base_patch16_clip_224.openai``.
+A checkpoint goes through the architecture's own timm filter, which remaps formats (OpenCLIP,
+the original Swin release) and resamples the position embedding (ViT, DINOv2 at 224 px) or the
+relative-position tables (Swin) to the model's size.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,10 +33,11 @@ from pathlib import Path
 import timm
 import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from timm.models.swin_transformer import SwinTransformer
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from methods.base import BackboneSpec, backbone_spec_of
+from methods.backbones import BackboneSpec, describe_backbone
 
 from .errors import BenchError
 
@@ -35,7 +46,7 @@ RANDOM_BACKBONE_SEED = 0  # a random backbone must be the same network in every 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
 
 # ---------------------------------------------------------------------------------------
-# The demo suite's backbone: tiny enough for a CPU, registered in timm like any other ViT.
+# The demo suite's backbones: tiny enough for a CPU, registered in timm like any other model.
 
 default_cfgs = generate_default_cfgs(
     {
@@ -48,7 +59,17 @@ default_cfgs = generate_default_cfgs(
             "interpolation": "bicubic",
             "first_conv": "patch_embed.proj",
             "classifier": "head",
-        }
+        },
+        "swin_demo_tiny": {
+            "url": "",
+            "num_classes": 0,
+            "input_size": (3, 32, 32),
+            "mean": (0.5, 0.5, 0.5),
+            "std": (0.5, 0.5, 0.5),
+            "interpolation": "bicubic",
+            "first_conv": "patch_embed.proj",
+            "classifier": "head.fc",
+        },
     }
 )
 
@@ -60,7 +81,30 @@ def vit_demo_tiny(pretrained: bool = False, **kwargs) -> VisionTransformer:
     return build_model_with_cfg(VisionTransformer, "vit_demo_tiny", pretrained=False, **args)
 
 
+@register_model
+def swin_demo_tiny(pretrained: bool = False, **kwargs) -> SwinTransformer:
+    """Swin with two stages of widths 32 and 64 (2 blocks each), patch 4 and 4 x 4 windows at 32 px
+    (8 x 8 tokens, shifted windows in the first stage, one window after the patch merging).
+
+    Wide enough for every Swin method at its published shape (KARST's f = 8 gives m = 4 and 8, so
+    ranks 4 and 8 at the default rank 8); no weights exist.
+    """
+    args = {
+        "img_size": 32,
+        "patch_size": 4,
+        "embed_dim": 32,
+        "depths": (2, 2),
+        "num_heads": (2, 4),
+        "window_size": 4,
+        **kwargs,
+    }
+    return build_model_with_cfg(SwinTransformer, "swin_demo_tiny", pretrained=False, **args)
+
+
 # ---------------------------------------------------------------------------------------
+
+BACKBONE_CLASSES = (VisionTransformer, SwinTransformer)
+BACKBONE_HINT = "a timm ViT or Swin such as vit_base_patch16_224.orig_in21k or swin_base_patch4_window7_224.ms_in22k"
 
 
 @dataclass(frozen=True)
@@ -179,14 +223,15 @@ def _pretrained_cfg(backbone: str) -> dict:
         return {}
 
 
-def create_vit(backbone: str, **kwargs) -> nn.Module:
+def create_backbone(backbone: str, **kwargs) -> nn.Module:
+    """A timm ViT or Swin, without weights; anything else is refused in one line."""
     try:
         model = timm.create_model(backbone, pretrained=False, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise BenchError(
-                f"unknown backbone {backbone!r}; use a timm ViT name such as vit_base_patch16_224.orig_in21k "
-                "(list them with python -c \"import timm; print(timm.list_models('vit_*'))\")"
+                f"unknown backbone {backbone!r}; use {BACKBONE_HINT} "
+                "(list them with python -c \"import timm; print(timm.list_models('vit_*') + timm.list_models('swin_*'))\")"
             ) from None
         raise
     except TypeError:
@@ -194,14 +239,11 @@ def create_vit(backbone: str, **kwargs) -> nn.Module:
         # can be looked at, so build the bare model on the meta device to say what it is.
         with torch.device("meta"):
             bare = timm.create_model(backbone, pretrained=False)
-        if isinstance(bare, VisionTransformer):
+        if isinstance(bare, BACKBONE_CLASSES):
             raise
-        raise BenchError(
-            f"backbone {backbone!r} is a {type(bare).__name__}; bench needs a timm VisionTransformer "
-            "such as vit_base_patch16_224.orig_in21k"
-        ) from None
-    if not isinstance(model, VisionTransformer):
-        raise BenchError(f"backbone {backbone!r} is a {type(model).__name__}; bench needs a timm VisionTransformer")
+        raise BenchError(f"backbone {backbone!r} is a {type(bare).__name__}; bench needs {BACKBONE_HINT}") from None
+    if not isinstance(model, BACKBONE_CLASSES):
+        raise BenchError(f"backbone {backbone!r} is a {type(model).__name__}; bench needs {BACKBONE_HINT}")
     return model
 
 
@@ -213,7 +255,7 @@ def backbone_spec(backbone: str, img_size: int | None = None) -> BackboneSpec:
     kwargs = {"img_size": img_size} if img_size else {}
     with torch.device("meta"):
         try:
-            model = create_vit(backbone, num_classes=0, **kwargs)
+            model = create_backbone(backbone, num_classes=0, **kwargs)
         except (ValueError, AssertionError) as exc:
             raise BenchError(f"backbone {backbone!r} cannot be built at --img-size {img_size} ({exc})") from None
     patch = max(model.patch_embed.patch_size)
@@ -221,7 +263,7 @@ def backbone_spec(backbone: str, img_size: int | None = None) -> BackboneSpec:
         raise BenchError(
             f"--img-size {img_size} is smaller than the {patch}-pixel patches of {backbone!r}; use at least {patch}"
         )
-    return backbone_spec_of(model, backbone)
+    return describe_backbone(model, backbone)
 
 
 def normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -252,18 +294,25 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _is_head_key(key: str) -> bool:
-    return key.startswith(("head.", "head_dist."))
+    return key.startswith(("head.", "head_dist."))  # a Swin's head.fc. included
 
 
-def load_weights(model: VisionTransformer, path: Path, backbone: str) -> None:
-    """Load a checkpoint into ``model`` (head excluded), resampling the position embedding if needed."""
+def _checkpoint_filter(model: nn.Module):
+    """The architecture's own timm filter (ViT: formats and pos-embed; Swin: relative-position tables)."""
+    return sys.modules[type(model).__module__].checkpoint_filter_fn
+
+
+def load_weights(model: nn.Module, path: Path, backbone: str) -> None:
+    """Load a checkpoint into ``model`` (head excluded), resampling position tables if needed."""
     if path.suffix == ".npz":
+        if not isinstance(model, VisionTransformer):
+            raise BenchError(f"checkpoint {path} is a Google .npz, which only ViTs load; pass a .safetensors or .pth")
         try:
             model.load_pretrained(str(path))  # timm's loader for Google's npz format
         except Exception as exc:
             raise BenchError(f"checkpoint {path} is not a ViT npz matching {backbone!r} ({exc})") from None
         return
-    state = checkpoint_filter_fn(dict(_read_state_dict(path)), model)  # remaps formats, resamples pos_embed
+    state = _checkpoint_filter(model)(dict(_read_state_dict(path)), model)  # remaps formats, resamples
     state = {k: v for k, v in state.items() if not _is_head_key(k)}
     own = model.state_dict()
     unexpected = sorted(k for k in state if k not in own)
@@ -290,13 +339,14 @@ def check_weights(weights: Weights, backbone: str, img_size: int) -> None:
     if weights.path is None:
         return
     torch.manual_seed(RANDOM_BACKBONE_SEED)
-    model = create_vit(backbone, num_classes=0, img_size=img_size)
+    model = create_backbone(backbone, num_classes=0, img_size=img_size)
     load_weights(model, weights.path, backbone)
 
 
-def reset_head(model: VisionTransformer) -> None:
+def reset_head(model: nn.Module) -> None:
     """A fresh head, initialised as timm does (trunc-normal std 0.02, zero bias), from the current RNG."""
     head = model.head
+    head = getattr(head, "fc", head)  # a Swin's ClassifierHead pools, then its fc classifies
     if isinstance(head, nn.Linear):
         nn.init.trunc_normal_(head.weight, std=0.02)
         nn.init.zeros_(head.bias)
@@ -310,14 +360,14 @@ def build_backbone(
     drop_path: float,
     weights: Weights,
     seed: int,
-) -> VisionTransformer:
+) -> nn.Module:
     """The backbone with its weights loaded and a fresh head drawn from ``seed``.
 
     A random backbone is drawn from a fixed seed so every run sees the same network; only the
     head (and later the method's own modules) depend on the run's seed.
     """
     torch.manual_seed(RANDOM_BACKBONE_SEED)
-    model = create_vit(backbone, num_classes=num_classes, img_size=img_size, drop_path_rate=drop_path)
+    model = create_backbone(backbone, num_classes=num_classes, img_size=img_size, drop_path_rate=drop_path)
     if weights.path is not None:
         load_weights(model, weights.path, backbone)
     torch.manual_seed(seed)

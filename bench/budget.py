@@ -66,8 +66,10 @@ def choose_for_budget(method: Method, spec: BackboneSpec, budget: int) -> Budget
     """The method's structure at ``budget``; a reference method keeps its fixed structure.
 
     A budget beyond what the backbone's shapes allow is refused with the largest count that fits,
-    rather than met with a rank larger than the layers it adapts.
+    rather than met with a rank larger than the layers it adapts. A method that does not support
+    the backbone's family is refused in one line.
     """
+    method.check_backbone(spec)
     if not method.budget_adjustable:
         config = make_config(method)
         return BudgetChoice(method.name, False, config, method.count(spec, config), budget)
@@ -86,7 +88,9 @@ def choose_for_budget(method: Method, spec: BackboneSpec, budget: int) -> Budget
 
 
 def check_structure(method: Method, spec: BackboneSpec, config: Any) -> None:
-    """Refuse a size field beyond the backbone's structure (from --set or a method's budget fit)."""
+    """Refuse a size field beyond the backbone's structure (from --set or a method's budget fit),
+    and a backbone family the method does not support."""
+    method.check_backbone(spec)
     for name, (cap, why) in method.size_limits(spec, config).items():
         value = getattr(config, name)
         if value > cap:

@@ -150,7 +150,7 @@ def _method_overrides(items: list[str]) -> dict[str, dict[str, str]]:
 
 # Options that `run` and `tune` share, declared once.
 DataRootOpt = Annotated[Path | None, typer.Option(help="Folder holding the suite's task folders.")]
-BackboneOpt = Annotated[str | None, typer.Option(help="timm ViT name (default: the suite's).")]
+BackboneOpt = Annotated[str | None, typer.Option(help="timm ViT or Swin name (default: the suite's).")]
 CheckpointOpt = Annotated[Path | None, typer.Option(help="Local weights (.safetensors, .pth, .npz): runs offline.")]
 WeightsLabelOpt = Annotated[
     str | None,
@@ -695,6 +695,7 @@ def methods_list(as_json: bool = typer.Option(False, "--json", help="Machine-rea
                 "module": cls.__module__,
                 "mergeable": cls.mergeable,
                 "identity_at_init": cls.identity_at_init,
+                "backbones": list(cls.families),
                 "defaults": config_to_dict(make_config(m)),
             }
         )
@@ -702,23 +703,29 @@ def methods_list(as_json: bool = typer.Option(False, "--json", help="Machine-rea
         _print_json(rows)
         return
     table = Table(title="methods")
-    for col in ("name", "description", "mergeable", "defaults"):
+    for col in ("name", "description", "backbones", "mergeable", "defaults"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], r["description"], "yes" if r["mergeable"] else "no", json.dumps(r["defaults"]))
+        table.add_row(
+            r["name"],
+            r["description"],
+            ", ".join(r["backbones"]),
+            "yes" if r["mergeable"] else "no",
+            json.dumps(r["defaults"]),
+        )
     out.print(table)
 
 
 @methods_app.command(
     "info",
     epilog=examples(
-        "bench methods info karst",
         "bench methods info lora --set rank=4 --backbone vit_small_patch16_224",
+        "bench methods info karst --backbone swin_base_patch4_window7_224.ms_in22k",
     ),
 )
 def methods_info(
     name: str = typer.Argument(..., help="Method name."),
-    backbone: str = typer.Option("vit_base_patch16_224.orig_in21k", help="timm ViT name (never downloads)."),
+    backbone: str = typer.Option("vit_base_patch16_224.orig_in21k", help="timm ViT or Swin name (never downloads)."),
     img_size: int | None = typer.Option(
         None, help="Input size the runs use (a suite's preset: 224); changes the position embedding's size."
     ),
@@ -737,14 +744,16 @@ def methods_info(
     method = get_method(name)
     config = make_config(method, parse_set_options(set_ or []))
     spec = backbone_spec(backbone, img_size)
+    method.check_backbone(spec)
     info = {
         "method": name,
         "backbone": backbone,
+        "backbone_family": spec.family,
         "img_size": img_size or "the backbone's default",
         "config": config_to_dict(config),
         "trainable_params": method.count(spec, config),
         "trainable_params_built": built_trainable_params(method, config, backbone, img_size=img_size),
-        "head_params_per_class": spec.embed_dim + 1,
+        "head_params_per_class": spec.feature_dim + 1,
         "backbone_params": spec.backbone_params,
         "mergeable": method.mergeable,
         "identity_at_init": method.identity_at_init,
@@ -774,7 +783,7 @@ def methods_info(
     for k, v in info.items():
         table.add_row(k, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else json.dumps(v))
     out.print(table)
-    out.print("Trainable parameters exclude the head, which adds (embed_dim + 1) × classes for every method.")
+    out.print("Trainable parameters exclude the head, which adds (feature width + 1) × classes for every method.")
 
 
 @methods_app.command(
@@ -786,8 +795,10 @@ def methods_info(
 )
 def methods_budget(
     budget: str = typer.Option(..., help="Trainable parameters, head excluded: 300000, 300k or 0.3M."),
-    backbone: str = typer.Option("vit_base_patch16_224.orig_in21k", help="timm ViT name (never downloads)."),
-    methods: str | None = typer.Option(None, help="Comma-separated method names (default: all)."),
+    backbone: str = typer.Option("vit_base_patch16_224.orig_in21k", help="timm ViT or Swin name (never downloads)."),
+    methods: str | None = typer.Option(
+        None, help="Comma-separated method names (default: every method that supports the backbone)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """The structure every method uses at a budget, and its exact trainable-parameter count."""
@@ -798,7 +809,8 @@ def methods_budget(
 
     target = parse_budget(budget)
     spec = backbone_spec(backbone)
-    names = _split(methods) or list(available_methods())
+    registered = available_methods()
+    names = _split(methods) or [n for n, cls in registered.items() if spec.family in cls.families]
     rows = [choose_for_budget(get_method(n), spec, target).to_dict() for n in names]
     if as_json:
         _print_json(rows)
@@ -810,25 +822,42 @@ def methods_budget(
         dev = f"{100 * r['deviation']:+.1f}%" if r["adjustable"] else "reference (fixed size)"
         table.add_row(r["method"], json.dumps(r["config"]), f"{r['trainable_params']:,}", dev)
     out.print(table)
+    unsupported = [n for n, cls in registered.items() if spec.family not in cls.families and not methods]
+    if unsupported:
+        out.print(f"Not shown, they do not support {spec.family} backbones: {', '.join(unsupported)}.")
 
 
-@methods_app.command("check", epilog=examples("bench methods check karst", "bench methods check lora --set rank=4"))
+@methods_app.command(
+    "check",
+    epilog=examples(
+        "bench methods check lora --set rank=4",
+        "bench methods check karst --backbone swin_base_patch4_window7_224.ms_in22k",
+    ),
+)
 def methods_check(
     name: str = typer.Argument(..., help="Method name."),
+    backbone: str = typer.Option(
+        "vit_base_patch16_224.orig_in21k",
+        help="Check on a tiny random backbone of this one's family (a ViT or a Swin); never downloads.",
+    ),
     set_: FieldSetOpt = None,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Run the conformance checks on a tiny ViT; exit 0 only if all pass."""
+    """Run the conformance checks on a tiny ViT (or Swin); exit 0 only if all pass."""
     from methods.base import get_method, make_config, parse_set_options
     from methods.conformance import run_checks
 
+    from .backbone import backbone_spec
+
     method = get_method(name)
     config = make_config(method, parse_set_options(set_ or []))
-    results = run_checks(method, config)
+    family = backbone_spec(backbone).family
+    method.check_backbone(backbone_spec(backbone))
+    results = run_checks(method, config, family=family)
     if as_json:
         _print_json([r.__dict__ for r in results])
     else:
-        table = Table(title=f"conformance of {name}")
+        table = Table(title=f"conformance of {name} on a tiny {family}")
         for col in ("check", "result", "detail"):
             table.add_column(col)
         for r in results:
@@ -1077,7 +1106,8 @@ def _stop_group(proc) -> None:
 def speed(
     methods: str | None = typer.Option(None, help="Comma-separated method names (default: every registered one)."),
     backbone: str | None = typer.Option(
-        None, help="timm ViT name, random weights (default: vit_base_patch16_224 on CUDA, vit_demo_tiny on CPU)."
+        None,
+        help="timm ViT or Swin name, random weights (default: vit_base_patch16_224 on CUDA, vit_demo_tiny on CPU).",
     ),
     batch_size: int | None = typer.Option(None, help="Training batch size (default 64 on CUDA, 8 on CPU)."),
     steps: int | None = typer.Option(None, help="Timed training steps per loop, after as many warm-up steps."),

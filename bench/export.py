@@ -251,6 +251,13 @@ def default_format(method: Any, model: nn.Module) -> str:
     return "merged" if method.mergeable else "bench"
 
 
+def _classifier(backbone: str) -> str:
+    """The head's module path: ``head`` on a ViT, ``head.fc`` behind a Swin's pooling head."""
+    from .backbone import backbone_spec
+
+    return "head.fc" if backbone_spec(backbone).family == "swin" else "head"
+
+
 def _timm_config(stored: StoredRun) -> dict[str, Any]:
     """timm's ``config.json`` (``timm.create_model("hf-hub:…")`` reads it after a push)."""
     spec, hp = stored.spec, stored.spec["hparams"]
@@ -267,7 +274,7 @@ def _timm_config(stored: StoredRun) -> dict[str, Any]:
             "mean": norm["mean"],
             "std": norm["std"],
             "num_classes": spec["num_classes"],
-            "classifier": "head",
+            "classifier": _classifier(spec["backbone"]),
         },
     }
 
@@ -275,7 +282,7 @@ def _timm_config(stored: StoredRun) -> dict[str, Any]:
 def write_merged(model: nn.Module, method: Any, stored: StoredRun, out: Path) -> None:
     from safetensors.torch import save_file
 
-    from .backbone import create_vit
+    from .backbone import create_backbone
 
     if not method.mergeable:
         raise BenchError(
@@ -285,7 +292,7 @@ def write_merged(model: nn.Module, method: Any, stored: StoredRun, out: Path) ->
     state = {k: v.detach().contiguous().clone() for k, v in merged.state_dict().items()}
     spec = stored.spec
     with torch.device("meta"):
-        plain = create_vit(spec["backbone"], num_classes=spec["num_classes"], img_size=spec["hparams"]["img_size"])
+        plain = create_backbone(spec["backbone"], num_classes=spec["num_classes"], img_size=spec["hparams"]["img_size"])
     expected = plain.state_dict()
     extra, missing = sorted(set(state) - set(expected)), sorted(set(expected) - set(state))
     if extra or missing:  # a merge that leaves its own modules behind is not a plain timm model
@@ -538,10 +545,10 @@ def load_export(folder: Path, fmt: str, stored: StoredRun, checkpoint: Path | No
     if fmt == "merged":
         from safetensors.torch import load_file
 
-        from .backbone import create_vit
+        from .backbone import create_backbone
 
         spec = stored.spec
-        model = create_vit(spec["backbone"], num_classes=spec["num_classes"], img_size=spec["hparams"]["img_size"])
+        model = create_backbone(spec["backbone"], num_classes=spec["num_classes"], img_size=spec["hparams"]["img_size"])
         model.load_state_dict(load_file(str(folder / MERGED_WEIGHTS)))
         return model.eval()
     if fmt == "peft":

@@ -9,7 +9,7 @@ import torch
 
 from methods.base import Method, trainable_params_excluding_head
 
-from .backbone import create_vit
+from .backbone import create_backbone
 
 
 def built_trainable_params(
@@ -18,7 +18,7 @@ def built_trainable_params(
     """Trainable parameters (head excluded) of ``backbone`` with ``method`` applied, built on meta."""
     kwargs = {"img_size": img_size} if img_size else {}
     with torch.device("meta"):
-        model = create_vit(backbone, num_classes=num_classes, **kwargs)
+        model = create_backbone(backbone, num_classes=num_classes, **kwargs)
         model = method.apply(model, config)
     return trainable_params_excluding_head(model)
 
@@ -35,7 +35,7 @@ def activation_bytes_per_image(method: Method, config: Any, backbone: str, refer
     out = {}
     for name, (m, cfg) in {method.name: (method, config), reference: (get_method(reference), None)}.items():
         torch.manual_seed(0)
-        model = create_vit(backbone, num_classes=10, drop_path_rate=0.0)
+        model = create_backbone(backbone, num_classes=10, drop_path_rate=0.0)
         model = m.apply(model, cfg if cfg is not None else make_config(m))
         size = model.patch_embed.img_size
         out[name] = float(saved_activation_bytes(model, torch.randn(1, 3, *size)))
@@ -52,7 +52,7 @@ def macs_per_image(
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        model = create_vit(backbone, num_classes=10, **({"img_size": img_size} if img_size else {}))
+        model = create_backbone(backbone, num_classes=10, **({"img_size": img_size} if img_size else {}))
         if method is not None:
             model = method.apply(model, config)
             if merged and method.mergeable:

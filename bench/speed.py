@@ -47,7 +47,7 @@ from methods.base import available_methods, get_method, make_config
 from suites.base import STAGES
 from suites.vtab1k import VTAB1K_PRESET
 
-from .backbone import RANDOM_BACKBONE_SEED, Weights, backbone_spec, build_backbone, create_vit, normalization
+from .backbone import RANDOM_BACKBONE_SEED, Weights, backbone_spec, build_backbone, create_backbone, normalization
 from .errors import BenchError
 from .train import SplitData, train_run
 
@@ -149,7 +149,7 @@ def _resolve_device(name: str) -> torch.device:
 
 def _native_img_size(backbone: str) -> int:
     with torch.device("meta"):
-        model = create_vit(backbone, num_classes=0)
+        model = create_backbone(backbone, num_classes=0)
     return int(model.patch_embed.img_size[0])
 
 

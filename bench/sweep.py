@@ -209,12 +209,6 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
         raise BenchError(f"--hparams {request.hparams!r} must be published or tuned")
     _check_fewshot_options(suite, request)
 
-    data_root = _dataset_root(suite, request, workdir)
-    if suite.prepare is not None:
-        data_root = data_root or workdir / "data" / suite.name
-        suite.prepare(data_root)
-    tasks = suites.resolve_tasks(suite, data_root, request.tasks, stage)
-
     preset = apply_preset_overrides(resolve_preset(suite, request.epochs), request.preset_overrides)
     if request.preset_overrides and request.hparams == "tuned":
         raise BenchError(
@@ -225,10 +219,17 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
     if request.weights_label:
         override_tags = {**override_tags, schema.WEIGHTS_LABEL: request.weights_label}
     backbone = request.backbone or suite.default_backbone
-    spec_bb = backbone_spec(backbone, preset.img_size)  # fails early on an unknown or non-ViT name
+    # an unknown backbone, or a method that does not support its family, fails before data is prepared
+    spec_bb = backbone_spec(backbone, preset.img_size)
     chosen = [_sized_method(name, request, spec_bb) for name in request.methods]
     for method, config, _ in chosen:  # a config that does not fit the backbone fails before any training
         built_trainable_params(method, config, backbone, img_size=preset.img_size)
+    data_root = _dataset_root(suite, request, workdir)
+    if suite.prepare is not None:
+        data_root = data_root or workdir / "data" / suite.name
+        suite.prepare(data_root)
+    tasks = suites.resolve_tasks(suite, data_root, request.tasks, stage)
+
     weights = resolve_weights(backbone, request.checkpoint, pretrained=suite.backbone_pretrained)
     check_weights(weights, backbone, preset.img_size)
 

@@ -7,8 +7,10 @@ into plain layers, ``merge``. Built-in methods register with :func:`register_met
 third-party packages register a ``Method`` subclass under the entry-point group
 ``bench.methods``.
 
-This package knows nothing about suites, tracking or the runner: it sees a timm
-``VisionTransformer`` and a :class:`BackboneSpec` and nothing else.
+This package knows nothing about suites, tracking or the runner: it sees a timm model (a
+``VisionTransformer`` or a ``SwinTransformer``) and its :class:`~methods.backbones.BackboneSpec`
+and nothing else. ``Method.families`` says which backbone families a method supports; on any
+other, :meth:`Method.check_backbone` refuses in one line before anything runs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from torch import nn
 
 from bench.errors import BenchError
 
+from .backbones import BackboneSpec, describe_backbone
+
 ENTRY_POINT_GROUP = "bench.methods"
 
 #: A config is within budget when |count - budget| <= BUDGET_TOLERANCE * budget.
@@ -41,44 +45,9 @@ class MethodError(BenchError):
     """
 
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    """The shapes of a ViT backbone that closed-form parameter counts need.
-
-    Read off a model built on the ``meta`` device (:func:`backbone_spec_of`), so building
-    one never allocates weights or downloads anything.
-    """
-
-    name: str
-    embed_dim: int
-    depth: int
-    num_heads: int
-    mlp_hidden: int
-    num_patches: int
-    num_prefix_tokens: int
-    backbone_params: int  # every parameter except the classification head
-    has_qkv_bias: bool = True
-
-    @property
-    def qkv_out(self) -> int:
-        return 3 * self.embed_dim
-
-
 def backbone_spec_of(model: nn.Module, name: str = "") -> BackboneSpec:
-    """Describe a timm ``VisionTransformer`` (real or on the meta device)."""
-    block = model.blocks[0]
-    head_ids = {id(p) for p in head_parameters(model)}
-    return BackboneSpec(
-        name=name or type(model).__name__,
-        embed_dim=int(model.embed_dim),
-        depth=len(model.blocks),
-        num_heads=int(block.attn.num_heads),
-        mlp_hidden=int(block.mlp.fc1.out_features),
-        num_patches=int(model.patch_embed.num_patches),
-        num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)),
-        backbone_params=sum(p.numel() for p in model.parameters() if id(p) not in head_ids),
-        has_qkv_bias=block.attn.qkv.bias is not None,
-    )
+    """Describe a timm ``VisionTransformer`` or ``SwinTransformer`` (real or on the meta device)."""
+    return describe_backbone(model, name)
 
 
 # ----------------------------------------------------------------------------------------
@@ -86,7 +55,7 @@ def backbone_spec_of(model: nn.Module, name: str = "") -> BackboneSpec:
 
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The classification head's parameters (timm ViT: ``model.head``)."""
+    """The classification head's parameters (timm ViT: ``model.head``; Swin: ``model.head.fc``)."""
     head = getattr(model, "head", None)
     return list(head.parameters()) if isinstance(head, nn.Module) else []
 
@@ -233,6 +202,21 @@ class Method(ABC):
     identity_at_init: ClassVar[bool] = True
     mergeable: ClassVar[bool] = False
     budget_adjustable: ClassVar[bool] = True  # False: a reference run at its fixed size (linear, full)
+    #: Backbone families the method supports (``methods.backbones.FAMILIES``). A plugin that does not
+    #: say otherwise supports ViTs only, the shapes its count was written for.
+    families: ClassVar[tuple[str, ...]] = ("vit",)
+    #: Why the method refuses the families it does not support, by family (shown in the refusal).
+    unsupported_reasons: ClassVar[dict[str, str]] = {}
+
+    def check_backbone(self, spec: BackboneSpec) -> None:
+        """Refuse, in one line naming the backbone and the reason, a family the method does not support."""
+        if spec.family in self.families:
+            return
+        reason = self.unsupported_reasons.get(spec.family, f"it supports {', '.join(self.families)} backbones only")
+        raise MethodError(
+            f"method {self.name!r} cannot run on {spec.name} (a {spec.family} backbone): {reason}; "
+            f"choose a {' or '.join(self.families)} backbone or another method"
+        )
 
     def validate(self, config: Any) -> None:  # noqa: B027  (optional hook)
         """Raise :class:`MethodError` for a config the method cannot build."""

@@ -1,4 +1,5 @@
-"""Conformance checks every method must pass, on a tiny timm ViT with random weights.
+"""Conformance checks every method must pass, on a tiny timm ViT (and a tiny Swin for the methods
+that support Swin) with random weights.
 
 The checks catch the fidelity bugs the field's code ships with:
 an adapter init overwritten so the model no longer starts at the backbone, factors that never
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load, save
+from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -29,6 +31,17 @@ from .base import (
 )
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 12, "num_heads": 4, "num_classes": 5}
+# Two stages (widths 32 and 64): shifted 4 x 4 windows on an 8 x 8 grid, a patch merging, then one
+# 4 x 4 window: every Swin code path, at widths KARST's f = 8 divides.
+TINY_SWIN = {
+    "img_size": 32,
+    "patch_size": 4,
+    "embed_dim": 32,
+    "depths": (2, 2),
+    "num_heads": (2, 4),
+    "window_size": 4,
+    "num_classes": 5,
+}
 ATOL = 1e-5
 
 
@@ -46,13 +59,23 @@ def tiny_vit(seed: int = 0, **overrides: Any) -> VisionTransformer:
     return model.eval()
 
 
+def tiny_swin(seed: int = 0, **overrides: Any) -> SwinTransformer:
+    """A two-stage Swin (widths 32, 64; 2 blocks each) at 32 px, patch 4, 4 x 4 windows (shifted in stage 0)."""
+    torch.manual_seed(seed)
+    model = SwinTransformer(**{**TINY_SWIN, **overrides})
+    return model.eval()
+
+
+TINY = {"vit": tiny_vit, "swin": tiny_swin}
+
+
 def _inputs(n: int = 4, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, TINY_VIT["img_size"], TINY_VIT["img_size"], generator=g)
 
 
-def _adapted(method: Method, config: Any, adapter_seed: int = 0) -> nn.Module:
-    model = tiny_vit()
+def _adapted(method: Method, config: Any, adapter_seed: int = 0, family: str = "vit") -> nn.Module:
+    model = TINY[family]()
     torch.manual_seed(adapter_seed)
     return method.apply(model, config).eval()
 
@@ -61,14 +84,14 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
-def check_identity_at_init(method: Method, config: Any) -> CheckResult:
+def check_identity_at_init(method: Method, config: Any, family: str = "vit") -> CheckResult:
     name = "identity at init"
     if not method.identity_at_init:
         return CheckResult(name, None, "the method declares it does not start at the backbone")
     x = _inputs()
     with torch.no_grad():
-        reference = method.reference(tiny_vit()).eval()(x)
-        adapted = _adapted(method, config)(x)
+        reference = method.reference(TINY[family]()).eval()(x)
+        adapted = _adapted(method, config, family=family)(x)
     diff = _max_diff(reference, adapted)
     return CheckResult(name, diff <= ATOL, f"max |logit difference| = {diff:.2e} (tolerance {ATOL:.0e})")
 
@@ -88,8 +111,8 @@ def _train_steps(model: nn.Module, steps: int, seen: dict[int, bool]) -> None:
     model.eval()
 
 
-def check_gradients_and_frozen(method: Method, config: Any) -> list[CheckResult]:
-    model = _adapted(method, config)
+def check_gradients_and_frozen(method: Method, config: Any, family: str = "vit") -> list[CheckResult]:
+    model = _adapted(method, config, family=family)
     named = dict(model.named_parameters())
     trainable = {n: p for n, p in named.items() if p.requires_grad}
     frozen = {n: p.detach().clone() for n, p in named.items() if not p.requires_grad}
@@ -116,10 +139,10 @@ def check_gradients_and_frozen(method: Method, config: Any) -> list[CheckResult]
     return [grad, frozen_check]
 
 
-def check_count(method: Method, config: Any) -> CheckResult:
-    spec = backbone_spec_of(tiny_vit(), "tiny_vit")
+def check_count(method: Method, config: Any, family: str = "vit") -> CheckResult:
+    spec = backbone_spec_of(TINY[family](), f"tiny_{family}")
     formula = method.count(spec, config)
-    built = trainable_params_excluding_head(_adapted(method, config))
+    built = trainable_params_excluding_head(_adapted(method, config, family=family))
     return CheckResult(
         "count() equals the built model (head excluded)",
         formula == built,
@@ -136,11 +159,11 @@ def _perturb_trainable(model: nn.Module, seed: int = 3) -> None:
                 p.add_(0.05 * torch.randn(p.shape, generator=g))
 
 
-def check_merge(method: Method, config: Any) -> CheckResult:
+def check_merge(method: Method, config: Any, family: str = "vit") -> CheckResult:
     name = "merge() preserves outputs and leaves a plain backbone"
     if not method.mergeable:
         return CheckResult(name, None, "the method is not re-parameterisable")
-    model = _adapted(method, config)
+    model = _adapted(method, config, family=family)
     _perturb_trainable(model)
     x = _inputs()
     with torch.no_grad():
@@ -149,7 +172,7 @@ def check_merge(method: Method, config: Any) -> CheckResult:
         after = merged(x)
     diff = _max_diff(before, after)
     tolerance = 1e-4 * max(1.0, float(before.abs().max()))
-    plain = tiny_vit()
+    plain = TINY[family]()
     same_keys = set(merged.state_dict()) == set(plain.state_dict())
     same_count = sum(p.numel() for p in merged.parameters()) == sum(p.numel() for p in plain.parameters())
     return CheckResult(
@@ -161,14 +184,14 @@ def check_merge(method: Method, config: Any) -> CheckResult:
     )
 
 
-def check_state_round_trip(method: Method, config: Any) -> CheckResult:
-    model = _adapted(method, config)
+def check_state_round_trip(method: Method, config: Any, family: str = "vit") -> CheckResult:
+    model = _adapted(method, config, family=family)
     _perturb_trainable(model)
     x = _inputs()
     with torch.no_grad():
         expected = model(x)
     blob = save({k: v.contiguous() for k, v in trainable_state_dict(model).items()})
-    restored = _adapted(method, config, adapter_seed=123)  # different adapter init, same backbone
+    restored = _adapted(method, config, adapter_seed=123, family=family)  # other adapter init, same backbone
     missing = set(trainable_state_dict(restored)) - set(load(blob))
     restored.load_state_dict(load(blob), strict=False)
     with torch.no_grad():
@@ -180,7 +203,7 @@ def check_state_round_trip(method: Method, config: Any) -> CheckResult:
     )
 
 
-CHECKS: list[Callable[[Method, Any], CheckResult | list[CheckResult]]] = [
+CHECKS: list[Callable[..., CheckResult | list[CheckResult]]] = [
     check_identity_at_init,
     check_gradients_and_frozen,
     check_count,
@@ -189,11 +212,14 @@ CHECKS: list[Callable[[Method, Any], CheckResult | list[CheckResult]]] = [
 ]
 
 
-def run_checks(method: Method, config: Any) -> list[CheckResult]:
+def run_checks(method: Method, config: Any, family: str = "vit") -> list[CheckResult]:
+    """Every check on the tiny backbone of ``family`` (``vit`` or ``swin``); the method's own extra
+    checks run on the ViT. A family the method does not support raises its one-line refusal."""
+    method.check_backbone(backbone_spec_of(TINY[family](), f"tiny_{family}"))
     results: list[CheckResult] = []
     for check in CHECKS:
         try:
-            r = check(method, config)
+            r = check(method, config, family=family)
         except Exception as exc:  # a crashing check is a failed check, with its reason
             r = CheckResult(
                 check.__name__.removeprefix("check_").replace("_", " "),
@@ -202,7 +228,8 @@ def run_checks(method: Method, config: Any) -> list[CheckResult]:
             )
         results.extend(r if isinstance(r, list) else [r])
     try:
-        results.extend(method.extra_checks(config))
+        if family == "vit":
+            results.extend(method.extra_checks(config))
     except Exception as exc:
         results.append(CheckResult("method-specific checks", False, f"raised {type(exc).__name__}: {exc}"))
     return results

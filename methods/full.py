@@ -1,4 +1,8 @@
-"""Full fine-tuning: every backbone parameter trains (the upper reference point)."""
+"""Full fine-tuning: every backbone parameter trains (the upper reference point).
+
+On a Swin the count is every parameter but the head, relative-position tables included
+(86,743,224 on Swin-B); the head reads timm's pooled features (final norm, mean of the tokens).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ class Full(Method):
     identity_at_init = True
     mergeable = True  # the trained model is already a plain timm model
     budget_adjustable = False  # the all-parameter reference
+    families = ("vit", "swin")  # the head reads the pooled features timm gives it (Swin: mean of the tokens)
 
     def apply(self, model: nn.Module, config: Any) -> nn.Module:
         freeze_all_but(model, model.parameters())

@@ -10,6 +10,10 @@ plus one learnable bias per layer added to both q and v. Defaults follow the off
 rank-1 rules, c = 160, dropout 0.5 on the update matrix during training, the shared rules drawn
 from U(-0.01, 0.01). With them the count on ViT-B/16 is the code's 50,176.
 
+Swin: the same update on every block's fused qkv at the block's width (B_i is (d_s/n) x (d_s/n)
+per stage; the rules A_i stay n x n and shared across stages): 64,256 on Swin-B. The official code
+has no Swin path; this is the ViT recipe applied per block.
+
 Kept from the official code, and why: the scale c = 160 and the U(-0.01, 0.01) rules together set
 the update's magnitude (changing one alone moves it by orders of magnitude); the dropout on the
 update is the code's regulariser (``dropout`` sets it; 0 turns it off). Where the code adds the q
@@ -36,8 +40,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .backbones import BackboneSpec, block_paths, describe_backbone
 from .base import (
-    BackboneSpec,
     Method,
     MethodError,
     budget_error,
@@ -123,11 +127,25 @@ class KAdaptationQKV(nn.Module):
 
 
 def kadaptation_count(spec: BackboneSpec, n: int, rank: int) -> int:
-    """Per layer 2 (q, v) x n x 2 (U, V) x (d/n) x rank + d (bias); shared 2 x 2 x n x n (p, q rules)."""
-    if spec.embed_dim % n:
-        raise MethodError(f"kadaptation n={n} does not divide the width {spec.embed_dim}")
-    per_layer = 2 * n * 2 * (spec.embed_dim // n) * rank + spec.embed_dim
-    return spec.depth * per_layer + 4 * n * n
+    """Per layer of width d: 2 (q, v) x n x 2 (U, V) x (d/n) x rank + d (bias); shared 2 x 2 x n x n (p, q rules).
+
+    On a Swin each block counts at its stage's width: the shared rules are n x n whatever the width.
+    """
+    total = 0
+    for block in spec.blocks:
+        d = block.width
+        if d % n:
+            raise MethodError(
+                f"kadaptation n={n} does not divide the width {d} of {block.path}; choose n among "
+                f"{[m for m in BUDGET_N if all(b.width % m == 0 for b in spec.blocks)]}"
+            )
+        total += 2 * n * 2 * (d // n) * rank + d
+    return total + 4 * n * n
+
+
+def _dividing_n(spec: BackboneSpec) -> list[int]:
+    """The numbers of Kronecker terms a budget may choose that divide every block's width."""
+    return [n for n in BUDGET_N if all(b.width % n == 0 for b in spec.blocks)]
 
 
 @register_method
@@ -137,6 +155,7 @@ class KAdaptation(Method):
     description = "KAdaptation: shared Kronecker rules x per-layer low-rank factors on q and v (mergeable)"
     identity_at_init = True
     mergeable = True
+    families = ("vit", "swin")
 
     def validate(self, config: KAdaptationConfig) -> None:
         if config.n < 1 or config.rank < 1:
@@ -146,11 +165,15 @@ class KAdaptation(Method):
         check_range("kadaptation", "scale", config.scale, 0.0, MAX_SCALE, low_open=True)
 
     def apply(self, model: nn.Module, config: KAdaptationConfig) -> nn.Module:
+        spec = describe_backbone(model)
+        self.check_backbone(spec)
         model.kadaptation_rules = SharedRules(config.n)
-        for block in model.blocks:
-            attn = block.attn
-            attn.qkv = KAdaptationQKV(attn.qkv, model.kadaptation_rules, config, attn.head_dim)
-        layers = [block.attn.qkv for block in model.blocks]
+        attns = [model.get_submodule(block.path).attn for block in spec.blocks]
+        for attn in attns:
+            # head_dim from the attention's own scale (timm's Swin attention keeps no head_dim)
+            head_dim = round(attn.scale**-2)
+            attn.qkv = KAdaptationQKV(attn.qkv, model.kadaptation_rules, config, head_dim)
+        layers = [attn.qkv for attn in attns]
         own = [p for layer in layers for p in (layer.fast_u, layer.fast_v, layer.bias)]
         freeze_all_but(model, [*own, *model.kadaptation_rules.parameters()])
         return model
@@ -159,17 +182,17 @@ class KAdaptation(Method):
         return kadaptation_count(spec, config.n, config.rank)
 
     def size_limits(self, spec: BackboneSpec, config: KAdaptationConfig) -> dict[str, tuple[int, str]]:
-        return {"rank": (max(1, spec.embed_dim // config.n), f"B_i is width/n x width/n with n={config.n}")}
+        d = min(b.width for b in spec.blocks)
+        return {"rank": (max(1, d // config.n), f"B_i is width/n x width/n with n={config.n} (narrowest width {d})")}
 
     def largest_config(self, spec: BackboneSpec) -> KAdaptationConfig:
-        n = min(m for m in BUDGET_N if spec.embed_dim % m == 0) if spec.embed_dim % 4 == 0 else PUBLISHED[0]
-        return make_config(self, {"n": n, "rank": max(1, spec.embed_dim // n)})
+        divisors = _dividing_n(spec)
+        n = min(divisors) if divisors else PUBLISHED[0]
+        return make_config(self, {"n": n, "rank": max(1, min(b.width for b in spec.blocks) // n)})
 
     def for_budget(self, spec: BackboneSpec, budget: int) -> KAdaptationConfig:
-        d = spec.embed_dim
-        candidates = [
-            (n, r, kadaptation_count(spec, n, r)) for n in BUDGET_N if d % n == 0 for r in range(1, d // n + 1)
-        ]
+        d = min(b.width for b in spec.blocks)
+        candidates = [(n, r, kadaptation_count(spec, n, r)) for n in _dividing_n(spec) for r in range(1, d // n + 1)]
         feasible = [c for c in candidates if within_budget(c[2], budget)]
         if not feasible:
             raise MethodError(budget_error(self.name, budget, [c[2] for c in candidates]))
@@ -190,7 +213,7 @@ class KAdaptation(Method):
 
     @torch.no_grad()
     def merge(self, model: nn.Module) -> nn.Module:
-        for block in model.blocks:
+        for _, _, block in block_paths(model):
             layer = block.attn.qkv
             if not isinstance(layer, KAdaptationQKV):
                 continue

@@ -1,4 +1,7 @@
-"""Linear probe: only the classification head trains (the zero-parameter reference point)."""
+"""Linear probe: only the classification head trains (the zero-parameter reference point).
+
+On a Swin the head is ``head.fc`` over timm's pooled features (final norm, mean of the tokens).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ class Linear(Method):
     identity_at_init = True
     mergeable = True  # nothing to fold: the model is the backbone plus its head
     budget_adjustable = False  # the zero-parameter reference
+    families = ("vit", "swin")  # the head reads the pooled features timm gives it (Swin: mean of the tokens)
 
     def apply(self, model: nn.Module, config: Any) -> nn.Module:
         freeze_all_but(model, [])

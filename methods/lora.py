@@ -13,14 +13,18 @@ Deviations from NOAH, all deliberate and recorded in the run config:
   loaded, so the adapted model equals the backbone at step 0 (V-PETL Bench and PETL_Vision
   lose this to timm's model-wide init).
 
-``targets="qkv,proj,fc1,fc2"`` adapts all four linears of every block. Targets are given to peft
-as a regex anchored on ``blocks.N`` because the bare name ``proj`` also matches
-``patch_embed.proj``.
+``targets="qkv,proj,fc1,fc2"`` adapts all four linears of every block. peft gets the exact paths
+of the targeted linears from the backbone description (``blocks.N.attn.qkv`` on a ViT,
+``layers.S.blocks.N.attn.qkv`` on a Swin), so neither ``patch_embed.proj`` nor a Swin's
+patch-merging ``downsample.reduction`` is ever matched.
+
+Swin: the same rule per block, at each stage's width; the count is rank · Σ_blocks Σ_targets
+(in + out). Swin-B (widths 128, 256, 512, 1024; depths 2, 2, 18, 2) at rank 8 on qkv:
+8 · 4 · (2·128 + 2·256 + 18·512 + 2·1024) = 385,024.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +32,8 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from .backbones import BackboneSpec, describe_backbone
 from .base import (
-    BackboneSpec,
     Method,
     MethodError,
     budget_error,
@@ -45,7 +49,7 @@ from .base import (
 # blow the update up until training stops moving (alpha 1e30 scores like a linear probe).
 MAX_SCALE = 100.0
 
-# Module paths inside a timm ViT block, by the short names users type.
+# The linears of a block users may target, by their short names (the backbone description's roles).
 TARGET_PATHS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
 
 
@@ -67,15 +71,9 @@ def parse_targets(targets: str) -> list[str]:
     return names
 
 
-def target_regex(targets: str) -> str:
-    """A regex peft matches against full module names, anchored on ``blocks.N``."""
-    paths = "|".join(re.escape(TARGET_PATHS[t]) for t in parse_targets(targets))
-    return rf"blocks\.\d+\.(?:{paths})"
-
-
-def _target_dims(spec: BackboneSpec, target: str) -> tuple[int, int]:
-    d, h = spec.embed_dim, spec.mlp_hidden
-    return {"qkv": (d, spec.qkv_out), "proj": (d, d), "fc1": (d, h), "fc2": (h, d)}[target]
+def target_paths(spec: BackboneSpec, targets: str) -> list[str]:
+    """The exact module paths peft adapts: every block's linears named in ``targets``."""
+    return [lin.path for lin in spec.linears(parse_targets(targets))]
 
 
 @register_method
@@ -85,6 +83,7 @@ class Lora(Method):
     description = "LoRA through peft; default rank 8 on the fused qkv of every block (NOAH convention)"
     identity_at_init = True
     mergeable = True
+    families = ("vit", "swin")
 
     def validate(self, config: LoraSettings) -> None:
         if config.rank < 1:
@@ -96,11 +95,13 @@ class Lora(Method):
         parse_targets(config.targets)
 
     def apply(self, model: nn.Module, config: LoraSettings) -> nn.Module:
+        spec = describe_backbone(model)
+        self.check_backbone(spec)
         peft_config = LoraConfig(
             r=config.rank,
             lora_alpha=config.alpha if config.alpha is not None else config.rank,
             lora_dropout=config.dropout,
-            target_modules=target_regex(config.targets),
+            target_modules=target_paths(spec, config.targets),
             bias="none",
         )
         model = inject_adapter_in_model(peft_config, model)
@@ -112,10 +113,10 @@ class Lora(Method):
         return config.rank * self._per_rank(spec, config.targets)
 
     def _per_rank(self, spec: BackboneSpec, targets: str) -> int:
-        return spec.depth * sum(sum(_target_dims(spec, t)) for t in parse_targets(targets))
+        return sum(lin.in_features + lin.out_features for lin in spec.linears(parse_targets(targets)))
 
     def size_limits(self, spec: BackboneSpec, config: LoraSettings) -> dict[str, tuple[int, str]]:
-        cap = min(min(_target_dims(spec, t)) for t in parse_targets(config.targets))
+        cap = min(min(lin.in_features, lin.out_features) for lin in spec.linears(parse_targets(config.targets)))
         return {"rank": (cap, f"min(in, out) of the adapted layers {config.targets}")}
 
     def for_budget(self, spec: BackboneSpec, budget: int) -> LoraSettings:

@@ -29,6 +29,11 @@ actually behaves. With rho = 1 nothing is cut and no fused token is appended (EV
 the paper wiring with zero up-projections is exactly the backbone. The code's head
 (BatchNorm1d without affine before the Linear) and its training recipe are not used: every method
 shares the suite's head and preset. Not re-parameterisable: tokens are dropped.
+
+ViTs only. On a Swin it is refused before any run: its token selection ranks tokens by the
+attention the class token pays them under global attention, and a Swin has no class token and
+attends within fixed windows over a full token grid that shifted windows and patch merging need
+(the paper and the official code have no Swin path).
 """
 
 from __future__ import annotations
@@ -41,8 +46,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .backbones import BackboneSpec, describe_backbone
 from .base import (
-    BackboneSpec,
     Method,
     MethodError,
     budget_error,
@@ -249,6 +254,14 @@ class SparseTuning(Method):
     description = "Sparse-Tuning: drop low-attention tokens at blocks 3, 6, 9 and adapt with dense adapters"
     identity_at_init = False  # tokens are dropped; see extra_checks for what does hold
     mergeable = False
+    families = ("vit",)
+    unsupported_reasons = {
+        "swin": (
+            "it ranks tokens by the attention they receive from the class token under global attention and "
+            "drops the rest, and a Swin has no class token and attends within fixed windows whose token grid "
+            "dropping would break (windows, shifts and patch merging need every position)"
+        )
+    }
 
     def validate(self, config: SparseTuningConfig) -> None:
         if not 0.0 < config.keep_rate <= 1.0:
@@ -259,6 +272,7 @@ class SparseTuning(Method):
             raise MethodError(f"sparse_tuning width={config.width} must be a positive integer")
 
     def apply(self, model: nn.Module, config: SparseTuningConfig) -> nn.Module:
+        self.check_backbone(describe_backbone(model))
         model.sparse = SparseState(model.embed_dim, len(model.blocks), config)
         model.forward = types.MethodType(sparse_forward, model)
         freeze_all_but(model, model.sparse.parameters())

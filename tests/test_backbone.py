@@ -83,7 +83,7 @@ def test_unknown_and_non_vit_backbones():
 
     with pytest.raises(BenchError, match=r"unknown backbone 'vit_nonexistent'"):
         backbone_spec("vit_nonexistent")
-    with pytest.raises(BenchError, match=r"'resnet18' is a ResNet; bench needs a timm VisionTransformer"):
+    with pytest.raises(BenchError, match=r"'resnet18' is a ResNet; bench needs a timm ViT or Swin"):
         backbone_spec("resnet18")
 
 

@@ -170,7 +170,7 @@ def test_an_image_claiming_20000_pixels_a_side_is_a_data_error(cli, noah_root: P
 
 def test_a_backbone_that_is_not_a_vit(cli, noah_root: Path):
     code, _, err = _run(cli, noah_root, "--backbone", "resnet18")
-    _assert_one_line_error(code, err, "backbone 'resnet18' is a ResNet", "VisionTransformer")
+    _assert_one_line_error(code, err, "backbone 'resnet18' is a ResNet", "ViT or Swin")
     code, _, err = cli("methods", "budget", "--budget", "0.3M", "--backbone", "resnet18")
     _assert_one_line_error(code, err, "backbone 'resnet18' is a ResNet")
 
@@ -213,11 +213,11 @@ def test_a_tracking_uri_in_a_missing_folder_is_not_created(cli, tmp_path: Path):
 def test_a_bad_checkpoint_fails_before_any_run_is_recorded(cli, workdir: Path, noah_root: Path, damage: str):
     from safetensors.torch import save_file
 
-    from bench.backbone import create_vit
+    from bench.backbone import create_backbone
 
     path = noah_root.parent / ("weights.pth" if damage == "garbage" else "weights.safetensors")
     name = "vit_tiny_patch16_224" if damage == "other backbone" else "vit_demo_tiny"
-    state = {k: v.contiguous() for k, v in create_vit(name, num_classes=0).state_dict().items()}
+    state = {k: v.contiguous() for k, v in create_backbone(name, num_classes=0).state_dict().items()}
     save_file(state, str(path))
     if damage == "truncated":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])

@@ -49,7 +49,7 @@ def test_other_widths_factorise_and_bad_factors_fail():
     # ViT-S: d = 384, h = 1536; ViT-L: 24 blocks, d = 1024, h = 4096
     assert KARST.count(spec_s, cfg) == 12 * (2 * (4 * 64 + (8 * 384 + 2 * 1536)) + 6 * 384)
     assert KARST.count(spec_l, cfg) == 24 * (2 * (4 * 64 + (8 * 1024 + 2 * 4096)) + 6 * 1024)
-    with pytest.raises(MethodError, match=r"factor=7 does not divide the width 768 of attn.qkv"):
+    with pytest.raises(MethodError, match=r"factor=7 does not divide the width 768 of blocks.0.attn.qkv"):
         KARST.count(backbone_spec("vit_base_patch16_224"), KarstConfig(factor=7))
     with pytest.raises(MethodError, match=r"factor=8 does not divide the width 60 of blocks.0.attn.qkv"):
         KARST.apply(tiny_vit(embed_dim=60, num_heads=4), KarstConfig())

@@ -27,6 +27,18 @@ epochs and the best is kept (here: test once after the last epoch), weight decay
 (here: the preset's), the few-shot script's epochs grow with the split seed (110/120/130), and
 its schedule runs 100 + 10 epochs with the last 10 at lr/10 (here: the preset's schedule).
 
+Swin (the official ``train_swin_vtab.py``): every block's qkv, proj, fc1 and fc2 are adapted at
+the block's own width, the patch-merging reductions and the patch embedding are not; N = 2,
+f = 8; each layer's rank comes from m = min(in, out)/f through the script's table (m 16 -> 2,
+32 -> 2, 64 -> 4, 128 -> 8), i.e. r = 2, 2, 4, 8 for the Swin-B stage widths 128, 256, 512, 1024,
+and its scale is alpha / r as in the code (1/2, 1/2, 1/4, 1/8). Here the table is the rule
+r = rank * max(m / m_max, 1/4) with ``rank`` = 8 the rank of the widest layers (on a ViT every
+layer is the widest, so nothing changes there). Per Swin stage of width d_s and depth n_s a block
+costs N (4 f^2 + 16 r_s d_s / f) + R_s (R_s = 6 d_s channel-wise, 6 scalar): on Swin-B
+(depths 2, 2, 18, 2) that is **303,616** trainable parameters with channel-wise re-scaling and
+231,568 with the code's scalars (head excluded). The script's re-scaling places are the ViT's; the
+per-dataset lr and multiplier it reads (``configs/swin_karst/<dataset>.yaml``) were never released.
+
 Training builds each layer's effective weight (W0 + dW, re-scaling folded in) every step and runs
 one matmul (``mode="fold"``, the fastest on a GPU); ``mode="structured"`` computes the update in
 structured form instead (B, then C across the f blocks, then A: rank-r work per token, no

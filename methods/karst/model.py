@@ -1,4 +1,4 @@
-"""KARST as a bench method: where its layers go in a timm ViT, its count, budget and merge."""
+"""KARST as a bench method: where its layers go in a timm ViT or Swin, its count, budget and merge."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 from torch import nn
 
+from ..backbones import BackboneSpec, BlockSpec, LinearSpec, describe_backbone
 from ..base import (
-    BackboneSpec,
     Method,
     MethodError,
     budget_error,
@@ -29,28 +29,55 @@ PUBLISHED = (2, 8)  # (kernels, rank)
 MAX_SCALE = 100.0
 BUDGET_KERNELS = range(1, 17)
 BUDGET_RANKS = range(1, 65)
+# The smallest rank, as a fraction of the widest layers' rank, the per-stage rule gives (the Swin
+# script's table: rank 2 for m = 16 and m = 32 at rank 8 for m = 128).
+MIN_RANK_FRACTION = 0.25
 
 
-def _linear_dims(spec: BackboneSpec) -> dict[str, tuple[int, int, int]]:
-    """(in, out, splits) of the four adapted linears of a block."""
-    d, h = spec.embed_dim, spec.mlp_hidden
-    return {"attn.qkv": (d, 3 * d, 3), "attn.proj": (d, d, 1), "mlp.fc1": (d, h, 1), "mlp.fc2": (h, d, 1)}
+def _narrowest(lin: LinearSpec) -> int:
+    """min(in, out per split): the official Swin script keys a layer's rank on this width / f."""
+    return min(lin.in_features, lin.split_out)
+
+
+def layer_ranks(spec: BackboneSpec, factor: int, rank: int) -> list[int]:
+    """The rank of every adapted linear of ``spec`` (in ``spec.linears()`` order).
+
+    ``rank`` is the rank of the widest layers. A layer whose m = min(in, out)/f is narrower gets rank * max(m / m_max, 1/4), rounded: the official Swin
+    script's table (``Lucenova/KARST:train_swin_vtab.py``, ``HIERARCHY_RANK``: m 16 -> 2, 32 -> 2,
+    64 -> 4, 128 -> 8) at rank 8, i.e. r = 2, 2, 4, 8 for the Swin-B widths 128, 256, 512, 1024.
+    On a ViT every layer has the same m, so every layer gets ``rank``.
+    """
+    linears = spec.linears()
+    for lin in linears:
+        split_width(lin.in_features, factor, lin.path)
+        split_width(lin.split_out, factor, lin.path)
+    widest = max(_narrowest(lin) for lin in linears)
+    return [max(1, round(rank * max(_narrowest(lin) / widest, MIN_RANK_FRACTION))) for lin in linears]
 
 
 def karst_count(spec: BackboneSpec, kernels: int, factor: int, rank: int, rescale: str) -> int:
-    """Closed form: per block N * (4 f^2 + (r/f)(8d + 2h)) + R, with R = 6d, 6 or 0.
+    """Closed form: the sum over adapted linears of N (f^2 + r_l (in + out) / f), plus the re-scaling.
 
-    Each linear (in, out) costs f^2 (C) + r * out/f (A, all splits) + r * in/f (B) per kernel;
-    summed over qkv, proj, fc1 and fc2 this is the paper's 4f^2 + (r/f)(8d + 2h). The re-scaling
-    has a scale and a shift at three places: 6 values per block, each d wide when channel-wise.
+    Each linear (in, out) costs f^2 (C) + r * out/f (A, all splits) + r * in/f (B) per kernel. On a
+    ViT (width d, MLP h, one rank r) a block costs N (4 f^2 + (r/f)(8d + 2h)), the paper's form. On a
+    Swin stage of width d_s (h = 4 d_s) at rank r_s it is N (4 f^2 + 16 r_s d_s / f); Swin-B at N = 2,
+    f = 8, r = 2, 2, 4, 8: 303,616 with channel-wise re-scaling, 231,568 with the code's scalars.
+    The re-scaling has a scale and a shift at three places per block (before and after ``proj``,
+    after ``fc2``): 6 values per block, each as wide as the block when channel-wise.
     """
-    per_kernel = 0
-    for where, (fan_in, fan_out, splits) in _linear_dims(spec).items():
-        split_width(fan_in, factor, where)
-        split_width(fan_out // splits, factor, where)
-        per_kernel += factor * factor + rank * (fan_in + fan_out) // factor
-    rescale_params = {"channel": 6 * spec.embed_dim, "scalar": 6, "none": 0}[rescale]
-    return spec.depth * (kernels * per_kernel + rescale_params)
+    linears = spec.linears()
+    ranks = layer_ranks(spec, factor, rank)
+    adapters = sum(
+        kernels * (factor * factor + r * (lin.in_features + lin.out_features) // factor)
+        for lin, r in zip(linears, ranks, strict=True)
+    )
+    return adapters + sum(_rescale_count(block, rescale) for block in spec.blocks)
+
+
+def _rescale_count(block: BlockSpec, rescale: str) -> int:
+    proj, fc2 = block.linear("proj"), block.linear("fc2")
+    channel = 2 * (proj.in_features + proj.out_features + fc2.out_features)
+    return {"channel": channel, "scalar": 6, "none": 0}[rescale]
 
 
 @register_method
@@ -60,6 +87,7 @@ class Karst(Method):
     description = "KARST: multi-kernel Kronecker adaptation of every block linear, with re-scaling (mergeable)"
     identity_at_init = True
     mergeable = True
+    families = ("vit", "swin")
 
     def validate(self, config: KarstConfig) -> None:
         for field in ("kernels", "factor", "rank"):
@@ -72,27 +100,30 @@ class Karst(Method):
         check_range("karst", "alpha", config.alpha, 0.0, MAX_SCALE * config.rank, low_open=True)
 
     def apply(self, model: nn.Module, config: KarstConfig) -> nn.Module:
-        d = model.embed_dim
-        width = d if config.rescale == "channel" else 1
+        spec = describe_backbone(model)
+        self.check_backbone(spec)
+        ranks = iter(layer_ranks(spec, config.factor, config.rank))
 
-        def rescale() -> Rescale | None:
-            return Rescale(width) if config.rescale != "none" else None
+        def rescale(width: int) -> Rescale | None:
+            if config.rescale == "none":
+                return None
+            return Rescale(width if config.rescale == "channel" else 1)
 
-        common = {
-            "kernels": config.kernels,
-            "factor": config.factor,
-            "rank": config.rank,
-            "alpha": config.alpha,
-            "mode": config.mode,
-        }
-        for index, block in enumerate(model.blocks):
-            where = f"blocks.{index}"
-            attn, mlp = block.attn, block.mlp
-            attn.qkv = KarstLinear(attn.qkv, splits=3, where=f"{where}.attn.qkv", **common)
-            # Re-scaling at the official code's three places: before proj, after proj, after fc2.
-            attn.proj = KarstLinear(attn.proj, pre=rescale(), post=rescale(), where=f"{where}.attn.proj", **common)
-            mlp.fc1 = KarstLinear(mlp.fc1, where=f"{where}.mlp.fc1", **common)
-            mlp.fc2 = KarstLinear(mlp.fc2, post=rescale(), where=f"{where}.mlp.fc2", **common)
+        common = {"kernels": config.kernels, "factor": config.factor, "alpha": config.alpha, "mode": config.mode}
+        for block in spec.blocks:
+            for lin in block.linears:
+                rank = next(ranks)
+                parent_path, _, child = lin.path.rpartition(".")
+                parent = model.get_submodule(parent_path)
+                base = getattr(parent, child)
+                extra: dict[str, Any] = {}
+                if lin.role == "qkv":
+                    extra["splits"] = lin.splits
+                elif lin.role == "proj":  # re-scaling at the official code's places: around proj, after fc2
+                    extra["pre"], extra["post"] = rescale(lin.in_features), rescale(lin.out_features)
+                elif lin.role == "fc2":
+                    extra["post"] = rescale(lin.out_features)
+                setattr(parent, child, KarstLinear(base, rank=rank, where=lin.path, **common, **extra))
         own = [p for n, p in model.named_parameters() if ".karst_" in n or ".pre." in n or ".post." in n]
         freeze_all_but(model, own)
         return model
@@ -101,9 +132,15 @@ class Karst(Method):
         return karst_count(spec, config.kernels, config.factor, config.rank, config.rescale)
 
     def size_limits(self, spec: BackboneSpec, config: KarstConfig) -> dict[str, tuple[int, str]]:
-        widths = [w for fan_in, fan_out, splits in _linear_dims(spec).values() for w in (fan_in, fan_out // splits)]
-        cap = max(1, min(widths) // config.factor)
-        return {"rank": (cap, f"the narrowest adapted width / factor {config.factor}")}
+        """The largest ``rank`` for which every layer's rank stays within its min(in, out) / f."""
+        linears = spec.linears()
+        widest = max(_narrowest(lin) for lin in linears) // config.factor
+        cap = 1
+        for rank in range(1, 4 * widest + 1):
+            ranks = layer_ranks(spec, config.factor, rank)
+            if all(r <= _narrowest(lin) // config.factor for lin, r in zip(linears, ranks, strict=True)):
+                cap = rank
+        return {"rank": (cap, f"every layer's rank within its narrowest width / factor {config.factor}")}
 
     def largest_config(self, spec: BackboneSpec) -> KarstConfig:
         default = make_config(self)
@@ -113,11 +150,12 @@ class Karst(Method):
     def for_budget(self, spec: BackboneSpec, budget: int) -> KarstConfig:
         """(N, r) within ±5 % of ``budget``, nearest to the published (2, 8) first, then the closest count."""
         default = make_config(self)
+        cap = self.size_limits(spec, default)["rank"][0]
         candidates = [
             (n, r, karst_count(spec, n, default.factor, r, default.rescale))
             for n in BUDGET_KERNELS
             for r in BUDGET_RANKS
-            if r <= self.size_limits(spec, default)["rank"][0]
+            if r <= cap
         ]
         feasible = [c for c in candidates if within_budget(c[2], budget)]
         if not feasible:
