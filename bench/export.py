@@ -180,6 +180,21 @@ def run_weights(stored: StoredRun, checkpoint: Path | None = None):
     return weights
 
 
+def frozen_backbone(stored: StoredRun, checkpoint: Path | None, seed: int) -> nn.Module:
+    """The run's backbone with its weights and a fresh head, built for inference (no drop-path)."""
+    from .backbone import build_backbone
+
+    spec = stored.spec
+    return build_backbone(
+        spec["backbone"],
+        num_classes=spec["num_classes"],
+        img_size=spec["hparams"]["img_size"],
+        drop_path=0.0,
+        weights=run_weights(stored, checkpoint),
+        seed=seed,
+    )
+
+
 def rebuild_model(stored: StoredRun, checkpoint: Path | None = None) -> tuple[nn.Module, Any, Any]:
     """The run's trained model (unmerged), its method and its config."""
     from methods.base import get_method, make_config
@@ -311,8 +326,6 @@ def write_peft(model: nn.Module, method: Any, stored: StoredRun, out: Path, chec
 
     from peft import get_peft_model
 
-    from .backbone import build_backbone
-
     if not uses_peft(model):
         fit = "merged" if method.mergeable else "bench"
         raise BenchError(
@@ -325,14 +338,7 @@ def write_peft(model: nn.Module, method: Any, stored: StoredRun, out: Path, chec
     config.modules_to_save = ["head"]  # the head trains with the adapter: it travels with it
     config.inference_mode = False
     spec = stored.spec
-    base = build_backbone(
-        spec["backbone"],
-        num_classes=spec["num_classes"],
-        img_size=spec["hparams"]["img_size"],
-        drop_path=0.0,
-        weights=run_weights(stored, checkpoint),
-        seed=spec["seed"],
-    )
+    base = frozen_backbone(stored, checkpoint, seed=spec["seed"])
     peft_model = get_peft_model(base, config, adapter_name=adapter_name)
     peft_model.peft_config[adapter_name].base_model_name_or_path = spec["backbone"]
     targets = dict(peft_model.named_parameters())
@@ -554,17 +560,8 @@ def load_export(folder: Path, fmt: str, stored: StoredRun, checkpoint: Path | No
     if fmt == "peft":
         from peft import PeftModel
 
-        from .backbone import build_backbone
-
-        spec = stored.spec
-        base = build_backbone(
-            spec["backbone"],
-            num_classes=spec["num_classes"],
-            img_size=spec["hparams"]["img_size"],
-            drop_path=0.0,
-            weights=run_weights(stored, checkpoint),
-            seed=spec["seed"] + 1,  # any head: the adapter carries the trained one
-        )
+        # any head will do: the adapter carries the trained one
+        base = frozen_backbone(stored, checkpoint, seed=stored.spec["seed"] + 1)
         return PeftModel.from_pretrained(base, str(folder)).eval()
     return load_bench_export(folder, checkpoint).eval()
 
