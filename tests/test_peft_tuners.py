@@ -1,0 +1,50 @@
+"""The peft tuners behind bench's interface: what is specific to each (the shared checks, for
+every registered method, are in tests/test_conformance.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bench.backbone import backbone_spec
+from bench.inspect import built_trainable_params
+from methods import get_method, make_config
+from methods.conformance import run_checks, tiny_vit
+
+
+@pytest.mark.parametrize(
+    "overrides", [{"use_dora": True}, {"use_rslora": True, "alpha": 16}, {"init": "pissa", "use_dora": True}]
+)
+def test_lora_options_conform(overrides: dict):
+    lora = get_method("lora")
+    results = run_checks(lora, make_config(lora, overrides))
+    assert [(r.name, r.detail) for r in results if r.passed is not True] == []
+
+
+def test_dora_adds_one_magnitude_per_output_channel_on_vit_b16():
+    lora = get_method("lora")
+    dora = make_config(lora, {"use_dora": True})
+    assert lora.count(backbone_spec("vit_base_patch16_224"), dora) == 294_912 + 12 * 2304
+    assert built_trainable_params(lora, dora, "vit_base_patch16_224") == 322_560
+
+
+def test_rslora_scales_by_the_square_root_of_the_rank():
+    lora = get_method("lora")
+    qkv = lora.apply(tiny_vit(), make_config(lora, {"use_rslora": True, "rank": 4, "alpha": 8})).blocks[0].attn.qkv
+    assert qkv.scaling["default"] == pytest.approx(8 / math.sqrt(4))
+    plain = lora.apply(tiny_vit(), make_config(lora, {"rank": 4, "alpha": 8})).blocks[0].attn.qkv
+    assert plain.scaling["default"] == pytest.approx(8 / 4)
+
+
+def test_pissa_starts_from_the_principal_singular_vectors():
+    lora = get_method("lora")
+    w0 = tiny_vit().blocks[0].attn.qkv.weight.detach()
+    qkv = lora.apply(tiny_vit(), make_config(lora, {"init": "pissa", "rank": 4})).blocks[0].attn.qkv
+    a, b = qkv.lora_A["default"].weight.detach(), qkv.lora_B["default"].weight.detach()
+    top = torch.linalg.svdvals(w0)[:4]
+    assert torch.allclose(torch.linalg.svdvals(b @ a)[:4], top, atol=1e-4)  # scale 1: B A is W0's best rank-4 part
+    residual = qkv.base_layer.weight.detach()
+    assert torch.allclose(residual + b @ a, w0, atol=1e-5)
+    assert torch.linalg.svdvals(residual)[0] < top[0]  # the principal part left the frozen weight
