@@ -48,3 +48,37 @@ def test_pissa_starts_from_the_principal_singular_vectors():
     residual = qkv.base_layer.weight.detach()
     assert torch.allclose(residual + b @ a, w0, atol=1e-5)
     assert torch.linalg.svdvals(residual)[0] < top[0]  # the principal part left the frozen weight
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "expected"),
+    [
+        ("ia3", {}, 12 * (2304 + 3072)),  # a vector on qkv's output, one on fc2's input (the MLP activation)
+        ("loha", {}, 12 * 2 * 8 * (768 + 2304)),
+        ("lokr", {}, 12 * (48 * 24 + 8 * (48 + 32))),  # 2304 = 48 x 48, 768 = 24 x 32; W2 = W2a W2b at r = 8
+        ("lokr", {"factor": 4, "rank": 300}, 12 * (4 * 4 + 576 * 192)),  # r >= max(b, d) / 2: W2 is full
+        ("vera", {}, 12 * (256 + 2304)),
+    ],
+)
+def test_peft_tuner_counts_on_vit_b16(name: str, overrides: dict, expected: int):
+    method = get_method(name)
+    config = make_config(method, overrides)
+    assert method.count(backbone_spec("vit_base_patch16_224"), config) == expected
+    assert built_trainable_params(method, config, "vit_base_patch16_224") == expected
+
+
+def test_ia3_scales_the_mlp_activation_and_vera_shares_one_projection():
+    block = get_method("ia3").apply(tiny_vit(), make_config(get_method("ia3"))).blocks[0]
+    assert block.mlp.fc2.ia3_l["default"].shape == (1, 256)  # fc2's input: the hidden activation
+    assert block.attn.qkv.ia3_l["default"].shape == (192, 1)  # qkv's output
+    vera = get_method("vera").apply(tiny_vit(), make_config(get_method("vera"), {"rank": 16}))
+    a0, a11 = vera.blocks[0].attn.qkv.vera_A["default"], vera.blocks[11].attn.qkv.vera_A["default"]
+    assert a0 is a11 and not a0.requires_grad  # one frozen random A for every layer
+
+
+def test_lokr_budget_fit_changes_the_factor_when_the_balanced_one_is_too_small():
+    lokr = get_method("lokr")
+    spec = backbone_spec("vit_base_patch16_224")
+    assert lokr.for_budget(spec, 21_504).factor == -1  # the published size keeps the default factor
+    big = lokr.for_budget(spec, 300_000)
+    assert big.factor != -1 and abs(lokr.count(spec, big) - 300_000) <= 15_000
