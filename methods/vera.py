@@ -13,8 +13,8 @@ Count: Σ (r + out) per targeted linear (A and B are frozen buffers). On ViT-B/1
 r = 256 on every block's fused qkv: 12 · (256 + 2304) = 30,720. Swin: the same per block; the
 shared A and B are sized for the widest stage.
 
-Defaults: r = 256 and d_initial = 0.1, the paper's image-classification setting on ViT-B. The
-paper adapts q and v; timm fuses q, k and v into one linear, so bench adapts the fused qkv (its
+Defaults: r = 256 (bench's choice: the paper sets the rank per benchmark) and d_initial = 0.1
+(peft's default, the small initial d the paper recommends). The paper adapts q and v; timm fuses q, k and v into one linear, so bench adapts the fused qkv (its
 b vector also scales k's rows): a deviation the count above includes.
 
 Size: ``rank`` is fitted to a budget (each step adds one parameter per adapted linear). The rank
