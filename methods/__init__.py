@@ -1,6 +1,6 @@
 """PEFT methods behind one interface (``methods.base.Method``), found through a registry."""
 
-from . import dtl, full, ia3, kadaptation, karst, linear, loha, lokr, lora, sparse_tuning, vera  # noqa: F401  (registration by import)
+from . import dtl, full, ia3, kadaptation, karst, linear, ln_tuning, loha, lokr, lora, oft, sparse_tuning, vera  # noqa: F401  (registration by import)
 from .base import (
     BackboneSpec,
     Method,

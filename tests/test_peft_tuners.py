@@ -10,7 +10,7 @@ import torch
 
 from bench.backbone import backbone_spec
 from bench.inspect import built_trainable_params
-from methods import get_method, make_config
+from methods import MethodError, get_method, make_config
 from methods.conformance import run_checks, tiny_vit
 
 
@@ -58,6 +58,8 @@ def test_pissa_starts_from_the_principal_singular_vectors():
         ("lokr", {}, 12 * (48 * 24 + 8 * (48 + 32))),  # 2304 = 48 x 48, 768 = 24 x 32; W2 = W2a W2b at r = 8
         ("lokr", {"factor": 4, "rank": 300}, 12 * (4 * 4 + 576 * 192)),  # r >= max(b, d) / 2: W2 is full
         ("vera", {}, 12 * (256 + 2304)),
+        ("ln_tuning", {}, 12 * 4 * 768),
+        ("oft", {}, 12 * 24 * (32 * 31 // 2)),  # 24 orthogonal 32 x 32 blocks on qkv's 768 inputs
     ],
 )
 def test_peft_tuner_counts_on_vit_b16(name: str, overrides: dict, expected: int):
@@ -82,3 +84,11 @@ def test_lokr_budget_fit_changes_the_factor_when_the_balanced_one_is_too_small()
     assert lokr.for_budget(spec, 21_504).factor == -1  # the published size keeps the default factor
     big = lokr.for_budget(spec, 300_000)
     assert big.factor != -1 and abs(lokr.count(spec, big) - 300_000) <= 15_000
+
+
+def test_oft_refuses_a_block_size_that_does_not_divide_the_width():
+    oft = get_method("oft")
+    with pytest.raises(MethodError, match=r"block_size=24 does not divide .* choose a divisor of 64"):
+        oft.apply(tiny_vit(), make_config(oft, {"block_size": 24}))
+    rotation = oft.apply(tiny_vit(), make_config(oft, {"block_size": 16})).blocks[0].attn.qkv.oft_R["default"]
+    assert not rotation.use_cayley_neumann  # the exact Cayley transform
