@@ -59,6 +59,7 @@ def test_pissa_starts_from_the_principal_singular_vectors():
         ("lokr", {"factor": 4, "rank": 300}, 12 * (4 * 4 + 576 * 192)),  # r >= max(b, d) / 2: W2 is full
         ("vera", {}, 12 * (256 + 2304)),
         ("ln_tuning", {}, 12 * 4 * 768),
+        ("fourierft", {}, 12 * 1000),
         ("oft", {}, 12 * 24 * (32 * 31 // 2)),  # 24 orthogonal 32 x 32 blocks on qkv's 768 inputs
     ],
 )
