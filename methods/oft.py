@@ -12,7 +12,8 @@ block at each stage's width.
 
 Defaults: block size b = 32 (peft's default), qkv of every block; the paper's diffusion setting
 (r = 4 blocks) does not carry over to ViTs, so this is bench's choice. Size: ``block_size`` is
-fitted to a budget over the divisors of the adapted layers' input widths (it must divide each).
+fitted to a budget over the divisors of the adapted layers' input widths (it must divide each),
+at the default targets or, where those cannot meet it, all four linears of every block.
 Merge: peft folds R into each weight. peft computes the Cayley transform by a truncated Neumann
 series by default (R then only nearly orthogonal); bench turns that off
 (``use_cayley_neumann=False``) for the exact transform of the paper and its code. peft's COFT
@@ -36,6 +37,11 @@ from .peft_tuners import fit_configs, freeze_to_adapters, linears_of, merge_tune
 class OFTSettings:
     block_size: int = 32  # b: size of each orthogonal block; must divide every adapted layer's input width
     targets: str = "qkv"  # comma-separated subset of qkv, proj, fc1, fc2
+
+
+# Placements a budget fit tries, the default first: block sizes alone are powers of two on most
+# backbones, too coarse to meet a budget within 5 % (Swin-B's qkv: 186,496 or 379,008).
+BUDGET_TARGETS = ("qkv", "qkv,proj,fc1,fc2")
 
 
 def input_gcd(spec: BackboneSpec, targets: str) -> int:
@@ -82,13 +88,20 @@ class OFT(Method):
     def size_limits(self, spec: BackboneSpec, config: OFTSettings) -> dict[str, tuple[int, str]]:
         return {"block_size": (input_gcd(spec, config.targets), "a divisor of the adapted layers' input widths")}
 
+    def _candidates(self, spec: BackboneSpec) -> list[OFTSettings]:
+        """Every (targets, block size) a budget fit may use, the default targets first."""
+        out = []
+        for targets in BUDGET_TARGETS:
+            config = make_config(self, {"targets": targets})
+            g = input_gcd(spec, targets)
+            out.extend(replace(config, block_size=b) for b in range(2, g + 1) if g % b == 0)
+        return out
+
+    def largest_config(self, spec: BackboneSpec) -> OFTSettings:
+        return max(self._candidates(spec), key=lambda c: self.count(spec, c))
+
     def for_budget(self, spec: BackboneSpec, budget: int) -> OFTSettings:
-        config = make_config(self)
-        g = input_gcd(spec, config.targets)
-        sizes = [b for b in range(2, g + 1) if g % b == 0]
-        return fit_configs(
-            self.name, [replace(config, block_size=b) for b in sizes], lambda c: self.count(spec, c), budget
-        )
+        return fit_configs(self.name, self._candidates(spec), lambda c: self.count(spec, c), budget)
 
     def merge(self, model: nn.Module) -> nn.Module:
         return merge_tuner_layers(model)
