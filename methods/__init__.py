@@ -1,6 +1,21 @@
 """PEFT methods behind one interface (``methods.base.Method``), found through a registry."""
 
-from . import dtl, full, kadaptation, karst, linear, lora, sparse_tuning  # noqa: F401  (registration by import)
+from . import (  # noqa: F401  (registration by import)
+    dtl,
+    fourierft,
+    full,
+    ia3,
+    kadaptation,
+    karst,
+    linear,
+    ln_tuning,
+    loha,
+    lokr,
+    lora,
+    oft,
+    sparse_tuning,
+    vera,
+)
 from .base import (
     BackboneSpec,
     Method,

@@ -18,6 +18,21 @@ of the targeted linears from the backbone description (``blocks.N.attn.qkv`` on 
 ``layers.S.blocks.N.attn.qkv`` on a Swin), so neither ``patch_embed.proj`` nor a Swin's
 patch-merging ``downsample.reduction`` is ever matched.
 
+Options that peft has as LoRA options, each recorded in the run config:
+
+* ``use_dora`` — DoRA (Liu et al., ICML 2024, arXiv 2402.09353; official code
+  ``NVlabs/DoRA``): W = m · (W₀ + ΔW) / ‖W₀ + ΔW‖, with a trainable magnitude m per output
+  channel of each adapted linear, initialised to the column norms of W₀ (so the model still
+  starts at the backbone). Count: + Σ out per adapted linear (12 · 2304 on ViT-B/16's qkv).
+* ``use_rslora`` — rsLoRA (Kalajdzievski, arXiv 2312.03732): scale alpha / √rank instead of
+  alpha / rank, so the update's size does not shrink as the rank grows. Count unchanged.
+* ``init="pissa"`` — PiSSA (Meng et al., NeurIPS 2024, arXiv 2404.02948; official code
+  ``GraphPKU/PiSSA``): A and B start at the top-``rank`` singular triplets of W₀ (divided by the
+  scale), and the frozen weight becomes the residual W₀ − scale · B A, so the model equals the
+  backbone at step 0 up to float error. peft computes the exact SVD of each adapted weight when
+  the method is applied; re-applying it to the same backbone gives the same residual, so a run's
+  trainable state restores as for plain LoRA. Count unchanged.
+
 Swin: the same rule per block, at each stage's width; the count is rank · Σ_blocks Σ_targets
 (in + out). Swin-B (widths 128, 256, 512, 1024; depths 2, 2, 18, 2) at rank 8 on qkv:
 8 · 4 · (2·128 + 2·256 + 18·512 + 2·1024) = 385,024.
@@ -26,7 +41,7 @@ Swin: the same rule per block, at each stage's width; the count is rank · Σ_bl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -59,6 +74,9 @@ class LoraSettings:
     alpha: float | None = None  # None: alpha = rank, i.e. scale 1 (NOAH's unscaled update); at most MAX_SCALE · rank
     dropout: float = 0.0
     targets: str = "qkv"  # comma-separated subset of qkv, proj, fc1, fc2
+    use_dora: bool = False  # DoRA: a trainable magnitude per output channel of each adapted linear
+    use_rslora: bool = False  # rsLoRA: scale alpha / sqrt(rank) instead of alpha / rank
+    init: Literal["peft", "pissa"] = "peft"  # peft: Kaiming-uniform A, B = 0; pissa: principal singular vectors
 
 
 def parse_targets(targets: str) -> list[str]:
@@ -103,6 +121,9 @@ class Lora(Method):
             lora_dropout=config.dropout,
             target_modules=target_paths(spec, config.targets),
             bias="none",
+            use_dora=config.use_dora,
+            use_rslora=config.use_rslora,
+            init_lora_weights="pissa" if config.init == "pissa" else True,
         )
         model = inject_adapter_in_model(peft_config, model)
         adapters = [p for n, p in model.named_parameters() if ".lora_" in n]
@@ -110,7 +131,8 @@ class Lora(Method):
         return model
 
     def count(self, spec: BackboneSpec, config: LoraSettings) -> int:
-        return config.rank * self._per_rank(spec, config.targets)
+        magnitudes = sum(lin.out_features for lin in spec.linears(parse_targets(config.targets)))
+        return config.rank * self._per_rank(spec, config.targets) + (magnitudes if config.use_dora else 0)
 
     def _per_rank(self, spec: BackboneSpec, targets: str) -> int:
         return sum(lin.in_features + lin.out_features for lin in spec.linears(parse_targets(targets)))

@@ -36,7 +36,15 @@ def test_methods_list_info_check(cli):
     code, out, _ = cli("methods", "list", "--json")
     names = {m["name"]: m for m in json.loads(out)}
     assert code == 0 and {"linear", "full", "lora"} <= set(names)
-    assert names["lora"]["defaults"] == {"rank": 8, "alpha": None, "dropout": 0.0, "targets": "qkv"}
+    assert names["lora"]["defaults"] == {
+        "rank": 8,
+        "alpha": None,
+        "dropout": 0.0,
+        "targets": "qkv",
+        "use_dora": False,
+        "use_rslora": False,
+        "init": "peft",
+    }
 
     code, out, _ = cli("methods", "info", "lora", "--backbone", "vit_base_patch16_224", "--json")
     info = json.loads(out)

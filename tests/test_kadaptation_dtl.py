@@ -20,7 +20,7 @@ KAD, DTL_ = KAdaptation(), DTL()
 
 @pytest.mark.parametrize(
     ("method", "overrides"),
-    [(KAD, {}), (KAD, {"rank": 2, "n": 16}), (DTL_, {}), (DTL_, {"fusion_size": 3}), (DTL_, {"fusion_size": 4})],
+    [(KAD, {"rank": 2, "n": 16}), (DTL_, {"fusion_size": 3}), (DTL_, {"fusion_size": 4})],  # defaults: test_conformance
 )
 def test_conformance(method, overrides):
     results = run_checks(method, make_config(method, overrides))
