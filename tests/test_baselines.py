@@ -1,0 +1,117 @@
+"""The vision PEFT baselines: BitFit, SSF, VPT, AdaptFormer. What is specific to each method;
+the shared checks (identity, gradients, frozen weights, count, merge) run through run_checks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import methods
+from bench.backbone import backbone_spec
+from methods.base import make_config, trainable_params_excluding_head
+from methods.conformance import run_checks, tiny_swin, tiny_vit
+
+
+def _inputs(n: int = 2) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def _adapted(name: str, family: str = "vit", **overrides):
+    method = methods.get_method(name)
+    model = tiny_vit() if family == "vit" else tiny_swin()
+    torch.manual_seed(0)
+    return method, method.apply(model, make_config(method, overrides)).eval()
+
+
+@pytest.mark.parametrize(
+    ("name", "family", "overrides"),
+    [
+        ("bitfit", "vit", {}),
+        ("bitfit", "swin", {}),
+        ("ssf", "vit", {}),
+        ("ssf", "swin", {}),
+    ],
+)
+def test_baselines_pass_conformance(name: str, family: str, overrides: dict):
+    method = methods.get_method(name)
+    results = run_checks(method, make_config(method, overrides), family=family)
+    failed = [(r.name, r.detail) for r in results if r.passed is False]
+    assert not failed
+    applicable = {r.name for r in results if r.passed is True}
+    assert any("merge" in n for n in applicable) == method.mergeable
+    assert any("identity" in n for n in applicable) == method.identity_at_init
+
+
+# ---------------------------------------------------------------------------------------- BitFit
+
+
+def test_bitfit_trains_exactly_the_backbone_biases_and_counts_vit_b16():
+    _, model = _adapted("bitfit")
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
+    assert trainable and all(n.endswith(".bias") for n in trainable)
+    biases = [n for n, _ in model.named_parameters() if n.endswith(".bias") and not n.startswith("head.")]
+    assert sorted(trainable) == sorted(biases)
+    spec = backbone_spec("vit_base_patch16_224")
+    # 12 x (qkv 2304 + proj 768 + two norms 1536 + fc1 3072 + fc2 768) + patch embedding + final norm
+    assert methods.get_method("bitfit").count(spec, make_config(methods.get_method("bitfit"))) == 102_912
+
+
+def test_bitfit_leaves_swin_relative_position_tables_frozen():
+    _, model = _adapted("bitfit", "swin")
+    tables = [p for n, p in model.named_parameters() if "relative_position_bias_table" in n]
+    assert tables and not any(p.requires_grad for p in tables)
+
+
+# ---------------------------------------------------------------------------------------- SSF
+
+
+def test_ssf_sits_after_every_official_operation():
+    from methods.ssf import ScaleShift
+
+    _, model = _adapted("ssf")
+    wrapped = {n for n, m in model.named_modules() if isinstance(m, ScaleShift)}
+    per_block = {"norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"}
+    assert wrapped == {"patch_embed.proj", "norm"} | {f"blocks.{i}.{op}" for i in range(12) for op in per_block}
+    # fc1's scale is h wide and acts before the GELU: a negative scale changes the output non-linearly
+    fc1 = model.blocks[0].mlp.fc1
+    assert fc1.ssf_scale.numel() == 256
+    x = _inputs()
+    with torch.no_grad():
+        before = model(x)
+        fc1.ssf_scale.fill_(-1.0)
+        after = model(x)
+    assert not torch.allclose(before, after)
+
+
+def test_ssf_swin_scales_the_patch_merging_norm_before_the_reduction():
+    from methods.ssf import ScaleShift
+
+    _, model = _adapted("ssf", "swin")
+    merge_norm = model.layers[1].downsample.norm
+    assert isinstance(merge_norm, ScaleShift) and merge_norm.ssf_scale.numel() == 4 * 32
+    assert not isinstance(model.layers[1].downsample.reduction, ScaleShift)
+
+
+def test_ssf_count_on_vit_b16():
+    ssf = methods.get_method("ssf")
+    assert ssf.count(backbone_spec("vit_base_patch16_224"), make_config(ssf)) == 2 * (12 * (7 * 768 + 3072) + 2 * 768)
+
+
+def test_ssf_official_normal_init_and_merge_without_qkv_bias():
+    """init=normal (the official N(1, 0.02)) is not the backbone; merge folds it, also into a bias-free qkv."""
+    ssf = methods.get_method("ssf")
+    torch.manual_seed(0)
+    plain = tiny_vit(qkv_bias=False)
+    model = ssf.apply(copy.deepcopy(plain), make_config(ssf, {"init": "normal"})).eval()
+    scale = model.blocks[0].attn.qkv.ssf_scale
+    assert 0.0 < float((scale.detach() - 1).std()) < 0.05
+    x = _inputs()
+    with torch.no_grad():
+        assert not torch.allclose(model(x), plain(x), atol=1e-4)
+        expected = model(x)
+        merged = ssf.merge(model).eval()
+        assert torch.allclose(merged(x), expected, atol=1e-5)
+    assert merged.blocks[0].attn.qkv.bias is not None  # the shift became the qkv's bias
+    assert trainable_params_excluding_head(merged) == 0  # nothing left to train: plain layers, frozen
