@@ -10,8 +10,8 @@ merging's LayerNorm (4 w wide, before the reduction); and after the final LayerN
 
 Count on a ViT of width d, MLP width h and L blocks (no patch-embedding norm, as in supervised
 ViTs): 2 · [L · (7d + h) + 2d]. ViT-B/16: 2 · (12 · 8448 + 1536) = **205,824** (0.21 M; the
-paper's VTAB-1K table lists 0.24 M for SSF, a figure that also counts classifier parameters
-bench leaves out of every count, so compare the 0.21 M). On a Swin with stage widths w_s:
+paper's VTAB-1K table lists 0.24 M for SSF, and bench's counts leave the classifier out, so the
+two need not agree). On a Swin with stage widths w_s:
 2 · [Σ_blocks (7 w + h) + 2 w_0 (patch convolution and norm) + Σ_{s≥1} 2 w_s (patch-merging
 norms, 4 w_{s-1} = 2 w_s wide) + w_last].
 

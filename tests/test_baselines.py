@@ -32,6 +32,8 @@ def _adapted(name: str, family: str = "vit", **overrides):
         ("bitfit", "swin", {}),
         ("ssf", "vit", {}),
         ("ssf", "swin", {}),
+        ("vpt_shallow", "vit", {}),
+        ("vpt_deep", "vit", {"num_tokens": 3, "dropout": 0.1}),
     ],
 )
 def test_baselines_pass_conformance(name: str, family: str, overrides: dict):
@@ -115,3 +117,42 @@ def test_ssf_official_normal_init_and_merge_without_qkv_bias():
         assert torch.allclose(merged(x), expected, atol=1e-5)
     assert merged.blocks[0].attn.qkv.bias is not None  # the shift became the qkv's bias
     assert trainable_params_excluding_head(merged) == 0  # nothing left to train: plain layers, frozen
+
+
+# ---------------------------------------------------------------------------------------- VPT
+
+
+@pytest.mark.parametrize("name", ["vpt_shallow", "vpt_deep"])
+def test_vpt_prompts_sit_after_the_class_token_and_deep_replaces_them_per_block(name: str):
+    method, model = _adapted(name, num_tokens=4)
+    seen: dict[int, torch.Tensor] = {}
+    for i in (0, 5):
+        model.blocks[i].register_forward_pre_hook(lambda _m, args, i=i: seen.__setitem__(i, args[0]))
+    with torch.no_grad():
+        model(_inputs())
+    prompts = model.vpt.prompts
+    assert prompts.shape == ((12 if method.deep else 1), 4, 64)
+    assert seen[0].shape[1] == 1 + 4 + 16  # class token, prompts, patches
+    assert torch.equal(seen[0][0, 1:5], prompts[0])
+    # block 5 reads its own prompts (Deep) or block 4's outputs at the prompt positions (Shallow)
+    assert torch.equal(seen[5][0, 1:5], prompts[5 if method.deep else 0]) == method.deep
+
+
+def test_vpt_deep_gives_every_block_prompts_a_gradient():
+    _, model = _adapted("vpt_deep", num_tokens=2)
+    model.train()
+    model(_inputs()).sum().backward()
+    per_layer = model.vpt.prompts.grad.abs().sum(dim=(1, 2))
+    assert bool((per_layer > 0).all())
+
+
+def test_vpt_counts_budgets_and_refuses_swin():
+    spec = backbone_spec("vit_base_patch16_224")
+    shallow, deep = methods.get_method("vpt_shallow"), methods.get_method("vpt_deep")
+    assert shallow.count(spec, make_config(shallow)) == 10 * 768
+    assert deep.count(spec, make_config(deep)) == 12 * 10 * 768
+    assert deep.for_budget(spec, 460_800).num_tokens == 50
+    with pytest.raises(methods.MethodError, match="nearest feasible counts"):
+        deep.for_budget(spec, 4_000)  # one token on every block is already 9,216
+    with pytest.raises(methods.MethodError, match="cannot run on .*swin.*prompt tokens"):
+        deep.apply(tiny_swin(), make_config(deep))
