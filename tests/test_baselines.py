@@ -34,6 +34,8 @@ def _adapted(name: str, family: str = "vit", **overrides):
         ("ssf", "swin", {}),
         ("vpt_shallow", "vit", {}),
         ("vpt_deep", "vit", {"num_tokens": 3, "dropout": 0.1}),
+        ("adaptformer", "vit", {}),
+        ("adaptformer", "swin", {"bottleneck": 8}),
     ],
 )
 def test_baselines_pass_conformance(name: str, family: str, overrides: dict):
@@ -156,3 +158,34 @@ def test_vpt_counts_budgets_and_refuses_swin():
         deep.for_budget(spec, 4_000)  # one token on every block is already 9,216
     with pytest.raises(methods.MethodError, match="cannot run on .*swin.*prompt tokens"):
         deep.apply(tiny_swin(), make_config(deep))
+
+
+# ---------------------------------------------------------------------------------------- AdaptFormer
+
+
+@pytest.mark.parametrize("family", ["vit", "swin"])
+def test_adaptformer_adds_the_scaled_adapter_of_the_post_attention_state_to_the_block(family: str):
+    method, model = _adapted("adaptformer", family, bottleneck=4)
+    block = model.blocks[3] if family == "vit" else model.layers[1].blocks[1]
+    adapter = block.adaptmlp
+    assert adapter.scale == 0.1 and adapter.dropout == 0.1
+    assert not adapter.up_proj.weight.any() and adapter.down_proj.weight.abs().sum() > 0
+    with torch.no_grad():
+        adapter.up_proj.weight.normal_()
+        x = torch.randn(2, 17, 64) if family == "vit" else torch.randn(2, 4, 4, 64)
+        after_attn = x + block.attn(block.norm1(x)) if family == "vit" else x + block._attn(block.norm1(x))
+        mlp = block.mlp(block.norm2(after_attn))
+        hidden = torch.relu(adapter.down_proj(after_attn))  # reads x itself, not LN(x)
+        expected = after_attn + mlp + 0.1 * adapter.up_proj(hidden)
+        assert torch.allclose(block(x), expected, atol=1e-5)
+
+
+def test_adaptformer_counts_budgets_and_limits_on_vit_b16():
+    spec = backbone_spec("vit_base_patch16_224")
+    af = methods.get_method("adaptformer")
+    assert af.count(spec, make_config(af)) == 12 * (2 * 768 * 64 + 64 + 768) == 1_189_632
+    assert af.count(spec, make_config(af, {"bottleneck": 8})) == 156_768  # the 0.16 M of VTAB-1K tables
+    assert af.for_budget(spec, 156_768).bottleneck == 8
+    assert af.size_limits(spec, make_config(af))["bottleneck"][0] == 768  # no wider than the model
+    with pytest.raises(methods.MethodError, match="scale=0 is out of range"):
+        make_config(af, {"scale": "0"})
