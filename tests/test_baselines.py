@@ -48,6 +48,28 @@ def test_baselines_pass_conformance(name: str, family: str, overrides: dict):
     assert any("identity" in n for n in applicable) == method.identity_at_init
 
 
+BASELINES = ("bitfit", "ssf", "vpt_shallow", "vpt_deep", "adaptformer")
+
+
+def test_bench_methods_check_passes_for_every_baseline(cli):
+    for name in BASELINES:
+        code, out, err = cli("methods", "check", name)
+        assert code == 0, (name, out, err)
+        if name.startswith("vpt"):  # the declared exception to identity, and what holds instead
+            assert "skip" in out and "prompts are dropped" in out
+    code, _, err = cli("methods", "check", "vpt_deep", "--backbone", "swin_base_patch4_window7_224")
+    assert code == 2 and "cannot run on" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_the_demo_trains_every_baseline(cli):
+    code, out, err = cli("run", "--suite", "demo", "--methods", ",".join(BASELINES), "--seeds", "1", "--epochs", "1")
+    assert code == 0, err
+    assert f"{len(BASELINES)} run(s) trained" in out
+    for name in BASELINES:
+        assert f"{name}/digits/s0" in out
+
+
 # ---------------------------------------------------------------------------------------- BitFit
 
 
