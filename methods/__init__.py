@@ -1,6 +1,6 @@
 """PEFT methods behind one interface (``methods.base.Method``), found through a registry."""
 
-from . import adaptformer, bitfit, dtl, full, kadaptation, karst, linear, lora, sparse_tuning, ssf, vpt  # noqa: F401  (registration by import)
+from . import adapter, adaptformer, bitfit, dtl, full, kadaptation, karst, linear, lora, sparse_tuning, ssf, vpt  # noqa: F401  (registration by import)
 from .base import (
     BackboneSpec,
     Method,

@@ -36,6 +36,8 @@ def _adapted(name: str, family: str = "vit", **overrides):
         ("vpt_deep", "vit", {"num_tokens": 3, "dropout": 0.1}),
         ("adaptformer", "vit", {}),
         ("adaptformer", "swin", {"bottleneck": 8}),
+        ("adapter", "vit", {}),
+        ("adapter", "swin", {"bottleneck": 8, "train_norms": False}),
     ],
 )
 def test_baselines_pass_conformance(name: str, family: str, overrides: dict):
@@ -48,7 +50,7 @@ def test_baselines_pass_conformance(name: str, family: str, overrides: dict):
     assert any("identity" in n for n in applicable) == method.identity_at_init
 
 
-BASELINES = ("bitfit", "ssf", "vpt_shallow", "vpt_deep", "adaptformer")
+BASELINES = ("bitfit", "ssf", "vpt_shallow", "vpt_deep", "adaptformer", "adapter")
 
 
 def test_bench_methods_check_passes_for_every_baseline(cli):
@@ -211,3 +213,33 @@ def test_adaptformer_counts_budgets_and_limits_on_vit_b16():
     assert af.size_limits(spec, make_config(af))["bottleneck"][0] == 768  # no wider than the model
     with pytest.raises(methods.MethodError, match="scale=0 is out of range"):
         make_config(af, {"scale": "0"})
+
+
+# ---------------------------------------------------------------------------------------- Adapter (Houlsby)
+
+
+@pytest.mark.parametrize("family", ["vit", "swin"])
+def test_adapter_follows_the_attention_and_mlp_branches_before_the_residual(family: str):
+    _, model = _adapted("adapter", family, bottleneck=4, init_scale=0.1)
+    block = model.blocks[3] if family == "vit" else model.layers[1].blocks[1]
+    assert block.norm1.weight.requires_grad and block.norm2.bias.requires_grad  # the paper trains the norms
+    assert float(block.adapter_mlp.up_proj.weight.detach().abs().max()) <= 0.2  # truncated at 2 std
+    with torch.no_grad():
+        x = torch.randn(2, 17, 64) if family == "vit" else torch.randn(2, 4, 4, 64)
+
+        def adapt(a, h):
+            return h + a.up_proj(torch.nn.functional.gelu(a.down_proj(h)))
+
+        attn = block.attn(block.norm1(x)) if family == "vit" else block._attn(block.norm1(x))
+        mid = x + adapt(block.adapter_attn, attn)
+        expected = mid + adapt(block.adapter_mlp, block.mlp(block.norm2(mid)))
+        assert torch.allclose(block(x), expected, atol=1e-5)
+
+
+def test_adapter_counts_and_budgets_on_vit_b16():
+    spec = backbone_spec("vit_base_patch16_224")
+    ad = methods.get_method("adapter")
+    assert ad.count(spec, make_config(ad)) == 12 * (2 * (2 * 768 * 64 + 64 + 768) + 4 * 768) == 2_416_128
+    assert ad.count(spec, make_config(ad, {"bottleneck": 8})) == 350_400
+    assert ad.count(spec, make_config(ad, {"bottleneck": 8, "train_norms": False})) == 350_400 - 12 * 4 * 768
+    assert ad.for_budget(spec, 350_400).bottleneck == 8
