@@ -243,3 +243,13 @@ def test_adapter_counts_and_budgets_on_vit_b16():
     assert ad.count(spec, make_config(ad, {"bottleneck": 8})) == 350_400
     assert ad.count(spec, make_config(ad, {"bottleneck": 8, "train_norms": False})) == 350_400 - 12 * 4 * 768
     assert ad.for_budget(spec, 350_400).bottleneck == 8
+
+
+def test_methods_budget_names_the_methods_that_cannot_reach_it(cli):
+    """Listing every method, one that cannot reach the budget is named, not fatal; named, it is refused."""
+    code, out, _ = cli("methods", "budget", "--backbone", "vit_base_patch16_224", "--budget", "0.3M")
+    assert code == 0 and "vpt_deep" in out and "no configuration within ±5% of 300,000: vpt_shallow" in out
+    code, _, err = cli(
+        "methods", "budget", "--backbone", "vit_base_patch16_224", "--budget", "0.3M", "--methods", "vpt_shallow"
+    )
+    assert code == 2 and "num_tokens <= 200" in err
