@@ -811,9 +811,22 @@ def methods_budget(
     spec = backbone_spec(backbone)
     registered = available_methods()
     names = _split(methods) or [n for n, cls in registered.items() if spec.family in cls.families]
-    rows = [choose_for_budget(get_method(n), spec, target).to_dict() for n in names]
+    rows, unreachable = [], []
+    for n in names:
+        try:
+            rows.append(choose_for_budget(get_method(n), spec, target).to_dict())
+        except BenchError:
+            if methods:  # a method the user named: its refusal is the answer
+                raise
+            unreachable.append(n)  # listing every method: one that cannot reach the budget is named below
+    unreachable_note = (
+        f"Not shown, no configuration within ±5% of {target:,}: {', '.join(unreachable)} "
+        "(`bench methods budget --methods NAME` says why)."
+    )
     if as_json:
         _print_json(rows)
+        if unreachable:
+            err.print(unreachable_note)
         return
     table = Table(title=f"budget {target:,} trainable parameters (head excluded) on {backbone}")
     for col in ("method", "structure", "trainable", "deviation"):
@@ -825,6 +838,8 @@ def methods_budget(
     unsupported = [n for n, cls in registered.items() if spec.family not in cls.families and not methods]
     if unsupported:
         out.print(f"Not shown, they do not support {spec.family} backbones: {', '.join(unsupported)}.")
+    if unreachable:
+        out.print(unreachable_note)
 
 
 @methods_app.command(

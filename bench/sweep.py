@@ -20,7 +20,7 @@ import torch
 
 import methods
 import suites
-from methods.base import Method, config_to_dict, make_config
+from methods.base import Method, config_to_dict, identity_dict, make_config
 from suites.base import Preset, Stage, Suite
 from suites.lists import ListEntry
 from suites.resolve import ResolvedTask
@@ -256,7 +256,7 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
                     task=task.name,
                     stage=stage.name,
                     method=method.name,
-                    method_config=config_to_dict(run_config),
+                    method_config=identity_dict(run_config),
                     hparams=run_preset.to_dict(),
                     seed=seed,
                     preset=run_preset.name,

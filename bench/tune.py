@@ -21,7 +21,7 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
-from methods.base import config_to_dict
+from methods.base import identity_dict
 
 from . import schema
 from .engine import Executor, Job, JobData, Recorder, Reporter, RunOutcome, RunRecord, Work, drive
@@ -62,7 +62,7 @@ def _study_attrs(plan: SweepPlan, run: PlannedRun) -> dict[str, Any]:
         "epochs": plan.preset.epochs,
         "preset": plan.preset.name,
         "data": run.spec.data,
-        "config": config_to_dict(run.config),
+        "config": identity_dict(run.config),
     }
 
 
@@ -144,7 +144,7 @@ class TrialSource:
         except BaseException:
             s.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
-        spec = dataclasses.replace(s.run.spec, hparams=preset.to_dict(), method_config=config_to_dict(config))
+        spec = dataclasses.replace(s.run.spec, hparams=preset.to_dict(), method_config=identity_dict(config))
         run = PlannedRun(spec, s.run.task, s.run.method, config, preset)
         tags = run_tags(spec, **{schema.STUDY: s.name, schema.TRIAL: str(trial.number)})
         if (label := s.run.tags.get(schema.WEIGHTS_LABEL)) is not None:

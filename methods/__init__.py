@@ -1,6 +1,9 @@
 """PEFT methods behind one interface (``methods.base.Method``), found through a registry."""
 
 from . import (  # noqa: F401  (registration by import)
+    adapter,
+    adaptformer,
+    bitfit,
     dtl,
     fourierft,
     full,
@@ -14,7 +17,9 @@ from . import (  # noqa: F401  (registration by import)
     lora,
     oft,
     sparse_tuning,
+    ssf,
     vera,
+    vpt,
 )
 from .base import (
     BackboneSpec,

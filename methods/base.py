@@ -97,8 +97,28 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 # Configs
 
 
+# Field metadata for a config option added after runs were recorded: at its default it reproduces
+# the method as it was, so it is left out of the run's identity there (see identity_dict).
+ADDED_OPTION = "bench_added_option"
+
+
+def added_option(default: Any) -> Any:
+    """A config field added to an existing method whose default keeps the method as it was."""
+    return dataclasses.field(default=default, metadata={ADDED_OPTION: True})
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def identity_dict(config: Any) -> dict[str, Any]:
+    """The config as it enters a run's identity: every field, except added options at their default,
+    so that adding such an option does not change the run keys of finished runs."""
+    values = dataclasses.asdict(config)
+    for f in dataclasses.fields(config):
+        if f.metadata.get(ADDED_OPTION) and values[f.name] == f.default:
+            del values[f.name]
+    return values
 
 
 def _coerce(value: str, annotation: Any, field_name: str) -> Any:

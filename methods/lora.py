@@ -51,6 +51,7 @@ from .backbones import BackboneSpec, describe_backbone
 from .base import (
     Method,
     MethodError,
+    added_option,
     budget_error,
     check_range,
     freeze_all_but,
@@ -74,9 +75,11 @@ class LoraSettings:
     alpha: float | None = None  # None: alpha = rank, i.e. scale 1 (NOAH's unscaled update); at most MAX_SCALE · rank
     dropout: float = 0.0
     targets: str = "qkv"  # comma-separated subset of qkv, proj, fc1, fc2
-    use_dora: bool = False  # DoRA: a trainable magnitude per output channel of each adapted linear
-    use_rslora: bool = False  # rsLoRA: scale alpha / sqrt(rank) instead of alpha / rank
-    init: Literal["peft", "pissa"] = "peft"  # peft: Kaiming-uniform A, B = 0; pissa: principal singular vectors
+    use_dora: bool = added_option(False)  # DoRA: a trainable magnitude per output channel of each adapted linear
+    use_rslora: bool = added_option(False)  # rsLoRA: scale alpha / sqrt(rank) instead of alpha / rank
+    init: Literal["peft", "pissa"] = added_option(
+        "peft"
+    )  # peft: Kaiming-uniform A, B = 0; pissa: principal singular vectors
 
 
 def parse_targets(targets: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Adding a method: the BitFit example installs as its own package and registers by entry point."""
+"""Adding a method: the attention-bias example installs as its own package and registers by entry point."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def bitfit_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """examples/bitfit installed with pip into a private folder (the environment stays untouched)."""
+def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/attn_bias installed with pip into a private folder (the environment stays untouched)."""
     target = tmp_path_factory.mktemp("site")
     build = tmp_path_factory.mktemp("build")
     subprocess.run(
@@ -30,13 +30,13 @@ def bitfit_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--no-build-isolation",
             "--target",
             str(target),
-            str(REPO / "examples" / "bitfit"),
+            str(REPO / "examples" / "attn_bias"),
         ],
         check=True,
         cwd=build,
         capture_output=True,
     )
-    assert list(target.glob("bench_bitfit-*.dist-info"))
+    assert list(target.glob("bench_attn_bias-*.dist-info"))
     return target
 
 
@@ -51,22 +51,32 @@ def _bench(site: Path, *args: str, workdir: Path) -> subprocess.CompletedProcess
     )
 
 
-def test_bitfit_plugin_is_found_checked_and_runs(bitfit_site: Path, workdir: Path):
-    listed = _bench(bitfit_site, "methods", "list", "--json", workdir=workdir)
-    [bitfit] = [m for m in json.loads(listed.stdout) if m["name"] == "bitfit"]
-    assert bitfit["module"] == "bench_bitfit"
+def test_attn_bias_plugin_is_found_checked_and_runs(plugin_site: Path, workdir: Path):
+    listed = _bench(plugin_site, "methods", "list", "--json", workdir=workdir)
+    [plugin] = [m for m in json.loads(listed.stdout) if m["name"] == "attn_bias"]
+    assert plugin["module"] == "bench_attn_bias"
 
-    check = _bench(bitfit_site, "methods", "check", "bitfit", workdir=workdir)
+    check = _bench(plugin_site, "methods", "check", "attn_bias", workdir=workdir)
     assert check.returncode == 0, check.stdout + check.stderr
 
     info = _bench(
-        bitfit_site, "methods", "info", "bitfit", "--backbone", "vit_base_patch16_224", "--json", workdir=workdir
+        plugin_site, "methods", "info", "attn_bias", "--backbone", "vit_base_patch16_224", "--json", workdir=workdir
     )
-    # ViT-B/16: 12 blocks x (qkv 2304 + proj 768 + 2 norms 1536 + fc1 3072 + fc2 768) + patch embed + final norm
-    assert json.loads(info.stdout)["trainable_params"] == 12 * (2304 + 768 + 1536 + 3072 + 768) + 768 + 768
+    # ViT-B/16: 12 blocks x (qkv bias 2304 + proj bias 768)
+    assert json.loads(info.stdout)["trainable_params"] == 12 * (2304 + 768)
 
     run = _bench(
-        bitfit_site, "run", "--suite", "demo", "--methods", "bitfit", "--seeds", "1", "--epochs", "1", workdir=workdir
+        plugin_site,
+        "run",
+        "--suite",
+        "demo",
+        "--methods",
+        "attn_bias",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        workdir=workdir,
     )
     assert run.returncode == 0, run.stderr
-    assert "bitfit" in run.stdout and "1 run(s) trained" in run.stdout
+    assert "attn_bias" in run.stdout and "1 run(s) trained" in run.stdout

@@ -108,3 +108,17 @@ def test_run_key_is_stable_and_sensitive():
     assert key == hashlib.sha256(payload.encode()).hexdigest()[:32]
     # Pinned: changing the canonical form silently would orphan every stored run.
     assert key == "24d42288dc74335b7d1c85159f4be556"
+
+
+def test_an_added_option_at_its_default_keeps_the_run_keys_of_finished_runs():
+    """LoRA gained use_dora, use_rslora and init after LoRA runs were recorded: at their defaults they
+    stay out of the run's identity (the old keys hold), and set they enter it (new keys)."""
+    from methods.base import get_method, identity_dict, make_config
+
+    lora = get_method("lora")
+    as_recorded_before = {"rank": 8, "alpha": None, "dropout": 0.0, "targets": "qkv"}
+    assert identity_dict(make_config(lora)) == as_recorded_before
+    assert identity_dict(make_config(lora, {"use_dora": True})) == {**as_recorded_before, "use_dora": True}
+    assert identity_dict(make_config(lora, {"init": "pissa"}))["init"] == "pissa"
+    # a field of the original config is always part of the identity, default or not
+    assert "kernels" in identity_dict(make_config(get_method("karst")))
