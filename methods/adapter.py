@@ -36,13 +36,12 @@ from .backbones import BackboneSpec, block_paths, describe_backbone
 from .base import (
     Method,
     MethodError,
-    budget_error,
     check_range,
+    fit_affine_size,
     freeze_all_but,
     make_config,
     register_method,
     shared_search_space,
-    within_budget,
 )
 
 
@@ -126,14 +125,7 @@ class Adapter(Method):
         return {"bottleneck": (min(b.width for b in spec.blocks), "the (narrowest) model width the adapter projects")}
 
     def for_budget(self, spec: BackboneSpec, budget: int) -> AdapterConfig:
-        fixed = adapter_count(spec, 0)
-        per_unit = adapter_count(spec, 1) - fixed
-        m = max(1, round((budget - fixed) / per_unit))
-        if not within_budget(adapter_count(spec, m), budget):
-            raise MethodError(
-                budget_error(self.name, budget, [adapter_count(spec, k) for k in (m - 1, m, m + 1) if k > 0])
-            )
-        return make_config(self, {"bottleneck": m})
+        return make_config(self, {"bottleneck": fit_affine_size(self.name, lambda m: adapter_count(spec, m), budget)})
 
     def search_space(self, trial: Any) -> dict[str, Any]:
         return shared_search_space(trial)

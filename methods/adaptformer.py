@@ -37,13 +37,12 @@ from .backbones import BackboneSpec, block_paths, describe_backbone
 from .base import (
     Method,
     MethodError,
-    budget_error,
     check_range,
+    fit_affine_size,
     freeze_all_but,
     make_config,
     register_method,
     shared_search_space,
-    within_budget,
 )
 
 
@@ -126,13 +125,7 @@ class AdaptFormer(Method):
         return {"bottleneck": (min(b.width for b in spec.blocks), "the (narrowest) model width the adapter projects")}
 
     def for_budget(self, spec: BackboneSpec, budget: int) -> AdaptFormerConfig:
-        per_rank = adaptformer_count(spec, 1) - adaptformer_count(spec, 0)
-        fixed = adaptformer_count(spec, 0)
-        r = max(1, round((budget - fixed) / per_rank))
-        if not within_budget(adaptformer_count(spec, r), budget):
-            raise MethodError(
-                budget_error(self.name, budget, [adaptformer_count(spec, k) for k in (r - 1, r, r + 1) if k > 0])
-            )
+        r = fit_affine_size(self.name, lambda r: adaptformer_count(spec, r), budget)
         return make_config(self, {"bottleneck": r})
 
     def search_space(self, trial: Any) -> dict[str, Any]:

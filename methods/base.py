@@ -21,7 +21,7 @@ import math
 import types
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -311,6 +311,18 @@ def shared_search_space(trial: Any) -> dict[str, Any]:
 
 def within_budget(count: int, budget: int) -> bool:
     return abs(count - budget) <= BUDGET_TOLERANCE * budget
+
+
+def fit_affine_size(method: str, count: Callable[[int], int], budget: int) -> int:
+    """The size n >= 1 (a rank, a width, a prompt count) whose count is nearest ``budget``, for a
+    count affine in n (fixed + n * per_unit), if within ±5 %; otherwise a :class:`MethodError`
+    naming the counts of n and its neighbours."""
+    fixed = count(0)
+    per_unit = count(1) - fixed
+    n = max(1, round((budget - fixed) / per_unit))
+    if not within_budget(count(n), budget):
+        raise MethodError(budget_error(method, budget, [count(k) for k in (n - 1, n, n + 1) if k > 0]))
+    return n
 
 
 def budget_error(method: str, budget: int, feasible: Iterable[int]) -> str:

@@ -52,12 +52,11 @@ from .backbones import BackboneSpec, describe_backbone
 from .base import (
     Method,
     MethodError,
-    budget_error,
+    fit_affine_size,
     freeze_all_but,
     make_config,
     register_method,
     shared_search_space,
-    within_budget,
 )
 
 BETA = 100.0  # the fixed swish slope of the official code
@@ -257,11 +256,8 @@ class DTL(Method):
         return {"rank": (width, "the (narrowest) model width the low-rank maps project")}
 
     def for_budget(self, spec: BackboneSpec, budget: int) -> DTLConfig:
-        default = make_config(self)
-        per_rank = dtl_count(spec, 1, 0)
-        rank = max(1, round(budget / per_rank))
-        if not within_budget(dtl_count(spec, rank, default.fusion_size), budget):
-            raise MethodError(budget_error(self.name, budget, [per_rank * r for r in (rank - 1, rank, rank + 1) if r]))
+        fusion = make_config(self).fusion_size
+        rank = fit_affine_size(self.name, lambda r: dtl_count(spec, r, fusion), budget)
         return make_config(self, {"rank": rank})
 
     def search_space(self, trial: Any) -> dict[str, Any]:

@@ -28,7 +28,14 @@ from peft import FourierFTConfig, inject_adapter_in_model
 from torch import nn
 
 from .backbones import BackboneSpec, describe_backbone
-from .base import Method, MethodError, budget_error, check_range, make_config, register_method, within_budget
+from .base import (
+    Method,
+    MethodError,
+    check_range,
+    fit_affine_size,
+    make_config,
+    register_method,
+)
 from .peft_tuners import freeze_to_adapters, linears_of, merge_tuner_layers, parse_roles
 
 
@@ -76,10 +83,7 @@ class FourierFT(Method):
 
     def for_budget(self, spec: BackboneSpec, budget: int) -> FourierFTSettings:
         layers = len(linears_of(spec, self.name, make_config(self).targets))
-        n = max(1, round(budget / layers))
-        if not within_budget(n * layers, budget):
-            raise MethodError(budget_error(self.name, budget, [max(1, n - 1) * layers, n * layers, (n + 1) * layers]))
-        return make_config(self, {"n_frequency": n})
+        return make_config(self, {"n_frequency": fit_affine_size(self.name, lambda n: n * layers, budget)})
 
     def merge(self, model: nn.Module) -> nn.Module:
         return merge_tuner_layers(model)

@@ -52,13 +52,12 @@ from .base import (
     Method,
     MethodError,
     added_option,
-    budget_error,
     check_range,
+    fit_affine_size,
     freeze_all_but,
     make_config,
     register_method,
     shared_search_space,
-    within_budget,
 )
 
 # The largest scale alpha / rank accepted: published settings use 1 or 2, and far larger scales
@@ -145,12 +144,8 @@ class Lora(Method):
         return {"rank": (cap, f"min(in, out) of the adapted layers {config.targets}")}
 
     def for_budget(self, spec: BackboneSpec, budget: int) -> LoraSettings:
-        default = make_config(self)
-        per_rank = self._per_rank(spec, default.targets)
-        rank = max(1, round(budget / per_rank))
-        if not within_budget(rank * per_rank, budget):
-            raise MethodError(budget_error(self.name, budget, [r * per_rank for r in (rank - 1, rank, rank + 1) if r]))
-        return make_config(self, {"rank": rank})
+        per_rank = self._per_rank(spec, make_config(self).targets)
+        return make_config(self, {"rank": fit_affine_size(self.name, lambda r: r * per_rank, budget)})
 
     def search_space(self, trial: Any) -> dict[str, Any]:
         return {**shared_search_space(trial), "dropout": trial.suggest_float("dropout", 0.0, 0.3)}

@@ -35,7 +35,14 @@ from peft.tuners.vera import VeraModel
 from torch import nn
 
 from .backbones import BackboneSpec, describe_backbone
-from .base import Method, MethodError, budget_error, check_range, make_config, register_method, within_budget
+from .base import (
+    Method,
+    MethodError,
+    check_range,
+    fit_affine_size,
+    make_config,
+    register_method,
+)
 from .peft_tuners import freeze_to_adapters, linears_of, merge_tuner_layers, parse_roles
 
 
@@ -82,12 +89,9 @@ class Vera(Method):
         return {"rank": (cap, f"in x out of the adapted layers {config.targets}: r rank-one terms span them all")}
 
     def for_budget(self, spec: BackboneSpec, budget: int) -> VeraSettings:
-        config = make_config(self)
-        linears = linears_of(spec, self.name, config.targets)
+        linears = linears_of(spec, self.name, make_config(self).targets)
         fixed = sum(lin.out_features for lin in linears)
-        rank = max(1, round((budget - fixed) / len(linears)))
-        if not within_budget(fixed + rank * len(linears), budget):
-            raise MethodError(budget_error(self.name, budget, [fixed + r * len(linears) for r in (1, rank)]))
+        rank = fit_affine_size(self.name, lambda r: fixed + r * len(linears), budget)
         return make_config(self, {"rank": rank})
 
     def merge(self, model: nn.Module) -> nn.Module:

@@ -48,13 +48,12 @@ from .backbones import BackboneSpec, describe_backbone
 from .base import (
     Method,
     MethodError,
-    budget_error,
     check_range,
+    fit_affine_size,
     freeze_all_but,
     make_config,
     register_method,
     shared_search_space,
-    within_budget,
 )
 
 #: The longest prompt in VPT's search ({1, 5, 10, 50, 100, 200}): past it, n is not a setting the paper studied.
@@ -152,10 +151,7 @@ class _VPT(Method):
 
     def for_budget(self, spec: BackboneSpec, budget: int) -> VPTConfig:
         per_token = self._layers(spec) * spec.embed_dim
-        n = max(1, round(budget / per_token))
-        if not within_budget(n * per_token, budget):
-            raise MethodError(budget_error(self.name, budget, [per_token * k for k in (n - 1, n, n + 1) if k]))
-        return make_config(self, {"num_tokens": n})
+        return make_config(self, {"num_tokens": fit_affine_size(self.name, lambda n: n * per_token, budget)})
 
     def search_space(self, trial: Any) -> dict[str, Any]:
         return {**shared_search_space(trial), "dropout": trial.suggest_float("dropout", 0.0, 0.3)}
