@@ -208,6 +208,12 @@ class EmptyConfig:
     """Config of methods without structural hyperparameters (``linear``, ``full``)."""
 
 
+#: Method groups: re-parameterisable (a weight update that folds into the backbone's linears),
+#: additive (new modules kept at inference), prompt (learned tokens), selective (a subset of the
+#: backbone's own parameters trains) and reference (linear probing and full fine-tuning).
+CATEGORIES = ("reparameterisable", "additive", "prompt", "selective", "reference")
+
+
 class Method(ABC):
     """Base class of every PEFT method. Subclasses set ``name`` and ``Config``.
 
@@ -227,6 +233,13 @@ class Method(ABC):
     families: ClassVar[tuple[str, ...]] = ("vit",)
     #: Why the method refuses the families it does not support, by family (shown in the refusal).
     unsupported_reasons: ClassVar[dict[str, str]] = {}
+    #: How the method adapts, for grouping in ``bench methods list`` (one of ``CATEGORIES``).
+    category: ClassVar[str] = "additive"
+    #: The paper that introduced it, short form: "Hu et al., ICLR 2022 (arXiv 2106.09685)".
+    paper: ClassVar[str] = ""
+    #: Trainable parameters (head excluded) the paper reports on ViT-B/16 for VTAB-1K, as printed
+    #: there ("0.29M"), or "" when it reports none.
+    published_params: ClassVar[str] = ""
 
     def check_backbone(self, spec: BackboneSpec) -> None:
         """Refuse, in one line naming the backbone and the reason, a family the method does not support."""
