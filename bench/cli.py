@@ -680,40 +680,65 @@ def export_cmd(
 # bench methods
 
 
-@methods_app.command("list", epilog=examples("bench methods list", "bench methods list --json"))
-def methods_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Every registered method (built-in and from installed plugins)."""
-    from methods.base import available_methods, config_to_dict, make_config
+@methods_app.command(
+    "list", epilog=examples("bench methods list", "bench methods list --backbone swin_base_patch4_window7_224 --json")
+)
+def methods_list(
+    backbone: str = typer.Option(
+        "vit_base_patch16_224.orig_in21k", help="Count each method's default configuration on this timm backbone."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Every registered method (built-in and from plugins), grouped by how it adapts the backbone."""
+    from methods.base import CATEGORIES, available_methods, config_to_dict, make_config
 
+    from .backbone import backbone_spec
+
+    spec = backbone_spec(backbone)
     rows = []
     for name, cls in available_methods().items():
         m = cls()
+        config = make_config(m)
+        supported = spec.family in cls.families
         rows.append(
             {
                 "name": name,
+                "category": cls.category,
+                "paper": cls.paper,
+                "published_params": cls.published_params,
+                "trainable_params": m.count(spec, config) if supported else None,
                 "description": cls.description,
                 "module": cls.__module__,
                 "mergeable": cls.mergeable,
                 "identity_at_init": cls.identity_at_init,
                 "backbones": list(cls.families),
-                "defaults": config_to_dict(make_config(m)),
+                "defaults": config_to_dict(config),
             }
         )
+    order = {c: i for i, c in enumerate(CATEGORIES)}
+    rows.sort(key=lambda r: (order.get(r["category"], len(order)), r["name"]))
     if as_json:
         _print_json(rows)
         return
-    table = Table(title="methods")
-    for col in ("name", "description", "backbones", "mergeable", "defaults"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r["name"],
-            r["description"],
-            ", ".join(r["backbones"]),
-            "yes" if r["mergeable"] else "no",
-            json.dumps(r["defaults"]),
-        )
-    out.print(table)
+    for category in dict.fromkeys(r["category"] for r in rows):
+        table = Table(title=f"{category} methods (bench default counted on {spec.name})", title_justify="left")
+        for col in ("name", "paper", "published (ViT-B/16)", "bench default", "backbones", "merge"):
+            table.add_column(col)
+        for r in (r for r in rows if r["category"] == category):
+            count = "unsupported" if r["trainable_params"] is None else f"{r['trainable_params']:,}"
+            table.add_row(
+                r["name"],
+                r["paper"] or "baseline",
+                r["published_params"] or "—",
+                count,
+                ", ".join(r["backbones"]),
+                "yes" if r["mergeable"] else "no",
+            )
+        out.print(table)
+    out.print(
+        "published: the paper's VTAB-1K figure as printed; bench default: the exact trainable count, head excluded "
+        "(`bench methods info NAME` gives the formula and defaults)."
+    )
 
 
 @methods_app.command(

@@ -92,6 +92,9 @@ def adapter_count(spec: BackboneSpec, bottleneck: int, train_norms: bool = True)
 @register_method
 class Adapter(Method):
     name = "adapter"
+    category = "additive"
+    paper = "Houlsby et al., ICML 2019 (arXiv 1902.00751)"
+    published_params = "0.16M"  # the VTAB-1K tables of the NOAH (arXiv 2206.04673), SSF and FacT papers
     Config = AdapterConfig
     description = "Adapter (Houlsby): sequential bottleneck adapters after attention and MLP, norms trained"
     identity_at_init = False  # the official init draws weights with std 1e-3; see extra_checks

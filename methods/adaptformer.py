@@ -94,6 +94,9 @@ def adaptformer_count(spec: BackboneSpec, bottleneck: int) -> int:
 @register_method
 class AdaptFormer(Method):
     name = "adaptformer"
+    category = "additive"
+    paper = "Chen et al., NeurIPS 2022 (arXiv 2205.13535)"
+    published_params = "0.16M"  # the VTAB-1K tables of the NOAH (arXiv 2206.04673), SSF and FacT papers
     Config = AdaptFormerConfig
     description = "AdaptFormer: a scaled bottleneck MLP parallel to every block's MLP"
     identity_at_init = True  # the up-projection starts at zero

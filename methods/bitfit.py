@@ -60,6 +60,9 @@ def bitfit_count(spec: BackboneSpec) -> int:
 @register_method
 class BitFit(Method):
     name = "bitfit"
+    category = "selective"
+    paper = "Ben Zaken et al., ACL 2022 (arXiv 2106.10199)"
+    published_params = "0.10M"  # the VTAB-1K tables of the NOAH (arXiv 2206.04673), SSF and FacT papers
     Config = BitFitConfig
     description = "BitFit: only the backbone's biases (and the head) train (mergeable: nothing to fold)"
     identity_at_init = True  # nothing is added

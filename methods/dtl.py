@@ -214,6 +214,9 @@ def dtl_count(spec: BackboneSpec, rank: int, fusion_size: int, add_from: int | N
 @register_method
 class DTL(Method):
     name = "dtl"
+    category = "additive"
+    paper = "Fu et al., AAAI 2024 (arXiv 2312.07856)"
+    published_params = "0.04M"  # DTL paper, VTAB-1K table
     Config = DTLConfig
     description = "DTL: a compact side network of rank-2 maps added to the later blocks (DTL+ with fusion_size)"
     identity_at_init = True  # relative to the GAP-then-LayerNorm backbone (see `reference`)

@@ -50,6 +50,8 @@ class FourierFTSettings:
 @register_method
 class FourierFT(Method):
     name = "fourierft"
+    category = "reparameterisable"
+    paper = "Gao et al., ICML 2024 (arXiv 2405.03003)"
     Config = FourierFTSettings
     description = "FourierFT through peft: n trained spectral coefficients per linear (mergeable)"
     identity_at_init = True

@@ -16,6 +16,9 @@ from .base import BackboneSpec, EmptyConfig, Method, freeze_all_but, register_me
 @register_method
 class Full(Method):
     name = "full"
+    category = "reference"
+    paper = ""  # the standard baseline
+    published_params = "85.8M"  # the VPT paper's VTAB-1K table
     Config = EmptyConfig
     description = "full fine-tuning: every parameter trains"
     identity_at_init = True

@@ -45,6 +45,8 @@ class IA3Settings:
 @register_method
 class IA3(Method):
     name = "ia3"
+    category = "reparameterisable"
+    paper = "Liu et al., NeurIPS 2022 (arXiv 2205.05638)"
     Config = IA3Settings
     description = "(IA)3 through peft: learned rescaling of qkv outputs and the MLP activation (mergeable)"
     identity_at_init = True

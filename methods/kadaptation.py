@@ -151,6 +151,8 @@ def _dividing_n(spec: BackboneSpec) -> list[int]:
 @register_method
 class KAdaptation(Method):
     name = "kadaptation"
+    category = "reparameterisable"
+    paper = "He et al., AAAI 2023 (arXiv 2203.16329)"
     Config = KAdaptationConfig
     description = "KAdaptation: shared Kronecker rules x per-layer low-rank factors on q and v (mergeable)"
     identity_at_init = True

@@ -15,6 +15,8 @@ from .base import BackboneSpec, EmptyConfig, Method, freeze_all_but, register_me
 @register_method
 class Linear(Method):
     name = "linear"
+    category = "reference"
+    paper = ""  # the standard baseline
     Config = EmptyConfig
     description = "linear probe: the backbone is frozen, only the head trains"
     identity_at_init = True

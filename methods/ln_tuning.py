@@ -37,6 +37,8 @@ class LNTuningSettings:
 @register_method
 class LNTuning(Method):
     name = "ln_tuning"
+    category = "selective"
+    paper = "Qi et al. (arXiv 2211.08682)"
     Config = LNTuningSettings
     description = "LN-tuning through peft: only the blocks' LayerNorm gains and biases train (mergeable)"
     identity_at_init = True

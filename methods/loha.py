@@ -43,6 +43,8 @@ class LoHaSettings:
 @register_method
 class LoHa(Method):
     name = "loha"
+    category = "reparameterisable"
+    paper = "Hyeon-Woo et al., ICLR 2022 (arXiv 2108.06098)"
     Config = LoHaSettings
     description = "LoHa through peft: Hadamard product of two low-rank products per linear (mergeable)"
     identity_at_init = True

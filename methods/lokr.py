@@ -67,6 +67,8 @@ def lokr_count(lin: LinearSpec, rank: int, factor: int = -1) -> int:
 @register_method
 class LoKr(Method):
     name = "lokr"
+    category = "reparameterisable"
+    paper = "Yeh et al., ICLR 2024 (arXiv 2309.14859)"
     Config = LoKrSettings
     description = "LoKr through peft: Kronecker product with a low-rank factor per linear (mergeable)"
     identity_at_init = True

@@ -99,6 +99,9 @@ def target_paths(spec: BackboneSpec, targets: str) -> list[str]:
 @register_method
 class Lora(Method):
     name = "lora"
+    category = "reparameterisable"
+    paper = "Hu et al., ICLR 2022 (arXiv 2106.09685)"
+    published_params = "0.29M"  # the VTAB-1K tables of the NOAH (arXiv 2206.04673), SSF and FacT papers
     Config = LoraSettings
     description = "LoRA through peft; default rank 8 on the fused qkv of every block (NOAH convention)"
     identity_at_init = True

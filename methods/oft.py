@@ -51,6 +51,8 @@ def input_gcd(spec: BackboneSpec, targets: str) -> int:
 @register_method
 class OFT(Method):
     name = "oft"
+    category = "reparameterisable"
+    paper = "Qiu et al., NeurIPS 2023 (arXiv 2306.07280)"
     Config = OFTSettings
     description = "OFT through peft: block-diagonal orthogonal rotation of each linear's input (mergeable)"
     identity_at_init = True

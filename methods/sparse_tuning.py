@@ -250,6 +250,8 @@ def adapter_count(dim: int, depth: int, config: SparseTuningConfig) -> int:
 @register_method
 class SparseTuning(Method):
     name = "sparse_tuning"
+    category = "additive"
+    paper = "Liu et al. (arXiv 2405.14700)"
     Config = SparseTuningConfig
     description = "Sparse-Tuning: drop low-attention tokens at blocks 3, 6, 9 and adapt with dense adapters"
     identity_at_init = False  # tokens are dropped; see extra_checks for what does hold

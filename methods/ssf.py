@@ -117,6 +117,9 @@ def _set(model: nn.Module, path: str, module: nn.Module) -> None:
 @register_method
 class SSF(Method):
     name = "ssf"
+    category = "reparameterisable"
+    paper = "Lian et al., NeurIPS 2022 (arXiv 2210.08823)"
+    published_params = "0.24M"  # the SSF paper's VTAB-1K table
     Config = SSFConfig
     description = "SSF: a trainable per-channel scale and shift after every operation (mergeable)"
     identity_at_init = True  # with the default init="identity" (the official init is N(1, 0.02))

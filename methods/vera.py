@@ -57,6 +57,8 @@ class VeraSettings:
 @register_method
 class Vera(Method):
     name = "vera"
+    category = "reparameterisable"
+    paper = "Kopiczko et al., ICLR 2024 (arXiv 2310.11454)"
     Config = VeraSettings
     description = "VeRA through peft: frozen shared random projections, two trained vectors per linear (mergeable)"
     identity_at_init = True

@@ -168,6 +168,9 @@ class _VPT(Method):
 @register_method
 class VPTShallow(_VPT):
     name = "vpt_shallow"
+    category = "prompt"
+    paper = "Jia et al., ECCV 2022 (arXiv 2203.12119)"
+    published_params = "0.06M"  # the VTAB-1K tables of the NOAH (arXiv 2206.04673), SSF and FacT papers
     description = "VPT-Shallow: n prompt tokens before the first block, dropped before the head"
     deep = False
 
@@ -175,5 +178,8 @@ class VPTShallow(_VPT):
 @register_method
 class VPTDeep(_VPT):
     name = "vpt_deep"
+    category = "prompt"
+    paper = "Jia et al., ECCV 2022 (arXiv 2203.12119)"
+    published_params = "0.53M"  # the VTAB-1K tables of the NOAH (arXiv 2206.04673), SSF and FacT papers
     description = "VPT-Deep: n prompt tokens per block, replaced before every block, dropped before the head"
     deep = True

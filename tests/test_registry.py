@@ -122,3 +122,39 @@ def test_an_added_option_at_its_default_keeps_the_run_keys_of_finished_runs():
     assert identity_dict(make_config(lora, {"init": "pissa"}))["init"] == "pissa"
     # a field of the original config is always part of the identity, default or not
     assert "kernels" in identity_dict(make_config(get_method("karst")))
+
+
+def test_every_method_says_how_it_adapts_and_where_it_comes_from():
+    from methods.base import CATEGORIES
+
+    for name, cls in methods.available_methods().items():
+        assert cls.category in CATEGORIES, f"{name}: category {cls.category!r}"
+        if cls.category != "reference":
+            assert "arXiv" in cls.paper, f"{name}: paper {cls.paper!r} should cite the arXiv id"
+        if cls.published_params:
+            assert cls.published_params.endswith("M") and float(cls.published_params[:-1]) > 0
+
+
+def test_methods_list_groups_by_category_and_counts_on_the_backbone(cli):
+    import json
+
+    from bench.backbone import backbone_spec
+    from methods.base import CATEGORIES, make_config
+
+    code, out, _ = cli("methods", "list", "--json", "--backbone", "swin_demo_tiny")
+    assert code == 0
+    rows = json.loads(out)
+    assert {r["name"] for r in rows} == set(methods.available_methods())
+    order = [CATEGORIES.index(r["category"]) for r in rows]
+    assert order == sorted(order)  # grouped, in the documented order
+    spec = backbone_spec("swin_demo_tiny")
+    for r in rows:
+        m = methods.get_method(r["name"])
+        if "swin" in r["backbones"]:
+            assert r["trainable_params"] == m.count(spec, make_config(m))
+        else:
+            assert r["trainable_params"] is None  # e.g. VPT: refused on Swin, shown as unsupported
+    code, out, _ = cli("methods", "list")
+    assert code == 0
+    for category in {r["category"] for r in rows}:
+        assert f"{category} methods" in out

@@ -83,6 +83,8 @@ def _rescale_count(block: BlockSpec, rescale: str) -> int:
 @register_method
 class Karst(Method):
     name = "karst"
+    category = "reparameterisable"
+    paper = "KARST (arXiv 2502.06779)"
     Config = KarstConfig
     description = "KARST: multi-kernel Kronecker adaptation of every block linear, with re-scaling (mergeable)"
     identity_at_init = True
