@@ -169,9 +169,13 @@ def _compiled_step(mode: str, eager: _StepForward, model: nn.Module) -> Callable
     return replay
 
 
-def default_compile_mode(device: torch.device) -> str:
-    """The compile mode ``train_run`` uses on ``device`` unless told otherwise."""
-    return CUDA_COMPILE_MODE if device.type == "cuda" else "eager"
+def default_compile_mode(device: torch.device, method: Method | None = None) -> str:
+    """The compile mode ``train_run`` uses on ``device`` unless told otherwise: CUDA graphs, except for
+    a method whose step cannot be captured in one (``Method.cuda_graphs`` false), which compiles
+    without them."""
+    if device.type != "cuda":
+        return "eager"
+    return CUDA_COMPILE_MODE if method is None or method.cuda_graphs else "step"
 
 
 def _frozen_float_params(model: nn.Module) -> list[nn.Parameter]:
@@ -203,7 +207,7 @@ def train_run(
     """
     model.to(device)
     cuda = device.type == "cuda"
-    mode = default_compile_mode(device) if compile_mode is None else compile_mode
+    mode = default_compile_mode(device, method) if compile_mode is None else compile_mode
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile_mode {mode!r} is not one of {', '.join(COMPILE_MODES)}")
     frozen = _frozen_float_params(model) if (cuda if frozen_bf16 is None else frozen_bf16) else []

@@ -233,6 +233,9 @@ class Method(ABC):
     families: ClassVar[tuple[str, ...]] = ("vit",)
     #: Why the method refuses the families it does not support, by family (shown in the refusal).
     unsupported_reasons: ClassVar[dict[str, str]] = {}
+    #: False when the training step cannot be captured in a CUDA graph (e.g. a linear solve that
+    #: synchronises with the host); the runner then compiles it without CUDA graphs.
+    cuda_graphs: ClassVar[bool] = True
     #: How the method adapts, for grouping in ``bench methods list`` (one of ``CATEGORIES``).
     category: ClassVar[str] = "additive"
     #: The paper that introduced it, short form: "Hu et al., ICLR 2022 (arXiv 2106.09685)".

@@ -51,6 +51,7 @@ def input_gcd(spec: BackboneSpec, targets: str) -> int:
 @register_method
 class OFT(Method):
     name = "oft"
+    cuda_graphs = False  # the Cayley transform's linear solve cannot be captured in a CUDA graph
     category = "reparameterisable"
     paper = "Qiu et al., NeurIPS 2023 (arXiv 2306.07280)"
     Config = OFTSettings

@@ -110,3 +110,15 @@ def test_cuda_graph_step_trains_like_the_compiled_step():
     for a, b in zip(plain.epochs, graphs.epochs, strict=True):
         assert b.train_loss == pytest.approx(a.train_loss, rel=1e-3)
         assert b.eval_acc is not None
+
+
+def test_a_method_whose_step_cannot_be_graph_captured_compiles_without_cuda_graphs():
+    """OFT's Cayley transform solves a linear system, which a CUDA graph cannot capture: on an H200
+    the captured step failed with cudaErrorStreamCaptureUnsupported, so its runs compile plainly."""
+    import methods
+    from bench.train import CUDA_COMPILE_MODE, default_compile_mode
+
+    cuda = torch.device("cuda")
+    assert default_compile_mode(cuda, methods.get_method("lora")) == CUDA_COMPILE_MODE
+    assert default_compile_mode(cuda, methods.get_method("oft")) == "step"
+    assert default_compile_mode(torch.device("cpu"), methods.get_method("oft")) == "eager"

@@ -91,7 +91,7 @@ def run_work(
     run = work.run
     try:
         model, mean, std = build_model(run, work.weights)
-        emit(Started(work.job, where, mean, std, default_compile_mode(device)))
+        emit(Started(work.job, where, mean, std, default_compile_mode(device, run.method)))
 
         sampler = SystemSampler(device) if work.system_metrics else None
 
