@@ -28,9 +28,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--eval-images", type=int, default=2048)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--append", action="store_true", help="Keep the methods already in --out; a method measured again replaces its row."
+    )
     args = parser.parse_args()
     names = [m for m in args.methods.split(",") if m]
-    merged: dict = {}
+    merged: dict = json.loads(args.out.read_text()) if args.append and args.out.exists() else {}
+    if merged:
+        merged["methods"] = [row for row in merged.get("methods", []) if row["method"] not in names]
+        merged["failed"] = [row for row in merged.get("failed", []) if row["method"] not in names]
+        names_before = [row["method"] for row in merged["methods"]]
+    else:
+        names_before = []
     for name in names:
         t0 = time.perf_counter()
         try:
@@ -47,12 +56,16 @@ def main() -> None:
                 merged.update(report)
                 merged["methods"] = []
             merged["methods"].extend(rows)
+            merged["dates"] = {**merged.get("dates", {}), name: datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
         print(f"{name}: {time.perf_counter() - t0:.0f} s in all", flush=True)
+        if not merged.get("failed"):
+            merged.pop("failed", None)
         if merged.get("methods"):
+            every = names_before + names
             merged["command"] = (
-                f"bench speed --methods {','.join(names)} --backbone {args.backbone} --steps {args.steps} "
+                f"bench speed --methods {','.join(every)} --backbone {args.backbone} --steps {args.steps} "
                 f"--eval-images {args.eval_images} (one method per call of run_speed: "
-                f"python benchmarks/speed_backbones.py --backbone {args.backbone} --methods {','.join(names)} "
+                f"python benchmarks/speed_backbones.py --backbone {args.backbone} --methods {','.join(every)} "
                 f"--steps {args.steps} --eval-images {args.eval_images})"
             )
         merged["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
