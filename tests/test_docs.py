@@ -3,6 +3,7 @@ command's help ends with examples that parse, and the product speaks only of its
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -152,3 +153,21 @@ def test_the_product_speaks_only_of_itself():
 def test_the_readme_is_short():
     words = len((ROOT / "README.md").read_text().split())
     assert words <= 1500, words
+
+
+def test_speed_tables_in_the_docs_are_their_results_files():
+    """A `<!-- speed-table: FILE -->` block is exactly what benchmarks/speed_table.py renders from FILE."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.spec_from_file_location("speed_table", ROOT / "benchmarks" / "speed_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    blocks = 0
+    for page in (ROOT / "docs").rglob("*.md"):
+        text = page.read_text()
+        for source, body in re.findall(r"<!-- speed-table: (\S+) -->\n(.*?)\n<!-- /speed-table -->", text, re.S):
+            results = json.loads((ROOT / source).read_text())
+            assert body.strip() == module.speed_table(results), f"{page}: regenerate from {source}"
+            blocks += 1
+    assert blocks >= 1
