@@ -51,8 +51,16 @@ def make_variant(base: Method, values: dict[str, Any], label: str) -> Method:
         "variant_of": cls.name,
         "__module__": cls.__module__,
         "__doc__": f"{cls.name} with {values} fixed.",
+        # the class is made at run time: a worker process rebuilds it from the registry
+        "__reduce__": lambda self: (_rebuild_variant, (cls.name, values, label)),
     }
     return type(f"{cls.__name__}Variant", (cls,), attrs)()
+
+
+def _rebuild_variant(base: str, values: dict[str, Any], label: str) -> Method:
+    from .base import get_method
+
+    return make_variant(get_method(base), values, label)
 
 
 def base_name(method: Method) -> str:

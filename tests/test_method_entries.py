@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,8 @@ def test_a_variant_is_its_base_method_with_values_fixed():
     config = make_config(variant)
     assert config == dataclasses.replace(make_config(karst), rescale="none")
     assert make_config(variant, {"rank": "4"}).rank == 4  # other fields still take values
+    copied = pickle.loads(pickle.dumps(variant))  # as a run travels to a worker process
+    assert copied.name == variant.name and make_config(copied) == config
     spec = backbone_spec_of(TINY["vit"]())
     assert variant.count(spec, config) == karst.count(spec, config)
     # under a budget the variant is fitted with its own values, and keeps them
