@@ -256,7 +256,7 @@ def choose_entry_for_budget(method: Method, spec: Any, budget: int, overrides: d
         flat = {f"{k}.{f}": v for k, fs in held.items() for f, v in fs.items()} if _is_composite(method) else held
         shown = ", ".join(f"{k}={render_value(v)}" for k, v in flat.items())
         raise BenchError(
-            f"{method.name!r} fixes {shown} and --budget {budget:,} sizes it too: they disagree; drop the budget "
-            "or the size values (values that keep the size, such as karst[rescale=none] or karst.mode, work with --budget)"
+            f"--set or the brackets ({shown}) and --budget {budget:,} both size method {method.name!r}; drop one "
+            "of them (values that keep the size, such as karst[rescale=none] or karst.mode, work with --budget)"
         )
     return dataclasses.replace(choice, config=config)

@@ -126,7 +126,9 @@ def test_a_variant_that_sizes_the_method_disagrees_with_a_budget():
     spec = backbone_spec_of(TINY["vit"]())
     karst = get_method("karst")
     budget = karst.count(spec, make_config(karst))
-    with pytest.raises(BenchError, match="fixes kernels=8 and --budget"):
+    with pytest.raises(
+        BenchError, match="brackets \\(kernels=8\\) and --budget .* both size method 'karst\\[kernels=8\\]'"
+    ):
         choose_entry_for_budget(resolve_entry("karst[kernels=8]"), spec, budget)
 
 
