@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from methods.base import BUDGET_TOLERANCE, BackboneSpec, Method, config_to_dict, make_config
+from methods.base import BUDGET_TOLERANCE, BackboneSpec, Composite, Method, config_to_dict, make_config
 
 from .errors import BenchError
 
@@ -91,6 +91,10 @@ def check_structure(method: Method, spec: BackboneSpec, config: Any) -> None:
     """Refuse a size field beyond the backbone's structure (from --set or a method's budget fit),
     and a backbone family the method does not support."""
     method.check_backbone(spec)
+    if isinstance(method, Composite):
+        for part, (_, part_config) in zip(method.parts, config.parts, strict=True):
+            check_structure(part, spec, part_config)
+        return
     for name, (cap, why) in method.size_limits(spec, config).items():
         value = getattr(config, name)
         if value > cap:

@@ -17,9 +17,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import BenchError
+from .method_entries import split_methods
 
 
 def examples(*commands: str) -> str:
@@ -220,7 +222,10 @@ BudgetOpt = Annotated[
 )
 def run(
     suite: str = typer.Option(..., help="Suite name (see `bench suites list`)."),
-    methods: str = typer.Option(..., help="Comma-separated method names, e.g. lora,linear."),
+    methods: str = typer.Option(
+        ...,
+        help="Comma-separated methods, e.g. lora,linear; a variant karst[rescale=none]; a composition karst+bitfit.",
+    ),
     seeds: str = typer.Option("3", help="Number of seeds (3 -> 0,1,2) or an explicit list (0,5,7)."),
     tasks: TasksOpt = None,
     stage: str = typer.Option("final", help="final: train800val200 -> test once; tune: train800 -> val200."),
@@ -262,7 +267,7 @@ def run(
 
     request = SweepRequest(
         suite=suite,
-        methods=_split(methods) or [],
+        methods=split_methods(methods) or [],
         seeds=parse_seeds(seeds),
         tasks=_split(tasks),
         stage=stage,
@@ -287,7 +292,7 @@ def run(
     options = ExecutorOptions(executor, ray_address, gpus, runs_per_gpu, workers, ray_object_store_mb)
     plan = plan_sweep(request, State.workdir)
     for warning in plan.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     recorder = Recorder(_tracker(tracking_uri))
     with _executor(options, device) as pool:
         from .progress import RichReporter
@@ -334,7 +339,7 @@ def _exit_on_failures(outcomes, command: str) -> None:
     if not failed:
         return
     for o in failed:
-        err.print(f"[red]failed:[/] {o.spec.label}: {o.error}", highlight=False, soft_wrap=True)
+        err.print(f"[red]failed:[/] {escape(o.spec.label)}: {escape(str(o.error))}", highlight=False, soft_wrap=True)
     first = failed[0]
     err.print(
         f"[red]error:[/] {len(failed)} of {len(outcomes)} run(s) failed, each recorded FAILED in MLflow; "
@@ -370,7 +375,7 @@ def _budget(text: str | None) -> int | None:
 )
 def tune(
     suite: str = typer.Option(..., help="Suite name."),
-    methods: str = typer.Option(..., help="Comma-separated method names."),
+    methods: str = typer.Option(..., help="Comma-separated methods; variants as karst[rescale=none]."),
     trials: int = typer.Option(..., help="Trials per study: the same for every method."),
     budget: BudgetOpt = None,
     tasks: TasksOpt = None,
@@ -407,7 +412,7 @@ def tune(
 
     request = SweepRequest(
         suite=suite,
-        methods=_split(methods) or [],
+        methods=split_methods(methods) or [],
         seeds=[0],
         tasks=_split(tasks),
         data_root=data_root,
@@ -441,7 +446,7 @@ def tune(
         table.add_column(col)
     for s in summaries:
         table.add_row(
-            s.name,
+            escape(s.name),
             ", ".join(f"{k} {v}" for k, v in sorted(s.trials.items())),
             f"{100 * s.best_value:.2f}" if s.best_value is not None else "–",
             str(s.best_trial),
@@ -474,8 +479,8 @@ def _print_summary(outcomes, stage: str) -> None:
         table.add_column(col, justify="left" if col in ("task", "method") else "right")
     for row in summarize(df).itertuples():
         table.add_row(
-            row.task,
-            row.method,
+            escape(row.task),
+            escape(row.method),
             str(row.n),
             f"{100 * row.mean:.2f}",
             _pct(row.sd),
@@ -552,8 +557,8 @@ def runs_cmd(
         acc = x["test_acc"] if x["test_acc"] is not None else None
         table.add_row(
             (x["run_key"] or "")[:8],
-            x["method"],
-            x["task"],
+            escape(x["method"]),
+            escape(x["task"]),
             str(x["seed"]),
             x["stage"],
             x["status"],
@@ -610,7 +615,7 @@ def report_cmd(
     if budget is not None:
         selected_budget = "published" if budget.strip().lower() == "published" else _budget(budget)
     formats = tuple(_split(format_) or [])
-    selection = {"methods": _split(methods), "budget": selected_budget, "hparams": hparams}
+    selection = {"methods": split_methods(methods), "budget": selected_budget, "hparams": hparams}
     if results_csv is not None:
         runs = runs_from_results_csv(results_csv, suite, stage, **selection)
     else:
@@ -652,17 +657,16 @@ def export_cmd(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Take a finished run out as a peft adapter, a merged timm checkpoint or bench's own format, with a model card."""
-    from methods.base import get_method
-
     from . import export, schema
+    from .method_entries import resolve_entry
 
     tracker = _tracker(tracking_uri)
     found = export.find_run(tracker.client, run)
     label = found.info.run_name or found.info.run_id
-    fmt = format_ or ("merged" if get_method(found.data.tags.get(schema.METHOD, "")).mergeable else "bench")
+    fmt = format_ or ("merged" if resolve_entry(found.data.tags.get(schema.METHOD, "")).mergeable else "bench")
     folder = out_dir or Path("exports") / f"{label.replace('/', '-')}-{fmt}"
     result = export.export_run(tracker.client, run, folder, format_, checkpoint, verify)
-    out.print(f"exported {result.run.label} as {result.format} to {result.folder}: {', '.join(result.files)}")
+    out.print(f"exported {escape(result.run.label)} as {result.format} to {result.folder}: {', '.join(result.files)}")
     if result.verified is not None:
         same, total = result.verified
         out.print(f"{same} of {total} test predictions equal the run's stored ones")
@@ -749,7 +753,7 @@ def methods_list(
     ),
 )
 def methods_info(
-    name: str = typer.Argument(..., help="Method name."),
+    name: str = typer.Argument(..., help="Method, variant (karst[kernels=4]) or composition (karst+bitfit)."),
     backbone: str = typer.Option("vit_base_patch16_224.orig_in21k", help="timm ViT or Swin name (never downloads)."),
     img_size: int | None = typer.Option(
         None, help="Input size the runs use (a suite's preset: 224); changes the position embedding's size."
@@ -761,13 +765,12 @@ def methods_info(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """A method's config and trainable parameters (head excluded) on a backbone, built without weights."""
-    from methods.base import config_to_dict, get_method, make_config, parse_set_options
+    from methods.base import config_to_dict
 
     from .backbone import backbone_spec
     from .inspect import built_trainable_params
 
-    method = get_method(name)
-    config = make_config(method, parse_set_options(set_ or []))
+    method, config = _entry_with_set(name, set_)
     spec = backbone_spec(backbone, img_size)
     method.check_backbone(spec)
     info = {
@@ -804,11 +807,27 @@ def methods_info(
     if as_json:
         _print_json(info)
         return
-    table = Table(title=f"{name} on {backbone}", show_header=False)
+    table = Table(title=escape(f"{method.name} on {backbone}"), show_header=False)
     for k, v in info.items():
         table.add_row(k, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else json.dumps(v))
     out.print(table)
     out.print("Trainable parameters exclude the head, which adds (feature width + 1) × classes for every method.")
+
+
+def _entry_with_set(name: str, set_: list[str] | None) -> tuple[Any, Any]:
+    """The method an entry names and its config with ``--set FIELD=VALUE`` (a variant's bracket values win)."""
+    from methods.base import Composite, make_config, parse_set_options
+
+    from .method_entries import resolve_entry
+
+    method = resolve_entry(name)
+    if set_ and isinstance(method, Composite):
+        raise BenchError(
+            f"--set does not say which part of {method.name!r} it sets; write the values in brackets, "
+            "e.g. lora[rank=4]+bitfit"
+        )
+    values = {k: v for k, v in parse_set_options(set_ or []).items() if k not in method.config_defaults}
+    return method, make_config(method, values)
 
 
 @methods_app.command(
@@ -822,24 +841,27 @@ def methods_budget(
     budget: str = typer.Option(..., help="Trainable parameters, head excluded: 300000, 300k or 0.3M."),
     backbone: str = typer.Option("vit_base_patch16_224.orig_in21k", help="timm ViT or Swin name (never downloads)."),
     methods: str | None = typer.Option(
-        None, help="Comma-separated method names (default: every method that supports the backbone)."
+        None,
+        help="Comma-separated methods, variants (karst[kernels=4]) or compositions (default: every method that "
+        "supports the backbone).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """The structure every method uses at a budget, and its exact trainable-parameter count."""
-    from methods.base import available_methods, get_method
+    from methods.base import available_methods
 
     from .backbone import backbone_spec
-    from .budget import choose_for_budget, parse_budget
+    from .budget import parse_budget
+    from .method_entries import choose_entry_for_budget, resolve_entry
 
     target = parse_budget(budget)
     spec = backbone_spec(backbone)
     registered = available_methods()
-    names = _split(methods) or [n for n, cls in registered.items() if spec.family in cls.families]
+    names = split_methods(methods) or [n for n, cls in registered.items() if spec.family in cls.families]
     rows, unreachable = [], []
     for n in names:
         try:
-            rows.append(choose_for_budget(get_method(n), spec, target).to_dict())
+            rows.append(choose_entry_for_budget(resolve_entry(n), spec, target).to_dict())
         except BenchError:
             if methods:  # a method the user named: its refusal is the answer
                 raise
@@ -858,7 +880,7 @@ def methods_budget(
         table.add_column(col)
     for r in rows:
         dev = f"{100 * r['deviation']:+.1f}%" if r["adjustable"] else "reference (fixed size)"
-        table.add_row(r["method"], json.dumps(r["config"]), f"{r['trainable_params']:,}", dev)
+        table.add_row(escape(r["method"]), escape(json.dumps(r["config"])), f"{r['trainable_params']:,}", dev)
     out.print(table)
     unsupported = [n for n, cls in registered.items() if spec.family not in cls.families and not methods]
     if unsupported:
@@ -875,7 +897,7 @@ def methods_budget(
     ),
 )
 def methods_check(
-    name: str = typer.Argument(..., help="Method name."),
+    name: str = typer.Argument(..., help="Method, variant (karst[rescale=none]) or composition (karst+bitfit)."),
     backbone: str = typer.Option(
         "vit_base_patch16_224.orig_in21k",
         help="Check on a tiny random backbone of this one's family (a ViT or a Swin); never downloads.",
@@ -884,20 +906,18 @@ def methods_check(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Run the conformance checks on a tiny ViT (or Swin); exit 0 only if all pass."""
-    from methods.base import get_method, make_config, parse_set_options
     from methods.conformance import run_checks
 
     from .backbone import backbone_spec
 
-    method = get_method(name)
-    config = make_config(method, parse_set_options(set_ or []))
+    method, config = _entry_with_set(name, set_)
     family = backbone_spec(backbone).family
     method.check_backbone(backbone_spec(backbone))
     results = run_checks(method, config, family=family)
     if as_json:
         _print_json([r.__dict__ for r in results])
     else:
-        table = Table(title=f"conformance of {name} on a tiny {family}")
+        table = Table(title=escape(f"conformance of {method.name} on a tiny {family}"))
         for col in ("check", "result", "detail"):
             table.add_column(col)
         for r in results:
@@ -1242,7 +1262,7 @@ def run_cli(args: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BenchError as exc:
         one_line = " ".join(str(exc).splitlines())  # a message quoting a file or a library may span lines
-        err.print(f"[red]error:[/] {one_line}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(one_line)}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted; finished runs are kept, the interrupted one will be trained again")

@@ -197,12 +197,13 @@ def frozen_backbone(stored: StoredRun, checkpoint: Path | None, seed: int) -> nn
 
 def rebuild_model(stored: StoredRun, checkpoint: Path | None = None) -> tuple[nn.Module, Any, Any]:
     """The run's trained model (unmerged), its method and its config."""
-    from methods.base import get_method, make_config
+    from methods.base import make_config
 
     from .backbone import build_backbone
+    from .method_entries import resolve_entry
 
     spec = stored.spec
-    method = get_method(spec["method"])
+    method = resolve_entry(spec["method"])
     config = make_config(method, spec["method_config"])
     model = build_backbone(
         spec["backbone"],

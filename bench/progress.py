@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -52,7 +53,7 @@ class RichReporter:
     def run_started(self, run: PlannedRun, epochs: int) -> None:
         while len(self.run_tasks) >= self.slots:  # tuning trials never report done
             self.progress.remove_task(self.run_tasks.pop(next(iter(self.run_tasks))))
-        self.run_tasks[id(run)] = self.progress.add_task(f"  {run.spec.label}", total=epochs)
+        self.run_tasks[id(run)] = self.progress.add_task(f"  {escape(run.spec.label)}", total=epochs)
 
     def epoch_done(self, run: PlannedRun, metrics: EpochMetrics) -> None:
         if id(run) not in self.run_tasks:
@@ -61,7 +62,7 @@ class RichReporter:
         self.progress.update(
             self.run_tasks[id(run)],
             advance=1,
-            description=f"  {run.spec.label} loss {metrics.train_loss:.3f} acc {100 * metrics.train_acc:.1f}{extra}",
+            description=f"  {escape(run.spec.label)} loss {metrics.train_loss:.3f} acc {100 * metrics.train_acc:.1f}{extra}",
         )
 
     def run_done(self, run: PlannedRun, outcome: RunOutcome) -> None:
@@ -71,10 +72,12 @@ class RichReporter:
             return
         self.progress.advance(self.sweep_task)
         if outcome.status == "failed":
-            self.console.print(f"  {run.spec.label}: [red]failed[/] ({outcome.error})", highlight=False)
+            self.console.print(
+                f"  {escape(run.spec.label)}: [red]failed[/] ({escape(str(outcome.error))})", highlight=False
+            )
             return
         if outcome.status == "interrupted":
             return
         acc = f"{100 * outcome.eval_acc:.2f}%" if outcome.eval_acc is not None else "–"
         verb = "trained" if outcome.status == "trained" else "finished earlier, reused"
-        self.console.print(f"  {run.spec.label}: {acc} ({verb})", highlight=False)
+        self.console.print(f"  {escape(run.spec.label)}: {acc} ({verb})", highlight=False)

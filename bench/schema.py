@@ -17,7 +17,8 @@ RUN_KEY = "bench.run_key"
 SUITE = "bench.suite"
 TASK = "bench.task"
 GROUP = "bench.group"
-METHOD = "bench.method"
+METHOD = "bench.method"  # the method's label: karst, karst[rescale=none], karst+bitfit
+METHOD_BASE = "bench.method_base"  # the registered method of a variant (karst); else the label itself
 SEED = "bench.seed"
 STAGE = "bench.stage"
 PRESET = "bench.preset"

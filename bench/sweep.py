@@ -18,20 +18,20 @@ from typing import Any
 
 import torch
 
-import methods
 import suites
-from methods.base import Method, config_to_dict, identity_dict, make_config
+from methods.base import Composite, Method, identity_dict, make_config
 from suites.base import Preset, Stage, Suite
 from suites.lists import ListEntry
 from suites.resolve import ResolvedTask
 
 from . import __version__, schema
 from .backbone import Weights, backbone_spec, check_weights, resolve_weights
-from .budget import check_structure, choose_for_budget
+from .budget import check_structure
 from .cache import load_split
 from .engine import Executor, Job, JobData, Recorder, Reporter, RunOutcome, RunRecord, SilentReporter, Work, drive
 from .errors import BenchError
 from .inspect import built_trainable_params
+from .method_entries import choose_entry_for_budget, method_base, resolve_methods, set_bases, set_values
 from .provenance import command_line, git_revision
 from .spec import RunSpec, canonical_json
 from .tracking import experiment_name, flatten_params
@@ -200,7 +200,8 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
     if not request.seeds:
         raise BenchError("no seeds given; pass e.g. --seeds 3")
     device = resolve_device(request.device)
-    stray = sorted(set(request.method_overrides) - set(request.methods))
+    entries = resolve_methods(request.methods)  # names, fields and values, before anything else
+    stray = sorted(set(request.method_overrides) - set_bases(entries))
     if stray:
         raise BenchError(
             f"--set names method(s) {', '.join(stray)} that are not in --methods; add them or drop the --set"
@@ -221,9 +222,10 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
     backbone = request.backbone or suite.default_backbone
     # an unknown backbone, or a method that does not support its family, fails before data is prepared
     spec_bb = backbone_spec(backbone, preset.img_size)
-    chosen = [_sized_method(name, request, spec_bb) for name in request.methods]
+    chosen = [_sized_method(method, request, spec_bb) for method in entries]
     for method, config, _ in chosen:  # a config that does not fit the backbone fails before any training
         built_trainable_params(method, config, backbone, img_size=preset.img_size)
+        _check_composition(method, config, spec_bb.family, request.hparams)
     data_root = _dataset_root(suite, request, workdir)
     if suite.prepare is not None:
         data_root = data_root or workdir / "data" / suite.name
@@ -340,26 +342,26 @@ def _run_groups(
     return groups
 
 
-def _sized_method(name: str, request: SweepRequest, spec_bb) -> tuple[Method, Any, int | None]:
+def _sized_method(method: Method, request: SweepRequest, spec_bb) -> tuple[Method, Any, int | None]:
     """The method with its config: published (plus --set), or fitted to --budget."""
-    method = methods.get_method(name)
-    overrides = request.method_overrides.get(name)
+    overrides = set_values(method, request.method_overrides)
     if request.budget is None or not method.budget_adjustable:
         # a reference keeps its size under --budget: its runs serve every budget's sweep
         config = make_config(method, overrides)
         check_structure(method, spec_bb, config)
         return method, config, None
-    fitted = choose_for_budget(method, spec_bb, request.budget).config
-    if not overrides:
-        return method, fitted, request.budget
-    # --set may change how the fitted method computes (e.g. karst.mode), never its size
-    config = make_config(method, {**config_to_dict(fitted), **overrides})
-    if method.count(spec_bb, config) != method.count(spec_bb, fitted):
-        raise BenchError(
-            f"--set {name}.… and --budget both size method {name!r}; drop one of them "
-            f"(a --set that keeps the size, such as karst.mode, works with --budget)"
-        )
+    config = choose_entry_for_budget(method, spec_bb, request.budget, overrides).config
     return method, config, request.budget
+
+
+def _check_composition(method: Method, config: Any, family: str, hparams: str) -> None:
+    """A composition's parts must all act (colliding parts were refused when it was built), and
+    it has no tuning study to take hyperparameters from."""
+    if not isinstance(method, Composite):
+        return
+    if hparams == "tuned":
+        raise BenchError(f"composition {method.name!r} cannot be tuned yet; run it with --hparams published")
+    method.check_parts_act(config, family)
 
 
 @dataclass
@@ -402,6 +404,7 @@ def run_tags(spec: RunSpec, **extra: str) -> dict[str, str]:
         schema.SUITE: spec.suite,
         schema.TASK: spec.task,
         schema.METHOD: spec.method,
+        schema.METHOD_BASE: method_base(spec.method),
         schema.SEED: str(spec.seed),
         schema.STAGE: spec.stage,
         schema.PRESET: spec.preset,

@@ -21,11 +21,12 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
-from methods.base import identity_dict
+from methods.base import Composite, identity_dict
 
 from . import schema
 from .engine import Executor, Job, JobData, Recorder, Reporter, RunOutcome, RunRecord, Work, drive
 from .errors import BenchError
+from .method_entries import resolve_methods
 from .studies import (
     INTERRUPTED,
     TUNE_SEED,
@@ -220,6 +221,12 @@ def run_tuning(
             "recipe (`bench run`), or pick settings on the val lists with `bench run --stage tune`"
         )
     request = dataclasses.replace(request, stage="tune", seeds=[TUNE_SEED], hparams="published")
+    for method in resolve_methods(request.methods):
+        if isinstance(method, Composite):
+            raise BenchError(
+                f"composition {method.name!r} cannot be tuned yet (its parts' hyperparameters share names); "
+                "tune its parts alone, and run the composition with --hparams published"
+            )
     plan = plan_sweep(request, workdir)
     studies = [_prepare_study(plan, run, storage, trials) for run in plan.runs]
     source = TrialSource(plan, studies, recorder, storage, trials, workdir / "cache" / "images")

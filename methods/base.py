@@ -108,12 +108,16 @@ def added_option(default: Any) -> Any:
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
+    if hasattr(config, "to_dict"):  # a composition's config: each part's by its label
+        return config.to_dict()
     return dataclasses.asdict(config)
 
 
 def identity_dict(config: Any) -> dict[str, Any]:
     """The config as it enters a run's identity: every field, except added options at their default,
     so that adding such an option does not change the run keys of finished runs."""
+    if hasattr(config, "identity_dict"):  # a composition's config: each part's identity by its label
+        return config.identity_dict()
     values = dataclasses.asdict(config)
     for f in dataclasses.fields(config):
         if f.metadata.get(ADDED_OPTION) and values[f.name] == f.default:
@@ -153,8 +157,13 @@ def _coerce(value: str, annotation: Any, field_name: str) -> Any:
 
 
 def make_config(method: Method, overrides: dict[str, Any] | None = None) -> Any:
-    """The method's default config with ``overrides`` (field name -> value or string) applied."""
-    overrides = dict(overrides or {})
+    """The method's default config with ``overrides`` (field name -> value or string) applied.
+
+    A named variant's own values (``Method.config_defaults``) come first; ``overrides`` win over them.
+    """
+    if isinstance(method, Composite):
+        return method.make_config(overrides)
+    overrides = {**method.config_defaults, **(overrides or {})}
     cls = method.Config
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -243,6 +252,9 @@ class Method(ABC):
     #: Trainable parameters (head excluded) the paper reports on ViT-B/16 for VTAB-1K, as printed
     #: there ("0.29M"), or "" when it reports none.
     published_params: ClassVar[str] = ""
+    #: Config values a named variant fixes (``karst[rescale=none]``): :func:`make_config` starts
+    #: from them. Empty for a registered method.
+    config_defaults: ClassVar[dict[str, Any]] = {}
 
     def check_backbone(self, spec: BackboneSpec) -> None:
         """Refuse, in one line naming the backbone and the reason, a family the method does not support."""
@@ -314,6 +326,17 @@ class Method(ABC):
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold the method into plain timm layers (only where ``mergeable``)."""
         raise MethodError(f"method {self.name!r} cannot be merged into the backbone")
+
+
+class Composite(Method):
+    """A method made of other methods (``methods.composition.Composition``): its config holds each
+    part's config, and it makes its own."""
+
+    parts: list[Method]
+
+    @abstractmethod
+    def make_config(self, overrides: dict[str, dict[str, Any]] | None = None) -> Any:
+        """Each part's config, ``overrides`` (field values by part label) applied."""
 
 
 def shared_search_space(trial: Any) -> dict[str, Any]:
