@@ -41,3 +41,64 @@ def test_noah_init_enters_the_run_identity_only_when_chosen():
     assert identity_dict(make_config(lora, {"init": "noah"}))["init"] == "noah"
     with pytest.raises(MethodError, match="choose one of peft, pissa, noah"):
         make_config(lora, {"init": "kaiming"})
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "backbone", "expected"),
+    [
+        ("boft", {}, "vit_base_patch16_224", 12 * (768 * 4 + 2304)),  # b = 4 blocks on qkv's 768 inputs, s on 2304
+        ("boft", {"block_size": 16, "targets": "qkv,proj,fc1,fc2"}, "vit_base_patch16_224", None),
+        ("boft", {}, "swin_base_patch4_window7_224", 84_224),
+        ("glora", {}, "vit_base_patch16_224", 1_437_984),
+        ("glora", {"path_ab": "vector", "path_c": "vector", "path_de": "vector"}, "vit_base_patch16_224", None),
+        ("glora", {"path_ab": "constant", "path_c": "none", "path_de": "none", "rank": 2}, "vit_base_patch16_224", 96),
+        ("glora", {}, "swin_base_patch4_window7_224", 1_877_568),
+    ],
+)
+def test_closed_form_counts_equal_what_peft_builds(name: str, overrides: dict, backbone: str, expected: int | None):
+    """count() is the docstring's formula; peft's layers, built on the real shapes, hold exactly that."""
+    method = get_method(name)
+    config = make_config(method, overrides)
+    counted = method.count(backbone_spec(backbone), config)
+    assert built_trainable_params(method, config, backbone) == counted
+    if expected is not None:
+        assert counted == expected
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"path_ab": "vector", "path_c": "vector", "path_de": "vector"}, {"path_ab": "constant", "path_c": "none"}],
+)
+def test_glora_other_forms_conform(overrides: dict):
+    glora = get_method("glora")
+    results = run_checks(glora, make_config(glora, overrides))
+    assert [(r.name, r.detail) for r in results if r.passed is not True] == []
+
+
+def test_glora_budget_fit_moves_placement_when_one_rank_step_is_too_coarse():
+    glora, spec = get_method("glora"), backbone_spec("vit_base_patch16_224")
+    assert glora.for_budget(spec, 719_040).targets == "qkv,proj,fc1,fc2"  # rank 2 at the default placement
+    small = glora.for_budget(spec, 300_000)  # one rank on all four linears is already 359,568
+    assert small.targets != "qkv,proj,fc1,fc2" and abs(glora.count(spec, small) - 300_000) <= 15_000
+    with pytest.raises(MethodError, match="path_ab, path_c and path_de are all none"):
+        make_config(glora, {"path_ab": "none", "path_c": "none", "path_de": "none"})
+
+
+def test_boft_refuses_structures_peft_cannot_build_as_asked():
+    from methods.boft import peft_runs_butterflies
+
+    boft = get_method("boft")
+    with pytest.raises(MethodError, match=r"block_size=24 does not divide .* divides 64"):
+        boft.apply(tiny_vit(), make_config(boft, {"block_size": 24}))
+    with pytest.raises(MethodError, match="block_size=5 must be even"):
+        make_config(boft, {"block_size": 5, "butterfly_factors": 2})
+    with pytest.raises(MethodError, match=r"block_size=64 with butterfly_factors=2 \(span 128\)"):
+        boft.apply(tiny_vit(), make_config(boft, {"block_size": 64, "butterfly_factors": 2}))
+    two = make_config(boft, {"block_size": 8, "butterfly_factors": 2})
+    if peft_runs_butterflies():  # a CUDA machine with nvcc and ninja: peft's butterflies, as counted
+        model = boft.apply(tiny_vit(), two)
+        assert model.blocks[0].attn.qkv.boft_R["default"].shape == (2, 8, 8, 8)
+    else:  # peft would silently train one factor: refused instead
+        with pytest.raises(MethodError, match="butterfly_factors=2 needs peft's CUDA extension"):
+            boft.apply(tiny_vit(), two)
+    assert boft.count(backbone_spec("vit_base_patch16_224"), two) == 12 * (2 * 768 * 8 + 2304)
