@@ -20,9 +20,11 @@ defaults (b = 4, m = 1 on every block's fused qkv): 12 · (768 · 4 + 2304) = 64
 Defaults are peft's (block size 4, one butterfly factor); the paper tunes b and m per
 experiment and its VTAB-1K runs fine-tune DINOv2-L, not ViT-B/16, so it prints no ViT-B/16
 count. Size: ``block_size`` is fitted to a budget over the divisors of the adapted layers'
-input widths (it must divide each; with m > 1, b · 2^(m−1) must) and over which of the four
-linears of every block it adapts (the nearest count over every placement); ``butterfly_factors``
-stays as set.
+input widths (it must divide each; with m > 1, b · 2^(m−1) must). Block sizes alone are
+coarse (ViT-B/16's qkv: 9,216 per unit of b, and b must divide 768), so where no block size
+meets the budget within 5 % at the default targets, the fit tries all four linears of every
+block, then the other subsets, larger first, and takes the first placement that meets it;
+``butterfly_factors`` stays as set.
 
 Deviation from peft's behaviour, made explicit: peft runs m > 1 only through its CUDA extension
 ``fbd_cuda`` (built at first use; it needs a CUDA GPU, nvcc and ninja). Where the extension
@@ -35,17 +37,16 @@ each weight; what remains is a plain timm model.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 from dataclasses import dataclass, replace
 
-from peft import BOFTConfig, inject_adapter_in_model
 import torch
+from peft import BOFTConfig, inject_adapter_in_model
 from torch import nn
 
-from .backbones import ROLES, BackboneSpec, describe_backbone
+from .backbones import BackboneSpec, describe_backbone
 from .base import Method, MethodError, make_config, register_method
-from .peft_tuners import fit_configs, freeze_to_adapters, linears_of, merge_tuner_layers, parse_roles
+from .peft_tuners import fit_first_group, freeze_to_adapters, linears_of, merge_tuner_layers, parse_roles, placements
 
 
 @dataclass
@@ -53,13 +54,6 @@ class BOFTSettings:
     block_size: int = 4  # b: size of each orthogonal block (peft's default); b * 2^(m-1) must divide every input width
     butterfly_factors: int = 1  # m: 1 is OFT; more needs peft's CUDA extension
     targets: str = "qkv"  # comma-separated subset of qkv, proj, fc1, fc2
-
-
-# Placements a budget fit tries, the default first: block sizes alone are too coarse (ViT-B/16's
-# qkv: 9,216 more per unit of b, and b must divide 768), so the fit also chooses which linears.
-BUDGET_TARGETS = ("qkv",) + tuple(
-    ",".join(roles) for n in range(len(ROLES), 0, -1) for roles in itertools.combinations(ROLES, n) if roles != ("qkv",)
-)
 
 
 def input_gcd(spec: BackboneSpec, targets: str) -> int:
@@ -146,12 +140,14 @@ class BOFT(Method):
         cap = input_gcd(spec, config.targets) // 2 ** (config.butterfly_factors - 1)
         return {"block_size": (cap, "b * 2^(m-1) must divide the adapted layers' input widths")}
 
-    def _candidates(self, spec: BackboneSpec) -> list[BOFTSettings]:
-        """Every (targets, block size) a budget fit may use at the set butterfly factors, default targets first."""
-        out = []
-        for targets in BUDGET_TARGETS:
+    def _candidates(self, spec: BackboneSpec) -> list[list[BOFTSettings]]:
+        """The block sizes a budget fit may use at each placement (in the order tried), at the set
+        butterfly factors."""
+        groups = []
+        for targets in placements(make_config(self).targets):
             config = make_config(self, {"targets": targets})
             cap = self.size_limits(spec, config)["block_size"][0]
+            group = []
             for b in range(2, cap + 1):
                 candidate = replace(config, block_size=b)
                 try:
@@ -159,14 +155,15 @@ class BOFT(Method):
                     self._check_structure(spec, candidate)
                 except MethodError:
                     continue
-                out.append(candidate)
-        return out
+                group.append(candidate)
+            groups.append(group)
+        return groups
 
     def largest_config(self, spec: BackboneSpec) -> BOFTSettings:
-        return max(self._candidates(spec), key=lambda c: self.count(spec, c))
+        return max((c for group in self._candidates(spec) for c in group), key=lambda c: self.count(spec, c))
 
     def for_budget(self, spec: BackboneSpec, budget: int) -> BOFTSettings:
-        return fit_configs(self.name, self._candidates(spec), lambda c: self.count(spec, c), budget)
+        return fit_first_group(self.name, self._candidates(spec), lambda c: self.count(spec, c), budget)
 
     def merge(self, model: nn.Module) -> nn.Module:
         return merge_tuner_layers(model)

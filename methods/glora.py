@@ -41,14 +41,14 @@ What bench runs, and how it departs from the paper and its code:
 
 Size: the rank r, fitted to a budget (the count is affine in r) at the default forms and
 placement; it is at most min(in, out) of the adapted layers. One rank step is coarse (about
-360 k on ViT-B/16), so where no rank meets a budget within 5 % the fit also chooses which of
-the four linears to adapt (the nearest count over every subset, at the default forms). Merge: GLoRA is re-parameterisable
+360 k on ViT-B/16), so where no rank meets a budget within 5 % at the default placement, the
+fit tries the other subsets of the four linears, larger first, and takes the first placement
+where a rank meets it (at the default forms). Merge: GLoRA is re-parameterisable
 and peft folds A–E into each linear's weight and bias; what remains is a plain timm model.
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -56,9 +56,9 @@ from peft import inject_adapter_in_model
 from peft.tuners.glora import GloraConfig
 from torch import nn
 
-from .backbones import ROLES, BackboneSpec, LinearSpec, describe_backbone
-from .base import Method, MethodError, fit_affine_size, make_config, register_method
-from .peft_tuners import fit_configs, freeze_to_adapters, linears_of, merge_tuner_layers, parse_roles
+from .backbones import BackboneSpec, LinearSpec, describe_backbone
+from .base import Method, MethodError, make_config, register_method
+from .peft_tuners import fit_first_group, freeze_to_adapters, linears_of, merge_tuner_layers, parse_roles, placements
 
 
 @dataclass
@@ -121,23 +121,14 @@ class Glora(Method):
 
     def for_budget(self, spec: BackboneSpec, budget: int) -> GloraSettings:
         """The rank at the default placement; where one rank step overshoots 5 % (ViT-B/16: about
-        360 k per rank on all four linears), the nearest (placement, rank) over every subset of
-        the four linears."""
-        config = make_config(self)
-        try:
-            rank = fit_affine_size(self.name, lambda r: self.count(spec, replace(config, rank=r)), budget)
-            return replace(config, rank=rank)
-        except MethodError:
-            return fit_configs(self.name, self._candidates(spec, config), lambda c: self.count(spec, c), budget)
-
-    def _candidates(self, spec: BackboneSpec, config: GloraSettings) -> list[GloraSettings]:
-        out = []
-        for n in range(len(ROLES), 0, -1):
-            for roles in itertools.combinations(ROLES, n):
-                targets = ",".join(roles)
-                cap = self.size_limits(spec, replace(config, targets=targets))["rank"][0]
-                out.extend(replace(config, targets=targets, rank=r) for r in range(1, cap + 1))
-        return out
+        360 k per rank on all four linears), the first other placement (``placements``) where
+        a rank meets the budget."""
+        groups = []
+        for targets in placements(make_config(self).targets):
+            config = make_config(self, {"targets": targets})
+            cap = self.size_limits(spec, config)["rank"][0]
+            groups.append([replace(config, rank=r) for r in range(1, cap + 1)])
+        return fit_first_group(self.name, groups, lambda c: self.count(spec, c), budget)
 
     def merge(self, model: nn.Module) -> nn.Module:
         return merge_tuner_layers(model)
