@@ -102,3 +102,16 @@ def test_boft_refuses_structures_peft_cannot_build_as_asked():
         with pytest.raises(MethodError, match="butterfly_factors=2 needs peft's CUDA extension"):
             boft.apply(tiny_vit(), two)
     assert boft.count(backbone_spec("vit_base_patch16_224"), two) == 12 * (2 * 768 * 8 + 2304)
+
+
+@pytest.mark.parametrize("name", ["boft", "glora"])
+def test_macs_count_on_meta_and_merge_back_to_the_backbone(name: str):
+    """`bench methods info` counts MACs on the meta device: GLoRA's scalars (a view of a parameter)
+    and BOFT's permutations (built element by element) must not break it."""
+    from bench.inspect import macs_per_image
+
+    method = get_method(name)
+    config = make_config(method)
+    backbone = macs_per_image(None, None, "vit_demo_tiny")
+    assert macs_per_image(method, config, "vit_demo_tiny") > backbone
+    assert macs_per_image(method, config, "vit_demo_tiny", merged=True) == backbone
