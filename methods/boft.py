@@ -29,7 +29,9 @@ block, then the other subsets, larger first, and takes the first placement that 
 Deviation from peft's behaviour, made explicit: peft runs m > 1 only through its CUDA extension
 ``fbd_cuda`` (built at first use; it needs a CUDA GPU, nvcc and ninja). Where the extension
 cannot be built peft silently replaces m by 1, which changes the method and its count. bench
-refuses ``butterfly_factors > 1`` there instead, in one line. peft's multiplicative block
+refuses ``butterfly_factors > 1`` there instead, in one line; such a model runs on CUDA only
+(peft's kernel). With m = 1 bench keeps peft's ``torch.block_diag`` path even where the
+extension loads, so the model runs on any device. peft's multiplicative block
 dropout (``boft_dropout``) is not exposed (0, as peft's default). Merge: peft folds R and s into
 each weight; what remains is a plain timm model.
 """
@@ -130,6 +132,13 @@ class BOFT(Method):
         on_meta = next(model.parameters()).device.type == "meta"
         with torch.device("cpu") if on_meta else contextlib.nullcontext():
             model = inject_adapter_in_model(peft_config, model)
+        if config.butterfly_factors == 1:
+            # Where fbd_cuda builds, peft routes every layer through that CUDA-only kernel, so a model
+            # applied there could not run on the CPU (exports, checks). One factor needs no kernel:
+            # peft's own torch.block_diag path computes the same matrix on any device.
+            for module in model.modules():
+                if hasattr(module, "fbd_cuda_available"):
+                    module.fbd_cuda_available = False
         return freeze_to_adapters(model)
 
     def count(self, spec: BackboneSpec, config: BOFTSettings) -> int:
