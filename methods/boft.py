@@ -85,6 +85,7 @@ class BOFT(Method):
     category = "reparameterisable"
     paper = "Liu et al., ICLR 2024 (arXiv 2311.06243)"
     published_params = ""  # the paper's VTAB-1K runs fine-tune DINOv2-L
+    cuda_graphs = False  # the Cayley transform's linear solve cannot be captured in a CUDA graph
 
     def validate(self, config: BOFTSettings) -> None:
         if config.block_size < 2:
