@@ -2,7 +2,8 @@
 
 Three formats, each a folder with a model card (``README.md``):
 
-* ``peft``: for methods that run through Hugging Face ``peft`` (LoRA). ``adapter_config.json`` and
+* ``peft``: for methods that run through Hugging Face ``peft`` (LoRA and its options, (IA)³, LoHa, LoKr,
+  VeRA, OFT, BOFT, FourierFT, LN-tuning, GLoRA). ``adapter_config.json`` and
   ``adapter_model.safetensors`` as ``PeftModel.save_pretrained`` writes them, the head saved with
   the adapter (``modules_to_save``); ``PeftModel.from_pretrained`` on the same timm backbone
   loads it.
@@ -328,9 +329,10 @@ def write_peft(model: nn.Module, method: Any, stored: StoredRun, out: Path, chec
     from peft import get_peft_model
 
     if not uses_peft(model):
-        fit = "merged" if method.mergeable else "bench"
+        fits = " or ".join(f"--format {f}" for f in (("merged", "bench") if method.mergeable else ("bench",)))
         raise BenchError(
-            f"method {method.name!r} does not run through peft; export run {stored.label} with --format {fit}"
+            f"method {method.name!r} does not run through peft, so it has no peft format; "
+            f"export run {stored.label} with {fits}"
         )
     (adapter_name, config), *more = model.peft_config.items()
     if more:

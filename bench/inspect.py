@@ -57,7 +57,10 @@ def macs_per_image(
             model = method.apply(model, config)
             if merged and method.mergeable:
                 model = method.merge(model)
-        model.eval()
+        # no autograd at all: a module that returns a view of a parameter (peft's GLoRA scalars) gives,
+        # even under no_grad, a tensor that requires grad without a grad_fn, which the counter's
+        # module tracker cannot hook
+        model.eval().requires_grad_(False)
         size = model.patch_embed.img_size
         x = torch.empty(1, 3, *size)
         with FlopCounterMode(display=False) as counter, torch.no_grad():

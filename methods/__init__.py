@@ -3,7 +3,9 @@
 from . import (  # noqa: F401  (registration by import)
     adapter,
     adaptformer,
+    glora,
     bitfit,
+    boft,
     dtl,
     fourierft,
     full,

@@ -52,18 +52,29 @@ class CheckResult:
     detail: str
 
 
+def _pretrained_like_biases(model: nn.Module, seed: int) -> nn.Module:
+    """Small random biases on the blocks' linears, as a trained backbone has: timm initialises them
+    to 0, and a method that scales a bias (GLoRA's D) would then get no gradient at all."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear) and module.bias is not None and not name.startswith("head"):
+                module.bias.copy_(0.02 * torch.randn(module.bias.shape, generator=g))
+    return model
+
+
 def tiny_vit(seed: int = 0, **overrides: Any) -> VisionTransformer:
     """A 12-block, width-64 ViT at 32 px (16 patches): every block index a method may target exists."""
     torch.manual_seed(seed)
     model = VisionTransformer(**{**TINY_VIT, **overrides})
-    return model.eval()
+    return _pretrained_like_biases(model, seed).eval()
 
 
 def tiny_swin(seed: int = 0, **overrides: Any) -> SwinTransformer:
     """A two-stage Swin (widths 32, 64; 2 blocks each) at 32 px, patch 4, 4 x 4 windows (shifted in stage 0)."""
     torch.manual_seed(seed)
     model = SwinTransformer(**{**TINY_SWIN, **overrides})
-    return model.eval()
+    return _pretrained_like_biases(model, seed).eval()
 
 
 TINY = {"vit": tiny_vit, "swin": tiny_swin}

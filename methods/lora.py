@@ -32,6 +32,14 @@ Options that peft has as LoRA options, each recorded in the run config:
   backbone at step 0 up to float error. peft computes the exact SVD of each adapted weight when
   the method is applied; re-applying it to the same backbone gives the same residual, so a run's
   trainable state restores as for plain LoRA. Count unchanged.
+* ``init="noah"`` — the initialisation of NOAH's LoRA (``ZhangYuanhan-AI/NOAH``,
+  ``model/module/qkv_super_prompt.py``), the one behind the literature's LoRA row: NOAH stores A
+  as an in × r tensor and draws it Kaiming-uniform (a = √5) over that tensor's fan-in, r, so
+  A ~ U(−1/√r, 1/√r); peft's A is r × in and its fan-in is in, so A ~ U(−1/√in, 1/√in). bench
+  keeps peft's layer and redraws its A from NOAH's distribution (B stays 0, so the model still
+  equals the backbone at step 0). A's entries start √(in / r) times larger (√96 ≈ 9.8 on
+  ViT-B/16's qkv at rank 8), and at the same learning rate ΔW = B A grows that much faster.
+  Count unchanged.
 
 Swin: the same rule per block, at each stage's width; the count is rank · Σ_blocks Σ_targets
 (in + out). Swin-B (widths 128, 256, 512, 1024; depths 2, 2, 18, 2) at rank 8 on qkv:
@@ -40,6 +48,7 @@ Swin: the same rule per block, at each stage's width; the count is rank · Σ_bl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -76,9 +85,9 @@ class LoraSettings:
     targets: str = "qkv"  # comma-separated subset of qkv, proj, fc1, fc2
     use_dora: bool = added_option(False)  # DoRA: a trainable magnitude per output channel of each adapted linear
     use_rslora: bool = added_option(False)  # rsLoRA: scale alpha / sqrt(rank) instead of alpha / rank
-    init: Literal["peft", "pissa"] = added_option(
+    init: Literal["peft", "pissa", "noah"] = added_option(
         "peft"
-    )  # peft: Kaiming-uniform A, B = 0; pissa: principal singular vectors
+    )  # peft: Kaiming-uniform A over fan-in `in`, B = 0; pissa: principal singular vectors; noah: A over fan-in r
 
 
 def parse_targets(targets: str) -> list[str]:
@@ -94,6 +103,16 @@ def parse_targets(targets: str) -> list[str]:
 def target_paths(spec: BackboneSpec, targets: str) -> list[str]:
     """The exact module paths peft adapts: every block's linears named in ``targets``."""
     return [lin.path for lin in spec.linears(parse_targets(targets))]
+
+
+def noah_init(model: nn.Module) -> None:
+    """Redraw every peft ``lora_A`` (r x in) as NOAH draws its in x r A: Kaiming-uniform with
+    a = sqrt(5) over a fan-in of r, i.e. U(-1/sqrt(r), 1/sqrt(r))."""
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer) and hasattr(module, "lora_A"):
+            for linear in module.lora_A.values():
+                # the transposed view is NOAH's in x r layout, whose fan-in (its size(1)) is r
+                nn.init.kaiming_uniform_(linear.weight.T, a=math.sqrt(5))
 
 
 @register_method
@@ -131,6 +150,8 @@ class Lora(Method):
             init_lora_weights="pissa" if config.init == "pissa" else True,
         )
         model = inject_adapter_in_model(peft_config, model)
+        if config.init == "noah":
+            noah_init(model)
         adapters = [p for n, p in model.named_parameters() if ".lora_" in n]
         freeze_all_but(model, adapters)
         return model

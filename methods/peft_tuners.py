@@ -9,6 +9,7 @@ ever matched) and decides what trains.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -84,6 +85,22 @@ def fit_configs(method: str, candidates: list[Any], count: Callable[[Any], int],
     if not within_budget(counts[best], budget):
         raise MethodError(budget_error(method, budget, counts))
     return candidates[best]
+
+
+def placements(default: str) -> list[str]:
+    """Which linears a budget fit may adapt, in the order it tries them: the default, all four,
+    then every other subset of the block's linears, larger ones first."""
+    subsets = [",".join(c) for n in range(len(ROLES), 0, -1) for c in itertools.combinations(ROLES, n)]
+    return list(dict.fromkeys([default, ",".join(ROLES), *subsets]))
+
+
+def fit_first_group(method: str, groups: list[list[Any]], count: Callable[[Any], int], budget: int) -> Any:
+    """The candidate nearest ``budget`` in the first group that has one within ±5 % (a group: the
+    sizes at one placement); otherwise a refusal naming the nearest feasible counts of all groups."""
+    for group in groups:
+        if any(within_budget(count(c), budget) for c in group):
+            return fit_configs(method, group, count, budget)
+    return fit_configs(method, [c for group in groups for c in group], count, budget)
 
 
 def linears_of(spec: BackboneSpec, method: str, targets: str) -> list:

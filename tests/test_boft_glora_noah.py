@@ -1,0 +1,117 @@
+"""BOFT, GLoRA and LoRA's NOAH initialisation through peft: what is specific to each (the shared
+checks, for every registered method, are in tests/test_conformance.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bench.backbone import backbone_spec
+from bench.inspect import built_trainable_params
+from methods import MethodError, get_method, make_config
+from methods.base import identity_dict
+from methods.conformance import check_identity_at_init, run_checks, tiny_vit
+
+
+def _lora_a(init: str, rank: int) -> torch.Tensor:
+    lora = get_method("lora")
+    torch.manual_seed(0)
+    model = lora.apply(tiny_vit(), make_config(lora, {"init": init, "rank": rank}))
+    return torch.cat([b.attn.qkv.lora_A["default"].weight.detach().flatten() for b in model.blocks])
+
+
+def test_noah_init_draws_a_over_fan_in_rank_and_keeps_the_backbone_at_init():
+    rank, width = 2, 64  # tiny ViT's qkv: in = 64, so the expected std ratio is sqrt(64 / 2) = 5.66
+    noah, peft = _lora_a("noah", rank), _lora_a("peft", rank)
+    # Kaiming-uniform with a = sqrt(5) over fan-in f is U(-1/sqrt(f), 1/sqrt(f)), std 1/sqrt(3 f)
+    assert noah.abs().max() <= 1 / math.sqrt(rank) and noah.abs().max() > 0.9 / math.sqrt(rank)
+    assert noah.std().item() == pytest.approx(1 / math.sqrt(3 * rank), rel=0.06)
+    assert peft.std().item() == pytest.approx(1 / math.sqrt(3 * width), rel=0.06)
+    assert (noah.std() / peft.std()).item() == pytest.approx(math.sqrt(width / rank), rel=0.1)
+    lora = get_method("lora")
+    assert check_identity_at_init(lora, make_config(lora, {"init": "noah"})).passed is True  # B = 0 still
+
+
+def test_noah_init_enters_the_run_identity_only_when_chosen():
+    lora = get_method("lora")
+    assert "init" not in identity_dict(make_config(lora))  # plain LoRA runs keep their run keys
+    assert identity_dict(make_config(lora, {"init": "noah"}))["init"] == "noah"
+    with pytest.raises(MethodError, match="choose one of peft, pissa, noah"):
+        make_config(lora, {"init": "kaiming"})
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "backbone", "expected"),
+    [
+        ("boft", {}, "vit_base_patch16_224", 12 * (768 * 4 + 2304)),  # b = 4 blocks on qkv's 768 inputs, s on 2304
+        ("boft", {"block_size": 16, "targets": "qkv,proj"}, "vit_base_patch16_224", None),
+        ("boft", {}, "swin_base_patch4_window7_224", 84_224),
+        ("glora", {}, "vit_base_patch16_224", 1_437_984),
+        ("glora", {"path_ab": "vector", "path_c": "vector", "path_de": "vector"}, "vit_base_patch16_224", None),
+        ("glora", {"path_ab": "constant", "path_c": "none", "path_de": "none", "rank": 2}, "vit_base_patch16_224", 96),
+        ("glora", {}, "swin_base_patch4_window7_224", 1_877_568),
+    ],
+)
+def test_closed_form_counts_equal_what_peft_builds(name: str, overrides: dict, backbone: str, expected: int | None):
+    """count() is the docstring's formula; peft's layers, built on the real shapes, hold exactly that."""
+    method = get_method(name)
+    config = make_config(method, overrides)
+    counted = method.count(backbone_spec(backbone), config)
+    assert built_trainable_params(method, config, backbone) == counted
+    if expected is not None:
+        assert counted == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides",
+    [{"path_ab": "vector", "path_c": "vector", "path_de": "vector"}, {"path_ab": "constant", "path_c": "none"}],
+)
+def test_glora_other_forms_conform(overrides: dict):
+    glora = get_method("glora")
+    results = run_checks(glora, make_config(glora, overrides))
+    assert [(r.name, r.detail) for r in results if r.passed is not True] == []
+
+
+def test_glora_budget_fit_moves_placement_when_one_rank_step_is_too_coarse():
+    glora, spec = get_method("glora"), backbone_spec("vit_base_patch16_224")
+    assert glora.for_budget(spec, 719_040).targets == "qkv,proj,fc1,fc2"  # rank 2 at the default placement
+    small = glora.for_budget(spec, 300_000)  # one rank on all four linears is already 359,568
+    assert small.targets != "qkv,proj,fc1,fc2" and abs(glora.count(spec, small) - 300_000) <= 15_000
+    with pytest.raises(MethodError, match="path_ab, path_c and path_de are all none"):
+        make_config(glora, {"path_ab": "none", "path_c": "none", "path_de": "none"})
+
+
+def test_boft_refuses_structures_peft_cannot_build_as_asked():
+    from methods.boft import peft_runs_butterflies
+
+    boft = get_method("boft")
+    with pytest.raises(MethodError, match=r"block_size=24 does not divide .* divides 64"):
+        boft.apply(tiny_vit(), make_config(boft, {"block_size": 24}))
+    with pytest.raises(MethodError, match="block_size=5 must be even"):
+        make_config(boft, {"block_size": 5, "butterfly_factors": 2})
+    with pytest.raises(MethodError, match=r"block_size=64 with butterfly_factors=2 \(span 128\)"):
+        boft.apply(tiny_vit(), make_config(boft, {"block_size": 64, "butterfly_factors": 2}))
+    two = make_config(boft, {"block_size": 8, "butterfly_factors": 2})
+    if peft_runs_butterflies():  # a CUDA machine with nvcc and ninja: peft's butterflies, as counted
+        model = boft.apply(tiny_vit(), two)
+        assert model.blocks[0].attn.qkv.boft_R["default"].shape == (2, 8, 8, 8)
+    else:  # peft would silently train one factor: refused instead
+        with pytest.raises(MethodError, match="butterfly_factors=2 needs peft's CUDA extension"):
+            boft.apply(tiny_vit(), two)
+    assert boft.count(backbone_spec("vit_base_patch16_224"), two) == 12 * (2 * 768 * 8 + 2304)
+
+
+@pytest.mark.parametrize("name", ["boft", "glora"])
+def test_macs_count_on_meta_and_merge_back_to_the_backbone(name: str):
+    """`bench methods info` counts MACs on the meta device: GLoRA's scalars (a view of a parameter)
+    and BOFT's permutations (built element by element) must not break it."""
+    from bench.inspect import macs_per_image
+
+    method = get_method(name)
+    config = make_config(method)
+    backbone = macs_per_image(None, None, "vit_demo_tiny")
+    assert macs_per_image(method, config, "vit_demo_tiny") > backbone
+    assert macs_per_image(method, config, "vit_demo_tiny", merged=True) == backbone
