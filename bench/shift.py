@@ -17,6 +17,10 @@ hook reads the block's output, the residual stream. Per model and block:
 
 Tokens a method adds to the sequence (VPT's prompts, which sit after the class and register
 tokens) are left out before any statistic, so every model is measured on the image's own tokens.
+A method that shortens the sequence inside a block's forward would be measured on the tokens it
+keeps (W1 compares distributions and needs no token correspondence; the pooled vector is the mean
+of the kept tokens). A method whose forward bypasses the blocks' own forward (Sparse-Tuning runs
+attention and MLP itself, to cut tokens between them) leaves nothing to hook and is refused.
 Per model pair and block the command reports the mean over channels of the per-channel W1 and the
 linear CKA of the pooled vectors (:mod:`reports.feature_shift`).
 """
@@ -157,15 +161,12 @@ def load_images(stored: export.StoredRun, images: int, data_root: Path | None) -
 
 def trim_added_tokens(x: torch.Tensor, tokens: int, prefix: int) -> torch.Tensor:
     """``x`` [B, T, C] cut to the backbone's ``tokens``: tokens a method inserted after the
-    ``prefix`` (class and register) tokens, as VPT does, are dropped."""
+    ``prefix`` (class and register) tokens, as VPT does, are dropped. A sequence a method has
+    shortened is kept as it is: its statistics are over the tokens it kept, which W1 (a distance
+    between distributions) and the pooled CKA allow."""
     extra = x.shape[1] - tokens
-    if extra == 0:
+    if extra <= 0:
         return x
-    if extra < 0:
-        raise BenchError(
-            f"a block of the adapted model returns {x.shape[1]} tokens, fewer than the backbone's {tokens}; "
-            "the analysis compares token statistics and needs every image token"
-        )
     return torch.cat([x[:, :prefix], x[:, prefix + extra :]], dim=1)
 
 
@@ -200,12 +201,19 @@ def gather(
             for name, model in models.items():  # the frozen backbone first: its token counts are the reference
                 captured.clear()
                 model(x)
+                silent = [b.path for b in blocks if b.path not in captured]
+                if silent:
+                    raise BenchError(
+                        f"model {name} computed its output without calling block {silent[0]} (its method runs the "
+                        "blocks' parts itself, as Sparse-Tuning does), so the block outputs cannot be read; "
+                        "analyze a run of a method that keeps timm's block forward"
+                    )
                 for b in blocks:
                     out = captured[b.path]
                     tokens = reference.setdefault(b.path, out.shape[1])
                     out = trim_added_tokens(out, tokens, prefix)
                     b.width = out.shape[-1]
-                    positions = torch.as_tensor(evenly_spaced(tokens, tokens_per_image), device=out.device)
+                    positions = torch.as_tensor(evenly_spaced(out.shape[1], tokens_per_image), device=out.device)
                     feats[name][b.path].add(out, positions)
     finally:
         for h in handles:

@@ -74,6 +74,7 @@ def test_tokens_a_method_inserts_after_the_class_token_are_left_out():
     kept = trim_added_tokens(x, tokens=5, prefix=1)
     assert torch.equal(kept, torch.cat([x[:, :1], x[:, 3:]], dim=1))
     assert trim_added_tokens(x, tokens=7, prefix=1) is x
+    assert trim_added_tokens(x, tokens=9, prefix=1) is x  # a shortened sequence keeps its own tokens
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,3 +310,31 @@ def test_unknown_run_and_bad_options_fail_in_one_line(cli):
     assert code == 2 and "no finished run matches 'karst/none/s0'" in err and len(err.strip().splitlines()) == 1
     code, _, err = cli("analyze", "shift", "karst/none/s0", "--tokens-per-image", "-1")
     assert code == 2 and "--tokens-per-image -1 must be 0 (all tokens) or more" in err
+
+
+def test_prompt_tokens_are_left_out_and_a_forward_that_bypasses_the_blocks_is_refused():
+    """VPT-Deep inserts 10 prompts after the class token: the frozen backbone's 65 tokens per image
+    are what is measured. Sparse-Tuning runs attention and MLP itself: no block output to read."""
+    from bench.backbone import RANDOM_BACKBONE_SEED, Weights, build_backbone
+    from bench.errors import BenchError
+    from bench.shift import Block, gather
+    from bench.train import Normalize
+    from methods.base import get_method, make_config
+
+    def tiny() -> torch.nn.Module:
+        weights = Weights(None, f"random-init:seed{RANDOM_BACKBONE_SEED}")
+        return build_backbone("vit_demo_tiny", num_classes=3, img_size=32, drop_path=0.0, weights=weights, seed=0)
+
+    def adapted(name: str) -> torch.nn.Module:
+        method = get_method(name)
+        return method.apply(tiny(), make_config(method)).eval()
+
+    blocks = [Block(f"blocks.{i}", i, 0) for i in range(4)]
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    args = (blocks, 1, images, Normalize((0.5,) * 3, (0.5,) * 3), torch.device("cpu"), 4, 0)
+    feats = gather({"frozen": tiny().eval(), "vpt": adapted("vpt_deep")}, *args)
+    assert [feats["frozen"][b.path].count for b in blocks] == [6 * 65] * 4
+    assert [feats["vpt"][b.path].count for b in blocks] == [6 * 65] * 4  # the 10 prompts left out
+    assert all(torch.cat(f.sample).shape == (6 * 65, 64) for f in feats["vpt"].values())  # k = 0: every token
+    with pytest.raises(BenchError, match="without calling block blocks.0"):
+        gather({"frozen": tiny().eval(), "sparse": adapted("sparse_tuning")}, *args)
