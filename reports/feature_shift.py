@@ -112,6 +112,7 @@ def shift_figure(rows: list[dict], paths: list[Path], title: str = "") -> list[P
         axes[0].set_ylabel("mean per-channel W1")
         axes[1].set_ylabel("linear CKA (mean-pooled tokens)")
         axes[1].set_ylim(top=max(1.0, axes[1].get_ylim()[1]))  # keep CKA's ceiling of 1 in view
+        axes[1].ticklabel_format(axis="y", useOffset=False)  # CKA near 1: print 0.9999, not an offset
         axes[0].legend(fontsize=8, loc="best")
         if title:
             fig.suptitle(title, fontsize=10)
