@@ -54,9 +54,15 @@ data_app = typer.Typer(
     epilog=examples("bench data verify --suite vtab1k --data-root ~/data/vtab-1k"),
     no_args_is_help=True,
 )
+analyze_app = typer.Typer(
+    help="Diagnostics of finished runs.",
+    epilog=examples("bench analyze shift karst/digits/s0"),
+    no_args_is_help=True,
+)
 app.add_typer(methods_app, name="methods")
 app.add_typer(suites_app, name="suites")
 app.add_typer(data_app, name="data")
+app.add_typer(analyze_app, name="analyze")
 
 out = Console()
 err = Console(stderr=True)
@@ -678,6 +684,62 @@ def export_cmd(
     if push_to_hub:
         url = export.push_to_hub(result.folder, push_to_hub)
         out.print(f"pushed to {url}")
+
+
+# ---------------------------------------------------------------------------------------
+# bench analyze
+
+
+@analyze_app.command(
+    "shift",
+    epilog=examples(
+        "bench analyze shift karst/digits/s0",
+        "bench analyze shift karst/digits/s0 --against lora/digits/s0 --images 256",
+    ),
+)
+def analyze_shift_cmd(
+    run: str = typer.Argument(
+        ..., help="Run key (or its first 8+ characters), label (karst/digits/s0) or MLflow run id."
+    ),
+    against: str | None = typer.Option(
+        None, "--against", help="A second run of the same task and backbone to compare with (e.g. an ablation)."
+    ),
+    images: int = typer.Option(512, help="Evaluation images to use, evenly spaced over the split (0: all)."),
+    tokens_per_image: int = typer.Option(
+        8, help="Token positions per image sampled for W1, evenly spaced (0: all tokens)."
+    ),
+    batch_size: int = typer.Option(64, help="Images per forward pass."),
+    device: DeviceOpt = "auto",
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="Folder to write (default: analysis/shift-<label> in the workdir)."
+    ),
+    checkpoint: CheckpointOpt = None,
+    data_root: Path | None = typer.Option(
+        None, help="Folder holding the run's task folder, when the images have moved since training."
+    ),
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Per-block feature shift of a run against the frozen backbone (and a second run): mean, std, W1, CKA."""
+    from .shift import analyze_shift, summary_table
+
+    result = analyze_shift(
+        _tracker(tracking_uri),
+        run,
+        against=against,
+        out=out_dir,
+        workdir=State.workdir,
+        images=images,
+        tokens_per_image=tokens_per_image,
+        batch_size=batch_size,
+        device=device,
+        checkpoint=checkpoint,
+        data_root=data_root,
+    )
+    out.print(summary_table(result))
+    out.print(
+        f"wrote {', '.join(result.files)} to {result.folder}; logged to run {result.run.label} "
+        f"under {result.artifact_dir}/"
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -228,21 +228,25 @@ def rebuild_model(stored: StoredRun, checkpoint: Path | None = None) -> tuple[nn
     return model.eval(), method, config
 
 
-def eval_split(stored: StoredRun):
-    """The split the run scored, decoded as the run decoded it, and the stored predictions."""
+def eval_split(stored: StoredRun, rows: list[int] | None = None, task_dir: Path | None = None):
+    """The split the run scored, decoded as the run decoded it, and the stored predictions.
+
+    ``rows`` picks examples by position in the split (all by default); ``task_dir`` reads the
+    images from another copy of the task folder than the one the run trained on.
+    """
     from suites.images import decode_images
     from suites.lists import ListEntry
 
     hp = stored.spec["hparams"]
-    root = Path(stored.resolved["data"]["task_dir"])
+    root = task_dir or Path(stored.resolved["data"]["task_dir"])
+    picked = stored.predictions if rows is None else [stored.predictions[i] for i in rows]
     entries = [
-        ListEntry(root / row["path"], int(row["label"]), f"{schema.PREDICTIONS}:{row['index']}")
-        for row in stored.predictions
+        ListEntry(root / row["path"], int(row["label"]), f"{schema.PREDICTIONS}:{row['index']}") for row in picked
     ]
     resize = hp.get("resize")
     size, crop = (hp["img_size"], None) if resize is None else (resize, hp["img_size"])
     images, labels = decode_images(entries, size, hp["interpolation"], crop)
-    preds = torch.tensor([int(row["prediction"]) for row in stored.predictions])
+    preds = torch.tensor([int(row["prediction"]) for row in picked])
     return images, labels, preds
 
 

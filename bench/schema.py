@@ -88,6 +88,14 @@ RESOLVED_CONFIG = "config/resolved.json"
 PREDICTIONS = "eval/predictions.csv"
 TRAINABLE_TENSORS = "checkpoints/trainable.safetensors"
 TRACEBACK = "error/traceback.txt"
+# Written after training by `bench analyze shift RUN` into RUN's artifacts: SHIFT_DIR, or
+# SHIFT_DIR/vs-<first 8 characters of RUN2's run key> with --against RUN2.
+SHIFT_DIR = "analysis/shift"
+SHIFT_BLOCKS = "blocks.csv"  # one row per block and model pair: mean/std summaries, W1, CKA
+SHIFT_CHANNELS = "channels.csv"  # one row per model, block and channel: mean, std
+SHIFT_INFO = "shift.json"  # the runs compared, images, token sample, device
+SHIFT_FIGURE = "shift.png"  # W1 and CKA against depth, one line per model pair
+SHIFT_FIGURE_PDF = "shift.pdf"
 
 
 def eval_metric(stage: str) -> str:
