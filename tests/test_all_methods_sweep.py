@@ -17,7 +17,7 @@ from methods.base import make_config
 @pytest.mark.slow
 def test_one_demo_sweep_runs_every_registered_method(cli, workdir: Path):
     names = sorted(methods.available_methods())
-    code, out, err = cli("run", "--suite", "demo", "--methods", ",".join(names), "--seeds", "1", "--epochs", "2")
+    code, out, err = cli("run", "--suite", "demo", "--methods", ",".join(names), "--seeds", "1", "--epochs", "1")
     assert code == 0, err
     assert f"{len(names)} run(s) trained" in out
 
