@@ -60,6 +60,8 @@ SEEDS = "bench.seeds"
 TRAINED = "bench.trained"
 REUSED = "bench.reused"
 FAILED = "bench.failed"
+BUDGETS = "bench.budgets"  # the sweep's --budget list ("none" without one)
+UNREACHABLE = "bench.unreachable"  # JSON list of {"method", "budget", "reason"}: cells no structure of the method meets
 
 # --- metrics --------------------------------------------------------------------------------------
 TRAIN_LOSS = "train/loss"
@@ -87,6 +89,7 @@ RESOLVED_CONFIG = "config/resolved.json"
 PREDICTIONS = "eval/predictions.csv"
 TRAINABLE_TENSORS = "checkpoints/trainable.safetensors"
 TRACEBACK = "error/traceback.txt"
+SWEEP_FILE = "config/sweep.yaml"  # on a sweep's (or study's) parent run: the resolved `--config` file
 
 
 def eval_metric(stage: str) -> str:
