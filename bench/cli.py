@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import BenchError
@@ -280,7 +281,7 @@ def run(
     request = _sweep_request(opts, "run", sources)
     plan = plan_sweep(request, State.workdir)
     for warning in plan.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     _announce_sweep_file(request, f"the sweep's parent run, {plan.sweep_key[:8]}", plan.sweep_key)
     recorder = Recorder(_tracker(opts["tracking_uri"]))
     with _executor(_executor_options(opts), opts["device"]) as pool:
@@ -376,7 +377,7 @@ def _announce_sweep_file(request, where: str, key: str | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{key[:12]}.yaml"
     path.write_text(request.sweep_file)
-    err.print(f"resolved sweep file: {path} (also stored on {where})", highlight=False, soft_wrap=True)
+    err.print(f"resolved sweep file: {escape(str(path))} (also stored on {where})", highlight=False, soft_wrap=True)
 
 
 def _executor_options(opts: dict[str, Any]):
@@ -514,7 +515,7 @@ def tune(
     recorder = Recorder(_tracker(opts["tracking_uri"]))
 
     def warn(text: str) -> None:
-        err.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
     with _executor(_executor_options(opts), opts["device"]) as pool:
         from .progress import RichReporter
@@ -1307,7 +1308,8 @@ def run_cli(args: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BenchError as exc:
         one_line = " ".join(str(exc).splitlines())  # a message quoting a file or a library may span lines
-        err.print(f"[red]error:[/] {one_line}", highlight=False, soft_wrap=True)
+        # a message may quote a method entry such as karst[rescale=none]: not rich markup
+        err.print(f"[red]error:[/] {escape(one_line)}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err.print("interrupted; finished runs are kept, the interrupted one will be trained again")
