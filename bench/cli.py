@@ -235,8 +235,10 @@ ConfigOpt = Annotated[
 def run(
     ctx: typer.Context,
     config: ConfigOpt = None,
-    suite: str | None = typer.Option(None, help="Suite name (see `bench suites list`)."),
-    methods: str | None = typer.Option(None, help="Comma-separated method names, e.g. lora,linear."),
+    suite: str | None = typer.Option(None, help="Suite name (see `bench suites list`); required, here or in --config."),
+    methods: str | None = typer.Option(
+        None, help="Comma-separated method names, e.g. lora,linear; required, here or in --config."
+    ),
     seeds: str = typer.Option("3", help="Number of seeds (3 -> 0,1,2) or an explicit list (0,5,7)."),
     tasks: TasksOpt = None,
     stage: str = typer.Option("final", help="final: train800val200 -> test once; tune: train800 -> val200."),
@@ -473,9 +475,11 @@ def _budgets(text: str | None) -> list[int]:
 def tune(
     ctx: typer.Context,
     config: ConfigOpt = None,
-    suite: str | None = typer.Option(None, help="Suite name."),
-    methods: str | None = typer.Option(None, help="Comma-separated method names."),
-    trials: int | None = typer.Option(None, help="Trials per study: the same for every method."),
+    suite: str | None = typer.Option(None, help="Suite name; required, here or in --config."),
+    methods: str | None = typer.Option(None, help="Comma-separated method names; required, here or in --config."),
+    trials: int | None = typer.Option(
+        None, help="Trials per study: the same for every method; required, here or in --config."
+    ),
     budget: BudgetOpt = None,
     tasks: TasksOpt = None,
     storage: str | None = typer.Option(None, help="Optuna storage URL (default: sqlite in the workdir's optuna.db)."),
