@@ -220,9 +220,25 @@ def _cli_value(key: str, value: Any) -> Any:
     return value
 
 
+def _epochs_from_preset(sweep_file: SweepFile) -> SweepFile:
+    """``preset: {epochs: 50}`` is ``epochs: 50`` (the --epochs option, which also scales the warm-up)."""
+    preset = dict(sweep_file.preset or {})
+    if "epochs" not in preset:
+        return sweep_file
+    epochs = preset.pop("epochs")
+    if sweep_file.epochs is not None and sweep_file.epochs != epochs:
+        raise BenchError(f"the sweep file sets epochs twice ({sweep_file.epochs} and preset.epochs {epochs}); keep one")
+    if not _is_int(epochs):
+        raise BenchError(
+            f"the sweep file's preset.epochs must be a whole number, e.g. preset: {{epochs: 100}}; it is {epochs!r}"
+        )
+    return dataclasses.replace(sweep_file, preset=preset or None, epochs=epochs)
+
+
 def file_options(sweep_file: SweepFile, command: str) -> dict[str, Any]:
     """The file's values for ``command``, keyed by the command's parameter names (``set_`` holds
     the ``preset`` and ``set`` entries, as ``--set`` items)."""
+    sweep_file = _epochs_from_preset(sweep_file)
     options: dict[str, Any] = {}
     for key, f in KEYS.items():
         value = getattr(sweep_file, key)

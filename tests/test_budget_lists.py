@@ -46,12 +46,13 @@ def test_a_multi_budget_sweep_end_to_end(cli, workdir: Path, noah_root: Path):
     cells = {(r.data.tags[schema.METHOD], r.data.tags[schema.BUDGET]): r for r in runs}
     assert set(cells) == {("lora", "4000"), ("lora", "8000"), ("adapter", "8000"), ("linear", "none")}
     assert len({r.data.tags[schema.RUN_KEY] for r in runs}) == 4
-    for (method, budget), r in cells.items():
+    for (_, budget), r in cells.items():
         if budget != "none":
             assert abs(r.data.metrics[schema.PARAMS_TRAINABLE] - int(budget)) <= 0.05 * int(budget)
-    assert cells[("lora", "4000")].data.params["method.rank"] == "4" and cells[("lora", "8000")].data.params[
-        "method.rank"
-    ] == "8"
+    assert (
+        cells[("lora", "4000")].data.params["method.rank"] == "4"
+        and cells[("lora", "8000")].data.params["method.rank"] == "8"
+    )
     assert {r.info.run_name for r in runs} >= {"lora@4k/alpha/s0", "lora@8k/alpha/s0", "linear/alpha/s0"}
     assert "lora@4k" in out and "lora@8k" in out  # the summary keeps the budgets apart
     (parent,) = _parents(workdir)

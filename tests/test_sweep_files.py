@@ -13,6 +13,7 @@ from bench import schema
 from bench.backbone import backbone_spec
 from bench.budget import parse_budgets
 from bench.cli import _command_options, _sweep_request, click_command
+from bench.errors import BenchError
 from bench.sweep import plan_sweep
 from bench.sweepfile import COMMANDS, file_options, load_sweep_file
 from bench.tracking import Tracker, default_tracking_uri
@@ -55,7 +56,9 @@ def test_a_sweep_file_end_to_end_resumes_and_stores_the_resolved_file(cli, workd
     code, out, err = cli("run", "--config", str(config))
     assert code == 0, err
     assert "2 run(s) trained" in out
-    runs = [r for r in Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder") if schema.RUN_KEY in r.data.tags]
+    runs = [
+        r for r in Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder") if schema.RUN_KEY in r.data.tags
+    ]
     assert {r.data.tags[schema.METHOD] for r in runs} == {"lora", "linear"}
     assert all(float(r.data.params["hp.lr"]) == 0.005 for r in runs)
     lora = next(r for r in runs if r.data.tags[schema.METHOD] == "lora")
@@ -114,7 +117,9 @@ def test_command_line_options_replace_the_file_and_set_merges_per_key(workdir: P
 
 
 def test_include_reads_the_base_file_first(tmp_path: Path):
-    _write(tmp_path / "base.yaml", "suite: vtab1k\nmethods: [karst]\nseeds: 3\nset: {karst.mode: fold, karst.alpha: 2}\n")
+    _write(
+        tmp_path / "base.yaml", "suite: vtab1k\nmethods: [karst]\nseeds: 3\nset: {karst.mode: fold, karst.alpha: 2}\n"
+    )
     child = _write(tmp_path / "child.yaml", "include: base.yaml\nsuite: demo\nset: {karst.alpha: 4}\n")
     sweep = load_sweep_file(child)
     assert sweep.suite == "demo" and sweep.methods == ["karst"] and sweep.seeds == 3
@@ -213,3 +218,12 @@ def test_the_demo_budget_curve_plans_every_reachable_cell(workdir: Path):
     }
     assert [(u.method, u.budget) for u in plan.unreachable] == [("adapter", 4000)]
     assert len(plan.runs) == 9 * 3
+
+
+def test_preset_epochs_is_the_epochs_option(tmp_path: Path):
+    config = _write(tmp_path / "e.yaml", "suite: demo\nmethods: [lora]\npreset: {epochs: 5, lr: 0.01}\n")
+    options = file_options(load_sweep_file(config), "run")
+    assert options["epochs"] == 5 and options["set_"] == ["preset.lr=0.01"]
+    twice = _write(tmp_path / "t.yaml", "suite: demo\nmethods: [lora]\nepochs: 4\npreset: {epochs: 5}\n")
+    with pytest.raises(BenchError, match="sets epochs twice"):
+        file_options(load_sweep_file(twice), "run")
