@@ -52,9 +52,8 @@ class SweepRequest:
     epochs: int | None = None
     device: str = "auto"
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    budgets: list[int] = field(
-        default_factory=list
-    )  # trainable params (head excluded) each sizeable method is fitted to
+    # trainable params (head excluded) each sizeable method is fitted to, one sweep cell per budget
+    budgets: list[int] = field(default_factory=list)
     hparams: str = "published"  # or "tuned": the best trial of each (task, method, budget) study
     storage: str | None = None  # Optuna storage for --hparams tuned
     shots: list[int] | None = None  # few-shot suites: the shot counts (default: all the suite has)
