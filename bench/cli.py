@@ -306,10 +306,11 @@ def _command_options(ctx: typer.Context, command: str) -> tuple[dict[str, Any], 
     given = {name for name in opts if _given(ctx, name)}
     sources = ["the command line"]
     if opts.get("config") is not None:
-        from .sweepfile import file_options, load_sweep_file
+        from .sweepfile import file_options, find_sweep_file, load_sweep_file
 
         sweep_file = load_sweep_file(opts["config"])
-        sources = [str(opts["config"]), *(["command-line options"] if given - {"config"} else [])]
+        found = find_sweep_file(opts["config"])  # a shipped config may be found in the checkout
+        sources = [str(found), *(["command-line options"] if given - {"config"} else [])]
         for name, value in file_options(sweep_file, command).items():
             if name == "set_":  # the command line's --set of the same key comes later, so it wins
                 opts["set_"] = [*value, *(opts.get("set_") or [])]

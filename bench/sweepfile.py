@@ -300,4 +300,4 @@ def resolved_file(request: Any, command: str, extra: dict[str, Any], sources: li
     }
     data = {k: v for k, v in data.items() if v is not None}
     header = f"# resolved by bench {__version__} `bench {command}` from: {'; '.join(sources)}\n"
-    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)
+    return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120, default_flow_style=None)
