@@ -86,9 +86,15 @@ def test_unreachable_budgets_refused_in_one_line(cli, workdir: Path, noah_root: 
 
 
 @pytest.mark.slow
-def test_tuning_several_budgets_keeps_a_study_per_budget(cli, workdir: Path, noah_root: Path):
-    common = ("--suite", "tinyfolder", "--data-root", str(noah_root), "--tasks", "alpha", "--budget", "4k,8k")
-    code, _, err = cli("tune", *common, "--methods", "lora,adapter,linear", "--trials", "1")
+def test_tuning_several_budgets_keeps_a_study_per_budget(cli, workdir: Path, noah_root: Path, tmp_path: Path):
+    """`bench tune --config` over two budgets: a study per (task, method, budget), the resolved file
+    on each study's parent run; `--hparams tuned` then takes each budget's own study."""
+    config = tmp_path / "tune.yaml"
+    config.write_text(
+        f"suite: tinyfolder\ndata_root: {noah_root}\ntasks: [alpha]\nmethods: [lora, adapter, linear]\n"
+        "budgets: [4k, 8k]\ntrials: 1\n"
+    )
+    code, _, err = cli("tune", "--config", str(config))
     assert code == 0, err
     assert "adapter at budget 4k is left out" in err
     storage = default_storage(workdir)
@@ -99,6 +105,13 @@ def test_tuning_several_budgets_keeps_a_study_per_budget(cli, workdir: Path, noa
         "tinyfolder/alpha/adapter/b8k",
         "tinyfolder/alpha/linear/published",
     }
+    tracker = Tracker(default_tracking_uri(workdir))
+    exp = tracker.client.get_experiment_by_name("bench/tinyfolder-tune")
+    parents = tracker.client.search_runs([exp.experiment_id], f"tags.`{schema.KIND}` = '{schema.KIND_SWEEP}'")
+    assert len(parents) == 4
+    stored = tracker.client.download_artifacts(parents[0].info.run_id, schema.SWEEP_FILE, str(tmp_path))
+    assert "trials: 1" in Path(stored).read_text() and "budgets: [4000, 8000]" in Path(stored).read_text()
+    common = ("--suite", "tinyfolder", "--data-root", str(noah_root), "--tasks", "alpha", "--budget", "4k,8k")
     code, out, err = cli("run", *common, "--methods", "lora", "--hparams", "tuned", "--seeds", "0,")
     assert code == 0, err
     studies = {r.data.tags[schema.BUDGET]: r.data.tags[schema.STUDY] for r in _runs(workdir)}
