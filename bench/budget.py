@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from methods.base import BUDGET_TOLERANCE, BackboneSpec, Composite, Method, config_to_dict, make_config
+from methods.base import BUDGET_TOLERANCE, BackboneSpec, Composite, Method, MethodError, config_to_dict, make_config
 
 from .errors import BenchError
 
@@ -30,6 +30,16 @@ def parse_budget(text: str) -> int:
     return int(round(value))
 
 
+def parse_budgets(text: str) -> list[int]:
+    """``"0.1M,0.3M,1M"`` -> [100000, 300000, 1000000]: one or more distinct budgets, in the order given."""
+    budgets = [parse_budget(item) for item in text.split(",") if item.strip()] if text and text.strip() else []
+    if not budgets:
+        raise BenchError(f"--budget {text!r} names no budget; write e.g. 0.3M, or a list 0.1M,0.3M,1M")
+    if len(set(budgets)) != len(budgets):
+        raise BenchError(f"--budget {text!r} repeats a budget; list each one once, e.g. 0.1M,0.3M,1M")
+    return budgets
+
+
 def format_budget(budget: int) -> str:
     """300000 -> "300k", 1200000 -> "1.2M": the short form used in study names and tables."""
     if budget >= 1_000_000:
@@ -37,6 +47,11 @@ def format_budget(budget: int) -> str:
     if budget >= 1_000:
         return f"{budget / 1_000:g}k"
     return str(budget)
+
+
+class UnreachableBudget(MethodError):
+    """No structure of a method meets a budget on a backbone; the message names the nearest feasible
+    counts. A sweep over several budgets leaves such a (method, budget) out instead of stopping."""
 
 
 @dataclass(frozen=True)
@@ -78,11 +93,14 @@ def choose_for_budget(method: Method, spec: BackboneSpec, budget: int) -> Budget
     limits = method.size_limits(spec, largest)
     if limits and budget > most * (1 + BUDGET_TOLERANCE):
         caps = ", ".join(f"{name} <= {cap}, {why}" for name, (cap, why) in limits.items())
-        raise BenchError(
+        raise UnreachableBudget(
             f"method {method.name!r} cannot reach a budget of {budget:,} trainable parameters on {spec.name}: "
             f"its structure allows at most {most:,} ({caps}); choose a budget up to {most:,}"
         )
-    config = method.for_budget(spec, budget)
+    try:
+        config = method.for_budget(spec, budget)
+    except MethodError as exc:  # a method's own fit names the nearest feasible counts
+        raise UnreachableBudget(str(exc)) from None
     check_structure(method, spec, config)
     return BudgetChoice(method.name, True, config, method.count(spec, config), budget)
 

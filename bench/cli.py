@@ -216,21 +216,37 @@ SystemMetricsOpt = Annotated[
     ),
 ]
 BudgetOpt = Annotated[
-    str | None, typer.Option(help="Fit every sizeable method to this many trainable params, head excluded (0.3M).")
+    str | None,
+    typer.Option(
+        help="Fit every sizeable method to this many trainable params, head excluded (0.3M), or to each of a list "
+        "(0.1M,0.3M,1M)."
+    ),
+]
+
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="A sweep file (YAML) holding these options; options given on the command line replace its values.",
+    ),
 ]
 
 
 @app.command(
     epilog=examples(
         "bench run --suite demo --methods lora,linear --seeds 3",
-        "bench run --suite vtab1k --methods lora,karst --data-root DIR --gpus all",
+        "bench run --config configs/demo_budget_curve.yaml --epochs 3",
     )
 )
 def run(
-    suite: str = typer.Option(..., help="Suite name (see `bench suites list`)."),
-    methods: str = typer.Option(
-        ...,
-        help="Comma-separated methods, e.g. lora,linear; a variant karst[rescale=none]; a composition karst+bitfit.",
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    suite: str | None = typer.Option(None, help="Suite name (see `bench suites list`); required, here or in --config."),
+    methods: str | None = typer.Option(
+        None,
+        help="Comma-separated methods, e.g. lora,linear; a variant karst[rescale=none]; a composition "
+        "karst+bitfit; required, here or in --config.",
     ),
     seeds: str = typer.Option("3", help="Number of seeds (3 -> 0,1,2) or an explicit list (0,5,7)."),
     tasks: TasksOpt = None,
@@ -262,51 +278,131 @@ def run(
     ray_object_store_mb: ObjectStoreOpt = None,
     system_metrics: SystemMetricsOpt = True,
 ) -> None:
-    """Train every (task, method, seed) not yet finished, log each to MLflow, print a summary.
+    """Train every (task, method, budget, seed) not yet finished, log each to MLflow, print a summary.
 
     A run that fails is recorded FAILED and the others go on; the command then exits 1 and lists
-    the failed runs. Rerunning the same command trains only what is not FINISHED.
+    the failed runs. Rerunning the same command (or the same --config file) trains only what is
+    not FINISHED. With several budgets (--budget 0.1M,0.3M,1M), a method that cannot reach one is
+    left out at that budget, with a warning.
     """
-    from .engine import ExecutorOptions, Recorder
-    from .studies import default_storage
-    from .sweep import SweepRequest, plan_sweep, run_sweep
+    from .engine import Recorder
+    from .sweep import plan_sweep, run_sweep
 
-    request = SweepRequest(
-        suite=suite,
-        methods=split_methods(methods) or [],
-        seeds=parse_seeds(seeds),
-        tasks=_split(tasks),
-        stage=stage,
-        data_root=data_root,
-        backbone=backbone,
-        checkpoint=checkpoint,
-        epochs=epochs,
-        device=_executor_device(device, gpus, runs_per_gpu),
-        method_overrides=_method_overrides(set_ or []),
-        budget=_budget(budget),
-        hparams=hparams,
-        storage=storage or default_storage(State.workdir),
-        shots=parse_int_list(shots, "--shots", "1,2,4,8,16"),
-        split_seeds=parse_int_list(split_seeds, "--split-seeds", "0,1,2"),
-        dedupe=dedupe,
-        weights_label=_weights_label(weights_label),
-        dataset=dataset,
-        image_column=image_column,
-        label_column=label_column,
-        system_metrics=system_metrics,
-    )
-    options = ExecutorOptions(executor, ray_address, gpus, runs_per_gpu, workers, ray_object_store_mb)
+    opts, sources = _command_options(ctx, "run")
+    request = _sweep_request(opts, "run", sources)
     plan = plan_sweep(request, State.workdir)
     for warning in plan.warnings:
         err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
-    recorder = Recorder(_tracker(tracking_uri))
-    with _executor(options, device) as pool:
+    _announce_sweep_file(request, f"the sweep's parent run, {plan.sweep_key[:8]}", plan.sweep_key)
+    recorder = Recorder(_tracker(opts["tracking_uri"]))
+    with _executor(_executor_options(opts), opts["device"]) as pool:
         from .progress import RichReporter
 
         with RichReporter(err, slots=pool.capacity) as reporter:
             outcomes = run_sweep(plan, recorder, pool, State.workdir, reporter)
     _print_summary(outcomes, plan.stage.name)
     _exit_on_failures(outcomes, "run")
+
+
+# Options a sweep file sets and the command line replaces; `--set` entries merge key by key.
+_EXPLICIT = ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
+
+
+def _command_options(ctx: typer.Context, command: str) -> tuple[dict[str, Any], list[str]]:
+    """The command's option values: ``--config``'s file under the options given on the command
+    line, and where they came from (for the resolved file's header)."""
+    opts = dict(ctx.params)
+    given = {name for name in opts if _given(ctx, name)}
+    sources = ["the command line"]
+    if opts.get("config") is not None:
+        from .sweepfile import file_options, find_sweep_file, load_sweep_file
+
+        sweep_file = load_sweep_file(opts["config"])
+        found = find_sweep_file(opts["config"])  # a shipped config may be found in the checkout
+        sources = [str(found), *(["command-line options"] if given - {"config"} else [])]
+        for name, value in file_options(sweep_file, command).items():
+            if name == "set_":  # the command line's --set of the same key comes later, so it wins
+                opts["set_"] = [*value, *(opts.get("set_") or [])]
+            elif name not in given:
+                opts[name] = value
+            given.add(name)
+    opts["_given"] = given
+    for name, flag in (("suite", "--suite"), ("methods", "--methods"), ("trials", "--trials")):
+        if name in opts and opts[name] is None:
+            raise BenchError(f"Missing option '{flag}': pass {flag}, or --config FILE with a {name}: key")
+    return opts, sources
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in _EXPLICIT
+
+
+def _sweep_request(opts: dict[str, Any], command: str, sources: list[str]):
+    """The sweep a ``run`` or ``tune`` command asks for, from its (merged) option values."""
+    from .studies import default_storage
+    from .sweep import SweepRequest
+
+    request = SweepRequest(
+        suite=opts["suite"],
+        methods=split_methods(opts["methods"]) or [],
+        seeds=parse_seeds(opts["seeds"]) if command == "run" else [0],
+        tasks=_split(opts["tasks"]),
+        stage=opts.get("stage", "final"),
+        data_root=opts["data_root"],
+        backbone=opts["backbone"],
+        checkpoint=opts["checkpoint"],
+        epochs=opts["epochs"],
+        device=_executor_device(opts["device"], opts["gpus"], opts["runs_per_gpu"]),
+        method_overrides=_method_overrides(opts["set_"] or []),
+        budgets=_budgets(opts["budget"]),
+        hparams=opts.get("hparams", "published"),
+        storage=opts["storage"] or default_storage(State.workdir),
+        shots=parse_int_list(opts.get("shots"), "--shots", "1,2,4,8,16"),
+        split_seeds=parse_int_list(opts.get("split_seeds"), "--split-seeds", "0,1,2"),
+        dedupe=opts.get("dedupe", False),
+        weights_label=_weights_label(opts["weights_label"]),
+        dataset=opts["dataset"],
+        image_column=opts["image_column"],
+        label_column=opts["label_column"],
+        system_metrics=opts["system_metrics"],
+    )
+    if opts.get("config") is not None:
+        from .sweepfile import resolved_file
+
+        run_flags = ("trials", "storage", "device", "tracking_uri", "executor", "ray_address", "gpus")
+        run_flags += ("runs_per_gpu", "workers", "system_metrics")
+        extra = {k: opts[k] for k in run_flags if k in opts["_given"] and k in opts}
+        request.sweep_file = resolved_file(request, command, extra, sources)
+    return request
+
+
+def _announce_sweep_file(request, where: str, key: str | None = None) -> None:
+    """Keep a copy of the resolved sweep file in the work directory, named by the sweep's key (or
+    its own hash), and say where both copies are."""
+    if request.sweep_file is None:
+        return
+    import hashlib
+
+    key = key or hashlib.sha256(request.sweep_file.encode()).hexdigest()
+    folder = State.workdir / "sweeps"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{key[:12]}.yaml"
+    path.write_text(request.sweep_file)
+    err.print(f"resolved sweep file: {escape(str(path))} (also stored on {where})", highlight=False, soft_wrap=True)
+
+
+def _executor_options(opts: dict[str, Any]):
+    from .engine import ExecutorOptions
+
+    return ExecutorOptions(
+        opts["executor"],
+        opts["ray_address"],
+        opts["gpus"],
+        opts["runs_per_gpu"],
+        opts["workers"],
+        opts["ray_object_store_mb"],
+    )
 
 
 def _executor_device(device: str, gpus: str | None, runs_per_gpu: int | None) -> str:
@@ -373,16 +469,27 @@ def _budget(text: str | None) -> int | None:
     return parse_budget(text) if text is not None else None
 
 
+def _budgets(text: str | None) -> list[int]:
+    """--budget: one budget (0.3M) or several (0.1M,0.3M,1M); none without the option."""
+    from .budget import parse_budgets
+
+    return parse_budgets(text) if text is not None else []
+
+
 @app.command(
     epilog=examples(
-        "bench tune --suite demo --methods karst,lora --budget 8k --trials 4",
+        "bench tune --suite demo --methods karst,lora --budget 8k,16k --trials 4",
         "bench run --suite demo --methods karst,lora --budget 8k --hparams tuned",
     )
 )
 def tune(
-    suite: str = typer.Option(..., help="Suite name."),
-    methods: str = typer.Option(..., help="Comma-separated methods; variants as karst[rescale=none]."),
-    trials: int = typer.Option(..., help="Trials per study: the same for every method."),
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    suite: str | None = typer.Option(None, help="Suite name; required, here or in --config."),
+    methods: str | None = typer.Option(None, help="Comma-separated methods; variants as karst[rescale=none]; required, here or in --config."),
+    trials: int | None = typer.Option(
+        None, help="Trials per study: the same for every method; required, here or in --config."
+    ),
     budget: BudgetOpt = None,
     tasks: TasksOpt = None,
     storage: str | None = typer.Option(None, help="Optuna storage URL (default: sqlite in the workdir's optuna.db)."),
@@ -406,42 +513,29 @@ def tune(
     ray_object_store_mb: ObjectStoreOpt = None,
     system_metrics: SystemMetricsOpt = True,
 ) -> None:
-    """Tune every (task, method) on train800 -> val200 with the same number of Optuna trials.
+    """Tune every (task, method, budget) on train800 -> val200 with the same number of Optuna trials.
 
     The trials of one study run one after another; with room for several runs (Ray), several
     studies tune at once, each exactly as it would alone.
     """
-    from .engine import ExecutorOptions, Recorder
+    from .engine import Recorder
     from .studies import default_storage
-    from .sweep import SweepRequest
     from .tune import run_tuning
 
-    request = SweepRequest(
-        suite=suite,
-        methods=split_methods(methods) or [],
-        seeds=[0],
-        tasks=_split(tasks),
-        data_root=data_root,
-        backbone=backbone,
-        checkpoint=checkpoint,
-        epochs=epochs,
-        device=_executor_device(device, gpus, runs_per_gpu),
-        method_overrides=_method_overrides(set_ or []),
-        budget=_budget(budget),
-        weights_label=_weights_label(weights_label),
-        dataset=dataset,
-        image_column=image_column,
-        label_column=label_column,
-        system_metrics=system_metrics,
-    )
-    url = storage or default_storage(State.workdir)
-    options = ExecutorOptions(executor, ray_address, gpus, runs_per_gpu, workers, ray_object_store_mb)
-    recorder = Recorder(_tracker(tracking_uri))
-    with _executor(options, device) as pool:
+    opts, sources = _command_options(ctx, "tune")
+    request = _sweep_request(opts, "tune", sources)
+    url = opts["storage"] or default_storage(State.workdir)
+    _announce_sweep_file(request, "each study's parent run")
+    recorder = Recorder(_tracker(opts["tracking_uri"]))
+
+    def warn(text: str) -> None:
+        err.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+    with _executor(_executor_options(opts), opts["device"]) as pool:
         from .progress import RichReporter
 
         with RichReporter(err, slots=pool.capacity) as reporter:
-            summaries = run_tuning(request, trials, State.workdir, recorder, url, pool, reporter)
+            summaries = run_tuning(request, opts["trials"], State.workdir, recorder, url, pool, reporter, warn)
     dashboard = dashboard_command(url)
     if as_json:
         _print_json([s.__dict__ for s in summaries])
@@ -476,7 +570,7 @@ def _print_summary(outcomes, stage: str) -> None:
 
     df = pd.DataFrame(
         [
-            {"task": _task_label(o.spec), "method": o.spec.method, "seed": o.spec.seed, "acc": o.eval_acc}
+            {"task": _task_label(o.spec), "method": o.spec.method_label, "seed": o.spec.seed, "acc": o.eval_acc}
             for o in outcomes
         ]
     ).dropna()
@@ -1324,6 +1418,7 @@ def run_cli(args: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BenchError as exc:
         one_line = " ".join(str(exc).splitlines())  # a message quoting a file or a library may span lines
+        # a message may quote a method entry such as karst[rescale=none]: not rich markup
         err.print(f"[red]error:[/] {escape(one_line)}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:

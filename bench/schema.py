@@ -61,6 +61,8 @@ SEEDS = "bench.seeds"
 TRAINED = "bench.trained"
 REUSED = "bench.reused"
 FAILED = "bench.failed"
+BUDGETS = "bench.budgets"  # the sweep's --budget list ("none" without one)
+UNREACHABLE = "bench.unreachable"  # JSON list of {"method", "budget", "reason"}: cells no structure of the method meets
 
 # --- metrics --------------------------------------------------------------------------------------
 TRAIN_LOSS = "train/loss"
@@ -96,6 +98,7 @@ SHIFT_CHANNELS = "channels.csv"  # one row per model, block and channel: mean, s
 SHIFT_INFO = "shift.json"  # the runs compared, images, token sample, device
 SHIFT_FIGURE = "shift.png"  # W1 and CKA against depth, one line per model pair
 SHIFT_FIGURE_PDF = "shift.pdf"
+SWEEP_FILE = "config/sweep.yaml"  # on a sweep's (or study's) parent run: the resolved `--config` file
 
 
 def eval_metric(stage: str) -> str:

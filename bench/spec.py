@@ -45,11 +45,21 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        """Short human name, e.g. ``lora/dtd/s2``; few-shot ``lora/oxford_pets/k4/s0`` (split seed = seed)
-        or ``lora/oxford_pets/k4/split1/s0`` (split seed 1, training seed 0)."""
+        """Short human name, e.g. ``lora/dtd/s2``, at a budget ``lora@300k/dtd/s2``; few-shot
+        ``lora/oxford_pets/k4/s0`` (split seed = seed) or ``lora/oxford_pets/k4/split1/s0`` (split
+        seed 1, training seed 0)."""
         split = ""
         if "shots" in self.extra:
             split = f"/k{self.extra['shots']}"
             if self.extra.get("split_seed") != self.seed:
                 split += f"/split{self.extra['split_seed']}"
-        return f"{self.method}/{self.task}{split}/s{self.seed}"
+        return f"{self.method_label}/{self.task}{split}/s{self.seed}"
+
+    @property
+    def method_label(self) -> str:
+        """The method, with the budget it was fitted to: ``lora``, ``lora@300k``."""
+        if self.budget is None:
+            return self.method
+        from .budget import format_budget
+
+        return f"{self.method}@{format_budget(self.budget)}"

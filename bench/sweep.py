@@ -11,6 +11,7 @@ that fails never stops the others.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from suites.resolve import ResolvedTask
 
 from . import __version__, schema
 from .backbone import Weights, backbone_spec, check_weights, resolve_weights
-from .budget import check_structure
+from .budget import UnreachableBudget, check_structure, format_budget
 from .cache import load_split
 from .engine import Executor, Job, JobData, Recorder, Reporter, RunOutcome, RunRecord, SilentReporter, Work, drive
 from .errors import BenchError
@@ -51,7 +52,8 @@ class SweepRequest:
     epochs: int | None = None
     device: str = "auto"
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    budget: int | None = None  # trainable parameters (head excluded) every sizeable method is fitted to
+    # trainable params (head excluded) each sizeable method is fitted to, one sweep cell per budget
+    budgets: list[int] = field(default_factory=list)
     hparams: str = "published"  # or "tuned": the best trial of each (task, method, budget) study
     storage: str | None = None  # Optuna storage for --hparams tuned
     shots: list[int] | None = None  # few-shot suites: the shot counts (default: all the suite has)
@@ -63,6 +65,7 @@ class SweepRequest:
     image_column: str | None = None
     label_column: str | None = None
     system_metrics: bool = True  # GPU/CPU/RAM per epoch where psutil / nvidia-ml-py exist
+    sweep_file: str | None = None  # the resolved sweep file (YAML) of `--config`, stored with the sweep
 
     def __post_init__(self) -> None:
         # `--set preset.lr=…` arrives with the methods' --set values; it sets the preset, not a method
@@ -148,6 +151,33 @@ class PlannedRun:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Unreachable:
+    """A (method, budget) cell of a sweep over several budgets that no structure of the method meets."""
+
+    method: str  # the method as the request names it
+    budget: int
+    reason: str  # the one-line refusal, with the nearest feasible counts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "budget": self.budget, "reason": self.reason}
+
+    @property
+    def warning(self) -> str:
+        return f"{self.method} at budget {format_budget(self.budget)} is left out of the sweep: {self.reason}"
+
+
+TAG_LIMIT = 8000  # MLflow's longest tag value
+
+
+def unreachable_tag(cells: list[Unreachable]) -> str:
+    """The ``bench.unreachable`` tag: a JSON list of the cells; reasons shortened if it would not fit a tag."""
+    text = json.dumps([c.to_dict() for c in cells])
+    if len(text) > TAG_LIMIT:
+        text = json.dumps([{**c.to_dict(), "reason": c.reason[:80] + "…"} for c in cells])
+    return text
+
+
 @dataclass
 class SweepPlan:
     request: SweepRequest
@@ -160,6 +190,7 @@ class SweepPlan:
     runs: list[PlannedRun]
     data_root: Path
     warnings: list[str] = field(default_factory=list)  # printed before the sweep starts
+    unreachable: list[Unreachable] = field(default_factory=list)  # (method, budget) cells left out
 
     @property
     def experiment(self) -> str:
@@ -222,7 +253,7 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
     backbone = request.backbone or suite.default_backbone
     # an unknown backbone, or a method that does not support its family, fails before data is prepared
     spec_bb = backbone_spec(backbone, preset.img_size)
-    chosen = [_sized_method(method, request, spec_bb) for method in entries]
+    chosen, unreachable = _sized_cells(entries, request, spec_bb)
     for method, config, _ in chosen:  # a config that does not fit the backbone fails before any training
         built_trainable_params(method, config, backbone, img_size=preset.img_size)
         _check_composition(method, config, spec_bb.family, request.hparams)
@@ -235,9 +266,9 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
     weights = resolve_weights(backbone, request.checkpoint, pretrained=suite.backbone_pretrained)
     check_weights(weights, backbone, preset.img_size)
 
-    runs, warnings = [], []
-    if request.hparams == "published":
-        warnings += [c for m, _, _ in chosen if (c := m.preset_caveat(preset.lr)) is not None]
+    runs, warnings = [], [cell.warning for cell in unreachable]
+    if request.hparams == "published":  # one caveat per method, however many budgets it is fitted to
+        warnings += list(dict.fromkeys(c for m, _, _ in chosen if (c := m.preset_caveat(preset.lr)) is not None))
     for task, task_seeds, task_preset in _run_groups(suite, tasks, stage, request, preset, warnings):
         fingerprint = task.fingerprint(stage)
         for method, config, budget in chosen:
@@ -270,7 +301,9 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
                     extra=task.extra,
                 )
                 runs.append(PlannedRun(spec, task, method, run_config, run_preset, dict(tags)))
-    return SweepPlan(request, suite, stage, preset, backbone, weights, device, runs, Path(data_root), warnings)
+    return SweepPlan(
+        request, suite, stage, preset, backbone, weights, device, runs, Path(data_root), warnings, unreachable
+    )
 
 
 def _dataset_root(suite: Suite, request: SweepRequest, workdir: Path) -> Path | None:
@@ -342,16 +375,48 @@ def _run_groups(
     return groups
 
 
-def _sized_method(method: Method, request: SweepRequest, spec_bb) -> tuple[Method, Any, int | None]:
-    """The method with its config: published (plus --set), or fitted to --budget."""
+def _sized_cells(
+    entries: list[Method], request: SweepRequest, spec_bb
+) -> tuple[list[tuple[Method, Any, int | None]], list[Unreachable]]:
+    """Every (method, budget) cell the sweep trains, and the cells no structure of the method meets.
+
+    A reference (not budget-adjustable) is one cell at its own size, serving every budget. With one
+    budget an unreachable cell is refused as before; with several it is left out and reported, unless
+    no sizeable method reaches any of the budgets.
+    """
+    cells: list[tuple[Method, Any, int | None]] = []
+    unreachable: list[Unreachable] = []
+    for method in entries:
+        if not request.budgets or not method.budget_adjustable:
+            cells.append(_sized_method(method, request, spec_bb, None))
+            continue
+        for budget in request.budgets:
+            try:
+                cells.append(_sized_method(method, request, spec_bb, budget))
+            except UnreachableBudget as exc:
+                if len(request.budgets) == 1:
+                    raise
+                unreachable.append(Unreachable(method.name, budget, " ".join(str(exc).splitlines())))
+    if unreachable and all(budget is None for _, _, budget in cells):
+        shown = ",".join(format_budget(b) for b in request.budgets)
+        raise BenchError(
+            f"no method reaches any of the budgets {shown} on {spec_bb.name} (e.g. {unreachable[0].reason}); "
+            "choose budgets the methods can meet (see `bench methods budget`)"
+        )
+    return cells, unreachable
+
+
+def _sized_method(method: Method, request: SweepRequest, spec_bb, budget: int | None) -> tuple[Method, Any, int | None]:
+    """The method with its config: published (plus --set and its brackets), or fitted to ``budget``."""
     overrides = set_values(method, request.method_overrides)
-    if request.budget is None or not method.budget_adjustable:
+    if budget is None or not method.budget_adjustable:
         # a reference keeps its size under --budget: its runs serve every budget's sweep
         config = make_config(method, overrides)
         check_structure(method, spec_bb, config)
         return method, config, None
-    config = choose_entry_for_budget(method, spec_bb, request.budget, overrides).config
-    return method, config, request.budget
+    method.check_backbone(spec_bb)  # an unsupported backbone stops the sweep; it is not an unreachable budget
+    config = choose_entry_for_budget(method, spec_bb, budget, overrides).config
+    return method, config, budget
 
 
 def _check_composition(method: Method, config: Any, family: str, hparams: str) -> None:
@@ -534,6 +599,16 @@ class SweepSource:
         return [self.outcomes[i] for i in sorted(self.outcomes)]
 
 
+def record_sweep_inputs(recorder: Recorder, parent: str, plan: SweepPlan) -> None:
+    """What a sweep's parent run keeps beside its runs: the cells left out as unreachable, and the
+    resolved sweep file of ``--config``. Set on every (re)opening: a rerun of the same runs may come
+    from a file or a budget list that differs only in those."""
+    if plan.request.budgets:
+        recorder.client.set_tag(parent, schema.UNREACHABLE, unreachable_tag(plan.unreachable))
+    if plan.request.sweep_file is not None:
+        recorder.tracker.log_text(parent, plan.request.sweep_file, schema.SWEEP_FILE)
+
+
 def run_sweep(
     plan: SweepPlan, recorder: Recorder, executor: Executor, workdir: Path, reporter: Reporter | None = None
 ) -> list[RunOutcome]:
@@ -555,6 +630,7 @@ def run_sweep(
             if plan.suite.fewshot is not None
             else "none",
             schema.SWEEP_NAME: f"sweep/{plan.suite.name}/{plan.stage.name}/{plan.sweep_key[:8]}",
+            schema.BUDGETS: ",".join(map(str, plan.request.budgets)) or "none",
         },
         params=flatten_params(
             {
@@ -565,6 +641,7 @@ def run_sweep(
             }
         ),
     )
+    record_sweep_inputs(recorder, parent, plan)
     source = SweepSource(plan, recorder, parent, workdir / "cache" / "images", reporter)
     reporter.sweep_started(plan, source.todo)
     source.report_reused()

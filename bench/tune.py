@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import hashlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -120,7 +121,7 @@ class TrialSource:
 
     def _open_parent(self, s: _Study) -> str:
         run = s.run
-        return self.recorder.open_parent(
+        parent = self.recorder.open_parent(
             self.experiment,
             hashlib.sha256(s.name.encode()).hexdigest()[:24],
             tags={
@@ -134,6 +135,9 @@ class TrialSource:
             },
             params=flatten_params({"n_trials": self.trials, **s.attrs}),
         )
+        if self.plan.request.sweep_file is not None:
+            self.recorder.tracker.log_text(parent, self.plan.request.sweep_file, schema.SWEEP_FILE)
+        return parent
 
     def _ask(self, s: _Study) -> Job:
         import optuna
@@ -209,8 +213,12 @@ def run_tuning(
     storage: str,
     executor: Executor,
     reporter: Reporter | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[StudySummary]:
-    """Top every study of the request up to ``trials`` trials on ``executor``; return each study's state."""
+    """Top every study of the request up to ``trials`` trials on ``executor``; return each study's state.
+
+    One study per (task, method, budget); ``warn`` gets the plan's warnings (budgets a method cannot
+    reach, left out) before any trial starts."""
     if trials < 1:
         raise BenchError(f"--trials {trials} must be at least 1")
     import suites
@@ -228,6 +236,8 @@ def run_tuning(
                 "tune its parts alone, and run the composition with --hparams published"
             )
     plan = plan_sweep(request, workdir)
+    for warning in plan.warnings if warn is not None else ():
+        warn(warning)
     studies = [_prepare_study(plan, run, storage, trials) for run in plan.runs]
     source = TrialSource(plan, studies, recorder, storage, trials, workdir / "cache" / "images")
     try:
