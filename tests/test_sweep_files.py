@@ -158,7 +158,6 @@ def test_a_missing_file_and_missing_options_are_one_line_errors(cli, tmp_path: P
 
 # -- the shipped configs ---------------------------------------------------------------------------
 
-VARIANTS = ("[", "+")  # method entries of the method-entry grammar: variants and compositions
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -186,26 +185,17 @@ def _demo_plan(workdir: Path, path: Path):
 DEMOS = [p for p in CONFIGS if p.name.startswith("demo_")]
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        p
-        if not any(v in m for m in load_sweep_file(p).methods for v in VARIANTS)
-        else pytest.param(
-            p,
-            marks=pytest.mark.xfail(
-                raises=Exception, strict=True, reason="variant entries plan once the method-entry grammar is in"
-            ),
-        )
-        for p in DEMOS
-    ],
-    ids=lambda p: p.name,
-)
+@pytest.mark.parametrize("path", DEMOS, ids=lambda p: p.name)
 def test_every_demo_config_plans(workdir: Path, path: Path):
+    from bench.method_entries import resolve_methods
+
     plan = _demo_plan(workdir, path)
     sweep = load_sweep_file(path)
     assert plan.runs and {r.spec.seed for r in plan.runs} == {0, 1, 2}
-    assert {r.spec.method for r in plan.runs} <= set(sweep.methods) | {e.split("[")[0] for e in sweep.methods}
+    # every entry of the file is planned, under its canonical label (variants' fields sorted)
+    assert {r.spec.method for r in plan.runs} | {u.method for u in plan.unreachable} == {
+        m.name for m in resolve_methods(sweep.methods)
+    }
 
 
 def test_the_demo_budget_curve_plans_every_reachable_cell(workdir: Path):
