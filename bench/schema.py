@@ -18,6 +18,7 @@ SUITE = "bench.suite"
 TASK = "bench.task"
 GROUP = "bench.group"
 METHOD = "bench.method"
+METHOD_BASE = "bench.method_base"  # the method a variant label varies (karst for karst[rescale=none])
 SEED = "bench.seed"
 STAGE = "bench.stage"
 PRESET = "bench.preset"
@@ -60,6 +61,7 @@ SEEDS = "bench.seeds"
 TRAINED = "bench.trained"
 REUSED = "bench.reused"
 FAILED = "bench.failed"
+UNREACHABLE = "bench.unreachable"
 
 # --- metrics --------------------------------------------------------------------------------------
 TRAIN_LOSS = "train/loss"
