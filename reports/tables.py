@@ -29,7 +29,7 @@ import pandas as pd
 from bench.errors import BenchError
 
 from . import stats
-from .runs import ReportRuns
+from .runs import ReportRuns, method_base
 
 ALPHA = 0.05
 N_BOOT = 10_000  # bootstrap draws to start from; more where a bound's sign needs them
@@ -413,7 +413,8 @@ def variant_groups(runs: ReportRuns) -> dict[str, list[str]]:
     present = set(frame["method"])
     groups: dict[str, list[str]] = {}
     for m in runs.methods:
-        base = base_of.get(m) or m
+        tagged = base_of.get(m)
+        base = tagged if isinstance(tagged, str) and tagged else method_base(m)
         if base != m and base in present:
             groups.setdefault(base, []).append(m)
     return groups
