@@ -308,7 +308,9 @@ def test_real_runs_at_two_budgets_and_a_variant_from_mlflow_and_results_csv(
     common = ["run", "--suite", "tinyfolder", "--data-root", str(root), "--seeds", "2", "--epochs", "1"]
     bench("main", *common, "--methods", "karst,lora,linear", "--budget", "4k")
     bench("main", *common, "--methods", "karst", "--budget", "16k")
-    bench("variant", *common, "--methods", "karst", "--budget", "4k", "--set", "karst.rescale=none")
+    bench("main", *common, "--methods", "karst")  # its published size
+    # a variant changes the structure, so it runs at its published size too (--set cannot meet --budget)
+    bench("variant", *common, "--methods", "karst", "--set", "karst.rescale=none")
     # what a sweep over --budget 4k,16k records on its parent for a cell it could not fit
     client = MlflowClient(f"sqlite:///{stores['main'] / 'mlflow.db'}")
     exp = client.get_experiment_by_name("bench/tinyfolder")
@@ -324,55 +326,41 @@ def test_real_runs_at_two_budgets_and_a_variant_from_mlflow_and_results_csv(
     runs = pd.DataFrame(json.loads(listing))
     runs = runs[runs["status"] == "FINISHED"]
     results = pd.read_csv(out / "results.csv")
-    assert len(results) == len(runs) == 2 * 2 * 4  # tasks × seeds × (karst 4k, lora 4k, linear, karst 16k)
+    assert len(results) == len(runs) == 2 * 2 * 5  # tasks × seeds × (karst 4k, 16k, published; lora 4k; linear)
     curve = pd.read_csv(out / "budget_curve.csv", dtype={"budget": str})
-    assert sorted(zip(curve["budget"], curve["method"], strict=True)) == sorted(
-        [("4000", "linear"), ("4000", "karst"), ("4000", "lora"), ("16000", "linear"), ("16000", "karst")]
-    )
+    expected = [("4000", m) for m in ("linear", "karst", "lora")] + [("16000", m) for m in ("linear", "karst")]
+    expected += [("published", "linear"), ("published", "karst")]
+    assert sorted(zip(curve["budget"], curve["method"], strict=True)) == sorted(expected)
     for (budget, method), grp in results.groupby([results["budget"].fillna(-1).astype(int), "method"]):
-        for b in [4000, 16000] if budget == -1 else [budget]:
-            got = curve[(curve["budget"] == str(b)) & (curve["method"] == method)].iloc[0]
+        if budget == -1 and method == "linear":
+            budgets = ["4000", "16000", "published"]  # a reference method serves every budget
+        else:
+            budgets = ["published" if budget == -1 else str(budget)]
+        for b in budgets:
+            got = curve[(curve["budget"] == b) & (curve["method"] == method)].iloc[0]
             assert got["estimate"] == pytest.approx(grp.groupby("task")["acc"].mean().mean())
             assert got["params"] == grp["params_trainable"].median()
     md = (out / "report.md").read_text()
+    assert "## Budget 4,000: accuracy per task" in md and "## Published sizes: accuracy per task" in md
     assert f"Not reached at this budget: lora ({reason})." in md
     assert (out / "accuracy_vs_budget.png").stat().st_size > 0 and (out / "accuracy_vs_budget.pdf").exists()
 
     # results.csv has no sweep parents: the same cell is there, without a recorded reason
     again = tmp_path / "again"
-    bench(
-        "main",
-        "report",
-        "--suite",
-        "tinyfolder",
-        "--results-csv",
-        str(out / "results.csv"),
-        "--reference",
-        "linear",
-        "--out",
-        str(again),
-    )
-    assert "Not reached at this budget: lora (no runs at this budget)." in (again / "report.md").read_text()
+    args = ["report", "--suite", "tinyfolder", "--reference", "linear"]
+    bench("main", *args, "--results-csv", str(out / "results.csv"), "--out", str(again))
+    rebuilt = (again / "report.md").read_text()
+    assert reason not in rebuilt and rebuilt.count("Not reached at this budget: lora (no runs at this budget).") == 2
+    assert md.count("Not reached at this budget: lora (no runs at this budget).") == 1  # published sizes
 
-    # the variant: its runs labelled as a sweep of variants labels them, joined with the base's runs
+    # the variant's runs labelled as a sweep of variants labels them, joined with the base's runs
     bench("variant", "report", "--suite", "tinyfolder", "--format", "csv", "--out", str(tmp_path / "v"))
     variant = pd.read_csv(tmp_path / "v" / "results.csv").assign(method="karst[rescale=none]", method_base="karst")
-    base = results[(results["budget"] == 4000) | results["budget"].isna()]
+    base = results[results["budget"].isna()]  # karst and linear at their published sizes
     joined = tmp_path / "joined.csv"
     pd.concat([base, variant], ignore_index=True).to_csv(joined, index=False)
     abl = tmp_path / "abl"
-    bench(
-        "main",
-        "report",
-        "--suite",
-        "tinyfolder",
-        "--results-csv",
-        str(joined),
-        "--reference",
-        "linear",
-        "--out",
-        str(abl),
-    )
+    bench("main", *args, "--results-csv", str(joined), "--out", str(abl))
     ablation = pd.read_csv(abl / "ablation.csv").set_index("method")
     assert list(ablation.index) == ["karst", "karst[rescale=none]"]
     per_task = pd.concat([base, variant]).groupby(["method", "task"])["acc"].mean().unstack()
