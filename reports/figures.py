@@ -251,3 +251,88 @@ def resources_plot(resources: pd.DataFrame, out: Path, colors: dict | None = Non
     axes[0].set_yticks(y, methods)
     axes[0].invert_yaxis()
     return _save(fig, out, "resources")
+
+
+def budget_curve_figure(points: pd.DataFrame, title: str, colors: dict | None = None):
+    """``points``: budget, method, params, estimate, low, high, reference_method (see
+    ``reports.report.curve_points``). One curve per budget-fitted method through its budgets'
+    points, ordered by parameters, with its interval as a band; published sizes (budget
+    "published") as open markers of the method's colour, not joined; a reference method (one size)
+    as one point with its interval. A method with zero trainable parameters sits in a narrow
+    panel left of a broken axis, as in :func:`accuracy_vs_params`. Returns the figure."""
+    colors = colors or palette(list(dict.fromkeys(points["method"])))
+    first = points.drop_duplicates("method")
+    zero = first[first["reference_method"] & (first["params"] <= 0)]
+    if len(zero) and (points["params"] > 0).any():
+        fig, (left, ax) = plt.subplots(
+            1, 2, figsize=(6.5, 4), sharey=True, gridspec_kw={"width_ratios": [1, 6], "wspace": 0.06}
+        )
+    else:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        left = None
+    for m in dict.fromkeys(points["method"]):
+        sub = points[points["method"] == m]
+        colour = colors[m]
+        if sub["reference_method"].iloc[0]:
+            r = sub.iloc[0]  # one size: the same runs serve every budget
+            target = left if (r["params"] <= 0 and left is not None) else ax
+            y = 100 * r["estimate"]
+            err = [[max(0.0, y - 100 * r["low"])], [max(0.0, 100 * r["high"] - y)]]
+            target.errorbar(
+                0.0 if r["params"] <= 0 else r["params"], y, yerr=err, fmt="s", capsize=3, color=colour, label=m
+            )
+            continue
+        fitted = sub[sub["budget"] != "published"].sort_values("params")
+        if len(fitted):
+            x = fitted["params"].to_numpy(dtype=float)
+            ax.plot(x, 100 * fitted["estimate"].to_numpy(dtype=float), "o-", color=colour, label=m, lw=1.5)
+            ax.fill_between(
+                x,
+                100 * fitted["low"].to_numpy(dtype=float),
+                100 * fitted["high"].to_numpy(dtype=float),
+                color=colour,
+                alpha=0.18,
+                lw=0,
+            )
+        for _, r in sub[sub["budget"] == "published"].iterrows():
+            y = 100 * r["estimate"]
+            ax.errorbar(
+                r["params"],
+                y,
+                yerr=[[max(0.0, y - 100 * r["low"])], [max(0.0, 100 * r["high"] - y)]],
+                fmt="o",
+                mfc="white",
+                capsize=3,
+                color=colour,
+                label=None if len(fitted) else m,
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters, head excluded (log scale)")
+    if left is not None:
+        left.set_xticks([0.0], ["0"])
+        left.set_xlim(-1, 1)
+        left.spines["right"].set_visible(False)
+        ax.spines["left"].set_visible(False)
+        ax.tick_params(axis="y", which="both", left=False)
+        left.set_ylabel("accuracy (%)")
+        left.grid(alpha=0.3)
+        _break_marks(left, ax)
+    else:
+        ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    fig.suptitle(title, fontsize=9)
+    by_label = {}
+    for a in [left, ax] if left is not None else [ax]:
+        by_label.update(zip(*reversed(a.get_legend_handles_labels()), strict=True))
+    order = [m for m in dict.fromkeys(points["method"]) if m in by_label]
+    ax.legend(
+        [by_label[k] for k in order], order, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False
+    )
+    return fig
+
+
+@_truetype
+def budget_curves(points: pd.DataFrame, out: Path, interval: str, colors: dict | None = None) -> list[Path]:
+    """The budget-curve figure (see :func:`budget_curve_figure`) saved as accuracy_vs_budget.{png,pdf}."""
+    title = f"accuracy against trainable parameters, one point per budget\nbands: 95 % interval ({interval})"
+    return _save(budget_curve_figure(points, title, colors), out, "accuracy_vs_budget")

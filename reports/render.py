@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .tables import ALPHA, MIN_RANK_TASKS, VTAB_GROUPS, Aggregates, task_keys
+from .tables import ALPHA, MIN_RANK_TASKS, VTAB_GROUPS, Ablation, Aggregates, task_keys
 
 DECIMALS = 1  # accuracies are shown in percent with one decimal
 DIFF_DECIMALS = 2  # differences in percentage points
@@ -300,6 +300,8 @@ LATEX_SPECIALS = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    "[": "{[}",  # a bracket after \\\\ would open the row end's optional argument
+    "]": "{]}",
     "<": r"$<$",  # a text < or > prints as ¡ or ¿ in an OT1 document
     ">": r"$>$",
 }
@@ -561,6 +563,137 @@ def cost_warnings(runs: pd.DataFrame, ratio: float = 2.0) -> list[str]:
             "existed), so whether their throughputs are comparable is unknown."
         )
     return out
+
+
+def not_reached_note(entries: list[tuple[str, str]], where: str = "this budget") -> str:
+    """The methods a budget's table expected and has no runs of, each with the recorded reason."""
+    if not entries:
+        return ""
+    return f"Not reached at {where}: " + "; ".join(f"{m} ({reason.rstrip('.')})" for m, reason in entries) + "."
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablations and budget curves
+# ---------------------------------------------------------------------------------------------
+
+PARAMS_COLUMN = "Trainable params (head excl.)"
+
+
+def ablation_table(ab: Ablation, style: Style) -> pd.DataFrame:
+    """Rows: the base, then its variants. Columns: parameters, accuracy with its interval, Δ to the
+    base with its interval, and the test (Wilcoxon with Holm over tasks; Welch on one task)."""
+    agg = ab.agg
+    acc_col = "Mean (%) ± 95% t" if agg.single_task else f"{agg.headline} (%) [95% CI]"
+    delta = f"Δ vs {ab.base} (pp) " + ("[95% Welch CI]" if agg.single_task else "[95% CI]")
+    test = "Welch p" if agg.single_task else "Wilcoxon p (Holm)"
+    comp = agg.comparisons.set_index("method") if len(agg.comparisons) else pd.DataFrame()
+    marks = stats.mark_best(100 * ab.rows["estimate"].to_numpy(dtype=float), DECIMALS)
+    rows = {}
+    for (_, r), mark in zip(ab.rows.iterrows(), marks, strict=True):
+        m = r["method"]
+        if agg.single_task:
+            acc = _mark(f"{pct(r['estimate'])} {style.pm} {pct(r['estimate'] - r['low'])}", mark, style)
+        else:
+            acc = _interval_cell(r["estimate"], r["low"], r["high"], mark, style)
+        row = {PARAMS_COLUMN: fmt_params(r["params_trainable"]), acc_col: acc}
+        if m == ab.base:
+            row.update({delta: "base", test: "–"})
+            if not agg.single_task:
+                row["W/T/L"] = "–"
+        elif agg.single_task:
+            c = comp.loc[m]
+            row.update(
+                {
+                    delta: f"{signed(c['diff'])} [{signed(c['diff_low'])}, {signed(c['diff_high'])}]",
+                    test: fmt_p(c["welch_p"], style),
+                }
+            )
+        else:
+            c = comp.loc[m]
+            sig = c["holm_p"] < ALPHA and (c["diff_low"] > 0 or c["diff_high"] < 0)
+            row.update(
+                {
+                    delta: f"{signed(c['diff'])} [{bound(c['diff_low'], c['diff_low_unsettled'])}, "
+                    f"{bound(c['diff_high'], c['diff_high_unsettled'])}]" + (style.dagger if sig else ""),
+                    "W/T/L": f"{c['wins']}/{c['ties']}/{c['losses']}",
+                    test: "–"
+                    if not np.isfinite(c["wilcoxon_p"])
+                    else f"{fmt_p(c['wilcoxon_p'], style)} ({fmt_p(c['holm_p'], style)})",
+                }
+            )
+        rows[m] = row
+    columns = [PARAMS_COLUMN, acc_col, delta] + ([] if agg.single_task else ["W/T/L"]) + [test]
+    return pd.DataFrame.from_dict(rows, orient="index")[columns]
+
+
+def ablation_caption(ab: Ablation, n_seeds: int) -> str:
+    agg = ab.agg
+    if agg.single_task:
+        return (
+            f"Ablation of {ab.base} on {agg.tasks[0]}: each variant against {ab.base}, over {plural(n_seeds, 'seed')}. "
+            f"Accuracy: mean ± 95 % Student-t half-width; Δ with its 95 % Welch t-interval and the Welch p. "
+            "Parameters exclude the classification head."
+        )
+    return (
+        f"Ablation of {ab.base}: each variant against {ab.base} over {plural(len(agg.tasks), 'task')} "
+        f"({plural(n_seeds, 'seed')} each). Accuracy: the {agg.headline[0].lower() + agg.headline[1:]} with its 95 % "
+        f"stratified-bootstrap interval; Δ with its paired 95 % bootstrap interval (seeds resampled within each task, "
+        f"tasks fixed); Wilcoxon signed-rank p on per-task means, Holm-adjusted over the variants of {ab.base}. "
+        f"†: adjusted p < {ALPHA} and the Δ interval excludes 0. Parameters exclude the classification head."
+    )
+
+
+def ablation_notes(ab: Ablation) -> list[str]:
+    n = len(ab.agg.tasks)
+    notes = []
+    if ab.agg.single_task:
+        notes.append(
+            "One task: the only interval is the t-interval over seeds and the only test Welch's t-test on that task; "
+            "no bootstrap and no signed-rank test."
+        )
+        return notes
+    if any(ab.agg.comparisons[c].any() for c in ("diff_low_unsettled", "diff_high_unsettled")):
+        notes.append(
+            f"≈0: the bound's sign stayed within Monte Carlo error after {ab.agg.n_boot:,} draws; read it as 0."
+        )
+    if n < 6:
+        notes.append(
+            f"With {plural(n, 'task')} the two-sided signed-rank test cannot go below p = 2/{2**n} = {2 / 2**n:.3g}, "
+            "so it cannot reach p < 0.05 whatever the data; read the intervals, not the p-values."
+        )
+    return notes
+
+
+def budget_text(budget) -> str:
+    return "published" if budget == "published" else f"{int(budget):,}"
+
+
+def budget_curve_table(points: pd.DataFrame, style: Style, not_reached: list[str] = ()) -> pd.DataFrame:
+    """Rows: methods (then those with no run at any budget). Columns: budgets. A cell: the headline
+    accuracy [95 % interval] and, in parentheses, the trainable parameters the method has there."""
+    budgets = list(dict.fromkeys(points["budget"]))
+    rows: dict[str, dict[str, str]] = {}
+    for m in dict.fromkeys([*points["method"], *not_reached]):
+        rows[m] = {}
+    for b in budgets:
+        sub = points[points["budget"] == b].set_index("method")
+        marks = dict(
+            zip(sub.index, stats.mark_best(100 * sub["estimate"].to_numpy(dtype=float), DECIMALS), strict=True)
+        )
+        for m, r in sub.iterrows():
+            rows[m][budget_text(b)] = (
+                _interval_cell(r["estimate"], r["low"], r["high"], marks[m], style) + f" ({fmt_params(r['params'])})"
+            )
+    columns = [budget_text(b) for b in budgets]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns).fillna("not reached")
+
+
+def budget_curve_caption(interval: str, n_seeds: int) -> str:
+    return (
+        f"Accuracy (%) per budget (trainable parameters, head excluded): the headline aggregate with {interval}, over "
+        f"{plural(n_seeds, 'seed')}; in parentheses the parameters each method has at that budget. Reference methods "
+        "(one size) join every budget; not reached: no run at that budget."
+    )
 
 
 def missing_note(missing: list[str]) -> str:

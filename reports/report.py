@@ -22,10 +22,11 @@ from bench import __version__
 from bench.errors import BenchError
 
 from . import figures, render, tables
-from .runs import ReportRuns
+from .runs import ReportRuns, budget_adjustable, budget_label, budgets_of
 
 FORMATS = ("md", "latex", "csv")
-FRAGMENTS = ("main", "aggregates", "comparison", "fewshot", "fewshot_diff", "cost")  # tables/<name>.tex
+# tables/<name>.tex, and with several budgets <name>_b<budget> / <name>_published; ablation_<base>[…]
+FRAGMENTS = ("main", "aggregates", "comparison", "fewshot", "fewshot_diff", "cost", "ablation", "budget_curve")
 
 
 @dataclass
@@ -39,13 +40,61 @@ class Report:
     split_se: pd.DataFrame = field(default_factory=pd.DataFrame)
     figures: list[Path] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    ablations: list[tables.Ablation] = field(default_factory=list)
+    budget: int | str | None = None  # the one budget of this table (None: runs without budgets)
+    not_reached: list[tuple[str, str]] = field(default_factory=list)  # (method, reason) at this budget
+    parts: list[Report] = field(default_factory=list)  # several budgets: one report per budget
 
     @property
     def n_seeds(self) -> int:
         return int(self.runs.frame["seed"].nunique())
 
+    @property
+    def curve(self) -> bool:
+        """Whether this report spans several budgets (one table per budget and a budget curve)."""
+        return bool(self.parts)
+
 
 def build_report(runs: ReportRuns, reference: str | None, resample_tasks: bool = False) -> Report:
+    budgets = runs.budgets
+    if runs.selection.get("budget") is None and len(budgets) > 1:
+        return _budget_report(runs, reference, budgets, resample_tasks)
+    report = _one_budget_report(runs, reference, resample_tasks)
+    report.budget = runs.selection.get("budget") or (budgets[0] if budgets else None)
+    if report.budget is not None:
+        report.not_reached = runs.not_reached(report.budget)
+    return report
+
+
+def _budget_report(runs: ReportRuns, reference: str | None, budgets: list, resample_tasks: bool) -> Report:
+    """One report per budget (reference methods join each), under one that holds them all."""
+    selected = {b: runs.at_budget(b) for b in budgets}
+    everywhere = [m for m in runs.methods if all(m in part.methods for part in selected.values())]
+    if reference is None:
+        if not everywhere:
+            raise BenchError(
+                f"no method has runs at every budget ({', '.join(budget_label(b) for b in budgets)}), so one "
+                "reference cannot serve every table; pass --budget N to report one budget, or run a reference "
+                "method such as linear, which serves every budget"
+            )
+        reference = everywhere[0]
+    elif reference not in everywhere:
+        absent = [budget_label(b) for b, part in selected.items() if reference not in part.methods]
+        raise BenchError(
+            f"--reference {reference!r} has no runs at {', '.join(absent)}; pick a method with runs at every "
+            f"budget ({', '.join(everywhere) or 'none has: run linear, which serves every budget'}) or pass --budget N"
+        )
+    parts = []
+    for b, part in selected.items():
+        one = _one_budget_report(part, reference, resample_tasks)
+        one.budget = b
+        one.not_reached = part.not_reached(b)
+        parts.append(one)
+    cells = pd.concat([p.cells.assign(budget=render.budget_text(p.budget)) for p in parts], ignore_index=True)
+    return Report(runs, reference, cells, parts[0].agg, pd.DataFrame(), pd.DataFrame(), parts=parts)
+
+
+def _one_budget_report(runs: ReportRuns, reference: str | None, resample_tasks: bool) -> Report:
     methods = runs.methods
     if reference is None:
         reference = methods[0]
@@ -58,7 +107,7 @@ def build_report(runs: ReportRuns, reference: str | None, resample_tasks: bool =
     few = tables.few_shot_table(runs, reference) if runs.few_shot else pd.DataFrame()
     resources = tables.method_resources(runs, reference)
     split_se = tables.test_split_errors(runs, cells, reference)
-    return Report(runs, reference, cells, agg, few, resources, split_se)
+    return Report(runs, reference, cells, agg, few, resources, split_se, ablations=tables.ablations(runs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,6 +131,24 @@ class Section:
 
 
 def sections(report: Report) -> list[Section]:
+    if report.curve:
+        out = []
+        for part in report.parts:
+            suffix = "_b" + str(part.budget) if part.budget != "published" else "_published"
+            title = budget_label(part.budget).capitalize() + ": "
+            for section in _sections(part):
+                for item in section.items:
+                    if isinstance(item, Table):
+                        item.name += suffix
+                        item.caption = f"{budget_label(part.budget).capitalize()}. {item.caption}"
+                section.title = title + section.title[0].lower() + section.title[1:]
+                out.append(section)
+        out.append(_curve_section(report))
+        return out
+    return _sections(report)
+
+
+def _sections(report: Report) -> list[Section]:
     ref, n, agg = report.reference, report.n_seeds, report.agg
     has_se = bool(len(report.split_se)) and report.split_se["se"].notna().any()
     out = []
@@ -98,6 +165,8 @@ def sections(report: Report) -> list[Section]:
             render.main_notes(report.split_se, n),
         )
     )
+    if note := render.not_reached_note(report.not_reached):
+        main.items.append(note)
     if note := render.missing_note(report.runs.missing):
         main.items.append("Missing runs. " + note)
     out.append(main)
@@ -130,6 +199,18 @@ def sections(report: Report) -> list[Section]:
                 ],
             )
         )
+    if report.ablations:
+        section = Section("Ablations")
+        for ab in report.ablations:
+            section.items.append(
+                Table(
+                    "ablation_" + _stem(ab.base),
+                    *(render.ablation_table(ab, s) for s in (render.MARKDOWN, render.LATEX)),
+                    render.ablation_caption(ab, n),
+                    render.ablation_notes(ab),
+                )
+            )
+        out.append(section)
     if not report.few_shot.empty:
         md_means, md_diffs = render.few_shot_tables(report.few_shot, ref, render.MARKDOWN)
         tex_means, tex_diffs = render.few_shot_tables(report.few_shot, ref, render.LATEX)
@@ -157,6 +238,89 @@ def sections(report: Report) -> list[Section]:
     return out
 
 
+def _stem(name: str) -> str:
+    """A file-name-safe form of a method label (ablation_karst, ablation_karst_bitfit)."""
+    return "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
+
+
+def _curve_section(report: Report) -> Section:
+    points = curve_points(report)
+    interval = "its 95 % interval (" + _interval_name(report.parts[0]) + ")"
+    absent = [m for part in report.parts for m, _ in part.not_reached]
+    return Section(
+        "Budget curves",
+        [
+            Table(
+                "budget_curve",
+                *(render.budget_curve_table(points, s, absent) for s in (render.MARKDOWN, render.LATEX)),
+                render.budget_curve_caption(interval, report.n_seeds),
+                [
+                    "The figure accuracy_vs_budget draws these values against the parameters each method has at each "
+                    "budget (log x), with the same intervals as bands; a reference method is one point. Published "
+                    "sizes, where the runs have them, are open markers, not joined to the curve. Per-budget figures: "
+                    "report one budget with --budget N."
+                ]
+                + [
+                    render.not_reached_note(part.not_reached, budget_label(part.budget))
+                    for part in report.parts
+                    if part.not_reached
+                ],
+            )
+        ],
+    )
+
+
+def _interval_name(report: Report) -> str:
+    if len(report.agg.rows):
+        return f"{report.agg.headline}; stratified bootstrap, {render.interval_phrase(report.agg)}"
+    if report.agg.single_task:
+        return f"{report.agg.tasks[0]}; Student-t over seeds"
+    return "no complete task: no interval"
+
+
+def headline_points(report: Report) -> tuple[pd.DataFrame, str]:
+    """Per method of a one-budget report: params, headline estimate and its interval, and a title
+    that names them (the aggregate's bootstrap interval, or on one task the t-interval over seeds)."""
+    ref, agg = report.reference, report.agg
+    methods = tables.method_order(report.runs, ref)
+    res = report.resources.set_index("method")
+    if len(agg.rows):
+        head = agg.rows[agg.rows["row"] == agg.headline].set_index("method")
+        title = f"{agg.headline}, 95 % bootstrap interval ({render.interval_phrase(agg)})"
+    elif agg.single_task:
+        one = report.cells[(report.cells["task"] == agg.tasks[0]) & report.cells["shots"].isna()].set_index("method")
+        head = pd.DataFrame(
+            {"estimate": one["mean"], "low": one["mean"] - one["half_width"], "high": one["mean"] + one["half_width"]}
+        )
+        title = f"{agg.tasks[0]}: mean with its 95 % t-interval over seeds"
+    else:  # no complete task: each method's mean over its own runs, no interval
+        head = pd.DataFrame({"estimate": res["mean_acc"], "low": res["mean_acc"], "high": res["mean_acc"]})
+        title = "mean accuracy over runs (no complete task: no interval)"
+    head = head.reindex([m for m in methods if m in head.index])
+    points = pd.DataFrame(
+        {
+            "method": head.index,
+            "params": [res["params_trainable"][m] for m in head.index],
+            "estimate": head["estimate"].to_numpy(),
+            "low": head["low"].to_numpy(),
+            "high": head["high"].to_numpy(),
+        }
+    )
+    return points, title
+
+
+def curve_points(report: Report) -> pd.DataFrame:
+    """One row per (method, budget) of a several-budget report: budget, method, params, estimate,
+    low, high, and whether the method is a reference (one size, the same runs at every budget)."""
+    frames = []
+    for part in report.parts:
+        points, _ = headline_points(part)
+        frames.append(points.assign(budget=part.budget))
+    points = pd.concat(frames, ignore_index=True)
+    points["reference_method"] = ~points["method"].map(budget_adjustable).astype(bool)
+    return points[["budget", "method", "params", "estimate", "low", "high", "reference_method"]]
+
+
 def write_report(report: Report, out: Path, formats: tuple[str, ...] = FORMATS, latex_width: str = "fit") -> list[Path]:
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
@@ -176,6 +340,14 @@ def write_report(report: Report, out: Path, formats: tuple[str, ...] = FORMATS, 
         summary = out / "summary.csv"
         report.cells.to_csv(summary, index=False)
         written += [results, summary]
+        if report.curve:
+            curve = out / "budget_curve.csv"
+            curve_points(report).to_csv(curve, index=False)
+            written.append(curve)
+        if any(p.ablations for p in [report, *report.parts]):
+            ablation = out / "ablation.csv"
+            ablation_frame(report).to_csv(ablation, index=False)
+            written.append(ablation)
     if "md" in formats:
         path = out / "report.md"
         path.write_text(markdown(report, parts), encoding="utf-8")
@@ -183,8 +355,9 @@ def write_report(report: Report, out: Path, formats: tuple[str, ...] = FORMATS, 
     if "latex" in formats:
         folder = out / "tables"
         folder.mkdir(exist_ok=True)
-        for stale in FRAGMENTS:  # an earlier report into this folder may have had tables this one has not
-            (folder / f"{stale}.tex").unlink(missing_ok=True)
+        for stale in folder.glob("*.tex"):  # an earlier report into this folder may have had tables this one has not
+            if stale.stem.startswith(FRAGMENTS):
+                stale.unlink()
         for section in parts:
             for item in section.items:
                 if isinstance(item, Table):
@@ -213,7 +386,7 @@ def _weights(frame: pd.DataFrame) -> str:
 
 def _context(report: Report) -> list[tuple[str, str]]:
     f = report.runs.frame
-    budgets = sorted({"published" if pd.isna(b) else f"{int(b):,}" for b in f["budget"]})
+    budgets = [render.budget_text(b) for b in budgets_of(f)] or ["published"]
     shots = sorted({int(k) for k in f["shots"].dropna()})
     rows = [
         ("suite", report.runs.suite),
@@ -237,6 +410,8 @@ def _context(report: Report) -> list[tuple[str, str]]:
 
 
 FIGURE_CAPTIONS = {
+    "accuracy_vs_budget": "Accuracy against trainable parameters per method at each budget, with interval bands; "
+    "reference methods as single points.",
     "accuracy_vs_params": "Accuracy against trainable parameters (head excluded), with the Pareto front.",
     "critical_difference": "Average ranks over tasks with the Nemenyi critical difference.",
     "forest_vs_reference": "Per-task difference to the reference with its Welch 95 % interval.",
@@ -308,34 +483,17 @@ def latex(report: Report, parts: list[Section] | None = None) -> str:
 
 
 def _figures(report: Report, out: Path) -> list[Path]:
+    if report.curve:
+        methods = list(dict.fromkeys([report.reference, *report.runs.methods]))
+        return figures.budget_curves(
+            curve_points(report), out, _interval_name(report.parts[0]), figures.palette(methods)
+        )
     paths: list[Path] = []
     ref = report.reference
     agg = report.agg
     methods = tables.method_order(report.runs, ref)
     palette = figures.palette(methods)
-    res = report.resources.set_index("method")
-    if len(agg.rows):
-        head = agg.rows[agg.rows["row"] == agg.headline].set_index("method")
-        title = f"{agg.headline}, 95 % bootstrap interval ({render.interval_phrase(agg)})"
-    elif agg.single_task:
-        one = report.cells[(report.cells["task"] == agg.tasks[0]) & report.cells["shots"].isna()].set_index("method")
-        head = pd.DataFrame(
-            {"estimate": one["mean"], "low": one["mean"] - one["half_width"], "high": one["mean"] + one["half_width"]}
-        )
-        title = f"{agg.tasks[0]}: mean with its 95 % t-interval over seeds"
-    else:  # no complete task: each method's mean over its own runs, no interval
-        head = pd.DataFrame({"estimate": res["mean_acc"], "low": res["mean_acc"], "high": res["mean_acc"]})
-        title = "mean accuracy over runs (no complete task: no interval)"
-    head = head.reindex([m for m in methods if m in head.index])
-    points = pd.DataFrame(
-        {
-            "method": head.index,
-            "params": [res["params_trainable"][m] for m in head.index],
-            "estimate": head["estimate"].to_numpy(),
-            "low": head["low"].to_numpy(),
-            "high": head["high"].to_numpy(),
-        }
-    )
+    points, title = headline_points(report)
     paths += figures.accuracy_vs_params(points, out, title, palette)
     if agg.ranked:
         from . import stats
@@ -354,3 +512,22 @@ def _figures(report: Report, out: Path) -> list[Path]:
         paths += figures.performance_profile(cube, methods, out, palette)
     paths += figures.resources_plot(report.resources, out, palette)
     return paths
+
+
+def ablation_frame(report: Report) -> pd.DataFrame:
+    """Every ablation row of the report (all budgets): budget, base, method, params, the headline
+    estimate and interval, Δ to the base with its interval, and the test's p (Holm-adjusted where
+    there are several tasks)."""
+    rows = []
+    for part in report.parts or [report]:
+        for ab in part.ablations:
+            comp = ab.agg.comparisons.set_index("method") if len(ab.agg.comparisons) else pd.DataFrame()
+            for _, r in ab.rows.iterrows():
+                row = {"budget": part.budget, "base": ab.base, **r.to_dict(), "tasks": len(ab.agg.tasks)}
+                if r["method"] in comp.index:
+                    c = comp.loc[r["method"]]
+                    row.update(diff=c["diff"], diff_low=c["diff_low"], diff_high=c["diff_high"])
+                    row["p"] = c["welch_p"] if ab.agg.single_task else c["wilcoxon_p"]
+                    row["p_holm"] = float("nan") if ab.agg.single_task else c["holm_p"]
+                rows.append(row)
+    return pd.DataFrame(rows)

@@ -29,6 +29,7 @@ COLUMNS = [
     "task",
     "group",
     "method",
+    "method_base",
     "seed",
     "shots",
     "split_seed",
@@ -65,6 +66,11 @@ class ReportRuns:
     stage: str
     missing: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # incomplete (method, task[, shots]) cells left out
+    # Sizeable methods of the selection before a budget was picked: the methods each budget's table expects.
+    expected: list[str] = field(default_factory=list)
+    # What sweep parents recorded as not fittable: {"method", "budget", "reason"} (schema.UNREACHABLE).
+    unreachable: list[dict] = field(default_factory=list)
+    selection: dict = field(default_factory=dict)  # the select_runs arguments, to re-select one budget
 
     @property
     def methods(self) -> list[str]:
@@ -73,6 +79,39 @@ class ReportRuns:
     @property
     def few_shot(self) -> bool:
         return bool(self.frame["shots"].notna().any())
+
+    @property
+    def budgets(self) -> list[int | str]:
+        """The budgets of the sizeable methods' runs, ascending, then "published" (their own sizes)."""
+        return budgets_of(self.frame)
+
+    def at_budget(self, budget: int | str) -> ReportRuns:
+        """The runs of one budget's table (reference methods join every budget), selected and checked."""
+        selection = {**self.selection, "budget": budget}
+        part = select_runs(self.frame, suite=self.suite, stage=self.stage, **selection)
+        part.expected = self.expected
+        part.unreachable = self.unreachable
+        return part
+
+    def not_reached(self, budget: int | str | None = None) -> list[tuple[str, str]]:
+        """(method, reason) for each method this table expects that has no run at ``budget``.
+
+        The reason is what a sweep parent recorded (``bench.unreachable``) for that method and
+        budget, the newest first; without one, "no runs at this budget".
+        """
+        present = set(self.frame["method"])
+        wanted = self.selection.get("methods")
+        recorded = {}
+        for entry in self.unreachable:
+            if budget is not None and budget != "published" and entry["budget"] == budget:
+                recorded.setdefault(entry["method"], entry["reason"])
+        names = list(dict.fromkeys([*self.expected, *recorded]))
+        out = []
+        for name in names:
+            if name in present or (wanted and name not in wanted):
+                continue
+            out.append((name, recorded.get(name, "no runs at this budget")))
+        return out
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -99,6 +138,7 @@ def runs_frame(records: list, stage: str) -> pd.DataFrame:
                 "task": t.get(schema.TASK),
                 "group": t.get(schema.GROUP, ""),
                 "method": t.get(schema.METHOD),
+                "method_base": t.get(schema.METHOD_BASE) or method_base(t.get(schema.METHOD) or ""),
                 "seed": int(t.get(schema.SEED, -1)),
                 "shots": _int_or_none(t.get(schema.SHOTS)),
                 "split_seed": _int_or_none(t.get(schema.SPLIT_SEED)),
@@ -134,13 +174,42 @@ def runs_frame(records: list, stage: str) -> pd.DataFrame:
     return frame
 
 
-def _budget_adjustable(method: str) -> bool:
+def method_base(label: str) -> str:
+    """The method a label varies: ``karst`` for ``karst[rescale=none]``; a plain name or a
+    composition (``karst+bitfit``) is its own base."""
+    if "+" in label:
+        return label
+    return label.split("[", 1)[0]
+
+
+def budget_adjustable(label: str) -> bool:
+    """Whether a method (variant, or composition of methods) is fitted to budgets; reference
+    methods such as linear and full have one size and serve every budget."""
     import methods
 
-    try:
-        return bool(methods.get_method(method).budget_adjustable)
-    except BenchError:  # a plugin that is no longer installed: treat it like the sizeable methods
-        return True
+    for part in label.split("+"):
+        try:
+            if bool(methods.get_method(method_base(part)).budget_adjustable):
+                return True
+        except BenchError:  # a plugin that is no longer installed: treat it like the sizeable methods
+            return True
+    return False
+
+
+def budgets_of(frame: pd.DataFrame) -> list[int | str]:
+    """The budgets of the sizeable methods' runs, ascending, then "published" (their own sizes)."""
+    sizeable = frame["method"].map(budget_adjustable).astype(bool)
+    fitted = frame.loc[sizeable, "budget"]
+    budgets: list[int | str] = sorted({int(b) for b in fitted.dropna()})
+    if fitted.isna().any():
+        budgets.append("published")
+    return budgets
+
+
+def budget_label(budget: int | str | None) -> str:
+    if budget is None or budget == "published":
+        return "published sizes"
+    return f"budget {int(budget):,}"
 
 
 def _refuse_mixed(frame: pd.DataFrame, column: str, what: str, fix: str) -> None:
@@ -178,7 +247,8 @@ def select_runs(
         frame = frame[frame["hparams"].str.split(":").str[0] == hparams]
         if frame.empty:
             raise BenchError(f"no finished runs with --hparams {hparams}")
-    sizeable = frame["method"].map(_budget_adjustable)
+    sizeable = frame["method"].map(budget_adjustable).astype(bool)
+    expected = list(dict.fromkeys(frame.loc[sizeable, "method"]))
     if budget == "published":  # the methods' own published sizes, no --budget fitting
         frame = frame[~sizeable | frame["budget"].isna()]
     elif budget is not None:
@@ -186,15 +256,6 @@ def select_runs(
         frame = frame[~sizeable | (frame["budget"] == budget)]
         if not (frame["budget"] == budget).any():
             raise BenchError(f"no finished runs at --budget {budget}; `bench runs --suite {suite}` lists what exists")
-    else:
-        fitted = frame[sizeable]
-        budgets = sorted({("published" if pd.isna(b) else int(b)) for b in fitted["budget"]}, key=str)
-        if len(budgets) > 1:
-            raise BenchError(
-                f"the runs mix budgets ({', '.join(map(str, budgets))}); pass --budget N to report one of them, "
-                "or --budget published (reference methods such as linear and full join every budget's table)"
-            )
-
     frame = frame.sort_values("end_time").drop_duplicates("run_key", keep="last")
     _refuse_mixed(frame, "preset", "presets", "select one with a separate --tracking-uri or re-run")
     _refuse_mixed(
@@ -216,23 +277,40 @@ def select_runs(
             f"the runs on {task} use different batch sizes: {detail}. One table needs one; re-run one of them"
         )
 
-    cell = ["method", "task", "shots", "split_seed", "seed"]
+    cell = ["method", "budget", "task", "shots", "split_seed", "seed"]
     dup = frame.groupby(cell, dropna=False)["run_key"].nunique()
     dup = dup[dup > 1]
     if not dup.empty:
-        method, task, shots, _, seed = dup.index[0]
+        method, _, task, shots, _, seed = dup.index[0]
         where = f"{task}" + (f" k={shots}" if not pd.isna(shots) else "")
         raise BenchError(
             f"method {method!r} has {dup.iloc[0]} different configurations on {where} seed {seed} "
             "(different --set values or method configs); keep one per store or pass --budget/--hparams to select"
         )
 
+    selection = {"methods": methods, "hparams": hparams, "complete_only": complete_only}
+    if budget is None and len(budgets_of(frame)) > 1:
+        # Several budgets: each budget's table selects and checks its own runs (ReportRuns.at_budget).
+        runs = ReportRuns(frame.reset_index(drop=True), suite, stage, expected=expected, selection=selection)
+        for b in runs.budgets:
+            part = runs.at_budget(b)
+            runs.missing += [f"{line} ({budget_label(b)})" for line in part.missing]
+            runs.dropped += [f"{line} ({budget_label(b)})" for line in part.dropped]
+        return runs
     missing, dropped = _missing(frame)
     if complete_only and dropped:
         keys = frame.set_index(["method", "task", "shots"]).index
         bad = pd.MultiIndex.from_tuples([d[0] for d in dropped], names=["method", "task", "shots"])
         frame = frame[~keys.isin(bad)]
-    return ReportRuns(frame.reset_index(drop=True), suite, stage, missing=missing, dropped=[d[1] for d in dropped])
+    return ReportRuns(
+        frame.reset_index(drop=True),
+        suite,
+        stage,
+        missing=missing,
+        dropped=[d[1] for d in dropped],
+        expected=expected,
+        selection={**selection, "budget": budget},
+    )
 
 
 def _missing(frame: pd.DataFrame) -> tuple[list[str], list[tuple[tuple, str]]]:
@@ -258,7 +336,34 @@ def load_runs(tracker, suite: str, stage: str = "final", **selection) -> ReportR
     from bench.tracking import experiment_name
 
     records = tracker.search(experiment_name(suite), extra_filter="attributes.status = 'FINISHED'")
-    return select_runs(runs_frame(records, stage), suite=suite, stage=stage, **selection)
+    runs = select_runs(runs_frame(records, stage), suite=suite, stage=stage, **selection)
+    runs.unreachable = unreachable_cells(tracker.search(experiment_name(suite), kind=schema.KIND_SWEEP))
+    return runs
+
+
+def unreachable_cells(parents: list) -> list[dict]:
+    """The (method, budget) cells sweep parents recorded as not fittable (tag ``bench.unreachable``,
+    a JSON list of {"method", "budget", "reason"}), newest parent first; unreadable entries are skipped."""
+    import json
+
+    out = []
+    for r in sorted(parents, key=lambda r: -(r.info.start_time or 0)):
+        text = r.data.tags.get(schema.UNREACHABLE)
+        if not text:
+            continue
+        try:
+            entries = json.loads(text)
+        except ValueError:
+            continue
+        for e in entries if isinstance(entries, list) else []:
+            if isinstance(e, dict) and "method" in e and "budget" in e:
+                try:
+                    cell = {"method": str(e["method"]), "budget": int(e["budget"]), "reason": str(e.get("reason", ""))}
+                except (TypeError, ValueError):
+                    continue
+                cell["reason"] = cell["reason"] or "recorded as not reachable, no reason given"
+                out.append(cell)
+    return out
 
 
 def runs_from_results_csv(path, suite: str, stage: str = "final", **selection) -> ReportRuns:
@@ -293,6 +398,8 @@ def runs_from_results_csv(path, suite: str, stage: str = "final", **selection) -
     frame = frame[COLUMNS]
     for column in ("group", "weights_label"):
         frame[column] = frame[column].fillna("").astype(str)
+    derived = frame["method"].astype(str).map(method_base)
+    frame["method_base"] = frame["method_base"].where(frame["method_base"].notna(), derived).astype(str)
     for column in ("shots", "split_seed", "budget"):
         frame[column] = pd.array(frame[column], dtype="Float64").astype("Int64")
     frame["seed"] = frame["seed"].astype(int)

@@ -29,7 +29,7 @@ import pandas as pd
 from bench.errors import BenchError
 
 from . import stats
-from .runs import ReportRuns
+from .runs import ReportRuns, method_base
 
 ALPHA = 0.05
 N_BOOT = 10_000  # bootstrap draws to start from; more where a bound's sign needs them
@@ -382,3 +382,71 @@ def method_resources(runs: ReportRuns, reference: str) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablations: each variant of a method against the method itself
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ablation:
+    """Variants of one base method against the base, with the statistics the comparison table uses.
+
+    ``agg`` is :func:`aggregates` over the base and its variants alone (the base as reference), so
+    the Δ interval is the paired stratified bootstrap (tasks fixed, the same seed indices for every
+    variant) and the test the Wilcoxon signed-rank on per-task means with Holm over this base's
+    variants; with one task, the Welch t-test and interval. ``rows``: method, params_trainable,
+    estimate, low, high (the base first).
+    """
+
+    base: str
+    variants: list[str]
+    agg: Aggregates
+    rows: pd.DataFrame
+
+
+def variant_groups(runs: ReportRuns) -> dict[str, list[str]]:
+    """{base: [variants]} for every base method of the report that has at least one variant in it."""
+    frame = runs.frame
+    base_of = dict(zip(frame["method"], frame["method_base"], strict=True)) if "method_base" in frame else {}
+    present = set(frame["method"])
+    groups: dict[str, list[str]] = {}
+    for m in runs.methods:
+        tagged = base_of.get(m)
+        base = tagged if isinstance(tagged, str) and tagged else method_base(m)
+        if base != m and base in present:
+            groups.setdefault(base, []).append(m)
+    return groups
+
+
+def ablations(runs: ReportRuns) -> list[Ablation]:
+    out = []
+    for base, variants in variant_groups(runs).items():
+        members = [base, *variants]
+        sub = ReportRuns(runs.frame[runs.frame["method"].isin(members)].reset_index(drop=True), runs.suite, runs.stage)
+        agg = aggregates(sub, base)
+        params = sub.frame.groupby("method")["params_trainable"].median()
+        rows = []
+        if len(agg.rows):
+            head = agg.rows[agg.rows["row"] == agg.headline].set_index("method")
+            for m in members:
+                rows.append(
+                    {"method": m, "params_trainable": float(params[m]), **head.loc[m, ["estimate", "low", "high"]]}
+                )
+        elif agg.single_task:
+            cube = seed_cube(sub, members, [(agg.tasks[0], None)])
+            for i, m in enumerate(members):
+                ci = stats.t_interval(cube[i, 0])
+                rows.append(
+                    {
+                        "method": m,
+                        "params_trainable": float(params[m]),
+                        "estimate": ci.mean,
+                        "low": ci.low,
+                        "high": ci.high,
+                    }
+                )
+        if rows:  # no complete task: nothing to compare on
+            out.append(Ablation(base, variants, agg, pd.DataFrame(rows)))
+    return out
