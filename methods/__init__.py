@@ -5,6 +5,7 @@ from . import (  # noqa: F401  (registration by import)
     adaptformer,
     bitfit,
     dtl,
+    fact,
     fourierft,
     full,
     ia3,
