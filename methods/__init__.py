@@ -17,6 +17,7 @@ from . import (  # noqa: F401  (registration by import)
     lokr,
     lora,
     oft,
+    repadapter,
     sparse_tuning,
     ssf,
     vera,
