@@ -101,7 +101,7 @@ class Group:
 
     @property
     def slices(self) -> int:
-        return sum(_chunks(lin, self.width)[0] * _chunks(lin, self.width)[1] for lin in self.linears)
+        return sum(math.prod(_chunks(lin, self.width)) for lin in self.linears)
 
 
 def _chunks(lin: LinearSpec, width: int) -> tuple[int, int]:
