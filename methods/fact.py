@@ -237,7 +237,9 @@ class FacT(Method):
         factors = nn.ModuleList()
         for group in groups:
             in_chunks = [
-                _chunks(lin, group.width)[1] for lin in group.linears for _ in range(math.prod(_chunks(lin, group.width)))
+                _chunks(lin, group.width)[1]
+                for lin in group.linears
+                for _ in range(math.prod(_chunks(lin, group.width)))
             ]
             shared = FacTFactors(self.fmt, group.width, config.rank, in_chunks)
             factors.append(shared)

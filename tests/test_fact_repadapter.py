@@ -107,7 +107,9 @@ def test_one_set_of_factors_is_shared_by_every_block_and_each_stage_has_its_own(
     assert len(wrapped) == 4 * 12 and len({id(m.factors) for m in wrapped}) == 1
     # slices cover 0 .. 143 once each: q, k, v, proj, 4 fc1 quarters, 4 fc2 quarters per block
     spans = sorted((m.first, m.first + m.in_chunks * m.out_chunks) for m in wrapped)
-    assert spans[0][0] == 0 and spans[-1][1] == 144 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert (
+        spans[0][0] == 0 and spans[-1][1] == 144 and all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    )
     # a shared tensor is trained and counted once
     assert sum(p.numel() for p in model.fact.parameters()) == trainable_params_excluding_head(model)
 
