@@ -103,7 +103,7 @@ class GroupAdapter(nn.Module):
     def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(M, c) with adapter(x) = M x + c (dropout off), in float64."""
         up, down = self.dense_up().double(), self.down.weight.double()
-        m = torch.eye(down.shape[1], dtype=torch.float64) + self.scale * up @ down
+        m = torch.eye(down.shape[1], dtype=torch.float64, device=down.device) + self.scale * up @ down
         c = self.scale * (up @ self.down.bias.double() + self.up_bias.double())
         return m, c
 

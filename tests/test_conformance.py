@@ -69,3 +69,35 @@ def test_budget_fitting_within_tolerance(name: str):
         built = trainable_params_excluding_head(method.apply(TINY["vit"](), choice.config))
         assert built == choice.count
     assert reached >= 1
+
+
+GPU_CASES = [name for name, cls in available_methods().items() if "vit" in cls.families]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", GPU_CASES)
+def test_registered_method_trains_and_merges_on_a_gpu(name: str):
+    """Adapt, train two steps and merge on CUDA: a tensor a method creates on the CPU (RepAdapter's
+    merge once built its identity there) fails only on a GPU, which CI does not have."""
+    import copy
+
+    import torch
+
+    from methods.conformance import _inputs, tiny_vit
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    method = get_method(name)
+    model = method.apply(tiny_vit(), make_config(method)).cuda()
+    x = _inputs().cuda()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        model(x).logsumexp(1).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    if method.mergeable:
+        with torch.no_grad():
+            before = model(x)
+            after = method.merge(copy.deepcopy(model)).eval()(x)
+        assert (before - after).abs().max().item() <= 1e-3 * max(1.0, before.abs().max().item())
