@@ -26,6 +26,7 @@ from torch import nn
 
 from .backbones import BackboneSpec, describe_backbone
 from .base import (
+    BUDGET_TOLERANCE,
     Composite,
     Method,
     MethodError,
@@ -34,6 +35,7 @@ from .base import (
     head_parameters,
     identity_dict,
     make_config,
+    within_budget,
 )
 
 
@@ -220,7 +222,27 @@ class Composition(Composite):
                 f"composition {self.name!r}: its parts other than {self.parts[fit].name} already count {rest:,} "
                 f"trainable parameters, more than the budget of {budget:,}; choose a larger budget"
             )
-        configs[fit] = self.parts[fit].for_budget(spec, budget - rest)
+        part = self.parts[fit]
+        # The tolerance applies to the composition's total, not to the fitted part's share: aim the
+        # part at points across the whole window the total allows, and keep the fit nearest the budget.
+        low, high = budget * (1 - BUDGET_TOLERANCE) - rest, budget * (1 + BUDGET_TOLERANCE) - rest
+        targets = [budget - rest] + [round(low + (high - low) * k / 8) for k in range(9)]
+        fits, first_error = [], None
+        for target in (t for t in targets if t > 0):
+            try:
+                config = part.for_budget(spec, target)
+            except MethodError as exc:
+                first_error = first_error or exc
+                continue
+            if within_budget(part.count(spec, config) + rest, budget):
+                fits.append((abs(part.count(spec, config) + rest - budget), config))
+        if not fits:
+            raise MethodError(
+                f"composition {self.name!r} has no configuration within ±5% of a budget of {budget:,}: its parts "
+                f"other than {part.name} count {rest:,}, and {part.name} cannot make up the rest "
+                f"({_first_words(first_error, 160) if first_error else 'no fit in the window'}); choose another budget"
+            )
+        configs[fit] = min(fits, key=lambda f: f[0])[1]
         return CompositionConfig(tuple((p.name, c) for p, c in zip(self.parts, configs, strict=True)))
 
     def largest_config(self, spec: BackboneSpec) -> CompositionConfig:

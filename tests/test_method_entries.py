@@ -314,3 +314,18 @@ def test_demo_sweep_with_variants_and_a_composition(cli, workdir: Path):
 
     code, out, err = cli(*args)  # rerun: every run is found, nothing trains
     assert code == 0 and "0 run(s) trained, 3 already finished and reused" in out
+
+
+def test_a_composition_meets_a_budget_on_its_total_not_on_the_fitted_part_alone():
+    """karst+bitfit at 16k on the demo ViT: bitfit holds 2,944, and no KARST structure is within ±5%
+    of the 13,056 left; 12,288 is, for the total (15,232 is -4.8% of 16,000)."""
+    from bench.backbone import backbone_spec
+    from bench.budget import choose_for_budget
+    from methods.base import within_budget
+
+    spec = backbone_spec("vit_demo_tiny", 32)
+    choice = choose_for_budget(resolve_entry("karst+bitfit"), spec, 16_000)
+    assert within_budget(choice.count, 16_000)
+    karst, bitfit = get_method("karst"), get_method("bitfit")
+    parts = dict(choice.config.parts)
+    assert choice.count == karst.count(spec, parts["karst"]) + bitfit.count(spec, make_config(bitfit))
