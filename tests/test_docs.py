@@ -171,3 +171,41 @@ def test_speed_tables_in_the_docs_are_their_results_files():
             assert body.strip() == module.speed_table(results), f"{page}: regenerate from {source}"
             blocks += 1
     assert blocks >= 1
+
+
+def _method_rows(path: Path) -> dict[str, list[str]]:
+    """Rows of the method tables in ``path``: the method's name -> its cells."""
+    rows = {}
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        found = re.match(r"\[?`([a-z0-9_]+)`", cells[0]) if line.startswith("|") else None
+        if found:
+            rows[found.group(1)] = cells
+    return rows
+
+
+def _first_count(cell: str) -> int | None:
+    found = re.match(r"([\d,]+)", cell)
+    return int(found.group(1).replace(",", "")) if found else None
+
+
+def test_method_tables_list_every_method_with_its_exact_counts():
+    """README and the methods index list every registered method; each count is the method's own
+    closed form at its defaults, on ViT-B/16 (and, in the index, on Swin-B)."""
+    from bench.backbone import backbone_spec
+    from methods import available_methods, get_method, make_config
+
+    vit = backbone_spec("vit_base_patch16_224")
+    swin = backbone_spec("swin_base_patch4_window7_224")
+    readme = _method_rows(ROOT / "README.md")
+    index = _method_rows(ROOT / "docs" / "methods" / "index.md")
+    assert set(readme) >= set(available_methods()) and set(index) >= set(available_methods())
+    for name in available_methods():
+        method = get_method(name)
+        config = make_config(method)
+        assert _first_count(readme[name][3]) == method.count(vit, config), f"README row of {name}"
+        assert _first_count(index[name][2]) == method.count(vit, config), f"index row of {name}"
+        if "swin" in method.families:
+            assert _first_count(index[name][3]) == method.count(swin, config), f"index Swin-B cell of {name}"
+        else:
+            assert index[name][3].startswith("refused")
