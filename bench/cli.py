@@ -486,7 +486,9 @@ def tune(
     ctx: typer.Context,
     config: ConfigOpt = None,
     suite: str | None = typer.Option(None, help="Suite name; required, here or in --config."),
-    methods: str | None = typer.Option(None, help="Comma-separated methods; variants as karst[rescale=none]; required, here or in --config."),
+    methods: str | None = typer.Option(
+        None, help="Comma-separated methods; variants as karst[rescale=none]; required, here or in --config."
+    ),
     trials: int | None = typer.Option(
         None, help="Trials per study: the same for every method; required, here or in --config."
     ),

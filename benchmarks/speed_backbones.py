@@ -29,7 +29,9 @@ def main() -> None:
     parser.add_argument("--eval-images", type=int, default=2048)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument(
-        "--append", action="store_true", help="Keep the methods already in --out; a method measured again replaces its row."
+        "--append",
+        action="store_true",
+        help="Keep the methods already in --out; a method measured again replaces its row.",
     )
     args = parser.parse_args()
     names = [m for m in args.methods.split(",") if m]

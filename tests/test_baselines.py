@@ -63,15 +63,6 @@ def test_bench_methods_check_passes_for_every_baseline(cli):
     assert code == 2 and "cannot run on" in err and "Traceback" not in err
 
 
-@pytest.mark.slow
-def test_the_demo_trains_every_baseline(cli):
-    code, out, err = cli("run", "--suite", "demo", "--methods", ",".join(BASELINES), "--seeds", "1", "--epochs", "1")
-    assert code == 0, err
-    assert f"{len(BASELINES)} run(s) trained" in out
-    rows = [line.split("│") for line in out.splitlines() if "digits" in line]
-    assert sorted(cells[2].strip() for cells in rows) == sorted(BASELINES)  # one result row per method
-
-
 # ---------------------------------------------------------------------------------------- BitFit
 
 

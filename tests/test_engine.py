@@ -117,9 +117,16 @@ def test_no_import_cycle_and_no_private_names_across_bench_modules():
 def test_every_bench_module_imports_on_its_own():
     modules = [m for m in _bench_imports() if m != "bench.__main__"]
     code = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
-    for module in modules:  # a fresh interpreter each: no earlier import can hide a cycle
-        done = subprocess.run([sys.executable, "-c", code, module], capture_output=True, text=True, cwd=ROOT)
-        assert done.returncode == 0, (module, done.stderr[-2000:])
+    from concurrent.futures import ThreadPoolExecutor
+
+    def fresh_import(
+        module: str,
+    ) -> subprocess.CompletedProcess:  # a fresh interpreter each: no earlier import can hide a cycle
+        return subprocess.run([sys.executable, "-c", code, module], capture_output=True, text=True, cwd=ROOT)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for module, done in zip(modules, pool.map(fresh_import, modules), strict=True):
+            assert done.returncode == 0, (module, done.stderr[-2000:])
 
 
 def test_ray_is_imported_only_for_the_ray_executor():

@@ -153,7 +153,8 @@ def test_repadapter_reparameterisation_is_exact():
     with torch.no_grad():
         adapted = copy.deepcopy(layer).double()(x)
         merged = copy.deepcopy(layer).folded().double()(x)
-    assert torch.allclose(adapted, merged, atol=1e-10)
+    # the fold is computed in float64 and stored in the linear's float32: exact to float32 rounding
+    assert torch.allclose(adapted, merged, atol=1e-6, rtol=1e-6)
     # merging the whole model leaves plain linears with the same outputs
     with torch.no_grad():
         before = model(_inputs())

@@ -159,7 +159,6 @@ def test_a_missing_file_and_missing_options_are_one_line_errors(cli, tmp_path: P
 # -- the shipped configs ---------------------------------------------------------------------------
 
 
-
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_fits_its_backbone(path: Path):
     sweep = load_sweep_file(path)
