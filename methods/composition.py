@@ -101,6 +101,7 @@ class Composition(Composite):
         self.identity_at_init = all(p.identity_at_init for p in parts)
         self.mergeable = all(p.mergeable for p in parts)
         self.budget_adjustable = any(p.budget_adjustable for p in parts)
+        self.cuda_graphs = all(p.cuda_graphs for p in parts)  # one part's uncapturable step is the whole step's
         self.families = tuple(f for f in parts[0].families if all(f in p.families for p in parts[1:]))
         self.unsupported_reasons = {}
 

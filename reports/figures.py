@@ -75,6 +75,43 @@ def _break_marks(left, right) -> None:
             ax.plot((x - d * scale / 8, x + d * scale / 8), (y - d, y + d), transform=ax.transAxes, **kw)
 
 
+def _params_axes(broken: bool):
+    """(fig, left, ax): one log-x axis for trainable parameters, and with ``broken`` a narrow panel
+    ``left`` of it for methods with zero trainable parameters (else ``left`` is None)."""
+    if broken:
+        fig, (left, ax) = plt.subplots(
+            1, 2, figsize=(6.5, 4), sharey=True, gridspec_kw={"width_ratios": [1, 6], "wspace": 0.06}
+        )
+        return fig, left, ax
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    return fig, None, ax
+
+
+def _finish_params_axes(fig, left, ax, title: str, order: list[str], grid: str) -> None:
+    """Labels, the broken-axis marks and one legend, in ``order``, over both panels."""
+    ax.set_xlabel("trainable parameters, head excluded (log scale)")
+    if left is not None:
+        left.set_xticks([0.0], ["0"])
+        left.set_xlim(-1, 1)
+        left.spines["right"].set_visible(False)
+        ax.spines["left"].set_visible(False)
+        ax.tick_params(axis="y", which="both", left=False)
+        left.set_ylabel("accuracy (%)")
+        left.grid(alpha=0.3)
+        _break_marks(left, ax)
+    else:
+        ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3, which=grid)
+    fig.suptitle(title, fontsize=9)
+    by_label = {}
+    for a in [left, ax] if left is not None else [ax]:
+        by_label.update(zip(*reversed(a.get_legend_handles_labels()), strict=True))
+    shown = [k for k in dict.fromkeys(order) if k in by_label]
+    ax.legend(
+        [by_label[k] for k in shown], shown, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False
+    )
+
+
 @_truetype
 def accuracy_vs_params(points: pd.DataFrame, out: Path, title: str, colors: dict | None = None) -> list[Path]:
     """``points``: method, params, estimate, low, high (fractions), one row per method.
@@ -89,13 +126,7 @@ def accuracy_vs_params(points: pd.DataFrame, out: Path, title: str, colors: dict
     lo = 100 * points["low"].to_numpy(dtype=float)
     hi = 100 * points["high"].to_numpy(dtype=float)
     zero = params <= 0
-    if zero.any() and (~zero).any():
-        fig, (left, ax) = plt.subplots(
-            1, 2, figsize=(6.5, 4), sharey=True, gridspec_kw={"width_ratios": [1, 6], "wspace": 0.06}
-        )
-    else:
-        fig, ax = plt.subplots(figsize=(6.5, 4))
-        left = None
+    fig, left, ax = _params_axes(broken=bool(zero.any() and (~zero).any()))
     for i, m in enumerate(points["method"]):
         target = left if (zero[i] and left is not None) else ax
         x = 0.0 if zero[i] else params[i]
@@ -114,27 +145,7 @@ def accuracy_vs_params(points: pd.DataFrame, out: Path, title: str, colors: dict
         ax.plot(params[on_log], y[on_log], "--", color="grey", lw=1, label="Pareto front")
     if (~zero).any():
         ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters, head excluded (log scale)")
-    if left is not None:
-        left.set_xticks([0.0], ["0"])
-        left.set_xlim(-1, 1)
-        left.spines["right"].set_visible(False)
-        ax.spines["left"].set_visible(False)
-        ax.tick_params(axis="y", which="both", left=False)
-        left.set_ylabel("accuracy (%)")
-        left.grid(alpha=0.3)
-        _break_marks(left, ax)
-    else:
-        ax.set_ylabel("accuracy (%)")
-    ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=9)
-    by_label = {}
-    for a in [left, ax] if left is not None else [ax]:
-        by_label.update(zip(*reversed(a.get_legend_handles_labels()), strict=True))
-    order = [m for m in points["method"] if m in by_label] + (["Pareto front"] if "Pareto front" in by_label else [])
-    ax.legend(
-        [by_label[k] for k in order], order, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False
-    )
+    _finish_params_axes(fig, left, ax, title, [*points["method"], "Pareto front"], grid="major")
     return _save(fig, out, "accuracy_vs_params")
 
 
@@ -263,13 +274,7 @@ def budget_curve_figure(points: pd.DataFrame, title: str, colors: dict | None = 
     colors = colors or palette(list(dict.fromkeys(points["method"])))
     first = points.drop_duplicates("method")
     zero = first[first["reference_method"] & (first["params"] <= 0)]
-    if len(zero) and (points["params"] > 0).any():
-        fig, (left, ax) = plt.subplots(
-            1, 2, figsize=(6.5, 4), sharey=True, gridspec_kw={"width_ratios": [1, 6], "wspace": 0.06}
-        )
-    else:
-        fig, ax = plt.subplots(figsize=(6.5, 4))
-        left = None
+    fig, left, ax = _params_axes(broken=bool(len(zero) and (points["params"] > 0).any()))
     for m in dict.fromkeys(points["method"]):
         sub = points[points["method"] == m]
         colour = colors[m]
@@ -307,27 +312,7 @@ def budget_curve_figure(points: pd.DataFrame, title: str, colors: dict | None = 
                 label=None if len(fitted) else m,
             )
     ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters, head excluded (log scale)")
-    if left is not None:
-        left.set_xticks([0.0], ["0"])
-        left.set_xlim(-1, 1)
-        left.spines["right"].set_visible(False)
-        ax.spines["left"].set_visible(False)
-        ax.tick_params(axis="y", which="both", left=False)
-        left.set_ylabel("accuracy (%)")
-        left.grid(alpha=0.3)
-        _break_marks(left, ax)
-    else:
-        ax.set_ylabel("accuracy (%)")
-    ax.grid(alpha=0.3, which="both")
-    fig.suptitle(title, fontsize=9)
-    by_label = {}
-    for a in [left, ax] if left is not None else [ax]:
-        by_label.update(zip(*reversed(a.get_legend_handles_labels()), strict=True))
-    order = [m for m in dict.fromkeys(points["method"]) if m in by_label]
-    ax.legend(
-        [by_label[k] for k in order], order, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False
-    )
+    _finish_params_axes(fig, left, ax, title, list(dict.fromkeys(points["method"])), grid="both")
     return fig
 
 

@@ -121,4 +121,10 @@ def test_a_method_whose_step_cannot_be_graph_captured_compiles_without_cuda_grap
     cuda = torch.device("cuda")
     assert default_compile_mode(cuda, methods.get_method("lora")) == CUDA_COMPILE_MODE
     assert default_compile_mode(cuda, methods.get_method("oft")) == "step"
+    # a variant is its base method; a composition with OFT in it cannot be captured either
+    from bench.method_entries import resolve_entry
+
+    assert default_compile_mode(cuda, resolve_entry("oft[block_size=8]")) == "step"
+    assert default_compile_mode(cuda, resolve_entry("bitfit+oft")) == "step"
+    assert default_compile_mode(cuda, resolve_entry("bitfit+lora")) == CUDA_COMPILE_MODE
     assert default_compile_mode(torch.device("cpu"), methods.get_method("oft")) == "eager"
