@@ -25,8 +25,9 @@ from .method_entries import split_methods
 
 
 def examples(*commands: str) -> str:
-    """A help epilog listing example commands, one per line (typer keeps lines ending in two spaces)."""
-    return "Examples:  \n" + "  \n".join(commands)
+    """A help epilog listing example commands, one per line (typer keeps lines ending in two spaces);
+    escaped, so a method entry's brackets (karst[rescale=none]) are not read as rich markup."""
+    return "Examples:  \n" + "  \n".join(escape(c) for c in commands)
 
 
 app = typer.Typer(
@@ -789,17 +790,31 @@ def export_cmd(
 @analyze_app.command(
     "shift",
     epilog=examples(
-        "bench analyze shift karst/digits/s0",
         "bench analyze shift karst/digits/s0 --against lora/digits/s0 --images 256",
+        "bench analyze shift --suite demo --methods 'karst,karst[rescale=none]'",
     ),
 )
 def analyze_shift_cmd(
-    run: str = typer.Argument(
-        ..., help="Run key (or its first 8+ characters), label (karst/digits/s0) or MLflow run id."
+    run: str | None = typer.Argument(
+        None,
+        help="Run key (or its first 8+ characters), label (karst/digits/s0) or MLflow run id; "
+        "leave out with --suite to summarise many runs.",
     ),
     against: str | None = typer.Option(
         None, "--against", help="A second run of the same task and backbone to compare with (e.g. an ablation)."
     ),
+    suite: str | None = typer.Option(
+        None, help="Summarise the finished runs of this suite (selected as `bench report` selects them)."
+    ),
+    methods: str | None = typer.Option(
+        None, help="With --suite: comma-separated method entries (default: every method with runs)."
+    ),
+    reference: str | None = typer.Option(
+        None, help="With --suite: the method every other is compared with (default: the first)."
+    ),
+    budget: str | None = typer.Option(None, help="With --suite: the runs fitted to this budget, or 'published'."),
+    hparams: str | None = typer.Option(None, help="With --suite: published, tuned or override."),
+    stage: str = typer.Option("final", help="With --suite: final (test split) or tune (validation split)."),
     images: int = typer.Option(512, help="Evaluation images to use, evenly spaced over the split (0: all)."),
     tokens_per_image: int = typer.Option(
         8, help="Token positions per image sampled for W1, evenly spaced (0: all tokens)."
@@ -807,7 +822,9 @@ def analyze_shift_cmd(
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     device: DeviceOpt = "auto",
     out_dir: Path | None = typer.Option(
-        None, "--out", help="Folder to write (default: analysis/shift-<label> in the workdir)."
+        None,
+        "--out",
+        help="Folder to write (default: analysis/shift-<label>, or analysis/shift-<suite> with --suite, in the workdir).",
     ),
     checkpoint: CheckpointOpt = None,
     data_root: Path | None = typer.Option(
@@ -815,26 +832,76 @@ def analyze_shift_cmd(
     ),
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Per-block feature shift of a run against the frozen backbone (and a second run): mean, std, W1, CKA."""
+    """Per-block feature shift against the frozen backbone: of one run (and a second), or of a suite's
+    runs summarised per method with intervals over seeds and tasks."""
+    options = {
+        "images": images,
+        "tokens_per_image": tokens_per_image,
+        "batch_size": batch_size,
+        "device": device,
+        "checkpoint": checkpoint,
+        "data_root": data_root,
+        "workdir": State.workdir,
+    }
+    if run is not None:
+        given = [f"--{n}" for n, v in (("suite", suite), ("methods", methods), ("reference", reference),
+                                       ("budget", budget), ("hparams", hparams)) if v is not None]  # fmt: skip
+        if given:
+            raise BenchError(
+                f"{given[0]} selects many runs but RUN {run!r} names one; drop RUN to summarise a suite, "
+                f"or drop {given[0]}"
+            )
+        _analyze_one_run(run, against, out_dir, tracking_uri, options)
+        return
+    if suite is None:
+        raise BenchError("name a RUN to analyze, or pass --suite to summarise a suite's runs")
+    if against is not None:
+        raise BenchError("--against compares two runs; with --suite every method is compared with --reference instead")
+    _analyze_suite(suite, methods, reference, budget, hparams, stage, out_dir, tracking_uri, options)
+
+
+def _analyze_one_run(run: str, against: str | None, out_dir: Path | None, tracking_uri: str | None, options) -> None:
     from .shift import analyze_shift, summary_table
 
-    result = analyze_shift(
-        _tracker(tracking_uri),
-        run,
-        against=against,
-        out=out_dir,
-        workdir=State.workdir,
-        images=images,
-        tokens_per_image=tokens_per_image,
-        batch_size=batch_size,
-        device=device,
-        checkpoint=checkpoint,
-        data_root=data_root,
-    )
+    result = analyze_shift(_tracker(tracking_uri), run, against=against, out=out_dir, **options)
     out.print(summary_table(result))
     out.print(
         f"wrote {', '.join(result.files)} to {result.folder}; logged to run {result.run.label} "
         f"under {result.artifact_dir}/"
+    )
+
+
+def _analyze_suite(suite, methods, reference, budget, hparams, stage, out_dir, tracking_uri, options) -> None:
+    import suites
+
+    from .shift_runs import analyze_shift_runs, summary_table
+
+    suites.get_suite(suite)  # an unknown suite name fails with the list of suites
+    if stage not in ("final", "tune"):
+        raise BenchError(f"--stage {stage!r} must be final or tune")
+    if hparams not in (None, "published", "tuned", "override"):
+        raise BenchError(f"--hparams {hparams!r} must be published, tuned or override")
+    selected_budget: int | str | None = None
+    if budget is not None:
+        selected_budget = "published" if budget.strip().lower() == "published" else _budget(budget)
+    result = analyze_shift_runs(
+        _tracker(tracking_uri),
+        suite,
+        stage=stage,
+        methods=split_methods(methods),
+        reference=reference,
+        budget=selected_budget,
+        hparams=hparams,
+        out=out_dir,
+        progress=lambda line: err.print(escape(line), highlight=False, soft_wrap=True),
+        **options,
+    )
+    out.print(summary_table(result))
+    for line in result.skipped:
+        err.print(f"[yellow]left out:[/] {escape(line)}", soft_wrap=True)
+    out.print(
+        f"{result.computed} run(s) measured, {result.reused} read back from their logged analysis; "
+        f"wrote {', '.join(result.files)} to {result.folder}"
     )
 
 

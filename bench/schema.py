@@ -98,6 +98,11 @@ SHIFT_CHANNELS = "channels.csv"  # one row per model, block and channel: mean, s
 SHIFT_INFO = "shift.json"  # the runs compared, images, token sample, device
 SHIFT_FIGURE = "shift.png"  # W1 and CKA against depth, one line per model pair
 SHIFT_FIGURE_PDF = "shift.pdf"
+# Written by `bench analyze shift --suite …` into its --out folder (not into the store): every
+# run's statistics against its frozen backbone, and their summary with intervals per method and block.
+SHIFT_RUNS_CSV = "shift_runs.csv"
+SHIFT_SUMMARY_CSV = "shift_summary.csv"
+SHIFT_SUMMARY_INFO = "shift_summary.json"
 SWEEP_FILE = "config/sweep.yaml"  # on a sweep's (or study's) parent run: the resolved `--config` file
 
 

@@ -340,6 +340,7 @@ def analyze_shift(
         "run": _describe(run, name_a),
         "against": _describe(other, name_b) if other is not None else None,
         "images": len(rows),
+        "images_requested": images,  # what a later summary over many runs compares to reuse this analysis
         "split_examples": len(run.predictions),
         "image_rows": "evenly spaced over the split" if len(rows) < len(run.predictions) else "all",
         "tokens_per_image": tokens_per_image or "all",

@@ -9,7 +9,10 @@ Pure functions on numpy arrays (no model, no tracking), used by ``bench analyze 
   examples (Kornblith, Norouzi, Lee, Hinton, ICML 2019, eq. 5 in its feature-space form);
 * :func:`evenly_spaced`: the deterministic subsets the command draws (images, token positions);
 * :func:`moments`: per-channel mean and standard deviation from running sums;
-* :func:`shift_figure`: W1 and CKA against depth, one line per model pair.
+* :func:`summarize_shift`: many runs' statistics per method and block, with intervals over seeds
+  (and tasks) and each method's difference to a reference, as the report computes them for accuracy;
+* :func:`shift_figure`: W1 and CKA against depth, one line per model pair or method, with
+  interval bands where the rows carry them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+
+from . import stats
+
+SHIFT_METRICS = ("w1", "cka", "mean_shift", "std_ratio")  # each measured against the frozen backbone
+_DOMAIN = {"w1": (0.0, np.inf), "cka": (-np.inf, 1.0)}
+SUMMARY_COLUMNS = [
+    "scope", "tasks", "method", "block", "index", "stage", "metric", "estimate", "low", "high", "seeds",
+    "interval", "diff", "diff_low", "diff_high", "diff_test",
+]  # fmt: skip
 
 
 def evenly_spaced(n: int, k: int) -> np.ndarray:
@@ -76,12 +89,115 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
     return float(cross / norm) if norm > 0 else float("nan")
 
 
-def shift_figure(rows: list[dict], paths: list[Path], title: str = "") -> list[Path]:
-    """W1 (left) and linear CKA (right) against block depth, one line per model pair, saved to each
-    of ``paths`` (the format from the suffix: PNG, PDF).
+def _task_name(task: str, shots) -> str:
+    return task if shots is None or pd.isna(shots) else f"{task} k={int(shots)}"
 
-    ``rows``: dicts with ``index`` (the block's depth), ``stage``, ``pair``, ``w1`` and ``cka``.
-    Stage boundaries (Swin) are drawn as dotted lines.
+
+def summarize_shift(frame: pd.DataFrame, methods: list[str], metrics: tuple[str, ...] = SHIFT_METRICS) -> pd.DataFrame:
+    """Per method, block and metric: the estimate, its 95 % interval, and the difference to
+    ``methods[0]`` (the reference) with its interval, as :data:`SUMMARY_COLUMNS` rows.
+
+    ``frame`` has one row per run and block: ``method``, ``task``, ``shots`` (NaN outside few-shot),
+    ``seed``, ``block``, ``index``, ``stage`` and the ``metrics``, each measured against the frozen
+    backbone. The intervals are those the report gives accuracy (:mod:`reports.tables`):
+
+    * per task (scope = the task): the mean over seeds with its Student-t interval; the difference
+      by the paired t-test where both methods ran the same seeds, Welch's otherwise;
+    * over tasks (scope ``mean of N tasks``, when two or more tasks have every method at every
+      seed): the mean of task means with the two-level bootstrap's percentile interval (seeds
+      resampled within each task, tasks fixed) and the paired bootstrap interval of the difference.
+    """
+    from .tables import BOOT_SEED, MAX_BOOT, N_BOOT
+
+    frame = frame.copy()
+    frame["dataset"] = [_task_name(t, k) for t, k in zip(frame["task"], frame["shots"], strict=True)]
+    datasets = sorted(dict.fromkeys(frame["dataset"]))
+    blocks = frame.drop_duplicates("block").sort_values("index")[["block", "index", "stage"]].itertuples(index=False)
+    blocks = list(blocks)
+    reference = methods[0]
+    rows: list[dict] = []
+
+    def values(dataset: str, method: str, block: str, metric: str) -> pd.Series:
+        sel = (frame["dataset"] == dataset) & (frame["method"] == method) & (frame["block"] == block)
+        return frame[sel].set_index("seed")[metric].sort_index()
+
+    for dataset in datasets:
+        for b in blocks:
+            for metric in metrics:
+                ref = values(dataset, reference, b.block, metric)
+                for method in methods:
+                    x = values(dataset, method, b.block, metric)
+                    if x.empty:
+                        continue
+                    ci = stats.t_interval(x.to_numpy())
+                    row = dict(
+                        scope=dataset, tasks=1, method=method, block=b.block, index=b.index, stage=b.stage,
+                        metric=metric, estimate=ci.mean, low=ci.low, high=ci.high,
+                        seeds=",".join(map(str, x.index)), interval="t over seeds",
+                        diff=np.nan, diff_low=np.nan, diff_high=np.nan, diff_test="",
+                    )  # fmt: skip
+                    if method != reference and not ref.empty:
+                        paired = list(x.index) == list(ref.index)
+                        c = stats.compare_seeds(x.to_numpy(), ref.to_numpy(), paired=paired)
+                        row.update(
+                            diff=c.diff, diff_low=c.low, diff_high=c.high, diff_test="paired t" if paired else "welch"
+                        )
+                    rows.append(row)
+
+    seeds = sorted(set(frame["seed"]))
+    complete = [
+        d for d in datasets if all(set(values(d, m, blocks[0].block, metrics[0]).index) == set(seeds) for m in methods)
+    ]
+    if len(complete) >= 2:
+        scope = f"mean of {len(complete)} tasks"
+        for b in blocks:
+            for metric in metrics:
+                cube = np.array(
+                    [[values(d, m, b.block, metric).reindex(seeds).to_numpy() for d in complete] for m in methods]
+                )
+                s = stats.bootstrap_summary(cube, None, 0, n_boot=N_BOOT, max_boot=MAX_BOOT, seed=BOOT_SEED)
+                for i, method in enumerate(methods):
+                    rows.append(
+                        dict(
+                            scope=scope,
+                            tasks=len(complete),
+                            method=method,
+                            block=b.block,
+                            index=b.index,
+                            stage=b.stage,
+                            metric=metric,
+                            estimate=s.estimate[i],
+                            low=s.low[i],
+                            high=s.high[i],
+                            seeds=",".join(map(str, seeds)),
+                            interval="bootstrap, seeds within tasks",
+                            diff=np.nan if i == 0 else s.diff[i],
+                            diff_low=np.nan if i == 0 else s.diff_low[i],
+                            diff_high=np.nan if i == 0 else s.diff_high[i],
+                            diff_test="" if i == 0 else "paired bootstrap",
+                        )  # fmt: skip
+                    )
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def summary_series(summary: pd.DataFrame, scope: str) -> list[dict]:
+    """One row per method and block of ``scope`` in :func:`shift_figure`'s form: ``series`` (the
+    method), ``index``, ``stage``, and each metric with its ``_low`` and ``_high`` bounds."""
+    part = summary[summary["scope"] == scope]
+    rows: dict[tuple[str, int], dict] = {}
+    for r in part.itertuples(index=False):
+        row = rows.setdefault((r.method, r.index), {"series": r.method, "index": r.index, "stage": r.stage})
+        row.update({r.metric: r.estimate, f"{r.metric}_low": r.low, f"{r.metric}_high": r.high})
+    return list(rows.values())
+
+
+def shift_figure(rows: list[dict], paths: list[Path], title: str = "", series: str = "pair") -> list[Path]:
+    """W1 (left) and linear CKA (right) against block depth, one line per ``series`` value (a model
+    pair, or a method of a summary), saved to each of ``paths`` (the format from the suffix: PNG, PDF).
+
+    ``rows``: dicts with ``index`` (the block's depth), ``stage``, the ``series`` key, ``w1`` and
+    ``cka``; where they also hold ``w1_low``/``w1_high`` (``cka_low``/``cka_high``), the interval is
+    drawn as a band around the line. Stage boundaries (Swin) are drawn as dotted lines.
     """
     import matplotlib
 
@@ -89,16 +205,23 @@ def shift_figure(rows: list[dict], paths: list[Path], title: str = "") -> list[P
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    pairs = list(dict.fromkeys(r["pair"] for r in rows))
+    names = list(dict.fromkeys(r[series] for r in rows))
     colors = plt.get_cmap("tab10").colors
+    banded = False
     with plt.rc_context({"pdf.fonttype": 42, "ps.fonttype": 42}):
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
-        for i, pair in enumerate(pairs):
-            mine = sorted((r for r in rows if r["pair"] == pair), key=lambda r: r["index"])
+        for i, name in enumerate(names):
+            mine = sorted((r for r in rows if r[series] == name), key=lambda r: r["index"])
             depth = [r["index"] for r in mine]
-            style = {"marker": "o", "markersize": 3, "color": colors[i % len(colors)], "label": pair}
-            axes[0].plot(depth, [r["w1"] for r in mine], **style)
-            axes[1].plot(depth, [r["cka"] for r in mine], **style)
+            color = colors[i % len(colors)]
+            for ax, metric in zip(axes, ("w1", "cka"), strict=True):
+                ax.plot(depth, [r[metric] for r in mine], marker="o", markersize=3, color=color, label=name)
+                low, high = [r.get(f"{metric}_low") for r in mine], [r.get(f"{metric}_high") for r in mine]
+                if all(v is not None and np.isfinite(v) for v in low + high):
+                    # a t interval can cross what the metric can take (W1 >= 0, CKA <= 1): the band stops there
+                    low, high = np.clip(low, *_DOMAIN[metric]), np.clip(high, *_DOMAIN[metric])
+                    ax.fill_between(depth, low, high, color=color, alpha=0.2, linewidth=0)
+                    banded = True
         first = {}
         for r in rows:
             first.setdefault(r["stage"], r["index"])
@@ -109,7 +232,7 @@ def shift_figure(rows: list[dict], paths: list[Path], title: str = "") -> list[P
             ax.set_xlabel("block (depth)")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-        axes[0].set_ylabel("mean per-channel W1")
+        axes[0].set_ylabel("mean per-channel W1" + (" (95 % interval)" if banded else ""))
         axes[1].set_ylabel("linear CKA (mean-pooled tokens)")
         axes[1].set_ylim(top=max(1.0, axes[1].get_ylim()[1]))  # keep CKA's ceiling of 1 in view
         axes[1].ticklabel_format(axis="y", useOffset=False)  # CKA near 1: print 0.9999, not an offset
