@@ -25,7 +25,7 @@ import pandas as pd
 from . import stats
 
 SHIFT_METRICS = ("w1", "cka", "mean_shift", "std_ratio")  # each measured against the frozen backbone
-_DOMAIN = {"w1": (0.0, np.inf), "cka": (-np.inf, 1.0)}
+_DOMAIN = {"w1": (0.0, np.inf), "cka": (0.0, 1.0)}
 SUMMARY_COLUMNS = [
     "scope", "tasks", "method", "block", "index", "stage", "metric", "estimate", "low", "high", "seeds",
     "interval", "diff", "diff_low", "diff_high", "diff_test",
