@@ -12,9 +12,15 @@ merges (each part's merge, in order), and supports the backbone families every p
 Two parts collide when they touch the same module or train the same tensor: their counts would
 not add up, and one would silently undo or bypass the other (KARST's layer reads the weight of
 the linear it wraps, so a LoRA inside it would never act). :meth:`Composition.apply` detects this
-on the model itself, by comparing its modules and trainable tensors before and after each part,
-and refuses in one line naming both parts and the module. Building on the meta device (as every
-sweep does before it reads data) is enough to find it.
+on the model itself, by object identity, after each part: a later part may **wrap** a module an
+earlier part placed as a whole (SSF's scale and shift around LoRA's layer: the LoRA layer stays,
+unchanged, and SSF calls it), but may not replace or remove it, change anything inside it, or
+nest a peft tuner layer around it (peft reads and merges through the layers it nests). A module
+that only moved into a wrapper is not a change. Every refusal is one line naming both parts and
+the module; building on the meta device (as every sweep does before it reads data) is enough.
+:meth:`Composition.check_parts_act` then checks, on a tiny random backbone, that every part's
+tensors act and that a mergeable composition's merge (each part's, in the order applied)
+reproduces its outputs.
 """
 
 from __future__ import annotations

@@ -20,6 +20,10 @@ linear, a convolution or an affine LayerNorm), so it folds into that operation's
 W' = diag(γ) W, b' = γ ⊙ b + β. The merged model is a plain timm backbone with the same state
 dict keys. A linear without a bias (qkv on some backbones) gets β as a new bias.
 
+In a composition SSF wraps whatever module sits at a site as a whole, another method's adapted
+layer included (``lora+ssf``: y = γ ⊙ (W x + b + s · B A x) + β); its merge folds into the plain
+layer the inner method's merge leaves, and refuses to fold into a wrapper not merged yet.
+
 Deviation: γ = 1, β = 0 at init (``init="identity"``, the default), so the adapted model starts
 exactly at the backbone and the conformance check of identity at init applies. The official
 ``init_ssf_scale_shift`` draws γ ~ N(1, 0.02²) and β ~ N(0, 0.02²): ``--set init=normal``.
