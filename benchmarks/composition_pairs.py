@@ -12,7 +12,7 @@ left out) it runs what a sweep runs before any data is read, and the checks of
 
 Not part of CI: minutes on a CPU. Run:
 
-    python benchmarks/composition_pairs.py [--out pairs.json] [--only lora,ssf]
+    python benchmarks/composition_pairs.py [--out pairs.json] [--only lora,ssf] [--involving kadaptation]
 
 It prints one line per pair and, at the end, the pairs that pass and the refused pairs grouped by
 reason, as Markdown.
@@ -105,6 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="write every pair's outcome as JSON here")
     parser.add_argument("--only", default=None, help="comma-separated methods to pair (default: all)")
+    parser.add_argument("--involving", default=None, help="only the pairs with a part among these (comma-separated)")
     parser.add_argument("--summarize", default=None, help="print the summary of a JSON written by --out, and stop")
     args = parser.parse_args()
     if args.summarize:
@@ -117,7 +118,10 @@ def main() -> None:
         names = [n for n in names if n in args.only.split(",")]
     rows = []
     start = time.perf_counter()
-    for a, b in itertools.permutations(names, 2):
+    pairs = itertools.permutations(names, 2)
+    if args.involving:
+        pairs = [(a, b) for a, b in pairs if {a, b} & set(args.involving.split(","))]
+    for a, b in pairs:
         stage, detail = try_pair(f"{a}+{b}")
         rows.append({"pair": f"{a}+{b}", "stage": stage, "detail": detail})
         print(f"{a}+{b}: {stage}: {detail}", flush=True)
