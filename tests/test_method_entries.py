@@ -386,33 +386,45 @@ def test_cli_methods_budget_and_info_take_entries(cli):
 
 @pytest.mark.slow
 def test_demo_sweep_with_variants_and_a_composition(cli, workdir: Path):
-    args = ("run", "--suite", "demo", "--methods", "lora,lora[rank=2],karst+bitfit", "--seeds", "1", "--epochs", "1")
+    args = (
+        "run",
+        "--suite",
+        "demo",
+        "--methods",
+        "lora,lora[rank=2],karst+bitfit,lora+ssf",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+    )
     code, out, err = cli(*args)
     assert code == 0, err
-    assert "3 run(s) trained, 0 already finished" in out
+    assert "4 run(s) trained, 0 already finished" in out
     runs = Tracker(default_tracking_uri(workdir)).search("bench/demo")
     tags = {r.data.tags["bench.method"]: r for r in runs}
-    assert set(tags) == {"lora", "lora[rank=2]", "karst+bitfit"}
-    assert len({r.data.tags["bench.run_key"] for r in runs}) == 3
+    assert set(tags) == {"lora", "lora[rank=2]", "karst+bitfit", "lora+ssf"}
+    assert len({r.data.tags["bench.run_key"] for r in runs}) == 4
     assert {m: r.data.tags["bench.method_base"] for m, r in tags.items()} == {
         "lora": "lora",
         "lora[rank=2]": "lora",
         "karst+bitfit": "karst+bitfit",
+        "lora+ssf": "lora+ssf",
     }
-    # the composition's trainable count is the sum of its parts' on the demo backbone
+    # each composition's trainable count is the sum of its parts' on the demo backbone (SSF wraps LoRA's qkv)
     from bench.backbone import backbone_spec
 
     spec = backbone_spec("vit_demo_tiny", 32)
-    parts = sum(get_method(n).count(spec, make_config(get_method(n))) for n in ("karst", "bitfit"))
-    assert tags["karst+bitfit"].data.metrics["params/trainable"] == parts
+    for label in ("karst+bitfit", "lora+ssf"):
+        parts = sum(get_method(n).count(spec, make_config(get_method(n))) for n in label.split("+"))
+        assert tags[label].data.metrics["params/trainable"] == parts
     lora = get_method("lora")
     assert tags["lora[rank=2]"].data.metrics["params/trainable"] == lora.count(spec, make_config(lora, {"rank": 2}))
 
     code, out, err = cli("runs", "--suite", "demo", "--json")
-    assert code == 0 and {r["method"] for r in json.loads(out)} == {"lora", "lora[rank=2]", "karst+bitfit"}
+    assert code == 0 and {r["method"] for r in json.loads(out)} == {"lora", "lora[rank=2]", "karst+bitfit", "lora+ssf"}
 
     code, out, err = cli(*args)  # rerun: every run is found, nothing trains
-    assert code == 0 and "0 run(s) trained, 3 already finished and reused" in out
+    assert code == 0 and "0 run(s) trained, 4 already finished and reused" in out
 
 
 def test_a_composition_meets_a_budget_on_its_total_not_on_the_fitted_part_alone():
