@@ -203,6 +203,10 @@ def test_composition_properties_follow_its_parts():
         ("lora+ia3", "lora and ia3 both change module blocks.0.attn.qkv (peft nests ia3's layer around lora's"),
         ("karst+lora", "lora cannot adapt the layers karst placed"),
         ("ln_tuning+bitfit", "ln_tuning and bitfit both train blocks.0.norm1"),
+        (
+            "vpt_deep+vpt_shallow",
+            "both change module vpt (vpt_shallow replaces or removes the layer vpt_deep put there)",
+        ),
         ("ssf+lora", "lora cannot adapt the layers ssf placed (ValueError: Target module ScaleShift"),
         ("ssf+lora", "ssf wraps other parts' layers as a whole, so write it last: 'lora+ssf'"),
     ],
