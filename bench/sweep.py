@@ -420,8 +420,9 @@ def _sized_method(method: Method, request: SweepRequest, spec_bb, budget: int | 
 
 
 def _check_composition(method: Method, config: Any, family: str, hparams: str) -> None:
-    """A composition's parts must all act (colliding parts were refused when it was built), and
-    it has no tuning study to take hyperparameters from."""
+    """A composition's parts must all act and, where every part merges, merge to the same outputs
+    (colliding parts were refused when it was built); it has no tuning study to take
+    hyperparameters from."""
     if not isinstance(method, Composite):
         return
     if hparams == "tuned":

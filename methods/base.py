@@ -75,6 +75,17 @@ def trainable_params_excluding_head(model: nn.Module) -> int:
     return sum(p.numel() for p in unique_parameters(model.parameters()) if p.requires_grad and id(p) not in head_ids)
 
 
+def wrapped_layer(module: nn.Module) -> nn.Module:
+    """The plain layer a wrapping layer computes on: through peft's tuner layers
+    (``get_base_layer()``) and bench's own wrappers (their ``base``), to the innermost module."""
+    while True:
+        get_base_layer = getattr(module, "get_base_layer", None)
+        inner = get_base_layer() if callable(get_base_layer) else getattr(module, "base", None)
+        if not isinstance(inner, nn.Module) or inner is module:
+            return module
+        module = inner
+
+
 def head_param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in head_parameters(model))
 
@@ -255,6 +266,10 @@ class Method(ABC):
     #: Config values a named variant fixes (``karst[rescale=none]``): :func:`make_config` starts
     #: from them. Empty for a registered method.
     config_defaults: ClassVar[dict[str, Any]] = {}
+    #: True when the method's layers wrap whatever module sits at their site and call it as a
+    #: whole, another method's adapted layer included (SSF): in a composition it goes after the
+    #: parts whose layers it should wrap.
+    wraps_whole_layers: ClassVar[bool] = False
 
     def check_backbone(self, spec: BackboneSpec) -> None:
         """Refuse, in one line naming the backbone and the reason, a family the method does not support."""

@@ -12,16 +12,25 @@ merges (each part's merge, in order), and supports the backbone families every p
 Two parts collide when they touch the same module or train the same tensor: their counts would
 not add up, and one would silently undo or bypass the other (KARST's layer reads the weight of
 the linear it wraps, so a LoRA inside it would never act). :meth:`Composition.apply` detects this
-on the model itself, by comparing its modules and trainable tensors before and after each part,
-and refuses in one line naming both parts and the module. Building on the meta device (as every
-sweep does before it reads data) is enough to find it.
+on the model itself, by object identity, after each part: a later part may **wrap** a module an
+earlier part placed as a whole (SSF's scale and shift around LoRA's layer: the LoRA layer stays,
+unchanged, and SSF calls it), but may not replace or remove it, change anything inside it, or
+nest a peft tuner layer around it (peft reads and merges through the layers it nests). A module
+that only moved into a wrapper is not a change. Every refusal is one line naming both parts and
+the module; building on the meta device (as every sweep does before it reads data) is enough.
+:meth:`Composition.check_parts_act` then checks, on a tiny random backbone, that every part's
+tensors act and that a mergeable composition's merge (each part's, in the order applied)
+reproduces its outputs.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from .backbones import BackboneSpec, describe_backbone
@@ -37,6 +46,30 @@ from .base import (
     make_config,
     within_budget,
 )
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """A module a part put into the model, and what was inside it then (by object identity)."""
+
+    part: str
+    path: str  # where the part put it; a later part's wrapper may move it
+    module: nn.Module
+    contents: frozenset[int]
+
+
+def _contents(module: nn.Module) -> frozenset[int]:
+    """The identities of every module and tensor inside ``module`` (itself included)."""
+    return frozenset(id(x) for x in itertools.chain(module.modules(), module.parameters(), module.buffers()))
+
+
+def _outermost(model: nn.Module, known: set[int]) -> list[tuple[str, nn.Module]]:
+    """The modules of ``model`` not in ``known`` (by identity) whose parent is: what a part added
+    or put in place of another, each as a whole. A module that only moved is not among them."""
+    modules = dict(model.named_modules())
+    new = [path for path, m in modules.items() if id(m) not in known]
+    fresh = set(new)
+    return [(path, modules[path]) for path in new if path == "" or path.rpartition(".")[0] not in fresh]
 
 
 def _first_words(exc: Exception, limit: int = 100) -> str:
@@ -129,23 +162,20 @@ class Composition(Composite):
         """The adapted model, and which part trains each trainable tensor (by name)."""
         self.check_backbone(describe_backbone(model))
         head = {id(p) for p in head_parameters(model)}
-        placed: dict[str, str] = {}  # module path -> the part that put a module there
+        placed: list[_Placed] = []  # the modules each part put in, followed by object: a wrapper may move them
         trained: dict[int, tuple[str, str]] = {}  # tensor id -> (the part training it, its name)
         kept: list[nn.Parameter] = []
-        for part, c in zip(self.parts, self._configs(config), strict=True):
-            before = dict(model.named_modules())
+        for index, (part, c) in enumerate(zip(self.parts, self._configs(config), strict=True)):
+            before = list(model.modules())  # held, so no new module can reuse a dropped one's id
             try:
                 model = part.apply(model, c)
             except Exception as exc:  # peft refuses a layer another part wrapped with its own error types
                 if not placed and not trained:
                     raise
-                earlier = ", ".join(dict.fromkeys(label for label, _ in trained.values())) or self.parts[0].name
-                raise MethodError(
-                    f"composition {self.name!r}: {part.name} cannot adapt the layers {earlier} placed "
-                    f"({type(exc).__name__}: {_first_words(exc)}); they collide: drop one of them"
-                ) from None
-            changed = [path for path, m in model.named_modules() if before.get(path) is not m]
-            self._refuse_overlap(part.name, changed, placed)
+                raise MethodError(self._cannot_adapt(index, trained, exc)) from None
+            known = {id(m) for m in before}
+            added = _outermost(model, known)
+            self._refuse_overlap(part.name, model, added, placed)
             own = [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in head]
             for n, p in own:
                 if id(p) in trained:
@@ -160,18 +190,35 @@ class Composition(Composite):
                     raise MethodError(
                         f"composition {self.name!r}: {part.name} removed {n}, which {other} trains; drop one of them"
                     )
-            placed.update({path: part.name for path in changed})
+            placed.extend(_Placed(part.name, path, m, _contents(m)) for path, m in added)
             trained.update({id(p): (part.name, n) for n, p in own})
             kept.extend(p for _, p in own)
         freeze_all_but(model, kept)
         names = {id(p): n for n, p in model.named_parameters()}
         return model, {names[pid]: label for pid, (label, _) in trained.items()}
 
+    def _cannot_adapt(self, index: int, trained: dict[int, tuple[str, str]], exc: Exception) -> str:
+        """The refusal for a part that fails on the model the earlier parts adapted: reorder when an
+        earlier part is one that wraps other parts' layers (``ssf+lora``: peft cannot adapt SSF's
+        layer, but SSF wraps LoRA's), drop one part otherwise."""
+        part, earlier = self.parts[index], self.parts[:index]
+        placers = ", ".join(dict.fromkeys(label for label, _ in trained.values())) or earlier[0].name
+        head = (
+            f"composition {self.name!r}: {part.name} cannot adapt the layers {placers} placed "
+            f"({type(exc).__name__}: {_first_words(exc)})"
+        )
+        wrapper = next((p for p in earlier if p.wraps_whole_layers), None)
+        if wrapper is None:
+            return head + "; they collide: drop one of them"
+        order = "+".join(p.name for p in self.parts if p is not wrapper) + "+" + wrapper.name
+        return f"{head}; {wrapper.name} wraps other parts' layers as a whole, so write it last: {order!r}"
+
     def check_parts_act(self, config: CompositionConfig, family: str) -> None:
         """Refuse the composition if a part's tensor has no effect once every part is applied (one
         part bypasses another: LN-tuning computes with copies of the norms whose biases BitFit
-        trains). Checked on the tiny random backbone of ``family`` (``methods.conformance``), with
-        every trainable tensor moved off its init so zero-initialised factors count; seconds on a CPU."""
+        trains), or, where every part merges, if merging the parts in order changes the outputs.
+        Checked on the tiny random backbone of ``family`` (``methods.conformance``), with every
+        trainable tensor moved off its init so zero-initialised factors count; seconds on a CPU."""
         import torch
 
         from .conformance import TINY, TINY_VIT
@@ -193,18 +240,67 @@ class Composition(Composite):
                     f"composition {self.name!r}: {owners[n]}'s tensor {n} has no effect once {others} is applied "
                     "too (it gets no gradient); they collide: drop one of them"
                 )
+        if self.mergeable:
+            self.check_merged_outputs(model.eval(), x, TINY[family]())
 
-    def _refuse_overlap(self, part: str, changed: list[str], placed: dict[str, str]) -> None:
-        """Refuse a module ``part`` changed at, inside or around a module an earlier part placed."""
-        for path in changed:
-            for other_path, other in placed.items():
-                related = path == other_path or path.startswith(other_path + ".") or other_path.startswith(path + ".")
-                if related:
-                    where = other_path if len(other_path) <= len(path) else path
-                    raise MethodError(
-                        f"composition {self.name!r}: {other} and {part} both change module {where}; "
-                        "they cannot be stacked: drop one of them"
-                    )
+    def check_merged_outputs(self, model: nn.Module, x: Any, plain: nn.Module) -> None:
+        """Refuse a mergeable composition whose parts' merges, run in order on a copy of ``model``,
+        change its outputs or leave layers the plain backbone ``plain`` does not have."""
+        import torch
+
+        from .conformance import merge_tolerance
+
+        with torch.no_grad():
+            before = model(x)
+            try:
+                merged = self.merge(copy.deepcopy(model)).eval()
+            except Exception as exc:
+                raise MethodError(
+                    f"composition {self.name!r} cannot be merged ({type(exc).__name__}: {_first_words(exc, 160)}); "
+                    "its parts' merges do not stack: drop one of them"
+                ) from None
+            diff = float((merged(x) - before).abs().max())
+        extra = sorted(set(merged.state_dict()) - set(plain.state_dict()))
+        if diff > merge_tolerance(before) or extra:
+            found = (
+                f"leaves {extra[0]}, which the plain backbone has not"
+                if extra
+                else f"changes the outputs by {diff:.1e}"
+            )
+            raise MethodError(
+                f"composition {self.name!r}: merging its parts in order {found}; "
+                "their merges do not stack: drop one of them, or run it unmerged with one part fewer"
+            )
+
+    def _refuse_overlap(
+        self, part: str, model: nn.Module, added: list[tuple[str, nn.Module]], placed: list[_Placed]
+    ) -> None:
+        """Refuse ``part`` if it replaced or removed a module an earlier part placed, changed anything
+        inside one, or nested a peft tuner layer around one. Wrapping one as a whole (SSF's layer
+        around LoRA's) is allowed: the earlier module stays, unchanged, and the wrapper calls it."""
+        paths = {id(m): path for path, m in model.named_modules()}
+        for earlier in placed:
+            path = paths.get(id(earlier.module))
+            if path is None:
+                why = f"{part} replaces or removes the layer {earlier.part} put there"
+            elif _contents(earlier.module) != earlier.contents:
+                why = f"{part} changes what is inside {earlier.part}'s layer"
+            else:
+                continue
+            self._refuse_structure(earlier.part, part, path or earlier.path, why)
+        for path, module in added:
+            if isinstance(module, BaseTunerLayer):
+                inside = {id(m) for m in module.modules()}
+                nested = next((e for e in placed if id(e.module) in inside), None)
+                if nested is not None:
+                    why = f"peft nests {part}'s layer around {nested.part}'s and reads and merges through it"
+                    self._refuse_structure(nested.part, part, path, why)
+
+    def _refuse_structure(self, earlier: str, part: str, path: str, why: str) -> None:
+        raise MethodError(
+            f"composition {self.name!r}: {earlier} and {part} both change module {path} ({why}); "
+            "they cannot be stacked: drop one of them"
+        )
 
     def count(self, spec: BackboneSpec, config: CompositionConfig) -> int:
         return sum(p.count(spec, c) for p, c in zip(self.parts, self._configs(config), strict=True))

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backbones import BackboneSpec, block_paths, describe_backbone
+from .backbones import BackboneSpec, describe_backbone
 from .base import (
     Method,
     MethodError,
@@ -215,8 +215,8 @@ class KAdaptation(Method):
 
     @torch.no_grad()
     def merge(self, model: nn.Module) -> nn.Module:
-        for _, _, block in block_paths(model):
-            layer = block.attn.qkv
+        # found by type, not at attn.qkv: in a composition another part's layer may wrap it (SSF's)
+        for path, layer in list(model.named_modules()):
             if not isinstance(layer, KAdaptationQKV):
                 continue
             base, d = layer.base, layer.d
@@ -227,7 +227,8 @@ class KAdaptation(Method):
                 base.bias = nn.Parameter(torch.zeros(3 * d, device=base.weight.device, dtype=base.weight.dtype))
             base.bias[:d] += db[0].to(base.bias.dtype)
             base.bias[2 * d :] += db[1].to(base.bias.dtype)
-            block.attn.qkv = base
+            parent, _, child = path.rpartition(".")
+            setattr(model.get_submodule(parent), child, base)
         if hasattr(model, "kadaptation_rules"):
             del model.kadaptation_rules
         return model

@@ -20,6 +20,10 @@ linear, a convolution or an affine LayerNorm), so it folds into that operation's
 W' = diag(γ) W, b' = γ ⊙ b + β. The merged model is a plain timm backbone with the same state
 dict keys. A linear without a bias (qkv on some backbones) gets β as a new bias.
 
+In a composition SSF wraps whatever module sits at a site as a whole, another method's adapted
+layer included (``lora+ssf``: y = γ ⊙ (W x + b + s · B A x) + β); its merge folds into the plain
+layer the inner method's merge leaves, and refuses to fold into a wrapper not merged yet.
+
 Deviation: γ = 1, β = 0 at init (``init="identity"``, the default), so the adapted model starts
 exactly at the backbone and the conformance check of identity at init applies. The official
 ``init_ssf_scale_shift`` draws γ ~ N(1, 0.02²) and β ~ N(0, 0.02²): ``--set init=normal``.
@@ -36,10 +40,11 @@ import torch
 from torch import nn
 
 from .backbones import BackboneSpec, block_paths, describe_backbone
-from .base import Method, freeze_all_but, register_method, shared_search_space
+from .base import Method, MethodError, freeze_all_but, register_method, shared_search_space, wrapped_layer
 
 INIT_STD = 0.02  # the official init_ssf_scale_shift
 _BLOCK_OPS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+FOLDABLE = (nn.Linear, nn.Conv2d, nn.LayerNorm)  # the plain layers a scale and shift fold into
 
 
 @dataclass
@@ -53,6 +58,7 @@ class ScaleShift(nn.Module):
     def __init__(self, base: nn.Module, width: int, init: str):
         super().__init__()
         self.base = base
+        self.channels_first = isinstance(wrapped_layer(base), nn.Conv2d)  # a convolution's channels are dim 1
         self.ssf_scale = nn.Parameter(torch.ones(width))
         self.ssf_shift = nn.Parameter(torch.zeros(width))
         if init == "normal":
@@ -61,14 +67,22 @@ class ScaleShift(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        if isinstance(self.base, nn.Conv2d):
+        if self.channels_first:
             return y * self.ssf_scale.view(-1, 1, 1) + self.ssf_shift.view(-1, 1, 1)
         return y * self.ssf_scale + self.ssf_shift
 
     @torch.no_grad()
-    def folded(self) -> nn.Module:
-        """``base`` with the scale and shift folded into its weight and bias."""
+    def folded(self, where: str = "") -> nn.Module:
+        """``base`` with the scale and shift folded into its weight and bias. ``base`` must be a plain
+        layer by now: a wrapping layer another method placed is merged first (its weight is not
+        the function it computes, so folding into it would change the model)."""
         base, scale, shift = self.base, self.ssf_scale, self.ssf_shift
+        if not isinstance(base, FOLDABLE):
+            raise MethodError(
+                f"ssf cannot fold its scale and shift into {where or 'the layer it wraps'}: it wraps a "
+                f"{type(base).__module__}.{type(base).__name__}, not a plain layer; merge the method that placed it first "
+                "(in a composition, write ssf after it)"
+            )
         shape = (-1,) + (1,) * (base.weight.dim() - 1)
         base.weight.mul_(scale.view(shape).to(base.weight.dtype))
         if base.bias is None:
@@ -78,6 +92,9 @@ class ScaleShift(nn.Module):
 
 
 def _out_width(module: nn.Module) -> int:
+    """The output width of the operation at an SSF site; a layer another method wrapped (a peft
+    tuner layer, KARST's, FacT's, ...) computes as wide as the plain layer inside it."""
+    module = wrapped_layer(module)
     if isinstance(module, nn.Linear):
         return module.out_features
     if isinstance(module, nn.Conv2d):
@@ -126,6 +143,7 @@ class SSF(Method):
     mergeable = True
     budget_adjustable = False  # one vector pair per operation: a fixed size per backbone
     families = ("vit", "swin")
+    wraps_whole_layers = True  # a site another method adapted keeps its adapter: SSF scales and shifts its output
 
     def apply(self, model: nn.Module, config: SSFConfig) -> nn.Module:
         self.check_backbone(describe_backbone(model))
@@ -150,5 +168,5 @@ class SSF(Method):
     def merge(self, model: nn.Module) -> nn.Module:
         for path, module in list(model.named_modules()):
             if isinstance(module, ScaleShift):
-                _set(model, path, module.folded())
+                _set(model, path, module.folded(path))
         return model

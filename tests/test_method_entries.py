@@ -12,6 +12,7 @@ import pickle
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.errors import BenchError
 from bench.method_entries import (
@@ -29,6 +30,7 @@ from bench.tracking import Tracker, default_tracking_uri
 from methods import get_method, make_config
 from methods.base import MethodError, backbone_spec_of, identity_dict, trainable_params_excluding_head
 from methods.conformance import TINY, check_identity_at_init, check_merge
+from methods.ssf import ScaleShift
 
 # ------------------------------------------------------------------------------------------------
 # grammar and labels (pure)
@@ -198,9 +200,15 @@ def test_composition_properties_follow_its_parts():
 @pytest.mark.parametrize(
     ("text", "says"),
     [
-        ("lora+ia3", "lora and ia3 both change module blocks.0.attn.qkv"),
+        ("lora+ia3", "lora and ia3 both change module blocks.0.attn.qkv (peft nests ia3's layer around lora's"),
         ("karst+lora", "lora cannot adapt the layers karst placed"),
         ("ln_tuning+bitfit", "ln_tuning and bitfit both train blocks.0.norm1"),
+        (
+            "vpt_deep+vpt_shallow",
+            "both change module vpt (vpt_shallow replaces or removes the layer vpt_deep put there)",
+        ),
+        ("ssf+lora", "lora cannot adapt the layers ssf placed (ValueError: Target module ScaleShift"),
+        ("ssf+lora", "ssf wraps other parts' layers as a whole, so write it last: 'lora+ssf'"),
     ],
 )
 def test_colliding_parts_are_refused_when_built(text: str, says: str):
@@ -210,12 +218,106 @@ def test_colliding_parts_are_refused_when_built(text: str, says: str):
     assert says in str(info.value) and "\n" not in str(info.value)
 
 
-def test_a_part_bypassed_by_another_is_refused():
-    method = resolve_entry("bitfit+ln_tuning")  # LN-tuning computes with copies of the norms bitfit trains
-    with pytest.raises(
-        MethodError, match="bitfit's tensor blocks.0.norm1.base_layer.bias has no effect once ln_tuning"
-    ):
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        # LN-tuning computes with copies of the norms bitfit trains
+        ("bitfit+ln_tuning", "bitfit's tensor blocks.0.norm1.base_layer.bias has no effect once ln_tuning"),
+        # DTL runs the blocks LoRA adapts without a graph
+        ("lora+dtl", "lora's tensor blocks.0.attn.qkv.lora_A.default.weight has no effect once dtl"),
+        # KARST wraps LoRA's layer as a whole but computes with the plain weight inside it
+        ("lora+karst", "lora's tensor blocks.0.attn.qkv.base.lora_A.default.weight has no effect once karst"),
+    ],
+)
+def test_a_part_bypassed_by_another_is_refused(text: str, says: str):
+    method = resolve_entry(text)
+    with pytest.raises(MethodError) as info:
         method.check_parts_act(make_config(method), "vit")
+    assert says in str(info.value) and "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# a part that wraps an earlier part's layer as a whole: SSF after LoRA
+
+
+@pytest.mark.parametrize("text", ["lora+ssf", "lora[rank=4,use_dora=true]+ssf", "kadaptation+ssf"])
+def test_ssf_wraps_an_adapted_linear_counts_add_and_merges_exactly(text: str):
+    method = resolve_entry(text)
+    config = make_config(method)
+    assert method.mergeable and method.identity_at_init
+    spec = backbone_spec_of(TINY["vit"]())
+    expected = sum(p.count(spec, c) for p, (_, c) in zip(method.parts, config.parts, strict=True))
+    assert method.count(spec, config) == expected
+    model, owners = method.apply_parts(TINY["vit"](), config)
+    assert trainable_params_excluding_head(model) == expected
+    qkv = model.blocks[0].attn.qkv
+    assert isinstance(qkv, ScaleShift) and not isinstance(qkv.base, torch.nn.Linear)  # SSF around the adapted qkv
+    assert {owners[n] for n in owners} == {p.name for p in method.parts}
+    for check in (check_identity_at_init, check_merge):  # as `bench methods check` runs them
+        result = check(method, config)
+        assert result.passed, result.detail
+    method.check_parts_act(config, "vit")  # every tensor acts, and the merged tiny model gives the same outputs
+
+
+def test_lora_then_ssf_computes_scale_times_the_adapted_linear_plus_shift():
+    """y = γ ⊙ (W x + b + s · B A x) + β at one adapted qkv, with every tensor off its init."""
+    method = resolve_entry("lora+ssf")
+    model = method.apply(TINY["vit"](), make_config(method))
+    qkv = model.blocks[0].attn.qkv
+    lora = qkv.base
+    with torch.no_grad():
+        for p in (qkv.ssf_scale, qkv.ssf_shift, lora.lora_B["default"].weight):
+            p.add_(0.1 * torch.randn_like(p))
+        x = torch.randn(3, 64)
+        w, b = lora.get_base_layer().weight, lora.get_base_layer().bias
+        delta = lora.scaling["default"] * lora.lora_B["default"].weight @ lora.lora_A["default"].weight
+        expected = qkv.ssf_scale * (x @ (w + delta).T + b) + qkv.ssf_shift
+        assert torch.allclose(qkv(x), expected, atol=1e-5)
+
+
+def test_ssf_refuses_to_fold_into_a_layer_not_merged_yet():
+    """SSF merged before the LoRA layer it wraps would fold γ into W alone and lose B A: refused."""
+    method = resolve_entry("lora+ssf")
+    model = method.apply(TINY["vit"](), make_config(method))
+    with pytest.raises(MethodError) as info:
+        get_method("ssf").merge(model)
+    message = str(info.value)
+    assert "ssf cannot fold its scale and shift into blocks.0.attn.qkv" in message
+    assert "peft.tuners.lora.layer.Linear, not a plain layer" in message and "\n" not in message
+
+
+def _perturbed(method, model):
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    return torch.randn(2, 3, 32, 32, generator=generator)
+
+
+def test_a_composition_whose_merge_fails_is_refused():
+    """peft nests IA3's layer around LoRA's (the nesting the structural rule refuses, built here by
+    hand); LoRA's merge then merges IA3's layer through LoRA's and breaks the module tree."""
+    method = resolve_entry("lora+ia3")
+    model = TINY["vit"]()
+    for part, (_, c) in zip(method.parts, make_config(method).parts, strict=True):
+        model = part.apply(model, c)
+    x = _perturbed(method, model)
+    with pytest.raises(MethodError) as info:
+        method.check_merged_outputs(model.eval(), x, TINY["vit"]())
+    message = str(info.value)
+    assert message.startswith("composition 'lora+ia3' cannot be merged (") and "\n" not in message
+
+
+def test_merged_outputs_are_compared_with_the_unmerged_model():
+    """The check compares logits: lora+ssf with LoRA's dropout active is not the function its merge
+    computes, and is refused; in eval mode it merges exactly."""
+    method = resolve_entry("lora[dropout=0.5]+ssf")
+    model = method.apply(TINY["vit"](), make_config(method))
+    x = _perturbed(method, model)
+    method.check_merged_outputs(model.eval(), x, TINY["vit"]())
+    with pytest.raises(MethodError, match="merging its parts in order changes the outputs by"):
+        method.check_merged_outputs(model.train(), x, TINY["vit"]())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,6 +332,7 @@ def test_a_part_bypassed_by_another_is_refused():
         ("nope[rank=2]", "unknown method 'nope'"),
         ("lora,lora[rank=4", "a [ is never closed"),
         ("lora+ia3", "composition 'lora+ia3': lora and ia3 both change module"),
+        ("ssf+lora", "composition 'ssf+lora': lora cannot adapt the layers ssf placed"),
     ],
 )
 def test_cli_refuses_bad_entries_in_one_line(cli, tmp_path: Path, methods: str, says: str):
@@ -287,33 +390,45 @@ def test_cli_methods_budget_and_info_take_entries(cli):
 
 @pytest.mark.slow
 def test_demo_sweep_with_variants_and_a_composition(cli, workdir: Path):
-    args = ("run", "--suite", "demo", "--methods", "lora,lora[rank=2],karst+bitfit", "--seeds", "1", "--epochs", "1")
+    args = (
+        "run",
+        "--suite",
+        "demo",
+        "--methods",
+        "lora,lora[rank=2],karst+bitfit,lora+ssf",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+    )
     code, out, err = cli(*args)
     assert code == 0, err
-    assert "3 run(s) trained, 0 already finished" in out
+    assert "4 run(s) trained, 0 already finished" in out
     runs = Tracker(default_tracking_uri(workdir)).search("bench/demo")
     tags = {r.data.tags["bench.method"]: r for r in runs}
-    assert set(tags) == {"lora", "lora[rank=2]", "karst+bitfit"}
-    assert len({r.data.tags["bench.run_key"] for r in runs}) == 3
+    assert set(tags) == {"lora", "lora[rank=2]", "karst+bitfit", "lora+ssf"}
+    assert len({r.data.tags["bench.run_key"] for r in runs}) == 4
     assert {m: r.data.tags["bench.method_base"] for m, r in tags.items()} == {
         "lora": "lora",
         "lora[rank=2]": "lora",
         "karst+bitfit": "karst+bitfit",
+        "lora+ssf": "lora+ssf",
     }
-    # the composition's trainable count is the sum of its parts' on the demo backbone
+    # each composition's trainable count is the sum of its parts' on the demo backbone (SSF wraps LoRA's qkv)
     from bench.backbone import backbone_spec
 
     spec = backbone_spec("vit_demo_tiny", 32)
-    parts = sum(get_method(n).count(spec, make_config(get_method(n))) for n in ("karst", "bitfit"))
-    assert tags["karst+bitfit"].data.metrics["params/trainable"] == parts
+    for label in ("karst+bitfit", "lora+ssf"):
+        parts = sum(get_method(n).count(spec, make_config(get_method(n))) for n in label.split("+"))
+        assert tags[label].data.metrics["params/trainable"] == parts
     lora = get_method("lora")
     assert tags["lora[rank=2]"].data.metrics["params/trainable"] == lora.count(spec, make_config(lora, {"rank": 2}))
 
     code, out, err = cli("runs", "--suite", "demo", "--json")
-    assert code == 0 and {r["method"] for r in json.loads(out)} == {"lora", "lora[rank=2]", "karst+bitfit"}
+    assert code == 0 and {r["method"] for r in json.loads(out)} == {"lora", "lora[rank=2]", "karst+bitfit", "lora+ssf"}
 
     code, out, err = cli(*args)  # rerun: every run is found, nothing trains
-    assert code == 0 and "0 run(s) trained, 3 already finished and reused" in out
+    assert code == 0 and "0 run(s) trained, 4 already finished and reused" in out
 
 
 def test_a_composition_meets_a_budget_on_its_total_not_on_the_fitted_part_alone():
