@@ -203,13 +203,11 @@ class Composition(Composite):
         layer, but SSF wraps LoRA's), drop one part otherwise."""
         part, earlier = self.parts[index], self.parts[:index]
         placers = ", ".join(dict.fromkeys(label for label, _ in trained.values())) or earlier[0].name
-        head = (
-            f"composition {self.name!r}: {part.name} cannot adapt the layers {placers} placed "
-            f"({type(exc).__name__}: {_first_words(exc)})"
-        )
+        head = f"composition {self.name!r}: {part.name} cannot adapt the layers {placers} placed"
         wrapper = next((p for p in earlier if p.wraps_whole_layers), None)
         if wrapper is None:
-            return head + "; they collide: drop one of them"
+            return f"{head} ({type(exc).__name__}: {_first_words(exc)}); they collide: drop one of them"
+        # the library's own words (a module's repr) add nothing to what the user must do: reorder
         order = "+".join(p.name for p in self.parts if p is not wrapper) + "+" + wrapper.name
         return f"{head}; {wrapper.name} wraps other parts' layers as a whole, so write it last: {order!r}"
 
