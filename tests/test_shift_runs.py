@@ -138,7 +138,7 @@ def test_suite_summary_matches_a_recomputation_resumes_and_leaves_out_what_it_ca
     # another image sample is measured afresh
     code, stdout, err = cli_in(workdir, *args[:4], "--methods", METHODS[0], "--images", "6", "--device", "cpu")
     assert code == 0 and "4 run(s) measured, 0 read back" in stdout, err
-    assert "mean of 2 tasks" in stdout and "W1 karst" in stdout
+    assert "feature shift against the frozen backbone: mean of 2 tasks" in stdout and "blocks.3" in stdout
 
 
 @pytest.mark.slow
