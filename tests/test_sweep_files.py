@@ -216,3 +216,23 @@ def test_preset_epochs_is_the_epochs_option(tmp_path: Path):
     twice = _write(tmp_path / "t.yaml", "suite: demo\nmethods: [lora]\nepochs: 4\npreset: {epochs: 5}\n")
     with pytest.raises(BenchError, match="sets epochs twice"):
         file_options(load_sweep_file(twice), "run")
+
+
+ABLATIONS = [p for p in CONFIGS if "rst_ablation" in p.name or "kernels_factor_grid" in p.name]
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.name)
+def test_each_ablation_config_holds_its_base_once_and_only_variants_of_it(path: Path):
+    """The report's ablation table needs the base (plain `karst`) next to its variants."""
+    from bench.method_entries import resolve_methods
+    from methods.base import make_config
+    from methods.composition import base_name
+
+    entries = resolve_methods(load_sweep_file(path).methods)
+    assert [m.name for m in entries].count("karst") == 1
+    assert {base_name(m) for m in entries} == {"karst"}
+    if "grid" in path.name:  # the nine cells N x m, the paper's N = 2, m = 8 being the base
+        cells = {(make_config(m).kernels, make_config(m).factor) for m in entries}
+        assert cells == {(n, m) for n in (1, 2, 4) for m in (4, 8, 16)}
+        base = make_config(next(m for m in entries if m.name == "karst"))
+        assert (base.kernels, base.factor) == (2, 8)
