@@ -212,9 +212,10 @@ class Composition(Composite):
         return f"{head}; {wrapper.name} wraps other parts' layers as a whole, so write it last: {order!r}"
 
     def check_parts_act(self, config: CompositionConfig, family: str) -> None:
-        """Refuse the composition if a part's tensor has no effect once every part is applied (one
-        part bypasses another: LN-tuning computes with copies of the norms whose biases BitFit
-        trains), or, where every part merges, if merging the parts in order changes the outputs.
+        """Refuse the composition if a part's tensor takes no part in the forward pass once every part
+        is applied (it gets no gradient at all: one part bypasses another, as LN-tuning computes with
+        copies of the norms whose biases BitFit trains), or, where every part merges, if merging the
+        parts in order changes the outputs.
         Checked on the tiny random backbone of ``family`` (``methods.conformance``), with every
         trainable tensor moved off its init so zero-initialised factors count; seconds on a CPU."""
         import torch
@@ -232,7 +233,11 @@ class Composition(Composite):
         model.train()
         model(x).square().sum().backward()
         for n, p in trainable:
-            if p.grad is None or not bool(p.grad.abs().sum() > 0):
+            # Only a tensor the forward pass never reaches is bypassed. One it reaches may still get a
+            # gradient of exactly 0 on its own terms: GLoRA's scalar bias offset E on a layer that
+            # writes into the residual stream adds one constant to every channel, which the next
+            # LayerNorm removes, in every model it is part of.
+            if p.grad is None:
                 others = ", ".join(q.name for q in self.parts if q.name != owners[n])
                 raise MethodError(
                     f"composition {self.name!r}: {owners[n]}'s tensor {n} has no effect once {others} is applied "

@@ -239,6 +239,28 @@ def test_a_part_bypassed_by_another_is_refused(text: str, says: str):
     assert says in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_tensor_inert_by_its_own_construction_is_not_a_collision():
+    """GLoRA's scalar E on attn.proj adds one constant to every channel of the residual stream, which
+    every LayerNorm reading it removes: its gradient is 0 up to rounding in GLoRA alone. Composed with
+    BitFit, nothing is bypassed, and the composition is accepted."""
+    glora = get_method("glora")
+    model = glora.apply(TINY["vit"](), make_config(glora))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    model(torch.randn(2, 3, 32, 32, generator=generator)).square().sum().backward()
+    scale = max(float(p.grad.abs().max()) for p in model.parameters() if p.grad is not None)
+    grads = {n: float(p.grad.abs().max()) for n, p in model.named_parameters() if n.endswith("glora_E.default.X")}
+    inert = [g for n, g in grads.items() if ".attn.proj." in n or ".mlp.fc2." in n]
+    acting = [g for n, g in grads.items() if ".mlp.fc1." in n]  # fc1's output goes through the GELU
+    assert len(inert) == 2 * len(model.blocks) and max(inert) < 1e-5 * scale < 1e-3 * scale < min(acting)
+    for text in ("bitfit+glora", "glora+bitfit"):
+        method = resolve_entry(text)
+        method.check_parts_act(make_config(method), "vit")  # no refusal
+
+
 # ------------------------------------------------------------------------------------------------
 # a part that wraps an earlier part's layer as a whole: SSF after LoRA
 
