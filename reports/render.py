@@ -581,11 +581,12 @@ PARAMS_COLUMN = "Trainable params (head excl.)"
 
 def ablation_table(ab: Ablation, style: Style) -> pd.DataFrame:
     """Rows: the base, then its variants. Columns: parameters, accuracy with its interval, Δ to the
-    base with its interval, and the test (Wilcoxon with Holm over tasks; Welch on one task)."""
+    base with its interval, and the test (Wilcoxon over tasks, Welch on one task; Holm-adjusted over
+    the base's variants either way)."""
     agg = ab.agg
     acc_col = "Mean (%) ± 95% t" if agg.single_task else f"{agg.headline} (%) [95% CI]"
     delta = f"Δ vs {ab.base} (pp) " + ("[95% Welch CI]" if agg.single_task else "[95% CI]")
-    test = "Welch p" if agg.single_task else "Wilcoxon p (Holm)"
+    test = "Welch p (Holm)" if agg.single_task else "Wilcoxon p (Holm)"
     comp = agg.comparisons.set_index("method") if len(agg.comparisons) else pd.DataFrame()
     marks = stats.mark_best(100 * ab.rows["estimate"].to_numpy(dtype=float), DECIMALS)
     rows = {}
@@ -605,7 +606,7 @@ def ablation_table(ab: Ablation, style: Style) -> pd.DataFrame:
             row.update(
                 {
                     delta: f"{signed(c['diff'])} [{signed(c['diff_low'])}, {signed(c['diff_high'])}]",
-                    test: fmt_p(c["welch_p"], style),
+                    test: f"{fmt_p(c['welch_p'], style)} ({fmt_p(c['holm_p'], style)})",
                 }
             )
         else:
@@ -631,8 +632,8 @@ def ablation_caption(ab: Ablation, n_seeds: int) -> str:
     if agg.single_task:
         return (
             f"Ablation of {ab.base} on {agg.tasks[0]}: each variant against {ab.base}, over {plural(n_seeds, 'seed')}. "
-            f"Accuracy: mean ± 95 % Student-t half-width; Δ with its 95 % Welch t-interval and the Welch p. "
-            "Parameters exclude the classification head."
+            f"Accuracy: mean ± 95 % Student-t half-width; Δ with its 95 % Welch t-interval and the Welch p, "
+            f"Holm-adjusted over the variants of {ab.base}. Parameters exclude the classification head."
         )
     return (
         f"Ablation of {ab.base}: each variant against {ab.base} over {plural(len(agg.tasks), 'task')} "

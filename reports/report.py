@@ -516,8 +516,8 @@ def _figures(report: Report, out: Path) -> list[Path]:
 
 def ablation_frame(report: Report) -> pd.DataFrame:
     """Every ablation row of the report (all budgets): budget, base, method, params, the headline
-    estimate and interval, Δ to the base with its interval, and the test's p (Holm-adjusted where
-    there are several tasks)."""
+    estimate and interval, Δ to the base with its interval, and the test's p with its Holm
+    adjustment over the base's variants."""
     rows = []
     for part in report.parts or [report]:
         for ab in part.ablations:
@@ -528,6 +528,6 @@ def ablation_frame(report: Report) -> pd.DataFrame:
                     c = comp.loc[r["method"]]
                     row.update(diff=c["diff"], diff_low=c["diff_low"], diff_high=c["diff_high"])
                     row["p"] = c["welch_p"] if ab.agg.single_task else c["wilcoxon_p"]
-                    row["p_holm"] = float("nan") if ab.agg.single_task else c["holm_p"]
+                    row["p_holm"] = c["holm_p"]
                 rows.append(row)
     return pd.DataFrame(rows)

@@ -447,6 +447,8 @@ def ablations(runs: ReportRuns) -> list[Ablation]:
                         "high": ci.high,
                     }
                 )
+        if agg.single_task and len(agg.comparisons):  # several variants: their Welch tests are a family
+            agg.comparisons["holm_p"] = stats.holm(agg.comparisons["welch_p"].to_numpy())
         if rows:  # no complete task: nothing to compare on
             out.append(Ablation(base, variants, agg, pd.DataFrame(rows)))
     return out

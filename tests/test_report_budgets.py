@@ -274,9 +274,20 @@ def test_one_task_ablation_uses_the_welch_interval(tmp_path: Path):
     comp = karst.agg.comparisons.set_index("method").loc["karst[rescale=none]"]
     ci = welch.confidence_interval(0.95)
     assert (comp["diff_low"], comp["diff_high"], comp["welch_p"]) == pytest.approx((ci.low, ci.high, welch.pvalue))
-    write_report(report, tmp_path / "rep", formats=("md",))
+    # the two variants' Welch tests are one family: Holm-adjusted, as statsmodels computes it
+    from statsmodels.stats.multitest import multipletests
+
+    variants = ["karst[factor=16,kernels=4]", "karst[rescale=none]"]
+    welch_p = [sps.ttest_ind(acc[v], acc["karst"], equal_var=False).pvalue for v in variants]
+    expected = multipletests(welch_p, method="holm")[1]
+    comps = karst.agg.comparisons.set_index("method")
+    assert [comps.loc[v, "holm_p"] for v in variants] == pytest.approx(expected)
+    write_report(report, tmp_path / "rep", formats=("md", "csv"))
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "Δ vs karst (pp) [95% Welch CI]" in md and "One task: the only interval is the t-interval" in md
+    assert "Welch p (Holm)" in md and "Holm-adjusted over the variants of karst" in md
+    ablation = pd.read_csv(tmp_path / "rep" / "ablation.csv").set_index("method")
+    assert [ablation.loc[v, "p_holm"] for v in variants] == pytest.approx(expected)
 
 
 @pytest.mark.slow
