@@ -671,6 +671,24 @@ def runs_cmd(
     out.print(table)
 
 
+def _run_selection(
+    suite: str, stage: str, methods: str | None, budget: str | None, hparams: str | None
+) -> dict[str, Any]:
+    """The finished runs ``bench report`` and ``bench analyze shift --suite`` select, as
+    :func:`reports.runs.load_runs` keywords; each bad option refused in one line."""
+    import suites
+
+    suites.get_suite(suite)  # an unknown suite name fails with the list of suites
+    if stage not in ("final", "tune"):
+        raise BenchError(f"--stage {stage!r} must be final or tune")
+    if hparams not in (None, "published", "tuned", "override"):
+        raise BenchError(f"--hparams {hparams!r} must be published, tuned or override")
+    selected_budget: int | str | None = None
+    if budget is not None:
+        selected_budget = "published" if budget.strip().lower() == "published" else _budget(budget)
+    return {"methods": split_methods(methods), "budget": selected_budget, "hparams": hparams}
+
+
 @app.command(
     "report",
     epilog=examples(
@@ -705,20 +723,11 @@ def report_cmd(
     ),
 ) -> None:
     """Tables (Markdown, LaTeX, CSV) and figures with CIs and significance tests from finished runs."""
-    import suites
     from reports.report import build_report, write_report
     from reports.runs import load_runs, runs_from_results_csv
 
-    suites.get_suite(suite)  # an unknown suite name fails with the list of suites
-    if stage not in ("final", "tune"):
-        raise BenchError(f"--stage {stage!r} must be final or tune")
-    if hparams not in (None, "published", "tuned", "override"):
-        raise BenchError(f"--hparams {hparams!r} must be published, tuned or override")
-    selected_budget: int | str | None = None
-    if budget is not None:
-        selected_budget = "published" if budget.strip().lower() == "published" else _budget(budget)
+    selection = _run_selection(suite, stage, methods, budget, hparams)
     formats = tuple(_split(format_) or [])
-    selection = {"methods": split_methods(methods), "budget": selected_budget, "hparams": hparams}
     if results_csv is not None:
         runs = runs_from_results_csv(results_csv, suite, stage, **selection)
     else:
@@ -834,15 +843,9 @@ def analyze_shift_cmd(
 ) -> None:
     """Per-block feature shift against the frozen backbone: of one run (and a second), or of a suite's
     runs summarised per method with intervals over seeds and tasks."""
-    options = {
-        "images": images,
-        "tokens_per_image": tokens_per_image,
-        "batch_size": batch_size,
-        "device": device,
-        "checkpoint": checkpoint,
-        "data_root": data_root,
-        "workdir": State.workdir,
-    }
+    from .shift import ShiftSettings
+
+    settings = ShiftSettings(images, tokens_per_image, batch_size, device, checkpoint, data_root)
     if run is not None:
         given = [f"--{n}" for n, v in (("suite", suite), ("methods", methods), ("reference", reference),
                                        ("budget", budget), ("hparams", hparams)) if v is not None]  # fmt: skip
@@ -851,19 +854,22 @@ def analyze_shift_cmd(
                 f"{given[0]} selects many runs but RUN {run!r} names one; drop RUN to summarise a suite, "
                 f"or drop {given[0]}"
             )
-        _analyze_one_run(run, against, out_dir, tracking_uri, options)
+        _analyze_one_run(run, against, out_dir, tracking_uri, settings)
         return
     if suite is None:
         raise BenchError("name a RUN to analyze, or pass --suite to summarise a suite's runs")
     if against is not None:
         raise BenchError("--against compares two runs; with --suite every method is compared with --reference instead")
-    _analyze_suite(suite, methods, reference, budget, hparams, stage, out_dir, tracking_uri, options)
+    selection = _run_selection(suite, stage, methods, budget, hparams)
+    _analyze_suite(suite, stage, selection, reference, out_dir, tracking_uri, settings)
 
 
-def _analyze_one_run(run: str, against: str | None, out_dir: Path | None, tracking_uri: str | None, options) -> None:
+def _analyze_one_run(run: str, against: str | None, out_dir: Path | None, tracking_uri: str | None, settings) -> None:
     from .shift import analyze_shift, summary_table
 
-    result = analyze_shift(_tracker(tracking_uri), run, against=against, out=out_dir, **options)
+    result = analyze_shift(
+        _tracker(tracking_uri), run, against=against, out=out_dir, workdir=State.workdir, settings=settings
+    )
     out.print(summary_table(result))
     out.print(
         f"wrote {', '.join(result.files)} to {result.folder}; logged to run {result.run.label} "
@@ -871,37 +877,26 @@ def _analyze_one_run(run: str, against: str | None, out_dir: Path | None, tracki
     )
 
 
-def _analyze_suite(suite, methods, reference, budget, hparams, stage, out_dir, tracking_uri, options) -> None:
-    import suites
-
+def _analyze_suite(suite, stage, selection, reference, out_dir, tracking_uri, settings) -> None:
     from .shift_runs import analyze_shift_runs, summary_table
 
-    suites.get_suite(suite)  # an unknown suite name fails with the list of suites
-    if stage not in ("final", "tune"):
-        raise BenchError(f"--stage {stage!r} must be final or tune")
-    if hparams not in (None, "published", "tuned", "override"):
-        raise BenchError(f"--hparams {hparams!r} must be published, tuned or override")
-    selected_budget: int | str | None = None
-    if budget is not None:
-        selected_budget = "published" if budget.strip().lower() == "published" else _budget(budget)
     result = analyze_shift_runs(
         _tracker(tracking_uri),
         suite,
         stage=stage,
-        methods=split_methods(methods),
+        selection=selection,
         reference=reference,
-        budget=selected_budget,
-        hparams=hparams,
         out=out_dir,
+        workdir=State.workdir,
+        settings=settings,
         progress=lambda line: err.print(escape(line), highlight=False, soft_wrap=True),
-        **options,
     )
     out.print(summary_table(result))
     for line in result.skipped:
         err.print(f"[yellow]left out:[/] {escape(line)}", soft_wrap=True)
     out.print(
-        f"{result.computed} run(s) measured, {result.reused} read back from their logged analysis; "
-        f"wrote {', '.join(result.files)} to {result.folder}"
+        f"{result.runs_from('computed')} run(s) measured, {result.runs_from('reused')} read back from their "
+        f"logged analysis; wrote {', '.join(result.files)} to {result.folder}"
     )
 
 

@@ -50,6 +50,34 @@ BLOCK_COLUMNS = [
 CHANNEL_COLUMNS = ["model", "block", "index", "stage", "channel", "mean", "std"]
 
 
+@dataclass(frozen=True)
+class ShiftSettings:
+    """How the features are measured: which images and tokens, on what device, from which files.
+    Checked when made, so a bad option stops the command before any run is rebuilt."""
+
+    images: int = 512  # evenly spaced over the evaluation split; 0: all
+    tokens_per_image: int = 8  # W1 token sample per image; 0: all tokens
+    batch_size: int = 64
+    device: str = "auto"
+    checkpoint: Path | None = None
+    data_root: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.images < 2 and self.images != 0:
+            raise BenchError(
+                f"--images {self.images} is too few: CKA compares at least 2 images; pass 2 or more (0: all)"
+            )
+        if self.batch_size < 1:
+            raise BenchError(f"--batch-size {self.batch_size} must be at least 1")
+        if self.tokens_per_image < 0:
+            raise BenchError(f"--tokens-per-image {self.tokens_per_image} must be 0 (all tokens) or more")
+
+    @property
+    def sample(self) -> dict[str, Any]:
+        """What ``shift.json`` records of the image and token sample; equal samples give equal analyses."""
+        return {"images_requested": self.images, "tokens_per_image": self.tokens_per_image or "all"}
+
+
 @dataclass
 class Block:
     path: str  # "blocks.3" or "layers.2.blocks.5"
@@ -137,8 +165,6 @@ def find_module(model: nn.Module, path: str) -> nn.Module:
 
 
 def image_rows(total: int, images: int) -> np.ndarray:
-    if images < 2 and images != 0:
-        raise BenchError(f"--images {images} is too few: CKA compares at least 2 images; pass 2 or more (0: all)")
     rows = evenly_spaced(total, images)
     if len(rows) < 2:
         raise BenchError(f"the evaluation split holds {total} image(s); the analysis needs at least 2")
@@ -288,12 +314,7 @@ def analyze_shift(
     against: str | None = None,
     out: Path | None = None,
     workdir: Path = Path("runs"),
-    images: int = 512,
-    tokens_per_image: int = 8,
-    batch_size: int = 64,
-    device: str = "auto",
-    checkpoint: Path | None = None,
-    data_root: Path | None = None,
+    settings: ShiftSettings = ShiftSettings(),
 ) -> ShiftResult:
     """Measure the feature shift of run ``ref`` (and ``against``), write CSV, figure and JSON into
     ``out``, and log them to ``ref``'s MLflow run (its status and metrics are left as they are)."""
@@ -303,17 +324,14 @@ def analyze_shift(
     from .tracking import csv_text
     from .train import Normalize
 
-    if batch_size < 1:
-        raise BenchError(f"--batch-size {batch_size} must be at least 1")
-    if tokens_per_image < 0:
-        raise BenchError(f"--tokens-per-image {tokens_per_image} must be 0 (all tokens) or more")
-    dev = resolve_device(device)
+    checkpoint = settings.checkpoint
+    dev = resolve_device(settings.device)
     client = tracker.client
     run = export.load_stored_run(client, export.find_run(client, ref))
     other = export.load_stored_run(client, export.find_run(client, against)) if against else None
     if other is not None:
         check_comparable(run, other)
-    pixels, rows = load_images(run, images, data_root)
+    pixels, rows = load_images(run, settings.images, settings.data_root)
 
     name_a, name_b = _names(run, other)
     frozen = export.frozen_backbone(run, checkpoint, seed=run.spec["seed"]).eval()
@@ -330,7 +348,7 @@ def analyze_shift(
     normalize = Normalize(tuple(norm["mean"]), tuple(norm["std"])).to(dev)
 
     started = time.time()
-    feats = gather(models, blocks, prefix, pixels, normalize, dev, batch_size, tokens_per_image)
+    feats = gather(models, blocks, prefix, pixels, normalize, dev, settings.batch_size, settings.tokens_per_image)
     block_rows, channel_rows = compare(feats, blocks, pairs)
     seconds = time.time() - started
 
@@ -340,10 +358,9 @@ def analyze_shift(
         "run": _describe(run, name_a),
         "against": _describe(other, name_b) if other is not None else None,
         "images": len(rows),
-        "images_requested": images,  # what a later summary over many runs compares to reuse this analysis
+        **settings.sample,  # what a later summary over many runs compares to reuse this analysis
         "split_examples": len(run.predictions),
         "image_rows": "evenly spaced over the split" if len(rows) < len(run.predictions) else "all",
-        "tokens_per_image": tokens_per_image or "all",
         "pairs": [f"{a} vs {b}" for a, b in pairs],
         "device": str(dev),
         "precision": "fp32",

@@ -28,7 +28,7 @@ from reports.feature_shift import SHIFT_METRICS, shift_figure, summarize_shift, 
 
 from . import __version__, schema
 from .errors import BenchError
-from .shift import FROZEN, analyze_shift
+from .shift import FROZEN, ShiftSettings, analyze_shift
 
 RUN_COLUMNS = ["method", "task", "shots", "seed", "run_key", "block", "index", "stage", *SHIFT_METRICS, "source"]
 
@@ -40,14 +40,16 @@ class ShiftSummary:
     methods: list[str]  # the reference first
     headline: str  # the scope of the main figure
     folder: Path
-    files: list[str]
-    computed: int = 0
-    reused: int = 0
     skipped: list[str] = field(default_factory=list)  # "label: why", one per run left out
-    backbone: str = ""
+    files: list[str] = field(default_factory=list)
+
+    def runs_from(self, source: str) -> int:
+        """How many runs were ``computed`` now, or ``reused`` from their logged analysis."""
+        runs = self.per_run.drop_duplicates("run_key")
+        return int((runs["source"] == source).sum())
 
 
-def stored_blocks(client: Any, run_id: str, images: int, tokens_per_image: int) -> list[dict] | None:
+def stored_blocks(client: Any, run_id: str, settings: ShiftSettings) -> list[dict] | None:
     """The run's logged analysis against the frozen backbone, if it was made with the same image
     and token sample; None otherwise."""
     try:
@@ -59,8 +61,7 @@ def stored_blocks(client: Any, run_id: str, images: int, tokens_per_image: int) 
         return None
     with tempfile.TemporaryDirectory() as tmp:
         info = json.loads(Path(client.download_artifacts(run_id, wanted[0], tmp)).read_text())
-        sample = (info.get("images_requested"), info.get("tokens_per_image"))
-        if sample != (images, tokens_per_image or "all"):
+        if any(info.get(key) != value for key, value in settings.sample.items()):
             return None
         blocks = pd.read_csv(client.download_artifacts(run_id, wanted[1], tmp))
     mine = blocks[(blocks["model_a"] == info["run"]["name"]) & (blocks["model_b"] == FROZEN)]
@@ -96,117 +97,102 @@ def analyze_shift_runs(
     suite: str,
     *,
     stage: str = "final",
-    methods: list[str] | None = None,
+    selection: dict[str, Any] | None = None,
     reference: str | None = None,
-    budget: int | str | None = None,
-    hparams: str | None = None,
     out: Path | None = None,
     workdir: Path = Path("runs"),
-    images: int = 512,
-    tokens_per_image: int = 8,
-    batch_size: int = 64,
-    device: str = "auto",
-    checkpoint: Path | None = None,
-    data_root: Path | None = None,
+    settings: ShiftSettings = ShiftSettings(),
     progress: Callable[[str], None] = lambda line: None,
 ) -> ShiftSummary:
-    """Measure (or read back) every selected run's feature shift and write the summary to ``out``."""
+    """Measure (or read back) every selected run's feature shift and write the summary to ``out``.
+
+    ``selection``: what :func:`reports.runs.load_runs` selects by (``methods``, ``budget``, ``hparams``)."""
     from reports.runs import budget_label, load_runs
 
-    runs = load_runs(tracker, suite, stage, methods=methods, budget=budget, hparams=hparams)
-    if budget is None and len(runs.budgets) > 1:
+    selection = selection or {}
+    runs = load_runs(tracker, suite, stage, **selection)
+    if selection.get("budget") is None and len(runs.budgets) > 1:
         labels = ", ".join(budget_label(b) for b in runs.budgets)
         raise BenchError(f"the runs of suite {suite!r} hold several budgets ({labels}); pass --budget to pick one")
-    order = runs.methods if methods is None else [m for m in methods if m in runs.methods]
+    wanted = selection.get("methods")
+    order = runs.methods if not wanted else [m for m in wanted if m in runs.methods]
     reference = reference or order[0]
     if reference not in order:
         raise BenchError(f"--reference {reference!r} has no selected runs; choose one of {', '.join(order)}")
-    order = [reference] + [m for m in order if m != reference]
 
     folder = out or workdir / "analysis" / f"shift-{suite}"
     rows: list[dict] = []
-    backbone = str(runs.frame["backbone"].iloc[0])
-    result = ShiftSummary(pd.DataFrame(), pd.DataFrame(), order, "", folder, [], backbone=backbone)
+    skipped: list[str] = []
     frame = runs.frame.sort_values(["method", "task", "shots", "seed"])
     for i, run in enumerate(frame.itertuples(index=False), start=1):
-        label = _label(run)
-        blocks = stored_blocks(tracker.client, run.run_id, images, tokens_per_image)
+        label, step = _label(run), f"[{i}/{len(frame)}]"
+        blocks = stored_blocks(tracker.client, run.run_id, settings)
         if blocks is not None:
             rows += _per_run_rows(run, blocks, "reused")
-            result.reused += 1
-            progress(f"[{i}/{len(frame)}] {label}: logged analysis reused")
+            progress(f"{step} {label}: logged analysis reused")
             continue
         try:
             one = analyze_shift(
-                tracker,
-                run.run_id,
-                out=folder / "runs" / label.replace("/", "-"),
-                workdir=workdir,
-                images=images,
-                tokens_per_image=tokens_per_image,
-                batch_size=batch_size,
-                device=device,
-                checkpoint=checkpoint,
-                data_root=data_root,
+                tracker, run.run_id, out=folder / "runs" / label.replace("/", "-"), workdir=workdir, settings=settings
             )
         except BenchError as exc:  # one run that cannot be measured leaves the others' summary intact
-            result.skipped.append(f"{label}: {exc}")
-            progress(f"[{i}/{len(frame)}] {label}: left out ({exc})")
+            skipped.append(f"{label}: {exc}")
+            progress(f"{step} {label}: left out ({exc})")
             continue
         rows += _per_run_rows(run, one.blocks, "computed")
-        result.computed += 1
-        progress(f"[{i}/{len(frame)}] {label}: measured in {one.info['seconds']} s")
+        progress(f"{step} {label}: measured in {one.info['seconds']} s")
     if not rows:
         raise BenchError(
-            f"none of the {len(frame)} selected run(s) could be measured; the first: {result.skipped[0]}"
-            if result.skipped
+            f"none of the {len(frame)} selected run(s) could be measured; the first: {skipped[0]}"
+            if skipped
             else f"no runs of suite {suite!r} to analyze"
         )
 
     per_run = pd.DataFrame(rows, columns=RUN_COLUMNS)
-    order = [m for m in order if m in set(per_run["method"])]
-    if reference not in order:
+    measured = set(per_run["method"])
+    if reference not in measured:
         raise BenchError(f"no run of the reference {reference!r} could be measured; pass another --reference")
+    order = [reference] + [m for m in order if m != reference and m in measured]
     summary = summarize_shift(per_run, order)
     scopes = list(dict.fromkeys(summary["scope"]))
     headline = next((s for s in scopes if s.startswith("mean of")), scopes[0])
-    result.summary, result.per_run, result.methods, result.headline = summary, per_run, order, headline
-    _write(result, suite, stage, images, tokens_per_image)
+    result = ShiftSummary(summary, per_run, order, headline, folder, skipped)
+    backbone = str(runs.frame["backbone"].iloc[0])
+    result.files = _write(result, suite, stage, backbone, settings)
     return result
 
 
-def _write(result: ShiftSummary, suite: str, stage: str, images: int, tokens_per_image: int) -> None:
+def _write(result: ShiftSummary, suite: str, stage: str, backbone: str, settings: ShiftSettings) -> list[str]:
+    """Write the CSVs, one figure per scope and the JSON into ``result.folder``; the file names."""
     folder = result.folder
     folder.mkdir(parents=True, exist_ok=True)
     result.per_run.to_csv(folder / schema.SHIFT_RUNS_CSV, index=False)
     result.summary.to_csv(folder / schema.SHIFT_SUMMARY_CSV, index=False)
-    files = [schema.SHIFT_RUNS_CSV, schema.SHIFT_SUMMARY_CSV]
-    scopes = list(dict.fromkeys(result.summary["scope"]))
-    for scope in scopes:
+    files = [schema.SHIFT_RUNS_CSV, schema.SHIFT_SUMMARY_CSV, schema.SHIFT_SUMMARY_INFO]
+    for scope in dict.fromkeys(result.summary["scope"]):
         stem = "shift_summary" if scope == result.headline else "shift_" + scope.replace(" ", "_").replace("=", "")
         paths = [folder / f"{stem}.png", folder / f"{stem}.pdf"]
-        title = f"{result.backbone} on {suite}: {scope}, against the frozen backbone (95 % intervals)"
+        title = f"{backbone} on {suite}: {scope}, against the frozen backbone (95 % intervals)"
         shift_figure(summary_series(result.summary, scope), paths, title, series="series")
         files += [p.name for p in paths]
     info = {
         "suite": suite,
-        "backbone": result.backbone,
+        "backbone": backbone,
         "stage": stage,
         "methods": result.methods,
         "reference": result.methods[0],
         "headline": result.headline,
-        "runs_measured": result.computed,
-        "runs_reused": result.reused,
+        "runs_measured": result.runs_from("computed"),
+        "runs_reused": result.runs_from("reused"),
         "runs_left_out": result.skipped,
-        "images_requested": images,
-        "tokens_per_image": tokens_per_image or "all",
+        **settings.sample,
         "metrics": list(SHIFT_METRICS),
         "against": FROZEN,
         "bench_version": __version__,
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
     }
     (folder / schema.SHIFT_SUMMARY_INFO).write_text(json.dumps(info, indent=2) + "\n")
-    result.files = sorted([*files, schema.SHIFT_SUMMARY_INFO])
+    return sorted(files)
 
 
 def summary_table(result: ShiftSummary) -> Any:

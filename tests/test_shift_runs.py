@@ -156,6 +156,9 @@ def test_suite_summary_refusals_are_one_line_each(sweep, cli_in):
         "--suite", "tinyfolder", "--against", "karst/alpha/s0"
     )
     assert "unknown suite 'nope'" in fails("--suite", "nope")
+    # a bad measurement option stops the command before any run is rebuilt (no progress line)
+    assert "--tokens-per-image -1 must be 0" in fails("--suite", "tinyfolder", "--tokens-per-image", "-1")
+    assert "--images 1 is too few" in fails("--suite", "tinyfolder", "--images", "1")
     err = fails("--suite", "tinyfolder", "--methods", "karst", "--reference", "lora")
     assert "--reference 'lora' has no selected runs" in err
     # every run left out: one progress line per run, then the error in one line
