@@ -11,12 +11,21 @@ The protocol rules live here and nowhere else:
 
 Speed on CUDA: the frozen backbone tensors are held in bf16 while training (they never
 change; trainable tensors and the optimiser stay fp32), and their fp32 originals are put back
-before evaluation and merging. The training step's forward (normalisation, model, loss and the
-count of correct predictions) is one compiled function; ``compile_mode`` says how
-(:data:`COMPILE_MODES`). The last, smaller batch of an epoch runs the same function eagerly on
-the same parameters, so no epoch triggers a recompile for a new shape. Compiled state is reset at
-the start of every run: a sweep runs many models in one process, and dynamo's per-code-object
-cache would otherwise fill with earlier runs' models and fall back to eager after its limit.
+before evaluation and merging. The training step's forward up to the classifier (normalisation
+and the model without its head) is one compiled function; ``compile_mode`` says how
+(:data:`COMPILE_MODES`). The classifier, the loss and the count of correct predictions run
+eagerly after it: they are the only parts whose shapes depend on the task's class count, so one
+compiled graph serves every task of a method and backbone. The last, smaller batch of an epoch
+runs the same function eagerly on the same parameters, so no epoch triggers a recompile for a new
+shape. Dynamo's in-process state is reset at the start of every run (a sweep runs many models in
+one process, and its per-code-object cache would otherwise fill with earlier runs' models and fall
+back to eager after its limit); the compiled graphs themselves come back from Inductor's on-disk
+caches (:mod:`bench.compile_cache`), so a run of a method and backbone that ran before pays
+seconds, not a compilation.
+
+Warm-up is measured, not assumed: ``RunResult.warmup_seconds`` is everything before the first
+steady step (building the model, moving the data, compiling, capturing CUDA graphs), less what the
+same steps cost at steady speed; ``steady_seconds`` is the rest of the training time.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +45,9 @@ from methods.base import Method, head_param_count, trainable_params_excluding_he
 from suites.base import Preset, Stage
 
 from .augment import train_augment
+
+if TYPE_CHECKING:
+    from .compile_cache import StepCache
 
 EVAL_BATCH = 256
 
@@ -86,6 +98,9 @@ class RunResult:
     trainable_state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
     merged: bool = False
     steady_train_images_per_s: float = float("nan")  # epochs after the first (which holds compilation)
+    warmup_seconds: float = 0.0  # before the first steady step: setup, compiling, capturing (see the module doc)
+    steady_seconds: float = 0.0  # training time at steady speed: train_seconds less its warm-up part
+    train_step: str = "eager"  # how full batches ran: a compile mode, or eager then one from an epoch on
 
 
 def lr_at(step: int, *, total_steps: int, warmup_steps: int, base_lr: float, warmup_lr: float, min_lr: float) -> float:
@@ -137,36 +152,89 @@ def _steady_rate(history: list[EpochMetrics], images_per_epoch: int) -> float:
     return images_per_epoch * (len(history) - 1) / later if later > 0 else float("nan")
 
 
-class _StepForward:
-    """Normalised forward, loss and correct count of one batch: what the compiled graph holds."""
+def classifier_slot(model: nn.Module) -> tuple[nn.Module, str]:
+    """The module that holds the classifier, and its attribute: ``head`` on a ViT, ``head.fc`` on a
+    Swin (timm's ``pretrained_cfg["classifier"]``)."""
+    path = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    parent_path, _, name = path.rpartition(".")
+    return (model.get_submodule(parent_path) if parent_path else model), name
 
-    def __init__(self, model: nn.Module, norm: Normalize, device: torch.device, label_smoothing: float):
-        self.model, self.norm, self.device, self.label_smoothing = model, norm, device, label_smoothing
+
+class Headless:
+    """``model`` with its classifier taken out while the block is open: the model then returns the
+    features the classifier reads. The classifier (``self.head``) is put back on exit."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.parent, self.name = classifier_slot(model)
+        self.head: nn.Module = getattr(self.parent, self.name)
+
+    def __enter__(self) -> Headless:
+        setattr(self.parent, self.name, nn.Identity())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        setattr(self.parent, self.name, self.head)
+
+
+class _WithHead(nn.Module):
+    """The headless model followed by its classifier: what evaluation runs while training."""
+
+    def __init__(self, body: nn.Module, head: nn.Module):
+        super().__init__()
+        self.body, self.head = body, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class _Features:
+    """uint8 images -> the features the classifier reads: what a compiled graph holds."""
+
+    def __init__(self, body: nn.Module, norm: Normalize, device: torch.device):
+        self.body, self.norm, self.device = body, norm, device
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        with _autocast(self.device):
+            return self.body(self.norm(images))
+
+
+class _StepForward:
+    """Loss and correct count of one batch: features (eager or compiled), then the classifier and
+    the loss, eagerly, so the class count never enters a compiled graph."""
+
+    def __init__(self, features: Callable, head: nn.Module, device: torch.device, label_smoothing: float):
+        self.features, self.head, self.device, self.label_smoothing = features, head, device, label_smoothing
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features(images)
         with _autocast(self.device):
-            logits = self.model(self.norm(images))
+            logits = self.head(features)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
         return loss, (logits.detach().argmax(1) == labels).sum()
 
 
-def _compiled_step(mode: str, eager: _StepForward, model: nn.Module) -> Callable:
-    """The function full batches run through, per ``compile_mode``."""
-    if mode == "eager":
-        return eager
+def compiled_features(mode: str, eager: _Features) -> Callable:
+    """The features function full batches run through, per ``compile_mode`` (not ``eager``)."""
     if mode == "model":
-        return _StepForward(torch.compile(model, dynamic=False), eager.norm, eager.device, eager.label_smoothing)
+        return _Features(torch.compile(eager.body, dynamic=False), eager.norm, eager.device)
     compiled = torch.compile(eager.__call__, dynamic=False, mode=_INDUCTOR_MODES[mode])
     if mode == "step":
         return compiled
     # both other modes replay CUDA graphs
 
-    def replay(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # A new step begins: the previous replay's outputs (loss, count, gradients) are consumed.
+    def replay(images: torch.Tensor) -> torch.Tensor:
+        # A new step begins: the previous replay's outputs (features, gradients) are consumed.
         torch.compiler.cudagraph_mark_step_begin()
-        return compiled(images, labels)
+        return compiled(images)
 
     return replay
+
+
+def warm_steps(mode: str) -> int:
+    """How many first steps of a step function carry its warm-up: the first call compiles (or, eager,
+    selects kernels); CUDA graphs also run once to warm up and once to record."""
+    return {"eager": 1, "model": 2, "step": 2}.get(mode, 3)
 
 
 def default_compile_mode(device: torch.device, method: Method | None = None) -> str:
@@ -180,6 +248,54 @@ def default_compile_mode(device: torch.device, method: Method | None = None) -> 
 
 def _frozen_float_params(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if not p.requires_grad and p.dtype == torch.float32]
+
+
+def hold_frozen_in_bf16(model: nn.Module) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """Hold the frozen fp32 tensors in bf16; returns each with its fp32 original, to put back."""
+    frozen = _frozen_float_params(model)
+    originals = [(p, p.data) for p in frozen]
+    for p in frozen:
+        p.data = p.data.to(torch.bfloat16)
+    return originals
+
+
+class _WarmUpClock:
+    """Times the first steps of each step function a run uses, with the device synchronised around
+    them, so warm-up (compiling, capturing, selecting kernels) can be told from steady training."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.pending = 0  # steps of the current step function still to time
+        self.seconds = 0.0  # time of the timed steps
+        self.steps = 0  # how many they were
+        self._t0 = 0.0
+
+    def expect(self, steps: int) -> None:
+        self.pending = steps
+
+    def begin(self) -> bool:
+        if not self.pending:
+            return False
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        self._t0 = time.perf_counter()
+        return True
+
+    def end(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        self.seconds += time.perf_counter() - self._t0
+        self.steps += 1
+        self.pending -= 1
+
+    def split(self, train_seconds: float, total_steps: int) -> tuple[float, float]:
+        """(warm-up inside training, steady training time): the timed steps, less what as many steps
+        take at the speed of the others."""
+        rest = total_steps - self.steps
+        steady_step = max(train_seconds - self.seconds, 0.0) / rest if rest > 0 else 0.0
+        warm = max(self.seconds - self.steps * steady_step, 0.0) if rest > 0 else train_seconds
+        return warm, max(train_seconds - warm, 0.0)
 
 
 def train_run(
@@ -197,33 +313,38 @@ def train_run(
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     compile_mode: str | None = None,
     frozen_bf16: bool | None = None,
+    step_cache: StepCache | None = None,
+    started_at: float | None = None,
 ) -> RunResult:
     """Train ``model`` (already adapted by ``method``) and score ``evaluate`` as ``stage`` prescribes.
 
     ``compile_mode``: one of :data:`COMPILE_MODES`; ``frozen_bf16``: hold frozen weights in bf16
     while training. They default to :data:`CUDA_COMPILE_MODE` and on for CUDA, ``eager`` and off
     elsewhere (they exist as switches for ``benchmarks/train_path_speed.py``, which measures what
-    each is worth).
+    each is worth). ``step_cache``: where compiled steps of this run's kind are kept
+    (:mod:`bench.compile_cache`); without one, a compiled mode compiles at the first step.
+    ``started_at``: the ``time.perf_counter()`` at which the run's setup began (building the model),
+    counted as warm-up; default: this call.
     """
+    started_at = time.perf_counter() if started_at is None else started_at
     model.to(device)
     cuda = device.type == "cuda"
     mode = default_compile_mode(device, method) if compile_mode is None else compile_mode
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile_mode {mode!r} is not one of {', '.join(COMPILE_MODES)}")
-    frozen = _frozen_float_params(model) if (cuda if frozen_bf16 is None else frozen_bf16) else []
-    fp32_frozen = [p.data for p in frozen]  # kept, so evaluation and merge see the exact weights
-    for p in frozen:
-        p.data = p.data.to(torch.bfloat16)
+    trainable, head_count = trainable_params_excluding_head(model), head_param_count(model)
+    groups = param_groups_weight_decay(model, preset.weight_decay)  # no decay on biases and norms
+    optimizer = torch.optim.AdamW(groups, lr=preset.lr, fused=device.type == "cuda")
+    fp32_frozen = hold_frozen_in_bf16(model) if (cuda if frozen_bf16 is None else frozen_bf16) else []
     norm = Normalize(mean, std).to(device)
     if mode != "eager":
         torch.compiler.reset()  # this run's graphs only (see the module docstring)
-    eager_step = _StepForward(model, norm, device, preset.label_smoothing)
-    full_batch_step = _compiled_step(mode, eager_step, model)
-    train = SplitData(train.images.to(device), train.labels.to(device))  # once per run, kept there
-    trainable, head = trainable_params_excluding_head(model), head_param_count(model)
+        if step_cache is not None:
+            from .compile_cache import use_cache_folder
 
-    groups = param_groups_weight_decay(model, preset.weight_decay)  # no decay on biases and norms
-    optimizer = torch.optim.AdamW(groups, lr=preset.lr, fused=device.type == "cuda")
+            use_cache_folder(step_cache.folder)
+    train = SplitData(train.images.to(device), train.labels.to(device))  # once per run, kept there
+
     steps_per_epoch = math.ceil(len(train) / preset.batch_size)
     total_steps = steps_per_epoch * preset.epochs
     schedule: dict[str, Any] = {
@@ -241,48 +362,77 @@ def train_run(
 
     history: list[EpochMetrics] = []
     train_seconds, step = 0.0, 0
-    for epoch in range(preset.epochs):
-        model.train()
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        perm = torch.randperm(len(train), generator=order).to(device)
-        for start in range(0, len(train), preset.batch_size):
-            idx = perm[start : start + preset.batch_size]
-            lr = lr_at(step, **schedule)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            x, y = augment(train.images[idx]), train.labels[idx]
-            loss, batch_correct = (full_batch_step if len(idx) == preset.batch_size else eager_step)(x, y)
-            loss.backward()
-            optimizer.step()
-            # Gradients are dropped before the next forward: under CUDA graphs they live in memory
-            # the next replay reuses.
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach() * y.numel()
-            correct += batch_correct
-            step += 1
-        total_loss = loss_sum.item()  # one host sync per epoch
-        if not math.isfinite(total_loss):
-            raise FloatingPointError(
-                f"the training loss is not finite in epoch {epoch}; lower the learning rate, "
-                f"e.g. --set preset.lr={preset.lr / 10:g} (now {preset.lr:g})"
+    clock = _WarmUpClock(device)
+    with Headless(model) as headless:
+        features = _Features(model, norm, device)
+        eager_step = _StepForward(features, headless.head, device, preset.label_smoothing)
+        # A compiled step from the first batch, unless its kind is cold in the cache: then the run
+        # starts eagerly while another process compiles it (bench.compile_cache)
+        compile_now = mode != "eager" and (step_cache is None or step_cache.is_warm())
+        if mode != "eager" and not compile_now:
+            step_cache.warm_in_background()
+        full_batch_step, used = eager_step, "eager"
+        if compile_now:
+            full_batch_step, used = (
+                _StepForward(compiled_features(mode, features), headless.head, device, preset.label_smoothing),
+                mode,
             )
-        metrics = EpochMetrics(
-            epoch=epoch,
-            train_loss=total_loss / len(train),
-            train_acc=correct.item() / len(train),
-            lr=lr,
-        )
-        metrics.seconds = time.perf_counter() - t0
-        train_seconds += metrics.seconds
-        if stage.eval_every_epoch:
-            metrics.eval_acc = (predict(model, norm, evaluate, device) == evaluate.labels).float().mean().item()
-        history.append(metrics)
-        if on_epoch is not None:
-            on_epoch(metrics)
+        clock.expect(warm_steps(used))
+        setup_seconds = time.perf_counter() - started_at
+        evaluator = _WithHead(model, headless.head)
+        for epoch in range(preset.epochs):
+            if used == "eager" and mode != "eager" and step_cache.is_warm():
+                full_batch_step, used = (
+                    _StepForward(compiled_features(mode, features), headless.head, device, preset.label_smoothing),
+                    f"eager, then {mode} from epoch {epoch}",
+                )
+                clock.expect(warm_steps(mode))
+            model.train()
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.int64)
+            perm = torch.randperm(len(train), generator=order).to(device)
+            for start in range(0, len(train), preset.batch_size):
+                idx = perm[start : start + preset.batch_size]
+                lr = lr_at(step, **schedule)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                full = len(idx) == preset.batch_size
+                timed = full and clock.begin()
+                x, y = augment(train.images[idx]), train.labels[idx]
+                loss, batch_correct = (full_batch_step if full else eager_step)(x, y)
+                loss.backward()
+                optimizer.step()
+                # Gradients are dropped before the next forward: under CUDA graphs they live in memory
+                # the next replay reuses.
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum += loss.detach() * y.numel()
+                correct += batch_correct
+                step += 1
+                if timed:
+                    clock.end()
+            total_loss = loss_sum.item()  # one host sync per epoch
+            if not math.isfinite(total_loss):
+                raise FloatingPointError(
+                    f"the training loss is not finite in epoch {epoch}; lower the learning rate, "
+                    f"e.g. --set preset.lr={preset.lr / 10:g} (now {preset.lr:g})"
+                )
+            metrics = EpochMetrics(
+                epoch=epoch,
+                train_loss=total_loss / len(train),
+                train_acc=correct.item() / len(train),
+                lr=lr,
+            )
+            metrics.seconds = time.perf_counter() - t0
+            train_seconds += metrics.seconds
+            if stage.eval_every_epoch:
+                metrics.eval_acc = (predict(evaluator, norm, evaluate, device) == evaluate.labels).float().mean().item()
+            history.append(metrics)
+            if on_epoch is not None:
+                on_epoch(metrics)
+    in_loop_warmup, steady_seconds = clock.split(train_seconds, total_steps)
 
-    for p, original in zip(frozen, fp32_frozen, strict=True):
+    for p, original in fp32_frozen:
         p.data = original
     state = {k: v.detach().cpu().clone() for k, v in trainable_state_dict(model).items()}
     merged = False
@@ -303,7 +453,7 @@ def train_run(
         eval_acc=eval_acc,
         predictions=preds,
         trainable_params=trainable,
-        head_params=head,
+        head_params=head_count,
         train_images_per_s=len(train) * preset.epochs / max(train_seconds, 1e-9),
         infer_images_per_s=len(evaluate) / max(infer_seconds, 1e-9),
         train_seconds=train_seconds,
@@ -311,4 +461,7 @@ def train_run(
         peak_memory_mb=peak,
         trainable_state=state,
         merged=merged,
+        warmup_seconds=setup_seconds + in_loop_warmup,
+        steady_seconds=steady_seconds,
+        train_step=used,
     )

@@ -13,18 +13,22 @@ import gc
 import os
 import platform
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..backbone import Weights, build_backbone, normalization
+from ..compile_cache import StepCache, step_kind
 from ..errors import BenchError
 from ..sysmetrics import SystemSampler
-from ..train import SplitData, default_compile_mode, train_run
+from ..train import COMPILE_MODES, SplitData, default_compile_mode, train_run
 from .events import Cancelled, Done, End, Epoch, Event, Failed, Placement, Started
+from .warm import WarmRequest
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,10 @@ class Work:
     stage: Any  # suites.base.Stage
     weights: Weights
     system_metrics: bool = True  # sample GPU/CPU/RAM while training (bench.sysmetrics)
+    compile_cache: str | None = None  # the folder compiled steps are kept in (bench.compile_cache)
+
+
+COMPILE_MODE_ENV = "BENCH_COMPILE_MODE"
 
 
 class _Cancel(Exception):
@@ -55,6 +63,36 @@ def build_model(run: Any, weights: Weights) -> tuple[torch.nn.Module, tuple[floa
     )
     mean, std = normalization(model)
     return run.method.apply(model, run.config), mean, std
+
+
+def compile_mode(device: torch.device, method: Any) -> str:
+    """The run's compile mode: ``$BENCH_COMPILE_MODE`` where set (``eager`` never compiles; a compiled
+    mode on the CPU is for tests and measurements), else :func:`bench.train.default_compile_mode`."""
+    named = os.environ.get(COMPILE_MODE_ENV)
+    if not named:
+        return default_compile_mode(device, method)
+    if named not in COMPILE_MODES:
+        raise BenchError(f"{COMPILE_MODE_ENV}={named!r} is not one of {', '.join(COMPILE_MODES)}; unset it or pick one")
+    return named
+
+
+def step_cache(work: Work, device: torch.device, mode: str) -> StepCache | None:
+    """Where the run's compiled step is kept, and its kind: None for an eager run or without a folder."""
+    if mode == "eager" or work.compile_cache is None:
+        return None
+    run, frozen_bf16 = work.run, device.type == "cuda"
+    kind = step_kind(
+        method=run.method.name,
+        method_config=run.spec.method_config,
+        backbone=run.spec.backbone,
+        img_size=run.preset.img_size,
+        batch_size=run.preset.batch_size,
+        drop_path=run.preset.drop_path,
+        mode=mode,
+        frozen_bf16=frozen_bf16,
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    )
+    return StepCache(Path(work.compile_cache), kind, WarmRequest(run, mode, frozen_bf16, str(device)))
 
 
 def placement(executor: str, node_id: str, device: torch.device) -> Placement:
@@ -89,9 +127,11 @@ def run_work(
     answers whether the driver has cancelled the job since; a cancelled job stops after the epoch
     it has just reported. Only KeyboardInterrupt escapes (Ctrl-C ends the whole sweep)."""
     run = work.run
+    started_at = time.perf_counter()
     try:
         model, mean, std = build_model(run, work.weights)
-        emit(Started(work.job, where, mean, std, default_compile_mode(device, run.method)))
+        mode = compile_mode(device, run.method)
+        emit(Started(work.job, where, mean, std, mode))
 
         sampler = SystemSampler(device) if work.system_metrics else None
 
@@ -114,6 +154,9 @@ def run_work(
                 mean=mean,
                 std=std,
                 on_epoch=on_epoch,
+                compile_mode=mode,
+                step_cache=step_cache(work, device, mode),
+                started_at=started_at,
             )
         return Done(work.job, result)
     except _Cancel:

@@ -1,0 +1,86 @@
+"""Compile one kind of training step into the cache folder, in a process of its own.
+
+A run whose kind of step is not in the compile cache starts eagerly and calls
+:meth:`bench.compile_cache.StepCache.warm_in_background`, which starts :func:`warm_step` here in a
+spawned process. That process builds the same model (random weights: a graph depends on shapes,
+not values), prepares it as :func:`bench.train.train_run` does, runs one full training step through
+the compiled features, and marks the kind warm in the cache's ledger. The run switches to the
+compiled step at its next epoch. Whatever this process prints goes to ``kinds/<key>.log`` in the
+cache folder, never to the user's terminal; if it fails, the run simply stays eager.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class WarmRequest:
+    run: Any  # a planned run: .spec, .method, .config, .preset
+    mode: str  # the compile mode (bench.train.COMPILE_MODES, not eager)
+    frozen_bf16: bool
+    device: str
+
+
+def _log_to(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.stdout = os.fdopen(1, "w", buffering=1)
+    sys.stderr = os.fdopen(2, "w", buffering=1)
+
+
+def warm_step(request: WarmRequest, folder: str, kind: Any) -> None:
+    from ..compile_cache import Ledger
+
+    ledger = Ledger(Path(folder))
+    _log_to(Path(folder) / "kinds" / f"{kind.key}.log")
+    try:
+        t0 = time.perf_counter()
+        compile_kind(request, Path(folder))
+        ledger.record(kind, time.perf_counter() - t0, by="background")
+        print(f"compiled {kind.description} in {time.perf_counter() - t0:.1f} s", flush=True)
+    except BaseException:  # the run that asked goes on eagerly; the log says why
+        traceback.print_exc()
+    finally:
+        ledger.release(kind)
+
+
+def compile_kind(request: WarmRequest, folder: Path) -> None:
+    """Build the run's model and run one training step (forward and backward) compiled into ``folder``."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..backbone import Weights
+    from ..compile_cache import use_cache_folder
+    from ..train import Headless, Normalize, _autocast, _Features, compiled_features, hold_frozen_in_bf16
+    from .work import build_model
+
+    use_cache_folder(folder)
+    device = torch.device(request.device)
+    model, mean, std = build_model(request.run, Weights(None, "random-init:compile-warm-up"))
+    model.to(device)
+    if request.frozen_bf16:
+        hold_frozen_in_bf16(model)
+    norm = Normalize(mean, std).to(device)
+    preset = request.run.preset
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(
+        0, 256, (preset.batch_size, 3, preset.img_size, preset.img_size), dtype=torch.uint8, generator=generator
+    ).to(device)
+    model.train()
+    with Headless(model) as headless:
+        features = compiled_features(request.mode, _Features(model, norm, device))(images)
+        with _autocast(device):
+            logits = headless.head(features)
+        labels = torch.zeros(preset.batch_size, dtype=torch.int64, device=device)
+        F.cross_entropy(logits.float(), labels).backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
