@@ -14,6 +14,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from .efficiency import SweepEfficiency
 from .engine import RunOutcome
 from .sweep import PlannedRun, SweepPlan
 from .train import EpochMetrics
@@ -81,3 +82,7 @@ class RichReporter:
         acc = f"{100 * outcome.eval_acc:.2f}%" if outcome.eval_acc is not None else "–"
         verb = "trained" if outcome.status == "trained" else "finished earlier, reused"
         self.console.print(f"  {escape(run.spec.label)}: {acc} ({verb})", highlight=False)
+
+    def sweep_done(self, cost: SweepEfficiency) -> None:
+        if cost.runs:
+            self.console.print(escape(cost.line()), highlight=False, soft_wrap=True)

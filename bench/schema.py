@@ -77,6 +77,14 @@ TRAIN_IMG_S = "throughput/train_img_s"
 TRAIN_IMG_S_STEADY = "throughput/train_img_s_steady"
 INFER_IMG_S = "throughput/infer_img_s"
 TRAIN_SECONDS = "time/train_s"
+WARMUP_SECONDS = "time/warmup_s"  # before the first steady step: building, compiling, capturing (bench.train)
+STEADY_SECONDS = "time/steady_s"  # training time at steady speed: time/train_s less its warm-up part
+# On a sweep's (or study's) parent run, when it ends: what its runs cost (bench.efficiency)
+SWEEP_WALL_SECONDS = "sweep/wall_s"
+SWEEP_TRAIN_SECONDS = "sweep/train_s"
+SWEEP_WARMUP_SECONDS = "sweep/warmup_s"
+SWEEP_STEADY_SECONDS = "sweep/steady_s"
+SWEEP_EFFICIENCY = "sweep/efficiency"
 PEAK_MEMORY_MB = "mem/peak_mb"
 TUNE_OBJECTIVE = "tune/objective"
 # System metrics: MLflow's names (system/cpu_utilization_percentage, system/gpu_0_…), sampled by

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +26,11 @@ from suites.base import Preset, Stage, Suite
 from suites.lists import ListEntry
 from suites.resolve import ResolvedTask
 
-from . import __version__, schema
+from . import __version__, efficiency, schema
 from .backbone import Weights, backbone_spec, check_weights, resolve_weights
 from .budget import UnreachableBudget, check_structure, format_budget
 from .cache import load_split
+from .compile_cache import cache_folder
 from .engine import Executor, Job, JobData, Recorder, Reporter, RunOutcome, RunRecord, SilentReporter, Work, drive
 from .errors import BenchError
 from .inspect import built_trainable_params
@@ -256,7 +258,7 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
     chosen, unreachable = _sized_cells(entries, request, spec_bb)
     for method, config, _ in chosen:  # a config that does not fit the backbone fails before any training
         built_trainable_params(method, config, backbone, img_size=preset.img_size)
-        _check_composition(method, config, spec_bb.family, request.hparams)
+        _check_composition(method, config, spec_bb.family, request.hparams, workdir)
     data_root = _dataset_root(suite, request, workdir)
     if suite.prepare is not None:
         data_root = data_root or workdir / "data" / suite.name
@@ -419,15 +421,29 @@ def _sized_method(method: Method, request: SweepRequest, spec_bb, budget: int | 
     return method, config, budget
 
 
-def _check_composition(method: Method, config: Any, family: str, hparams: str) -> None:
+def _check_composition(method: Method, config: Any, family: str, hparams: str, workdir: Path) -> None:
     """A composition's parts must all act and, where every part merges, merge to the same outputs
     (colliding parts were refused when it was built); it has no tuning study to take
-    hyperparameters from."""
+    hyperparameters from.
+
+    A configuration that passed is remembered in the work directory (``cache/checks``), keyed by
+    the composition, its configuration, the backbone family and the software versions, so a
+    resumed sweep plans without building and merging it again."""
     if not isinstance(method, Composite):
         return
     if hparams == "tuned":
         raise BenchError(f"composition {method.name!r} cannot be tuned yet; run it with --hparams published")
+    import peft
+
+    what = [method.name, identity_dict(config), family, __version__, torch.__version__, peft.__version__]
+    passed = (
+        workdir / "cache" / "checks" / f"composition-{hashlib.sha256(canonical_json(what).encode()).hexdigest()[:24]}"
+    )
+    if passed.is_file():
+        return
     method.check_parts_act(config, family)
+    passed.parent.mkdir(parents=True, exist_ok=True)
+    passed.write_text(canonical_json(what) + "\n")
 
 
 @dataclass
@@ -554,8 +570,17 @@ class TaskLoader:
 class SweepSource:
     """The runs of a sweep as engine jobs, in plan order: finished ones reused, the rest trained."""
 
-    def __init__(self, plan: SweepPlan, recorder: Recorder, parent: str, cache_dir: Path, reporter: Reporter):
+    def __init__(
+        self,
+        plan: SweepPlan,
+        recorder: Recorder,
+        parent: str,
+        cache_dir: Path,
+        reporter: Reporter,
+        compile_cache: Path | None = None,
+    ):
         self.plan, self.parent, self.cache_dir, self.reporter = plan, parent, cache_dir, reporter
+        self.compile_cache = None if compile_cache is None else str(compile_cache)
         records = recorder.tracker.runs_by_key(plan.experiment)  # one query for the whole sweep
         self.outcomes: dict[int, RunOutcome] = {}
         self.pending: deque[tuple[int, list]] = deque()
@@ -582,7 +607,9 @@ class SweepSource:
         index, stale = self.pending.popleft()
         run = self.plan.runs[index]
         record = run_record(run, self.plan.stage, self.plan.experiment, self.parent, stale)
-        work = Work(index, run, self.plan.stage, self.plan.weights, self.plan.request.system_metrics)
+        work = Work(
+            index, run, self.plan.stage, self.plan.weights, self.plan.request.system_metrics, self.compile_cache
+        )
         return Job(work, record)
 
     def load(self, job: Job) -> JobData:
@@ -643,10 +670,11 @@ def run_sweep(
         ),
     )
     record_sweep_inputs(recorder, parent, plan)
-    source = SweepSource(plan, recorder, parent, workdir / "cache" / "images", reporter)
+    source = SweepSource(plan, recorder, parent, workdir / "cache" / "images", reporter, cache_folder(workdir))
     reporter.sweep_started(plan, source.todo)
     source.report_reused()
     status = "FAILED"
+    started = time.perf_counter()
     try:
         drive(source, executor, recorder, reporter)
         status = "FAILED" if any(o.status == "failed" for o in source.outcomes.values()) else "FINISHED"
@@ -655,6 +683,7 @@ def run_sweep(
         raise
     finally:
         outcomes = source.results()
+        cost = efficiency.measure(outcomes, time.perf_counter() - started, executor.capacity)
         recorder.close_parent(
             parent,
             status,
@@ -663,5 +692,7 @@ def run_sweep(
                 "reused": sum(o.status == "skipped" for o in outcomes),
                 "failed": sum(o.status == "failed" for o in outcomes),
             },
+            cost.metrics() if cost.runs else None,
         )
+        reporter.sweep_done(cost)
     return outcomes

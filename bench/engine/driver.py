@@ -52,6 +52,15 @@ class JobData:
     root: Any  # the task folder: predictions name images relative to it
 
 
+@dataclass(frozen=True)
+class RunTiming:
+    """Where a trained run's time went (seconds; see bench.train.RunResult)."""
+
+    train_s: float
+    warmup_s: float
+    steady_s: float
+
+
 @dataclass
 class RunOutcome:
     """How one run of a sweep or study ended, for summaries and the progress display."""
@@ -62,6 +71,7 @@ class RunOutcome:
     eval_acc: float | None = None
     error: str | None = None
     user_error: bool = False
+    timing: RunTiming | None = None  # trained runs
 
 
 class JobSource(Protocol):
@@ -85,6 +95,8 @@ class Reporter(Protocol):
     def run_started(self, run: Any, epochs: int) -> None: ...
     def epoch_done(self, run: Any, metrics: Any) -> None: ...
     def run_done(self, run: Any, outcome: RunOutcome) -> None: ...
+    def sweep_done(self, cost: Any) -> None:
+        """The sweep has ended; ``cost`` is its bench.efficiency.SweepEfficiency."""
 
 
 class SilentReporter:
@@ -98,6 +110,9 @@ class SilentReporter:
         pass
 
     def run_done(self, run: Any, outcome: RunOutcome) -> None:
+        pass
+
+    def sweep_done(self, cost: Any) -> None:
         pass
 
 
@@ -120,7 +135,9 @@ def drive(source: JobSource, executor: Executor, recorder: Recorder, reporter: R
         if isinstance(event, Done) and f.cancelled:
             event = Cancelled(event.job)  # it ended before the cancel reached it; its result is not wanted
         if isinstance(event, Done):
-            outcome = RunOutcome(spec, "trained", f.run_id, event.result.eval_acc)
+            r = event.result
+            timing = RunTiming(r.train_seconds, r.warmup_seconds, r.steady_seconds)
+            outcome = RunOutcome(spec, "trained", f.run_id, r.eval_acc, timing=timing)
             recorder.result(
                 f.run_id,
                 event.result,

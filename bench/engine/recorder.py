@@ -65,7 +65,11 @@ class Recorder:
     def open_parent(self, experiment: str, key: str, tags: dict[str, str], params: dict[str, str]) -> str:
         return self.tracker.open_sweep(experiment, key, tags, params)
 
-    def close_parent(self, run_id: str, status: str, counts: dict[str, int]) -> None:
+    def close_parent(
+        self, run_id: str, status: str, counts: dict[str, int], metrics: dict[str, float] | None = None
+    ) -> None:
+        if metrics:
+            self.tracker.log_metrics(run_id, metrics)
         self.tracker.close_sweep(run_id, status, counts)
 
     # -- one job's run ----------------------------------------------------------------------
@@ -113,6 +117,8 @@ class Recorder:
             schema.TRAIN_IMG_S: result.train_images_per_s,
             schema.INFER_IMG_S: result.infer_images_per_s,
             schema.TRAIN_SECONDS: result.train_seconds,
+            schema.WARMUP_SECONDS: result.warmup_seconds,
+            schema.STEADY_SECONDS: result.steady_seconds,
             schema.PEAK_MEMORY_MB: result.peak_memory_mb,
             schema.EVAL_EXAMPLES: len(entries),
         }
@@ -132,6 +138,7 @@ class Recorder:
         state = {k: v.contiguous() for k, v in result.trainable_state.items()}
         self.tracker.log_bytes(run_id, save(state), schema.TRAINABLE_TENSORS)
         self.client.set_tag(run_id, schema.MERGED_EVAL, str(result.merged).lower())
+        self.client.set_tag(run_id, schema.TRAIN_STEP, result.train_step)  # the mode may change mid-run
 
     def end(
         self,
