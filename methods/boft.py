@@ -31,7 +31,10 @@ Deviation from peft's behaviour, made explicit: peft runs m > 1 only through its
 cannot be built peft silently replaces m by 1, which changes the method and its count. bench
 refuses ``butterfly_factors > 1`` there instead, in one line; such a model runs on CUDA only
 (peft's kernel). With m = 1 bench keeps peft's ``torch.block_diag`` path even where the
-extension loads, so the model runs on any device. peft's multiplicative block
+extension loads, so the model runs on any device, and tells peft not to build the extension at
+all (peft would otherwise start nvcc at every layer it creates, printing the compiler's output:
+planning a sweep that names ``boft`` builds nothing). With m > 1, whether the extension builds is
+probed once per machine and software versions, in a child process, and remembered. peft's multiplicative block
 dropout (``boft_dropout``) is not exposed (0, as peft's default). Merge: peft folds R and s into
 each weight; what remains is a plain timm model.
 """
@@ -67,11 +70,58 @@ def butterfly_span(config: BOFTSettings) -> int:
     return config.block_size * 2 ** (config.butterfly_factors - 1)
 
 
-def peft_runs_butterflies() -> bool:
-    """Whether peft's ``fbd_cuda`` extension loads here; without it peft drops to one factor."""
-    from peft.tuners.boft.layer import get_fbd_cuda
+def _skip_kernel_build() -> None:
+    """Tell peft its ``fbd_cuda`` kernel is not wanted in this process, so creating a BOFT layer
+    never starts nvcc. peft tries the build at every layer it creates while the kernel is missing
+    (``get_fbd_cuda`` caches only a success), printing the compiler's output each time; a
+    cached ``False`` makes it take its plain PyTorch path at once. Only for one factor, which
+    needs no kernel (see :class:`BOFT`); more factors go through :func:`peft_runs_butterflies`."""
+    import peft.tuners.boft.layer as boft_layer
 
-    return get_fbd_cuda() is not None
+    if boft_layer._FBD_CUDA is None:
+        boft_layer._FBD_CUDA = False
+
+
+_PROBE_SCRIPT = "from peft.tuners.boft.layer import get_fbd_cuda; raise SystemExit(0 if get_fbd_cuda() else 1)"
+
+
+def peft_runs_butterflies() -> bool:
+    """Whether peft's ``fbd_cuda`` extension builds and loads here; without it peft drops to one factor.
+
+    Probed once per machine and software versions, in a child process whose compiler output is
+    kept out of the terminal; the answer is remembered in ``probes.json`` of bench's cache folder
+    (``$XDG_CACHE_HOME/bench`` or ``~/.cache/bench``). No CUDA device: no, without a build."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import peft
+    import peft.tuners.boft.layer as boft_layer
+
+    if boft_layer._FBD_CUDA:  # loaded in this process already
+        return True
+    if not torch.cuda.is_available():
+        return False
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bench" / "probes.json"
+    key = f"fbd_cuda torch={torch.__version__} peft={peft.__version__} python={sys.version.split()[0]}"
+    try:
+        answers = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        answers = {}
+    if key not in answers:
+        try:
+            probe = subprocess.run([sys.executable, "-c", _PROBE_SCRIPT], capture_output=True, timeout=900)
+            answers[key] = probe.returncode == 0
+        except subprocess.TimeoutExpired:
+            answers[key] = False
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(answers, indent=1))
+    if not answers[key]:
+        boft_layer._FBD_CUDA = False  # no build attempt at each layer either
+        return False
+    return boft_layer.get_fbd_cuda() is not None  # built by the probe: this loads it
 
 
 @register_method
@@ -130,6 +180,8 @@ class BOFT(Method):
         )
         # peft builds its butterfly permutations element by element, which a meta tensor cannot do:
         # on a model built on meta (a count without weights), they are built on the CPU
+        if config.butterfly_factors == 1:
+            _skip_kernel_build()
         on_meta = next(model.parameters()).device.type == "meta"
         with torch.device("cpu") if on_meta else contextlib.nullcontext():
             model = inject_adapter_in_model(peft_config, model)

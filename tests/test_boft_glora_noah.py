@@ -4,6 +4,8 @@ checks, for every registered method, are in tests/test_conformance.py)."""
 from __future__ import annotations
 
 import math
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,3 +117,24 @@ def test_macs_count_on_meta_and_merge_back_to_the_backbone(name: str):
     backbone = macs_per_image(None, None, "vit_demo_tiny")
     assert macs_per_image(method, config, "vit_demo_tiny") > backbone
     assert macs_per_image(method, config, "vit_demo_tiny", merged=True) == backbone
+
+
+@pytest.mark.slow
+def test_planning_and_running_boft_builds_no_extension_and_prints_no_compiler_output(tmp_path: Path):
+    """peft tries to build its fbd_cuda kernel (nvcc) at every BOFT layer it creates while the kernel
+    is missing, printing the compiler's output; a default boft (one factor) needs no kernel, so bench
+    never lets that build start."""
+    from tests.conftest import bench_subprocess
+
+    extensions = tmp_path / "torch-extensions"
+    proc = bench_subprocess(
+        "--workdir", str(tmp_path / "runs"), "run", "--suite", "demo", "--methods", "boft", "--seeds", "1",
+        "--epochs", "1", "--device", "cpu",
+        env_extra={"TORCH_EXTENSIONS_DIR": str(extensions), "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    for noise in ("nvcc", "ninja", "CUDA extension", "fbd_cuda", "cpp_extension"):
+        assert noise not in err, err[-2000:]
+    assert not (extensions / "fbd_cuda").exists()
