@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -1475,19 +1477,22 @@ def run_cli(args: list[str] | None = None) -> int:
     from .provenance import set_command
 
     set_command(list(sys.argv[1:] if args is None else args))
+    terminated: list[bool] = []
     try:
-        click_command()(args=args, prog_name="bench")
+        with _sigterm_stops_like_ctrl_c(terminated):
+            click_command()(args=args, prog_name="bench")
         return 0
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        # typer ends a command stopped by KeyboardInterrupt (Ctrl-C, or SIGTERM below) with exit 130
+        return _stopped(bool(terminated)) if code == 130 else code
     except BenchError as exc:
         one_line = " ".join(str(exc).splitlines())  # a message quoting a file or a library may span lines
         # a message may quote a method entry such as karst[rescale=none]: not rich markup
         err.print(f"[red]error:[/] {escape(one_line)}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        err.print("interrupted; finished runs are kept, the interrupted one will be trained again")
-        return 130
+        return _stopped(bool(terminated))
     except Exception as exc:
         crash = _write_crash(exc)
         err.print(
@@ -1497,6 +1502,33 @@ def run_cli(args: list[str] | None = None) -> int:
             soft_wrap=True,
         )
         return 3
+
+
+def _stopped(terminated: bool) -> int:
+    """Ctrl-C or SIGTERM: one line, and the exit status a shell gives a process the signal ended."""
+    err.print(
+        f"{'terminated' if terminated else 'interrupted'}; finished runs are kept, the interrupted one will be trained again"
+    )
+    return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+
+
+@contextmanager
+def _sigterm_stops_like_ctrl_c(terminated: list[bool]):
+    """SIGTERM stops the command as Ctrl-C does: runs in flight recorded KILLED, workers and a local
+    Ray cluster stopped. ``terminated`` gets an entry when it came."""
+
+    def terminate(signum: int, frame: Any) -> None:
+        terminated.append(True)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def click_command() -> Any:
