@@ -139,6 +139,21 @@ def _tracker(tracking_uri: str | None):
     return Tracker(default_tracking_uri(workdir), artifact_root=workdir / "artifacts")
 
 
+def _existing_tracker(tracking_uri: str | None):
+    """The store of a command that only reads runs: one that does not exist is an error, not
+    created empty (nor is the work directory)."""
+    from .tracking import default_tracking_uri, sqlite_path
+
+    path = sqlite_path(tracking_uri or default_tracking_uri(State.workdir))
+    if path is not None and not path.exists():
+        where = f"--tracking-uri {tracking_uri}" if tracking_uri else f"work directory {State.workdir}"
+        raise BenchError(
+            f"no tracking store at {path}: nothing has run in {where}; run `bench run` there first, "
+            "or pass the --workdir (or --tracking-uri) that holds the runs"
+        )
+    return _tracker(tracking_uri)
+
+
 def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
@@ -733,7 +748,7 @@ def report_cmd(
     if results_csv is not None:
         runs = runs_from_results_csv(results_csv, suite, stage, **selection)
     else:
-        runs = load_runs(_tracker(tracking_uri), suite, stage, **selection)
+        runs = load_runs(_existing_tracker(tracking_uri), suite, stage, **selection)
     report = build_report(runs, reference, resample_tasks=resample_tasks)
     files = write_report(report, out_dir, formats, latex_width=latex_width)
     for line in runs.missing:
@@ -774,7 +789,7 @@ def export_cmd(
     from . import export, schema
     from .method_entries import resolve_entry
 
-    tracker = _tracker(tracking_uri)
+    tracker = _existing_tracker(tracking_uri)
     found = export.find_run(tracker.client, run)
     label = found.info.run_name or found.info.run_id
     fmt = format_ or ("merged" if resolve_entry(found.data.tags.get(schema.METHOD, "")).mergeable else "bench")
@@ -870,7 +885,7 @@ def _analyze_one_run(run: str, against: str | None, out_dir: Path | None, tracki
     from .shift import analyze_shift, summary_table
 
     result = analyze_shift(
-        _tracker(tracking_uri), run, against=against, out=out_dir, workdir=State.workdir, settings=settings
+        _existing_tracker(tracking_uri), run, against=against, out=out_dir, workdir=State.workdir, settings=settings
     )
     out.print(summary_table(result))
     out.print(
@@ -883,7 +898,7 @@ def _analyze_suite(suite, stage, selection, reference, out_dir, tracking_uri, se
     from .shift_runs import analyze_shift_runs, summary_table
 
     result = analyze_shift_runs(
-        _tracker(tracking_uri),
+        _existing_tracker(tracking_uri),
         suite,
         stage=stage,
         selection=selection,

@@ -155,3 +155,16 @@ def test_a_store_of_an_older_mlflow_gives_the_whole_upgrade_command(workdir: Pat
     code, _, err = cli("runs", "--suite", "demo")
     _assert_one_line_error(code, err, str(store), "written by an older MLflow", older)
     assert err.rstrip().endswith(f"mlflow db upgrade sqlite:///{store.resolve()}")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("report", "--suite", "demo"), ("analyze", "shift", "--suite", "demo"), ("export", "0123abcd")],
+)
+def test_a_reading_command_on_a_work_directory_without_runs_creates_nothing(tmp_path: Path, command, capsys):
+    workdir = tmp_path / "never-used"
+    capsys.readouterr()
+    code = run_cli(["--workdir", str(workdir), *command])
+    err = capsys.readouterr().err
+    _assert_one_line_error(code, err, f"no tracking store at {workdir / 'mlflow.db'}", "run `bench run` there first")
+    assert not workdir.exists()  # no empty store, no folder
