@@ -45,7 +45,7 @@ class LocalCluster:
         self._token_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
         self._saved_env = {name: os.environ.get(name) for name in self._token_env}
         os.environ.update(self._token_env)
-        _reload_auth()
+        reload_auth()
 
     def init_options(self) -> dict[str, Any]:
         return {"_temp_dir": self.folder, "_node_ip_address": "127.0.0.1", "include_dashboard": False}
@@ -79,10 +79,10 @@ class LocalCluster:
         for name, value in self._saved_env.items():
             _restore(name, value)
         with contextlib.suppress(Exception):
-            _reload_auth()
+            reload_auth()
 
 
-def _reload_auth() -> None:
+def reload_auth() -> None:
     """Ray reads the auth mode and token once per process: read them again from the environment."""
     from ray._raylet import AuthenticationTokenLoader, Config
 

@@ -39,7 +39,7 @@ import numpy as np
 from ..backbone import Weights
 from ..errors import BenchError
 from .events import Event, WorkerLost
-from .localray import LocalCluster
+from .localray import LocalCluster, reload_auth
 from .work import Work
 
 POLL_S = 0.2  # how long the driver waits for a job to end before it reads the mailbox again
@@ -239,6 +239,7 @@ class RayExecutor:
         else:
             _check_reachable(address)
             options["address"] = address
+            reload_auth()  # RAY_AUTH_MODE and RAY_AUTH_TOKEN as they are now, for the cluster joined
         try:
             with self._keep_sigterm_handler(), self._local.loopback() if self._local else contextlib.nullcontext():
                 ray.init(**options)
