@@ -1289,6 +1289,30 @@ def data_verify(
 
 
 @data_app.command(
+    "imagefolder",
+    epilog=examples("bench data imagefolder ~/data/pets", "bench run --suite folder --data-root ~/data/pets ..."),
+)
+def data_imagefolder(
+    path: Path = typer.Argument(..., help="An ImageFolder tree: train/<class>/<image> and test/ (or val/) beside it."),
+) -> None:
+    """Make an ImageFolder tree a task folder of the folder suite: write its NOAH lists in place.
+
+    Classes are train/'s folders in sorted order; test.txt is every image of test/ (else val/);
+    train800 and val200 are 1,000 images of train/ drawn class-balanced with seed 0, every fifth
+    to val200 (all of train/, 4:1, when it has fewer). The same tree always gives the same lists.
+    """
+    from suites.imagefolder import convert_imagefolder
+
+    counts = convert_imagefolder(path)
+    sizes = ", ".join(f"{name}: {n}" for name, n in counts.items())
+    out.print(
+        f"wrote the lists of {path} ({sizes}) and classes.txt; run it with --suite folder --data-root {path}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@data_app.command(
     "fetch",
     epilog=examples(
         "bench data fetch --suite vtab1k --to ~/data/vtab-1k",
