@@ -1290,7 +1290,7 @@ def data_verify(
 
 @data_app.command(
     "imagefolder",
-    epilog=examples("bench data imagefolder ~/data/pets", "bench run --suite folder --data-root ~/data/pets ..."),
+    epilog=examples("bench data imagefolder ~/data/pets"),
 )
 def data_imagefolder(
     path: Path = typer.Argument(..., help="An ImageFolder tree: train/<class>/<image> and test/ (or val/) beside it."),
