@@ -74,6 +74,9 @@ default_cfgs = generate_default_cfgs(
 )
 
 
+DEMO_BACKBONES = ("vit_demo_tiny", "swin_demo_tiny")  # random-init only: no weights exist for them anywhere
+
+
 @register_model
 def vit_demo_tiny(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT with 4 blocks of width 64 and 4 heads, patch 4 at 32 px (65 tokens); no weights exist."""
@@ -147,6 +150,11 @@ def download_hub_weights(backbone: str) -> Path:
     """
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
+    if backbone in DEMO_BACKBONES:
+        raise BenchError(
+            f"backbone {backbone!r} is the demo suite's tiny network and has no pretrained weights; "
+            "run it with --suite demo (random init), or pass --checkpoint PATH with weights of its shape"
+        )
     cfg = _pretrained_cfg(backbone)
     hub_id = cfg.get("hf_hub_id")
     if not hub_id:

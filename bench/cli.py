@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -135,6 +137,21 @@ def _tracker(tracking_uri: str | None):
     if tracking_uri:
         return Tracker(tracking_uri)
     return Tracker(default_tracking_uri(workdir), artifact_root=workdir / "artifacts")
+
+
+def _existing_tracker(tracking_uri: str | None):
+    """The store of a command that only reads runs: one that does not exist is an error, not
+    created empty (nor is the work directory)."""
+    from .tracking import default_tracking_uri, sqlite_path
+
+    path = sqlite_path(tracking_uri or default_tracking_uri(State.workdir))
+    if path is not None and not path.exists():
+        where = f"--tracking-uri {tracking_uri}" if tracking_uri else f"work directory {State.workdir}"
+        raise BenchError(
+            f"no tracking store at {path}: nothing has run in {where}; run `bench run` there first, "
+            "or pass the --workdir (or --tracking-uri) that holds the runs"
+        )
+    return _tracker(tracking_uri)
 
 
 def _print_json(obj: Any) -> None:
@@ -731,7 +748,7 @@ def report_cmd(
     if results_csv is not None:
         runs = runs_from_results_csv(results_csv, suite, stage, **selection)
     else:
-        runs = load_runs(_tracker(tracking_uri), suite, stage, **selection)
+        runs = load_runs(_existing_tracker(tracking_uri), suite, stage, **selection)
     report = build_report(runs, reference, resample_tasks=resample_tasks)
     files = write_report(report, out_dir, formats, latex_width=latex_width)
     for line in runs.missing:
@@ -772,7 +789,7 @@ def export_cmd(
     from . import export, schema
     from .method_entries import resolve_entry
 
-    tracker = _tracker(tracking_uri)
+    tracker = _existing_tracker(tracking_uri)
     found = export.find_run(tracker.client, run)
     label = found.info.run_name or found.info.run_id
     fmt = format_ or ("merged" if resolve_entry(found.data.tags.get(schema.METHOD, "")).mergeable else "bench")
@@ -868,7 +885,7 @@ def _analyze_one_run(run: str, against: str | None, out_dir: Path | None, tracki
     from .shift import analyze_shift, summary_table
 
     result = analyze_shift(
-        _tracker(tracking_uri), run, against=against, out=out_dir, workdir=State.workdir, settings=settings
+        _existing_tracker(tracking_uri), run, against=against, out=out_dir, workdir=State.workdir, settings=settings
     )
     out.print(summary_table(result))
     out.print(
@@ -881,7 +898,7 @@ def _analyze_suite(suite, stage, selection, reference, out_dir, tracking_uri, se
     from .shift_runs import analyze_shift_runs, summary_table
 
     result = analyze_shift_runs(
-        _tracker(tracking_uri),
+        _existing_tracker(tracking_uri),
         suite,
         stage=stage,
         selection=selection,
@@ -1272,6 +1289,30 @@ def data_verify(
 
 
 @data_app.command(
+    "imagefolder",
+    epilog=examples("bench data imagefolder ~/data/pets"),
+)
+def data_imagefolder(
+    path: Path = typer.Argument(..., help="An ImageFolder tree: train/<class>/<image> and test/ (or val/) beside it."),
+) -> None:
+    """Make an ImageFolder tree a task folder of the folder suite: write its NOAH lists in place.
+
+    Classes are train/'s folders in sorted order; test.txt is every image of test/ (else val/);
+    train800 and val200 are 1,000 images of train/ drawn class-balanced with seed 0, every fifth
+    to val200 (all of train/, 4:1, when it has fewer). The same tree always gives the same lists.
+    """
+    from suites.imagefolder import convert_imagefolder
+
+    counts = convert_imagefolder(path)
+    sizes = ", ".join(f"{name}: {n}" for name, n in counts.items())
+    out.print(
+        f"wrote the lists of {path} ({sizes}) and classes.txt; run it with --suite folder --data-root {path}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@data_app.command(
     "fetch",
     epilog=examples(
         "bench data fetch --suite vtab1k --to ~/data/vtab-1k",
@@ -1475,19 +1516,22 @@ def run_cli(args: list[str] | None = None) -> int:
     from .provenance import set_command
 
     set_command(list(sys.argv[1:] if args is None else args))
+    terminated: list[bool] = []
     try:
-        click_command()(args=args, prog_name="bench")
+        with _sigterm_stops_like_ctrl_c(terminated):
+            click_command()(args=args, prog_name="bench")
         return 0
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        # typer ends a command stopped by KeyboardInterrupt (Ctrl-C, or SIGTERM below) with exit 130
+        return _stopped(bool(terminated)) if code == 130 else code
     except BenchError as exc:
         one_line = " ".join(str(exc).splitlines())  # a message quoting a file or a library may span lines
         # a message may quote a method entry such as karst[rescale=none]: not rich markup
         err.print(f"[red]error:[/] {escape(one_line)}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        err.print("interrupted; finished runs are kept, the interrupted one will be trained again")
-        return 130
+        return _stopped(bool(terminated))
     except Exception as exc:
         crash = _write_crash(exc)
         err.print(
@@ -1497,6 +1541,33 @@ def run_cli(args: list[str] | None = None) -> int:
             soft_wrap=True,
         )
         return 3
+
+
+def _stopped(terminated: bool) -> int:
+    """Ctrl-C or SIGTERM: one line, and the exit status a shell gives a process the signal ended."""
+    err.print(
+        f"{'terminated' if terminated else 'interrupted'}; finished runs are kept, the interrupted one will be trained again"
+    )
+    return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+
+
+@contextmanager
+def _sigterm_stops_like_ctrl_c(terminated: list[bool]):
+    """SIGTERM stops the command as Ctrl-C does: runs in flight recorded KILLED, workers and a local
+    Ray cluster stopped. ``terminated`` gets an entry when it came."""
+
+    def terminate(signum: int, frame: Any) -> None:
+        terminated.append(True)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def click_command() -> Any:

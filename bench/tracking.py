@@ -116,6 +116,43 @@ def check_sqlite_store(path: Path) -> None:
             else f"it holds {runs} run(s): {_move_aside(path)}"
         )
         raise BenchError(f"tracking store {path} {what}; {fix}")
+    _check_schema_revision(path)
+
+
+def _check_schema_revision(path: Path) -> None:
+    """A store whose schema this MLflow does not have: say which MLflow wrote it and the whole fix.
+
+    MLflow's own message suggests ``mlflow db upgrade`` for any mismatch, which cannot help a store
+    written by a newer MLflow (this one does not know its revision).
+    """
+    import sqlite3
+
+    import mlflow
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+    finally:
+        con.close()
+    revision = row[0] if row else None
+    script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
+    head = script.get_current_head()
+    if revision is None or revision == head:
+        return
+    known = {r.revision for r in script.walk_revisions()}
+    if revision not in known:
+        raise BenchError(
+            f"tracking store {path} was written by a newer MLflow than this one ({mlflow.__version__}): its schema "
+            f"revision {revision} is unknown here, where the newest is {head}; install the MLflow version that "
+            "wrote it (pip install -U mlflow), or point --workdir/--tracking-uri at another store"
+        )
+    raise BenchError(
+        f"tracking store {path} was written by an older MLflow (schema revision {revision}; this MLflow, "
+        f"{mlflow.__version__}, uses {head}); back it up, then upgrade it in place with: "
+        f"mlflow db upgrade sqlite:///{path.resolve()}"
+    )
 
 
 def create_sqlite_store(path: Path) -> None:

@@ -208,7 +208,7 @@ def shift_figure(rows: list[dict], paths: list[Path], title: str = "", series: s
     names = list(dict.fromkeys(r[series] for r in rows))
     colors = plt.get_cmap("tab10").colors
     banded = False
-    with plt.rc_context({"pdf.fonttype": 42, "ps.fonttype": 42}):
+    with plt.rc_context({"pdf.fonttype": 42, "ps.fonttype": 42, "text.parse_math": False}):  # labels as written
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
         for i, name in enumerate(names):
             mine = sorted((r for r in rows if r[series] == name), key=lambda r: r["index"])

@@ -29,7 +29,9 @@ import pandas as pd  # noqa: E402
 from .render import task_label  # noqa: E402
 
 COLORS = plt.get_cmap("tab10").colors
-FONTS = {"pdf.fonttype": 42, "ps.fonttype": 42}  # TrueType, not Type 3
+# TrueType, not Type 3; and every text drawn as written: a label such as `$\foo$` is a name,
+# not mathtext (which would stop on an unknown symbol). No figure uses mathtext.
+FONTS = {"pdf.fonttype": 42, "ps.fonttype": 42, "text.parse_math": False}
 
 
 def palette(methods: list[str]) -> dict[str, tuple]:

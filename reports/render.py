@@ -285,8 +285,15 @@ def resources_table(resources: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 
 
+def _markdown_cell(value):
+    return value.replace("|", r"\|") if isinstance(value, str) else value  # a | in a name would split the row
+
+
 def to_markdown(table: pd.DataFrame) -> str:
-    return table.to_markdown(tablefmt="github")
+    shown = table.map(_markdown_cell)
+    shown.index = shown.index.map(_markdown_cell)
+    shown.columns = shown.columns.map(_markdown_cell)
+    return shown.to_markdown(tablefmt="github")
 
 
 LATEX_SPECIALS = {

@@ -3,7 +3,8 @@
 ``--dataset NAME`` loads a Hub dataset (``datasets.load_dataset``, through the Hugging Face cache);
 ``--dataset PATH`` a folder written by ``save_to_disk``. The image and label columns are the ones
 whose features are ``Image`` and ``ClassLabel`` (or named with ``--image-column`` and
-``--label-column``).
+``--label-column``). A label column of strings (class names) is read as classes numbered in
+sorted order of the names, so the same data always gives the same class ids.
 
 The split follows VTAB-1K: 1,000 examples drawn from the train split with a fixed seed, 800 to
 train and 200 to validate (``train800``, ``val200``; ``train800val200`` is both), class-balanced:
@@ -100,16 +101,45 @@ def find_columns(features: Any, image_column: str | None, label_column: str | No
 
 
 def class_names(dataset: Any, label: str) -> list[str]:
-    """The class names (``ClassLabel``), or ``0..C-1`` for an integer label column."""
+    """The class names: a ``ClassLabel``'s, ``0..C-1`` for integer ids, or the sorted distinct
+    values of a column of strings (sorted, so the same data always gives the same class ids)."""
     import datasets
 
     feature = dataset.features[label]
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names)
     labels = dataset[label]
+    if labels and all(isinstance(v, str) for v in labels):
+        return sorted(set(labels))
     if not labels or not all(isinstance(v, int) and v >= 0 for v in labels):
-        raise DataError(f"--label-column {label!r} must hold non-negative integer class ids (or be a ClassLabel)")
+        raise DataError(
+            f"--label-column {label!r} must hold class names (strings), non-negative integer class ids, "
+            "or be a ClassLabel; name another column with --label-column"
+        )
     return [str(c) for c in range(max(labels) + 1)]
+
+
+def class_ids(values: list[Any], names: list[str], label: str, split: str) -> list[int]:
+    """Each label as a class id: a string by its class name, an integer as it is."""
+    index = {name: i for i, name in enumerate(names)}
+    ids = []
+    for value in values:
+        if isinstance(value, str):
+            if value not in index:
+                raise DataError(
+                    f"--label-column {label!r}: the {split} split has label {value!r}, which the train split "
+                    f"never has (its classes: {', '.join(names[:10])}{', …' if len(names) > 10 else ''}); "
+                    "every class needs training examples"
+                )
+            ids.append(index[value])
+        elif isinstance(value, int) and 0 <= value < len(names):
+            ids.append(value)
+        else:
+            raise DataError(
+                f"--label-column {label!r}: the {split} split has label {value!r}, not one of the "
+                f"{len(names)} classes of the train split; check the column"
+            )
+    return ids
 
 
 def class_balanced_draw(labels: list[int], total: int, seed: int) -> list[int]:
@@ -161,11 +191,12 @@ def _suffix(data: bytes) -> str:
         return ".img"  # decoding names the unreadable file later, with its list line
 
 
-def _write_split(dataset: Any, image: str, label: str, rows: list[int], folder: Path) -> list[str]:
-    """Write ``rows`` of ``dataset`` under ``folder/images`` by content hash; return their list lines."""
+def _write_split(dataset: Any, image: str, ids: list[int], rows: list[int], folder: Path) -> list[str]:
+    """Write ``rows`` of ``dataset`` (class ids ``ids``, one per row of ``dataset``) under
+    ``folder/images`` by content hash; return their list lines."""
     subset = dataset.select(rows)
     lines = []
-    for data, y in zip(_encoded(subset, image), subset[label], strict=True):
+    for data, y in zip(_encoded(subset, image), [ids[r] for r in rows], strict=True):
         digest = hashlib.sha256(data).hexdigest()[:32]
         rel = f"images/{digest[:2]}/{digest}{_suffix(data)}"
         target = folder / rel
@@ -188,7 +219,7 @@ def materialize(options: DatasetOptions, root: Path) -> Path:
     train = data["train"]
     image, label = find_columns(train.features, options.image_column, options.label_column)
     names = class_names(train, label)
-    labels = train[label]
+    labels = class_ids(train[label], names, label, "train")
     drawn = class_balanced_draw(labels, TRAIN + VAL, SAMPLE_SEED)
     if len(set(labels[i] for i in drawn)) < len(names):
         missing = sorted(set(range(len(names))) - {labels[i] for i in drawn})
@@ -203,9 +234,10 @@ def materialize(options: DatasetOptions, root: Path) -> Path:
     if test_split is not None:
         test_data, test_rows = data[test_split], list(range(len(data[test_split])))
         image_t, label_t = find_columns(test_data.features, image, label)
+        test_ids = class_ids(test_data[label_t], names, label_t, test_split)
     else:
         taken = set(drawn)
-        test_data, test_rows, image_t, label_t = train, [i for i in range(len(train)) if i not in taken], image, label
+        test_data, test_rows, image_t, test_ids = train, [i for i in range(len(train)) if i not in taken], image, labels
         if not test_rows:
             raise DataError(
                 f"--dataset {options.dataset!r} has no test or validation split and no train examples beyond the "
@@ -217,9 +249,9 @@ def materialize(options: DatasetOptions, root: Path) -> Path:
     try:
         task = staging / task_name(options.dataset)
         lists = {
-            "train800": _write_split(train, image, label, train_rows, task),
-            "val200": _write_split(train, image, label, val_rows, task),
-            "test": _write_split(test_data, image_t, label_t, test_rows, task),
+            "train800": _write_split(train, image, labels, train_rows, task),
+            "val200": _write_split(train, image, labels, val_rows, task),
+            "test": _write_split(test_data, image_t, test_ids, test_rows, task),
         }
         lists["train800val200"] = lists["train800"] + lists["val200"]
         for name, rows in lists.items():

@@ -105,6 +105,14 @@ def discover_tasks(data_root: Path) -> list[tuple[Task, Path]]:
         return [(Task(name=data_root.name), data_root)]
     found = [(Task(name=p.name), p) for p in sorted(data_root.iterdir()) if p.is_dir() and _has_lists(p)]
     if not found:
+        from .imagefolder import is_imagefolder
+
+        tree = next((p for p in [data_root, *sorted(data_root.iterdir())] if p.is_dir() and is_imagefolder(p)), None)
+        if tree is not None:
+            raise DataError(
+                f"{tree} is an ImageFolder tree (train/<class>/<image>), not a NOAH task folder; make it one with "
+                f"`bench data imagefolder {tree}` (it writes the list files, the images stay), then run again"
+            )
         raise DataError(
             f"no task folders under {data_root}: a task folder holds train800.txt, val200.txt, "
             "train800val200.txt and test.txt; point --data-root at the folder that contains them"

@@ -105,3 +105,13 @@ def test_google_npz_checkpoint_loads_through_the_same_path(tmp_path: Path):
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
     assert model.head.weight.shape == (4, 64)
+
+
+def test_a_demo_backbone_outside_the_demo_suite_says_it_has_no_weights(cli, noah_root: Path):
+    code, _, err = cli(
+        "run", "--suite", "folder", "--data-root", str(noah_root), "--backbone", "vit_demo_tiny",
+        "--methods", "linear", "--tasks", "alpha",
+    )  # fmt: skip
+    assert code == 2, err
+    assert "'vit_demo_tiny' is the demo suite's tiny network and has no pretrained weights" in err
+    assert "--suite demo" in err and "--checkpoint PATH" in err and len(err.strip().splitlines()) == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -248,8 +249,22 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_ray_nodes_on_one_machine_both_train(cli, workdir: Path, noah_root: Path, ray_tmp: str):
-    """`ray start --head` and a second `ray start --address`, 1 CPU each; `bench run --ray-address`."""
+@pytest.mark.parametrize("token_file", ["stale", "none"])
+def test_two_ray_nodes_on_one_machine_both_train(
+    token_file: str, cli, workdir: Path, noah_root: Path, ray_tmp: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """`ray start --head` and a second `ray start --address`, 1 CPU each; `bench run --ray-address`.
+
+    The cluster guide's procedure (RAY_AUTH_MODE=token and one RAY_AUTH_TOKEN on every node and
+    on the machine running bench), in a home with no ~/.ray/auth_token or one an earlier cluster
+    left behind: neither plays a part."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    if token_file == "stale":
+        (home / ".ray" / "auth_token").write_text("0" * 64)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
     port = _free_port()
     address = f"127.0.0.1:{port}"
     common = ["--num-cpus", "1", "--num-gpus", "0", "--object-store-memory", str(80 * 2**20), "--disable-usage-stats"]

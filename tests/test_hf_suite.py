@@ -127,3 +127,38 @@ def test_dataset_flags_are_refused_where_they_do_not_apply(cli, tmp_path: Path):
     assert code == 2 and "needs --dataset" in err
     code, _, err = cli("run", "--suite", "hf", "--methods", "linear", "--dataset", str(tmp_path / "missing"))
     assert code == 2 and "--dataset" in err and len(err.strip().splitlines()) == 1
+
+
+def _string_label_dataset(tmp_path: Path, test_names: list[str]) -> Path:
+    import datasets
+
+    names = ["zebra", "ant", "moth"]  # not in sorted order: the classes are sorted, not taken as met
+    features = datasets.Features({"img": datasets.Image(), "animal": datasets.Value("string")})
+
+    def split(n: int, seed: int, pool: list[str]) -> datasets.Dataset:
+        images, labels = _images(n, 3, seed)
+        return datasets.Dataset.from_dict({"img": images, "animal": [pool[y % len(pool)] for y in labels]}, features)
+
+    path = tmp_path / "strings"
+    datasets.DatasetDict({"train": split(30, 0, names), "test": split(9, 1, test_names)}).save_to_disk(str(path))
+    return path
+
+
+def test_a_label_column_of_strings_maps_to_sorted_classes(tmp_path: Path):
+    path = _string_label_dataset(tmp_path, ["zebra", "ant", "moth"])
+    root = materialize(DatasetOptions(str(path), label_column="animal"), tmp_path / "out")
+    task = root / "strings"
+    assert (task / "classes.txt").read_text().split() == ["ant", "moth", "zebra"]
+    # image i of each split has colour i % 3 and the name names[i % 3]: zebra -> 2, ant -> 0, moth -> 1
+    lines = (task / "test.txt").read_text().splitlines()
+    assert sorted(Counter(line.split()[1] for line in lines).items()) == [("0", 3), ("1", 3), ("2", 3)]
+    assert materialize(DatasetOptions(str(path), label_column="animal"), tmp_path / "out") == root  # deterministic
+
+
+def test_a_test_label_the_train_split_lacks_is_one_line_error(cli, tmp_path: Path):
+    path = _string_label_dataset(tmp_path, ["zebra", "ant", "wolf"])
+    code, _, err = cli(
+        "run", "--suite", "tinyhf", "--dataset", str(path), "--label-column", "animal", "--methods", "linear"
+    )  # fmt: skip
+    assert code == 2, err
+    assert "'wolf'" in err and "--label-column 'animal'" in err and len(err.strip().splitlines()) == 1

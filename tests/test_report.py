@@ -549,3 +549,20 @@ def test_few_shot_tables_and_fragments(tmp_path: Path):
     assert one["diff"] == pytest.approx(direct.diff)
     assert (one["diff_low"], one["diff_high"]) == pytest.approx((direct.low, direct.high))
     assert one["prob_superiority"] == pytest.approx(direct.prob_superiority)
+
+
+def test_labels_with_tex_and_markup_characters_are_printed_as_written(tmp_path: Path):
+    """A method or weights label is text: matplotlib must not parse $...$ or \\foo as mathtext,
+    LaTeX must get it escaped, Markdown must not split a table row on its |."""
+    odd = r"lora[note=$\foo$|x]"
+    runs = _synthetic_runs(6, methods=("karst", odd, "linear"), seeds=(0, 1, 2))
+    runs.frame["weights_label"] = r"\foo weights, $\bar$"
+    report, out, md, tex = _report(tmp_path, runs)
+    tex = _tex_text(out, tex)
+    for stem in ("accuracy_vs_params", "forest_vs_reference", "performance_profile", "critical_difference"):
+        assert (out / f"{stem}.png").stat().st_size > 0, stem
+    assert r"lora{[}note=\$\textbackslash{}foo\$|x{]}" in tex and r"\foo" not in tex.replace(r"\textbackslash{}foo", "")
+    row = next(line for line in md.splitlines() if line.startswith("|") and "note=" in line)
+    assert r"lora[note=$\foo$\|x]" in row  # the | escaped: the row keeps its columns
+    header = next(line for line in md.splitlines() if line.startswith("|"))
+    assert row.count(" | ") == header.count(" | ")

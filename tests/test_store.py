@@ -126,3 +126,45 @@ def test_interrupting_the_first_command_during_store_creation(tmp_path: Path, si
     assert not list(workdir.glob(".mlflow.db.creating-*")), "a killed creator's file is cleaned up"
     statuses = {r.info.status for r in Tracker(default_tracking_uri(workdir)).search("bench/demo")}
     assert "FINISHED" not in statuses  # a run the kill interrupted is never taken as done
+
+
+def _set_schema_revision(store: Path, revision: str) -> None:
+    with sqlite3.connect(store) as con:
+        con.execute("UPDATE alembic_version SET version_num = ?", (revision,))
+    con.close()
+
+
+def test_a_store_of_a_newer_mlflow_names_both_versions_and_the_whole_fix(workdir: Path, cli):
+    import mlflow
+
+    store = workdir / "mlflow.db"
+    _set_schema_revision(store, "0123456789ab")  # a revision this MLflow has never seen
+    code, _, err = cli("runs", "--suite", "demo")
+    _assert_one_line_error(code, err, str(store), "written by a newer MLflow", mlflow.__version__, "0123456789ab")
+    assert err.rstrip().endswith("or point --workdir/--tracking-uri at another store")  # not cut mid-word
+
+
+def test_a_store_of_an_older_mlflow_gives_the_whole_upgrade_command(workdir: Path, cli):
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+
+    script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
+    older = script.get_revision(script.get_current_head()).down_revision
+    store = workdir / "mlflow.db"
+    _set_schema_revision(store, older)
+    code, _, err = cli("runs", "--suite", "demo")
+    _assert_one_line_error(code, err, str(store), "written by an older MLflow", older)
+    assert err.rstrip().endswith(f"mlflow db upgrade sqlite:///{store.resolve()}")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("report", "--suite", "demo"), ("analyze", "shift", "--suite", "demo"), ("export", "0123abcd")],
+)
+def test_a_reading_command_on_a_work_directory_without_runs_creates_nothing(tmp_path: Path, command, capsys):
+    workdir = tmp_path / "never-used"
+    capsys.readouterr()
+    code = run_cli(["--workdir", str(workdir), *command])
+    err = capsys.readouterr().err
+    _assert_one_line_error(code, err, f"no tracking store at {workdir / 'mlflow.db'}", "run `bench run` there first")
+    assert not workdir.exists()  # no empty store, no folder

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -37,6 +39,7 @@ import numpy as np
 from ..backbone import Weights
 from ..errors import BenchError
 from .events import Event, WorkerLost
+from .localray import LocalCluster, reload_auth
 from .work import Work
 
 POLL_S = 0.2  # how long the driver waits for a job to end before it reads the mailbox again
@@ -220,8 +223,11 @@ class RayExecutor:
         self._splits: OrderedDict[int, tuple[Any, Any]] = OrderedDict()  # id(SplitData) -> (it, its ref)
         self._weights: dict[str, list] = {}  # checkpoint id -> [ref of its bytes]
         self._saved_visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self._local: LocalCluster | None = None
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         if address is None:
+            self._local = LocalCluster()
+            options.update(self._local.init_options())
             if gpus is not None:  # the local cluster sees the chosen GPUs only
                 os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
                 options["num_gpus"] = len(gpus)
@@ -233,10 +239,12 @@ class RayExecutor:
         else:
             _check_reachable(address)
             options["address"] = address
+            reload_auth()  # RAY_AUTH_MODE and RAY_AUTH_TOKEN as they are now, for the cluster joined
         try:
-            ray.init(**options)
+            with self._keep_sigterm_handler(), self._local.loopback() if self._local else contextlib.nullcontext():
+                ray.init(**options)
         except Exception as exc:
-            self._restore_env()
+            self._release()
             where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
             raise BenchError(
                 f"cannot start or join {where} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
@@ -354,9 +362,26 @@ class RayExecutor:
         self._weights.clear()
         with contextlib.suppress(Exception):
             ray.shutdown()  # stops the cluster this executor started; only disconnects from one it joined
-        self._restore_env()
+        self._release()
 
-    def _restore_env(self) -> None:
+    @staticmethod
+    @contextlib.contextmanager
+    def _keep_sigterm_handler():
+        """``ray.init`` replaces the SIGTERM handler with one that exits at once; bench's own
+        (stop the runs in flight, record them, stop the cluster) stays."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handler = signal.getsignal(signal.SIGTERM)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, handler)
+
+    def _release(self) -> None:
+        if self._local is not None:
+            self._local.stop()
+            self._local = None
         if self._saved_visible is None:
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         else:
