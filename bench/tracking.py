@@ -230,12 +230,19 @@ class Tracker:
         return max(done, key=lambda r: r.info.end_time or 0) if done else None
 
     def close_interrupted(self, runs: list[Any]) -> int:
-        """Mark records left RUNNING by a killed process as KILLED; return how many."""
-        stale = [r for r in runs if r.info.status == "RUNNING"]
-        for r in stale:
+        """Mark records left RUNNING by a killed process as KILLED; return how many.
+
+        ``runs`` may be old snapshots: each status is read again just before, so a record that
+        has ended since (FINISHED by the process that trained it) is never downgraded.
+        """
+        closed = 0
+        for r in runs:
+            if r.info.status != "RUNNING" or self.client.get_run(r.info.run_id).info.status != "RUNNING":
+                continue
             self.client.set_terminated(r.info.run_id, status="KILLED")
             self.client.set_tag(r.info.run_id, schema.INTERRUPTED, "true")
-        return len(stale)
+            closed += 1
+        return closed
 
     def search(self, experiment: str, kind: str = KIND_RUN, extra_filter: str = "") -> list[Any]:
         exp_id = self.experiment_id(experiment, create=False)
