@@ -223,6 +223,10 @@ class Tracker:
             grouped.setdefault(run.data.tags.get(schema.RUN_KEY, ""), []).append(run)
         return grouped
 
+    def runs_of_key(self, experiment: str, run_key: str) -> list[Any]:
+        """The records of one run key, read now (a sweep reads them again before training it)."""
+        return self.search(experiment, extra_filter=f"tags.`{schema.RUN_KEY}` = '{run_key}'")
+
     @staticmethod
     def finished(runs: list[Any]) -> Any | None:
         """The newest FINISHED run among ``runs`` (the records of one run key), if any."""

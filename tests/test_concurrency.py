@@ -3,11 +3,20 @@ downgraded, each run is trained by one process, and Ctrl-C ends a sweep the same
 
 from __future__ import annotations
 
+import re
+import subprocess
+import threading
+from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from bench import schema
-from bench.engine import Recorder, RunRecord
+from bench.claims import RunClaims
+from bench.engine import ExecutorOptions, Recorder, RunRecord, SilentReporter, make_executor
+from bench.sweep import SweepRequest, plan_sweep, run_record, run_sweep
 from bench.tracking import Tracker, default_tracking_uri
+from tests.conftest import bench_subprocess
 
 
 def _record(key: str, stale: list | None = None) -> RunRecord:
@@ -36,3 +45,100 @@ def test_a_run_left_running_is_closed_as_killed(workdir: Path):
     recorder.start(_record("k2", stale=tracker.search("bench/demo")))
     closed = tracker.client.get_run(left)
     assert closed.info.status == "KILLED" and closed.data.tags[schema.INTERRUPTED] == "true"
+
+
+# ---------------------------------------------------------------------------------------
+# Claims: sweeps sharing a work directory divide the runs
+
+
+def test_a_claim_excludes_other_holders_until_released_and_leaves_no_file(tmp_path: Path):
+    mine, theirs = RunClaims(tmp_path / "claims"), RunClaims(tmp_path / "claims")
+    assert mine.claim("k") and mine.claim("k")  # a holder may ask again
+    assert not theirs.claim("k")
+    mine.release("k")
+    assert not (tmp_path / "claims" / "k.lock").exists()
+    assert theirs.claim("k") and not mine.claim("k")
+    theirs.release_all()
+    assert mine.claim("k")
+
+
+class _Order(SilentReporter):
+    def __init__(self) -> None:
+        self.started: list[int] = []
+
+    def run_started(self, run, epochs) -> None:
+        self.started.append(run.spec.seed)
+
+
+def _two_run_plan(workdir: Path, noah_root: Path):
+    request = SweepRequest(
+        suite="tinyfolder",
+        methods=["linear"],
+        seeds=[0, 1],
+        tasks=["alpha"],
+        data_root=noah_root,
+        device="cpu",
+        epochs=1,
+        system_metrics=False,
+    )
+    return plan_sweep(request, workdir)
+
+
+def test_a_run_another_process_holds_is_trained_once_it_lets_go(workdir: Path, noah_root: Path):
+    plan = _two_run_plan(workdir, noah_root)
+    held = plan.runs[0].spec.run_key
+    other = RunClaims(workdir / "claims")  # another process's claim on the sweep's first run
+    assert other.claim(held)
+    threading.Timer(3.0, other.release, args=(held,)).start()
+    tracker = Tracker(default_tracking_uri(workdir), artifact_root=workdir / "artifacts")
+    order = _Order()
+    outcomes = run_sweep(plan, Recorder(tracker), make_executor(ExecutorOptions(kind="inline"), "cpu"), workdir, order)
+    assert order.started == [1, 0]  # the free run first, the held one once it was let go
+    assert [o.status for o in outcomes] == ["trained", "trained"]
+    statuses = Counter(r.info.status for rs in tracker.runs_by_key(plan.experiment).values() for r in rs)
+    assert statuses == {"FINISHED": 2}
+    assert not list((workdir / "claims").iterdir())
+
+
+def test_a_run_another_process_finished_meanwhile_is_reused_not_trained_again(workdir: Path, noah_root: Path):
+    plan = _two_run_plan(workdir, noah_root)
+    run = plan.runs[0]
+    tracker = Tracker(default_tracking_uri(workdir), artifact_root=workdir / "artifacts")
+    other = RunClaims(workdir / "claims")
+    assert other.claim(run.spec.run_key)
+    theirs = Recorder(tracker).start(run_record(run, plan.stage, plan.experiment, None, []))
+
+    def finish() -> None:
+        tracker.client.log_metric(theirs, schema.TEST_ACC, 0.5)
+        tracker.end_child(theirs, "FINISHED")
+        other.release(run.spec.run_key)
+
+    threading.Timer(3.0, finish).start()
+    order = _Order()
+    outcomes = run_sweep(plan, Recorder(tracker), make_executor(ExecutorOptions(kind="inline"), "cpu"), workdir, order)
+    assert order.started == [1]
+    assert [(o.status, o.run_id) for o in outcomes][0] == ("skipped", theirs)
+    assert outcomes[0].eval_acc == 0.5 and outcomes[1].status == "trained"
+    records = tracker.runs_by_key(plan.experiment)
+    assert [r.info.status for r in records[run.spec.run_key]] == ["FINISHED"]
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_at_once_on_a_new_work_directory_train_each_run_once(tmp_path: Path):
+    workdir = tmp_path / "shared"  # no store, no demo data yet: both processes create them
+    args = ("--workdir", str(workdir), "run", "--suite", "demo", "--methods", "linear", "--seeds", "4", "--epochs", "1")
+    procs = [
+        bench_subprocess(*args, "--no-system-metrics", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=600) for p in procs]
+    for proc, (_, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err and "internal error" not in err
+    trained = [int(re.search(r"(\d+) run\(s\) trained, (\d+) already", out).group(1)) for out, _ in results]
+    assert sum(trained) == 4, [out for out, _ in results]
+    records = Tracker(default_tracking_uri(workdir)).runs_by_key("bench/demo")
+    assert len(records) == 4
+    assert all([r.info.status for r in rs] == ["FINISHED"] for rs in records.values()), {
+        k: [r.info.status for r in rs] for k, rs in records.items()
+    }

@@ -77,6 +77,11 @@ class JobSource(Protocol):
     def on_end(self, job: Job, outcome: RunOutcome, end: End | None) -> tuple[dict[str, str], dict[str, float]]:
         """Learn how ``job`` ended (``end`` None: interrupted); return extra tags and metrics for its record."""
 
+    # Optional, where other processes may hold jobs of the same source (see bench.claims):
+    # ``ended(job)``: the job's end state is written, so another process may take the job up;
+    # ``idle() -> bool``: nothing is in flight here and next_job has none now; wait a moment and
+    # return True to be asked again, or False when the source is done.
+
 
 class Reporter(Protocol):
     """What the driver and the sweep tell their caller (the CLI draws progress bars from it)."""
@@ -112,6 +117,8 @@ class _InFlight:
 def drive(source: JobSource, executor: Executor, recorder: Recorder, reporter: Reporter | None = None) -> None:
     reporter = reporter or SilentReporter()
     inflight: dict[int, _InFlight] = {}
+    ended = getattr(source, "ended", None)
+    idle = getattr(source, "idle", None)
 
     def end(f: _InFlight, event: End | None, status: str | None = None) -> None:
         """Record how a job ended (``event`` None: interrupted, with MLflow ``status``)."""
@@ -137,17 +144,21 @@ def drive(source: JobSource, executor: Executor, recorder: Recorder, reporter: R
             outcome = RunOutcome(spec, "failed", f.run_id, error=event.reason)
         else:
             outcome = RunOutcome(spec, "interrupted", f.run_id, error=None if status == "KILLED" else "sweep stopped")
-        tags, metrics = source.on_end(f.job, outcome, event)
-        mlflow_status = status or ("FAILED" if outcome.status == "failed" else "FINISHED")
-        recorder.end(
-            f.run_id,
-            mlflow_status,
-            error=outcome.error if mlflow_status == "FAILED" else None,
-            traceback=event.traceback if isinstance(event, Failed) else None,
-            tags=tags,
-            metrics=metrics,
-            step=epochs,
-        )
+        try:
+            tags, metrics = source.on_end(f.job, outcome, event)
+            mlflow_status = status or ("FAILED" if outcome.status == "failed" else "FINISHED")
+            recorder.end(
+                f.run_id,
+                mlflow_status,
+                error=outcome.error if mlflow_status == "FAILED" else None,
+                traceback=event.traceback if isinstance(event, Failed) else None,
+                tags=tags,
+                metrics=metrics,
+                step=epochs,
+            )
+        finally:
+            if ended is not None:
+                ended(f.job)
         reporter.run_done(f.job.run, outcome)
 
     def start(job: Job) -> None:
@@ -193,6 +204,8 @@ def drive(source: JobSource, executor: Executor, recorder: Recorder, reporter: R
             while len(inflight) < executor.capacity and (job := source.next_job()) is not None:
                 start(job)
             if not inflight:
+                if idle is not None and idle():
+                    continue
                 break
             executor.wait(deliver)
         graceful = True
