@@ -1472,9 +1472,20 @@ def run_cli(args: list[str] | None = None) -> int:
 
     Typer runs in standalone mode: it prints usage errors itself and exits through SystemExit.
     """
+    from . import interrupts
     from .provenance import set_command
 
     set_command(list(sys.argv[1:] if args is None else args))
+    with interrupts.handling():
+        code = _run_command(args)
+        # typer turns Ctrl-C into a silent exit 130; a Ctrl-C swallowed on its way up still counts
+        if interrupts.received() or code == 130:
+            err.print("interrupted; finished runs are kept, runs in progress will be trained again")
+            return 130
+    return code
+
+
+def _run_command(args: list[str] | None) -> int:
     try:
         click_command()(args=args, prog_name="bench")
         return 0
@@ -1486,7 +1497,6 @@ def run_cli(args: list[str] | None = None) -> int:
         err.print(f"[red]error:[/] {escape(one_line)}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        err.print("interrupted; finished runs are kept, the interrupted one will be trained again")
         return 130
     except Exception as exc:
         crash = _write_crash(exc)

@@ -3,15 +3,18 @@ downgraded, each run is trained by one process, and Ctrl-C ends a sweep the same
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from bench import schema
+from bench import interrupts, schema
 from bench.claims import RunClaims
 from bench.engine import ExecutorOptions, Recorder, RunRecord, SilentReporter, make_executor
 from bench.sweep import SweepRequest, plan_sweep, run_record, run_sweep
@@ -142,3 +145,91 @@ def test_two_sweeps_started_at_once_on_a_new_work_directory_train_each_run_once(
     assert all([r.info.status for r in rs] == ["FINISHED"] for rs in records.values()), {
         k: [r.info.status for r in rs] for k, rs in records.items()
     }
+
+
+# ---------------------------------------------------------------------------------------
+# Ctrl-C
+
+
+class _SwallowCtrlC(SilentReporter):
+    """A Ctrl-C caught and dropped by code the sweep calls, as a finaliser run by the garbage
+    collector does with any exception."""
+
+    def __init__(self) -> None:
+        self.swallowed = 0
+
+    def run_started(self, run, epochs) -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)
+        except KeyboardInterrupt:
+            self.swallowed += 1
+
+
+def test_a_swallowed_ctrl_c_still_ends_the_sweep_and_kills_the_run(workdir: Path, noah_root: Path):
+    plan = _two_run_plan(workdir, noah_root)
+    tracker = Tracker(default_tracking_uri(workdir), artifact_root=workdir / "artifacts")
+    reporter = _SwallowCtrlC()
+    with interrupts.handling():
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(plan, Recorder(tracker), make_executor(ExecutorOptions(kind="inline"), "cpu"), workdir, reporter)
+        assert interrupts.received()
+    assert reporter.swallowed == 1
+    statuses = [r.info.status for rs in tracker.runs_by_key(plan.experiment).values() for r in rs]
+    assert statuses == ["KILLED"]  # ended at its first epoch; the second run never started
+
+
+def test_ctrl_c_while_a_run_end_is_written_waits_for_it(workdir: Path):
+    tracker = Tracker(default_tracking_uri(workdir))
+    recorder = Recorder(tracker)
+    run_id = recorder.start(_record("k3"))
+    with interrupts.handling(), pytest.raises(KeyboardInterrupt), interrupts.deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # the signal arrives here and is held back
+        recorder.end(run_id, "FINISHED")
+    assert tracker.client.get_run(run_id).info.status == "FINISHED"
+
+
+def _statuses(tracker: Tracker) -> list[str]:
+    return [r.info.status for r in tracker.search("bench/demo")]
+
+
+def _moment_reached(tracker: Tracker, moment: str) -> bool:
+    runs = tracker.search("bench/demo")
+    if moment == "sweep opened":
+        return bool(tracker.search("bench/demo", kind="sweep"))
+    if moment == "mid-run":
+        return any(r.info.status == "RUNNING" and "train/loss" in r.data.metrics for r in runs)
+    return any(r.info.status == "FINISHED" for r in runs)  # "a run finished"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["sweep opened", "mid-run", "a run finished"])
+def test_ctrl_c_prints_one_interrupted_line_exits_130_and_loses_nothing(workdir: Path, moment: str, cli):
+    args = ("run", "--suite", "demo", "--methods", "linear", "--seeds", "2", "--epochs", "2", "--no-system-metrics")
+    tracker = Tracker(default_tracking_uri(workdir))
+    proc = bench_subprocess("--workdir", str(workdir), *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not _moment_reached(tracker, moment):
+            assert proc.poll() is None and time.time() < deadline, "the sweep ended before it could be interrupted"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1] == "interrupted; finished runs are kept, runs in progress will be trained again", err
+    assert sum("interrupted" in line for line in lines) == 1 and "Traceback" not in err and "Aborted" not in err
+    before = _statuses(tracker)
+    assert set(before) <= {"FINISHED", "KILLED"}, before  # nothing left RUNNING
+    finished = {r.info.run_id for r in tracker.search("bench/demo") if r.info.status == "FINISHED"}
+
+    code, out, err = cli(*args)
+    assert code == 0, err
+    assert f"{2 - len(finished)} run(s) trained, {len(finished)} already finished and reused" in out
+    records = tracker.runs_by_key("bench/demo")
+    assert all(sum(r.info.status == "FINISHED" for r in rs) == 1 for rs in records.values()) and len(records) == 2
+    assert finished <= {r.info.run_id for rs in records.values() for r in rs if r.info.status == "FINISHED"}

@@ -19,6 +19,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .. import interrupts
 from ..errors import BenchError
 from .events import Cancelled, Done, End, Epoch, Event, Failed, Started, WorkerLost
 from .executors import Executor
@@ -122,6 +123,10 @@ def drive(source: JobSource, executor: Executor, recorder: Recorder, reporter: R
 
     def end(f: _InFlight, event: End | None, status: str | None = None) -> None:
         """Record how a job ended (``event`` None: interrupted, with MLflow ``status``)."""
+        with interrupts.deferred():  # a Ctrl-C now is raised once the run's end is written
+            _end(f, event, status)
+
+    def _end(f: _InFlight, event: End | None, status: str | None) -> None:
         inflight.pop(f.job.id, None)
         spec, epochs = f.job.run.spec, f.job.run.preset.epochs
         if isinstance(event, Done) and f.cancelled:
@@ -181,6 +186,7 @@ def drive(source: JobSource, executor: Executor, recorder: Recorder, reporter: R
             if isinstance(event, Started):
                 recorder.started(f.run_id, f.job.record, event)
             elif isinstance(event, Epoch):
+                interrupts.check()  # a Ctrl-C swallowed during the epoch ends the sweep here
                 if f.cancelled:
                     return  # epochs trained after the deciding one are not part of the record
                 recorder.epoch(f.run_id, event.metrics)
@@ -201,6 +207,7 @@ def drive(source: JobSource, executor: Executor, recorder: Recorder, reporter: R
     graceful = False
     try:
         while True:
+            interrupts.check()
             while len(inflight) < executor.capacity and (job := source.next_job()) is not None:
                 start(job)
             if not inflight:
@@ -211,9 +218,10 @@ def drive(source: JobSource, executor: Executor, recorder: Recorder, reporter: R
         graceful = True
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        for f in list(inflight.values()):
-            with contextlib.suppress(Exception):
-                end(f, None, status)
+        with interrupts.deferred():  # a second Ctrl-C does not cut this short
+            for f in list(inflight.values()):
+                with contextlib.suppress(Exception):
+                    end(f, None, status)
         raise
     finally:
         executor.close(graceful)
