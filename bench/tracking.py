@@ -160,6 +160,44 @@ def create_sqlite_store(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def experiment_artifacts(artifact_root: Path, experiment: str) -> str:
+    """Where the runs of ``experiment`` keep their artifacts under a work directory's artifact folder."""
+    return (artifact_root.resolve() / experiment.replace("/", "_")).as_uri()
+
+
+def follow_moved_artifacts(store: Path, artifact_root: Path) -> int:
+    """Re-point the experiments of a moved or copied work directory at its artifact folder; return how many.
+
+    MLflow stores absolute artifact locations (a relative one is resolved against the current
+    folder), so after ``mv runs runs2`` the store in ``runs2`` would still send new artifacts to
+    ``runs/artifacts`` and read old ones from there. An experiment whose location is
+    ``<another folder>/artifacts/<experiment>``, the shape this tracker gives them, is moved to the
+    same place under ``artifact_root``, with the artifact location of every run in it.
+    """
+    import sqlite3
+
+    moved = 0
+    con = sqlite3.connect(str(store), timeout=60)
+    try:
+        with con:  # one transaction: every experiment and its runs, or nothing
+            rows = con.execute("SELECT experiment_id, name, artifact_location FROM experiments").fetchall()
+            for exp_id, name, old in rows:
+                new = experiment_artifacts(artifact_root, name)
+                tail = new.removeprefix(artifact_root.resolve().parent.as_uri())  # /artifacts/<experiment>
+                if not old or old == new or not old.startswith("file://") or not old.endswith(tail):
+                    continue
+                con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, exp_id))
+                con.execute(
+                    "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                    "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                    (new, len(old) + 1, exp_id, len(old), old),
+                )
+                moved += 1
+    finally:
+        con.close()
+    return moved
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -183,6 +221,8 @@ class Tracker:
         if path is not None:
             if path.exists():
                 check_sqlite_store(path)
+                if artifact_root is not None:
+                    follow_moved_artifacts(path, artifact_root)
             else:
                 create_sqlite_store(path)
         try:
@@ -207,7 +247,7 @@ class Tracker:
                 return None
             location = None
             if self.artifact_root is not None:
-                location = (self.artifact_root.resolve() / name.replace("/", "_")).as_uri()
+                location = experiment_artifacts(self.artifact_root, name)
             exp_id = self.client.create_experiment(name, artifact_location=location)
         else:
             exp_id = exp.experiment_id
