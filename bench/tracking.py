@@ -267,6 +267,11 @@ class Tracker:
         """The records of one run key, read now (a sweep reads them again before training it)."""
         return self.search(experiment, extra_filter=f"tags.`{schema.RUN_KEY}` = '{run_key}'")
 
+    def running_children(self, experiment: str, parent_id: str) -> list[Any]:
+        """The runs of a parent (a sweep or a study) whose record is RUNNING now."""
+        flt = f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'RUNNING'"
+        return self.search(experiment, extra_filter=flt)
+
     @staticmethod
     def finished(runs: list[Any]) -> Any | None:
         """The newest FINISHED run among ``runs`` (the records of one run key), if any."""

@@ -3,6 +3,7 @@ downgraded, each run is trained by one process, and Ctrl-C ends a sweep the same
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -233,3 +234,27 @@ def test_ctrl_c_prints_one_interrupted_line_exits_130_and_loses_nothing(workdir:
     records = tracker.runs_by_key("bench/demo")
     assert all(sum(r.info.status == "FINISHED" for r in rs) == 1 for rs in records.values()) and len(records) == 2
     assert finished <= {r.info.run_id for rs in records.values() for r in rs if r.info.status == "FINISHED"}
+
+
+# ---------------------------------------------------------------------------------------
+# Tuning trials left RUNNING by a killed `bench tune`
+
+
+def test_reopening_a_study_closes_its_trials_left_running_and_keeps_finished_ones(workdir: Path):
+    tracker = Tracker(default_tracking_uri(workdir))
+    recorder = Recorder(tracker)
+    study_tags = {schema.STUDY: "demo-digits-lora", schema.SWEEP_NAME: "study/demo-digits-lora"}
+    parent = recorder.open_parent("bench/demo-tune", "study-key", study_tags, {})
+    trial = RunRecord("bench/demo-tune", parent, "trial-000", {schema.RUN_KEY: "t0"}, {}, {})
+    done = recorder.start(trial)
+    recorder.end(done, "FINISHED")
+    left = recorder.start(dataclasses.replace(trial, name="trial-001", tags={schema.RUN_KEY: "t1"}))
+    sweep = recorder.open_parent("bench/demo", "sweep-key", {schema.SWEEP_NAME: "sweep"}, {})
+    in_flight = recorder.start(RunRecord("bench/demo", sweep, "run", {schema.RUN_KEY: "r"}, {}, {}))
+
+    assert recorder.open_parent("bench/demo-tune", "study-key", study_tags, {}) == parent  # the next `bench tune`
+    assert tracker.client.get_run(done).info.status == "FINISHED"
+    killed = tracker.client.get_run(left)
+    assert killed.info.status == "KILLED" and killed.data.tags[schema.INTERRUPTED] == "true"
+    recorder.open_parent("bench/demo", "sweep-key", {schema.SWEEP_NAME: "sweep"}, {})
+    assert tracker.client.get_run(in_flight).info.status == "RUNNING"  # a sweep's runs wait for their claims
