@@ -1513,10 +1513,20 @@ def run_cli(args: list[str] | None = None) -> int:
 
     Typer runs in standalone mode: it prints usage errors itself and exits through SystemExit.
     """
+    from . import interrupts
     from .provenance import set_command
 
     set_command(list(sys.argv[1:] if args is None else args))
-    terminated: list[bool] = []
+    terminated: list[bool] = []  # SIGTERM came (see _sigterm_stops_like_ctrl_c)
+    with interrupts.handling():
+        code = _run_command(args, terminated)
+        # typer turns Ctrl-C into a silent exit 130; a Ctrl-C swallowed on its way up still counts
+        if terminated or interrupts.received() or code == 130:
+            return _stopped(bool(terminated))
+    return code
+
+
+def _run_command(args: list[str] | None, terminated: list[bool]) -> int:
     try:
         with _sigterm_stops_like_ctrl_c(terminated):
             click_command()(args=args, prog_name="bench")
@@ -1524,14 +1534,14 @@ def run_cli(args: list[str] | None = None) -> int:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         # typer ends a command stopped by KeyboardInterrupt (Ctrl-C, or SIGTERM below) with exit 130
-        return _stopped(bool(terminated)) if code == 130 else code
+        return code
     except BenchError as exc:
         one_line = " ".join(str(exc).splitlines())  # a message quoting a file or a library may span lines
         # a message may quote a method entry such as karst[rescale=none]: not rich markup
         err.print(f"[red]error:[/] {escape(one_line)}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        return _stopped(bool(terminated))
+        return 130
     except Exception as exc:
         crash = _write_crash(exc)
         err.print(
@@ -1546,7 +1556,7 @@ def run_cli(args: list[str] | None = None) -> int:
 def _stopped(terminated: bool) -> int:
     """Ctrl-C or SIGTERM: one line, and the exit status a shell gives a process the signal ended."""
     err.print(
-        f"{'terminated' if terminated else 'interrupted'}; finished runs are kept, the interrupted one will be trained again"
+        f"{'terminated' if terminated else 'interrupted'}; finished runs are kept, runs in progress will be trained again"
     )
     return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
 
@@ -1557,8 +1567,10 @@ def _sigterm_stops_like_ctrl_c(terminated: list[bool]):
     Ray cluster stopped. ``terminated`` gets an entry when it came."""
 
     def terminate(signum: int, frame: Any) -> None:
+        from . import interrupts
+
         terminated.append(True)
-        raise KeyboardInterrupt
+        interrupts.on_signal(signum, frame)  # held back while a run's end is written, as Ctrl-C is
 
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -30,6 +30,7 @@ from . import __version__, efficiency, schema
 from .backbone import Weights, backbone_spec, check_weights, resolve_weights
 from .budget import UnreachableBudget, check_structure, format_budget
 from .cache import load_split
+from .claims import RunClaims
 from .compile_cache import cache_folder
 from .engine import Executor, Job, JobData, Recorder, Reporter, RunOutcome, RunRecord, SilentReporter, Work, drive
 from .errors import BenchError
@@ -168,6 +169,8 @@ class Unreachable:
     def warning(self) -> str:
         return f"{self.method} at budget {format_budget(self.budget)} is left out of the sweep: {self.reason}"
 
+
+CLAIM_POLL_S = 1.0  # how often a sweep waiting on runs another process trains looks again
 
 TAG_LIMIT = 8000  # MLflow's longest tag value
 
@@ -568,7 +571,12 @@ class TaskLoader:
 
 
 class SweepSource:
-    """The runs of a sweep as engine jobs, in plan order: finished ones reused, the rest trained."""
+    """The runs of a sweep as engine jobs, in plan order: finished ones reused, the rest trained.
+
+    Each run is trained under its claim (:mod:`bench.claims`), so sweeps started at once on one
+    work directory divide the runs: a run another process is training is put back and taken up
+    again when that process lets it go, then reused if it ended FINISHED or trained here if not.
+    """
 
     def __init__(
         self,
@@ -577,21 +585,28 @@ class SweepSource:
         parent: str,
         cache_dir: Path,
         reporter: Reporter,
+        claims: RunClaims,
         compile_cache: Path | None = None,
     ):
         self.plan, self.parent, self.cache_dir, self.reporter = plan, parent, cache_dir, reporter
         self.compile_cache = None if compile_cache is None else str(compile_cache)
-        records = recorder.tracker.runs_by_key(plan.experiment)  # one query for the whole sweep
+        self.tracker = recorder.tracker
+        self.claims = claims
+        records = self.tracker.runs_by_key(plan.experiment)  # one query for the whole sweep
         self.outcomes: dict[int, RunOutcome] = {}
-        self.pending: deque[tuple[int, list]] = deque()
+        self.pending: deque[int] = deque()
+        self.elsewhere: deque[int] = deque()  # runs another process held the claim of, to try again
         for index, run in enumerate(plan.runs):
-            previous = recorder.tracker.finished(records.get(run.spec.run_key, []))
+            previous = self.tracker.finished(records.get(run.spec.run_key, []))
             if previous is None:
-                self.pending.append((index, records.get(run.spec.run_key, [])))
+                self.pending.append(index)
             else:
-                acc = previous.data.metrics.get(schema.eval_metric(plan.stage.name))
-                self.outcomes[index] = RunOutcome(run.spec, "skipped", previous.info.run_id, acc)
+                self.outcomes[index] = self._reused(run, previous)
         self._load = TaskLoader(plan, cache_dir)
+
+    def _reused(self, run: PlannedRun, previous: Any) -> RunOutcome:
+        acc = previous.data.metrics.get(schema.eval_metric(self.plan.stage.name))
+        return RunOutcome(run.spec, "skipped", previous.info.run_id, acc)
 
     @property
     def todo(self) -> int:
@@ -603,14 +618,36 @@ class SweepSource:
 
     def next_job(self) -> Job | None:
         if not self.pending:
-            return None
-        index, stale = self.pending.popleft()
-        run = self.plan.runs[index]
-        record = run_record(run, self.plan.stage, self.plan.experiment, self.parent, stale)
-        work = Work(
-            index, run, self.plan.stage, self.plan.weights, self.plan.request.system_metrics, self.compile_cache
-        )
-        return Job(work, record)
+            self.pending, self.elsewhere = self.elsewhere, self.pending
+        for _ in range(len(self.pending)):
+            index = self.pending.popleft()
+            run = self.plan.runs[index]
+            key = run.spec.run_key
+            if not self.claims.claim(key):
+                self.elsewhere.append(index)
+                continue
+            # read again under the claim: another process may have finished the run since planning,
+            # and what it left RUNNING is stale now that nobody holds the claim
+            records = self.tracker.runs_of_key(self.plan.experiment, key)
+            previous = self.tracker.finished(records)
+            if previous is not None:
+                self.claims.release(key)
+                self.outcomes[index] = self._reused(run, previous)
+                self.reporter.run_done(run, self.outcomes[index])
+                continue
+            record = run_record(run, self.plan.stage, self.plan.experiment, self.parent, records)
+            work = Work(
+                index, run, self.plan.stage, self.plan.weights, self.plan.request.system_metrics, self.compile_cache
+            )
+            return Job(work, record)
+        return None
+
+    def idle(self) -> bool:
+        """Nothing of ours is in flight: wait a moment if other processes hold runs still to do."""
+        if not self.elsewhere and not self.pending:
+            return False
+        time.sleep(CLAIM_POLL_S)
+        return True
 
     def load(self, job: Job) -> JobData:
         return self._load(job.run)
@@ -621,6 +658,10 @@ class SweepSource:
     def on_end(self, job: Job, outcome: RunOutcome, end: Any) -> tuple[dict[str, str], dict[str, float]]:
         self.outcomes[job.id] = outcome
         return {}, {}
+
+    def ended(self, job: Job) -> None:
+        """The run's end is recorded: another process may take it up now."""
+        self.claims.release(job.run.spec.run_key)
 
     def results(self) -> list[RunOutcome]:
         """Every run's outcome, in plan order (runs never started after a Ctrl-C are left out)."""
@@ -670,7 +711,8 @@ def run_sweep(
         ),
     )
     record_sweep_inputs(recorder, parent, plan)
-    source = SweepSource(plan, recorder, parent, workdir / "cache" / "images", reporter, cache_folder(workdir))
+    claims = RunClaims(workdir / "claims")
+    source = SweepSource(plan, recorder, parent, workdir / "cache" / "images", reporter, claims, cache_folder(workdir))
     reporter.sweep_started(plan, source.todo)
     source.report_reused()
     status = "FAILED"
@@ -682,6 +724,7 @@ def run_sweep(
         status = "KILLED"
         raise
     finally:
+        claims.release_all()
         outcomes = source.results()
         cost = efficiency.measure(outcomes, time.perf_counter() - started, executor.capacity)
         recorder.close_parent(

@@ -197,6 +197,44 @@ def create_sqlite_store(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def experiment_artifacts(artifact_root: Path, experiment: str) -> str:
+    """Where the runs of ``experiment`` keep their artifacts under a work directory's artifact folder."""
+    return (artifact_root.resolve() / experiment.replace("/", "_")).as_uri()
+
+
+def follow_moved_artifacts(store: Path, artifact_root: Path) -> int:
+    """Re-point the experiments of a moved or copied work directory at its artifact folder; return how many.
+
+    MLflow stores absolute artifact locations (a relative one is resolved against the current
+    folder), so after ``mv runs runs2`` the store in ``runs2`` would still send new artifacts to
+    ``runs/artifacts`` and read old ones from there. An experiment whose location is
+    ``<another folder>/artifacts/<experiment>``, the shape this tracker gives them, is moved to the
+    same place under ``artifact_root``, with the artifact location of every run in it.
+    """
+    import sqlite3
+
+    moved = 0
+    con = sqlite3.connect(str(store), timeout=60)
+    try:
+        with con:  # one transaction: every experiment and its runs, or nothing
+            rows = con.execute("SELECT experiment_id, name, artifact_location FROM experiments").fetchall()
+            for exp_id, name, old in rows:
+                new = experiment_artifacts(artifact_root, name)
+                tail = new.removeprefix(artifact_root.resolve().parent.as_uri())  # /artifacts/<experiment>
+                if not old or old == new or not old.startswith("file://") or not old.endswith(tail):
+                    continue
+                con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, exp_id))
+                con.execute(
+                    "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                    "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                    (new, len(old) + 1, exp_id, len(old), old),
+                )
+                moved += 1
+    finally:
+        con.close()
+    return moved
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -220,6 +258,8 @@ class Tracker:
         if path is not None:
             if path.exists():
                 check_sqlite_store(path)
+                if artifact_root is not None:
+                    follow_moved_artifacts(path, artifact_root)
             else:
                 create_sqlite_store(path)
         try:
@@ -244,7 +284,7 @@ class Tracker:
                 return None
             location = None
             if self.artifact_root is not None:
-                location = (self.artifact_root.resolve() / name.replace("/", "_")).as_uri()
+                location = experiment_artifacts(self.artifact_root, name)
             exp_id = self.client.create_experiment(name, artifact_location=location)
         else:
             exp_id = exp.experiment_id
@@ -260,6 +300,15 @@ class Tracker:
             grouped.setdefault(run.data.tags.get(schema.RUN_KEY, ""), []).append(run)
         return grouped
 
+    def runs_of_key(self, experiment: str, run_key: str) -> list[Any]:
+        """The records of one run key, read now (a sweep reads them again before training it)."""
+        return self.search(experiment, extra_filter=f"tags.`{schema.RUN_KEY}` = '{run_key}'")
+
+    def running_children(self, experiment: str, parent_id: str) -> list[Any]:
+        """The runs of a parent (a sweep or a study) whose record is RUNNING now."""
+        flt = f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'RUNNING'"
+        return self.search(experiment, extra_filter=flt)
+
     @staticmethod
     def finished(runs: list[Any]) -> Any | None:
         """The newest FINISHED run among ``runs`` (the records of one run key), if any."""
@@ -267,12 +316,19 @@ class Tracker:
         return max(done, key=lambda r: r.info.end_time or 0) if done else None
 
     def close_interrupted(self, runs: list[Any]) -> int:
-        """Mark records left RUNNING by a killed process as KILLED; return how many."""
-        stale = [r for r in runs if r.info.status == "RUNNING"]
-        for r in stale:
+        """Mark records left RUNNING by a killed process as KILLED; return how many.
+
+        ``runs`` may be old snapshots: each status is read again just before, so a record that
+        has ended since (FINISHED by the process that trained it) is never downgraded.
+        """
+        closed = 0
+        for r in runs:
+            if r.info.status != "RUNNING" or self.client.get_run(r.info.run_id).info.status != "RUNNING":
+                continue
             self.client.set_terminated(r.info.run_id, status="KILLED")
             self.client.set_tag(r.info.run_id, schema.INTERRUPTED, "true")
-        return len(stale)
+            closed += 1
+        return closed
 
     def search(self, experiment: str, kind: str = KIND_RUN, extra_filter: str = "") -> list[Any]:
         exp_id = self.experiment_id(experiment, create=False)

@@ -61,6 +61,9 @@ class MemoryTracker:
     def runs_by_key(self, experiment: str) -> dict[str, list[Any]]:
         return {}
 
+    def runs_of_key(self, experiment: str, run_key: str) -> list[Any]:
+        return []
+
     @staticmethod
     def finished(runs: list[Any]) -> Any:
         return None

@@ -13,6 +13,8 @@ those files.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -322,6 +324,14 @@ def curve_points(report: Report) -> pd.DataFrame:
 
 
 def write_report(report: Report, out: Path, formats: tuple[str, ...] = FORMATS, latex_width: str = "fit") -> list[Path]:
+    """Write the report into ``out``; a folder holding ``report.md`` or ``report.tex`` holds a whole report.
+
+    Everything is made in a hidden folder beside ``out`` first (the figures and statistics take
+    the time). Then the old ``report.md``/``report.tex`` are removed, the new files moved in, and
+    the new ``report.md``/``report.tex`` moved in last: a report killed at any point leaves either
+    the old report untouched or new files without a stale ``report.md`` beside them. Files of
+    ``out`` that the report does not write are left alone.
+    """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise BenchError(f"--format {','.join(unknown)} is not supported; use any of {','.join(FORMATS)}")
@@ -329,7 +339,55 @@ def write_report(report: Report, out: Path, formats: tuple[str, ...] = FORMATS, 
         raise BenchError(f"--latex-width {latex_width!r} must be one of {', '.join(render.LATEX_WIDTHS)}")
     if out.exists() and not out.is_dir():
         raise BenchError(f"--out {out} is a file; pass a folder for the report (it is created if missing)")
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_staging(out)
+    staging = out.parent / f"{STAGING_PREFIX}{out.name}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        staged = _write_files(report, staging, formats, latex_width)
+        out.mkdir(exist_ok=True)
+        for name in DOCUMENTS:
+            (out / name).unlink(missing_ok=True)
+        if "latex" in formats and (out / "tables").is_dir():
+            for stale in (out / "tables").glob("*.tex"):  # an earlier report may have had tables this one has not
+                if stale.stem.startswith(FRAGMENTS):
+                    stale.unlink()
+        for path in sorted(staged, key=lambda p: p.name in DOCUMENTS):  # the documents last
+            target = out / path.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report.figures = [out / p.relative_to(staging) for p in report.figures]
+    report.files = [out / p.relative_to(staging) for p in staged]
+    return report.files
+
+
+STAGING_PREFIX = ".report-staging-"
+DOCUMENTS = ("report.md", "report.tex")  # moved in last: their presence means the report is whole
+
+
+def _remove_abandoned_staging(out: Path) -> None:
+    """Remove the staging folders of reports into ``out`` that were killed (their process is gone)."""
+    for folder in out.parent.glob(f"{STAGING_PREFIX}{out.name}-*"):
+        pid = folder.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_files(report: Report, out: Path, formats: tuple[str, ...], latex_width: str) -> list[Path]:
+    """Every file of the report, written into the empty folder ``out``."""
     written: list[Path] = []
     report.figures = _figures(report, out)
     written += report.figures
@@ -355,9 +413,6 @@ def write_report(report: Report, out: Path, formats: tuple[str, ...] = FORMATS, 
     if "latex" in formats:
         folder = out / "tables"
         folder.mkdir(exist_ok=True)
-        for stale in folder.glob("*.tex"):  # an earlier report into this folder may have had tables this one has not
-            if stale.stem.startswith(FRAGMENTS):
-                stale.unlink()
         for section in parts:
             for item in section.items:
                 if isinstance(item, Table):
@@ -367,7 +422,6 @@ def write_report(report: Report, out: Path, formats: tuple[str, ...] = FORMATS, 
         path = out / "report.tex"
         path.write_text(latex(report, parts), encoding="ascii")
         written.append(path)
-    report.files = written
     return written
 
 

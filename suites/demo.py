@@ -69,7 +69,12 @@ def write_digits(root: Path) -> None:
         for split, rows in lines.items():
             (tmp / f"{split}.txt").write_text("\n".join(rows) + "\n")
         (tmp / "classes.txt").write_text("\n".join(str(c) for c in range(10)) + "\n")
-        tmp.rename(target)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "test.txt").is_file():
+                raise
+            # another process wrote the same folder first (the rename is atomic, so it is whole)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -8,6 +8,7 @@ on the run's test split with the predictions the run stored in MLflow.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from bench import export
+from bench.cli import run_cli
 from bench.tracking import Tracker, default_tracking_uri
 
 
@@ -216,3 +218,28 @@ def test_every_peft_method_exports_through_peft_and_loads_back(peft_runs: Path, 
     x = images[:8].float().div(255)  # the same input to both: the logits must agree
     with torch.no_grad():
         assert torch.allclose(loaded(x), trained(x), atol=1e-5)
+
+
+def test_a_moved_work_directory_keeps_its_artifacts_and_exports_old_and_new_runs(
+    workdir: Path, noah_root: Path, tmp_path: Path, capsys
+):
+    def bench(wd: Path, *args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = run_cli(["--workdir", str(wd), *args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    base = ("run", "--suite", "tinyfolder", "--methods", "linear", "--tasks", "alpha", "--data-root", str(noah_root))
+    assert bench(workdir, *base, "--seeds", "0,", "--epochs", "1")[0] == 0
+    moved = tmp_path / "moved"
+    shutil.move(workdir, moved)
+    code, out, err = bench(moved, *base, "--seeds", "0,1", "--epochs", "1")
+    assert code == 0, err
+    assert "1 run(s) trained, 1 already finished and reused" in out
+    assert not workdir.exists()  # nothing is written to the old place
+    for label in ("linear/alpha/s0", "linear/alpha/s1"):
+        code, out, err = bench(moved, "export", label, "--out", str(tmp_path / label.replace("/", "-")), "--verify")
+        assert code == 0, err
+        assert "15 of 15 test predictions equal" in out
+    for run in Tracker(default_tracking_uri(moved)).search("bench/tinyfolder"):
+        assert run.info.artifact_uri.startswith((moved / "artifacts").resolve().as_uri() + "/")

@@ -100,7 +100,7 @@ def test_a_local_ray_cluster_listens_on_loopback_only_and_sigterm_stops_it_clean
             proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert (
-        err.strip().splitlines()[-1] == "terminated; finished runs are kept, the interrupted one will be trained again"
+        err.strip().splitlines()[-1] == "terminated; finished runs are kept, runs in progress will be trained again"
     )
     for noise in ("Traceback", "ERROR", "(raylet)", "SIGTERM", "core_worker"):
         assert noise not in err, err

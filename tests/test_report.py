@@ -566,3 +566,64 @@ def test_labels_with_tex_and_markup_characters_are_printed_as_written(tmp_path: 
     assert r"lora[note=$\foo$\|x]" in row  # the | escaped: the row keeps its columns
     header = next(line for line in md.splitlines() if line.startswith("|"))
     assert row.count(" | ") == header.count(" | ")
+
+
+# ---------------------------------------------------------------------------------------
+# Writing the report: a folder with report.md holds a whole report
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_report_replaces_the_last_one_keeps_other_files_and_leaves_no_staging(tmp_path: Path):
+    from reports.report import build_report, write_report
+
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    first = write_report(build_report(_synthetic_runs(3, seed=0), "karst"), out)
+    again = write_report(build_report(_synthetic_runs(3, seed=1), "karst"), out)
+    assert [p.name for p in again] == [p.name for p in first] and again[-1] == out / "report.tex"
+    assert all(p.is_file() and p.parent.is_relative_to(out) for p in again)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]  # the staging folder is gone
+
+
+_WRITE_B = """
+import sys
+from pathlib import Path
+from reports.report import build_report, write_report
+from tests.test_report import _synthetic_runs
+report = build_report(_synthetic_runs(3, seed=1), "karst")
+print("built", flush=True)
+write_report(report, Path(sys.argv[1]))
+"""
+
+
+@pytest.mark.slow
+def test_a_report_killed_while_writing_never_leaves_new_files_beside_the_old_report_md(tmp_path: Path):
+    import sys
+    import time
+
+    from reports.report import build_report, write_report
+
+    out = tmp_path / "rep"
+    write_report(build_report(_synthetic_runs(3, seed=0), "karst"), out)
+    old = _snapshot(out)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITE_B, str(out)], stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent
+    )
+    assert proc.stdout.readline().strip() == b"built"
+    deadline = time.time() + 120
+    while _snapshot(out) == old and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.kill()  # at the first change the writer makes to the folder
+    proc.wait()
+    now = _snapshot(out)
+    assert now != old, "the writer ended before it changed the folder"
+    if "report.md" in now:  # a report.md is only ever beside the files it was written with
+        assert now["report.md"] != old["report.md"]
+        assert all(now.get(name) != content for name, content in old.items() if name.endswith((".csv", ".md")))
+    write_report(build_report(_synthetic_runs(3, seed=1), "karst"), out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]  # the killed writer's staging is removed too

@@ -19,6 +19,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .. import interrupts
 from ..errors import BenchError
 from .events import Cancelled, Done, End, Epoch, Event, Failed, Started, WorkerLost
 from .executors import Executor
@@ -87,6 +88,11 @@ class JobSource(Protocol):
     def on_end(self, job: Job, outcome: RunOutcome, end: End | None) -> tuple[dict[str, str], dict[str, float]]:
         """Learn how ``job`` ended (``end`` None: interrupted); return extra tags and metrics for its record."""
 
+    # Optional, where other processes may hold jobs of the same source (see bench.claims):
+    # ``ended(job)``: the job's end state is written, so another process may take the job up;
+    # ``idle() -> bool``: nothing is in flight here and next_job has none now; wait a moment and
+    # return True to be asked again, or False when the source is done.
+
 
 class Reporter(Protocol):
     """What the driver and the sweep tell their caller (the CLI draws progress bars from it)."""
@@ -127,9 +133,15 @@ class _InFlight:
 def drive(source: JobSource, executor: Executor, recorder: Recorder, reporter: Reporter | None = None) -> None:
     reporter = reporter or SilentReporter()
     inflight: dict[int, _InFlight] = {}
+    ended = getattr(source, "ended", None)
+    idle = getattr(source, "idle", None)
 
     def end(f: _InFlight, event: End | None, status: str | None = None) -> None:
         """Record how a job ended (``event`` None: interrupted, with MLflow ``status``)."""
+        with interrupts.deferred():  # a Ctrl-C now is raised once the run's end is written
+            _end(f, event, status)
+
+    def _end(f: _InFlight, event: End | None, status: str | None) -> None:
         inflight.pop(f.job.id, None)
         spec, epochs = f.job.run.spec, f.job.run.preset.epochs
         if isinstance(event, Done) and f.cancelled:
@@ -154,17 +166,21 @@ def drive(source: JobSource, executor: Executor, recorder: Recorder, reporter: R
             outcome = RunOutcome(spec, "failed", f.run_id, error=event.reason)
         else:
             outcome = RunOutcome(spec, "interrupted", f.run_id, error=None if status == "KILLED" else "sweep stopped")
-        tags, metrics = source.on_end(f.job, outcome, event)
-        mlflow_status = status or ("FAILED" if outcome.status == "failed" else "FINISHED")
-        recorder.end(
-            f.run_id,
-            mlflow_status,
-            error=outcome.error if mlflow_status == "FAILED" else None,
-            traceback=event.traceback if isinstance(event, Failed) else None,
-            tags=tags,
-            metrics=metrics,
-            step=epochs,
-        )
+        try:
+            tags, metrics = source.on_end(f.job, outcome, event)
+            mlflow_status = status or ("FAILED" if outcome.status == "failed" else "FINISHED")
+            recorder.end(
+                f.run_id,
+                mlflow_status,
+                error=outcome.error if mlflow_status == "FAILED" else None,
+                traceback=event.traceback if isinstance(event, Failed) else None,
+                tags=tags,
+                metrics=metrics,
+                step=epochs,
+            )
+        finally:
+            if ended is not None:
+                ended(f.job)
         reporter.run_done(f.job.run, outcome)
 
     def start(job: Job) -> None:
@@ -187,6 +203,7 @@ def drive(source: JobSource, executor: Executor, recorder: Recorder, reporter: R
             if isinstance(event, Started):
                 recorder.started(f.run_id, f.job.record, event)
             elif isinstance(event, Epoch):
+                interrupts.check()  # a Ctrl-C swallowed during the epoch ends the sweep here
                 if f.cancelled:
                     return  # epochs trained after the deciding one are not part of the record
                 recorder.epoch(f.run_id, event.metrics)
@@ -207,17 +224,21 @@ def drive(source: JobSource, executor: Executor, recorder: Recorder, reporter: R
     graceful = False
     try:
         while True:
+            interrupts.check()
             while len(inflight) < executor.capacity and (job := source.next_job()) is not None:
                 start(job)
             if not inflight:
+                if idle is not None and idle():
+                    continue
                 break
             executor.wait(deliver)
         graceful = True
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        for f in list(inflight.values()):
-            with contextlib.suppress(Exception):
-                end(f, None, status)
+        with interrupts.deferred():  # a second Ctrl-C does not cut this short
+            for f in list(inflight.values()):
+                with contextlib.suppress(Exception):
+                    end(f, None, status)
         raise
     finally:
         executor.close(graceful)

@@ -63,7 +63,16 @@ class Recorder:
     # -- parents: a sweep, or a tuning study ----------------------------------------------
 
     def open_parent(self, experiment: str, key: str, tags: dict[str, str], params: dict[str, str]) -> str:
-        return self.tracker.open_sweep(experiment, key, tags, params)
+        """Open (or reopen) a sweep's or a study's parent run.
+
+        A study is tuned by one driver at a time, so trials of a reopened study still RUNNING were
+        left by a killed process: they are closed as KILLED here, as its Optuna trials are failed.
+        (A sweep's runs are closed run by run, under their claims: another sweep may be training them.)
+        """
+        parent = self.tracker.open_sweep(experiment, key, tags, params)
+        if schema.STUDY in tags:
+            self.tracker.close_interrupted(self.tracker.running_children(experiment, parent))
+        return parent
 
     def close_parent(
         self, run_id: str, status: str, counts: dict[str, int], metrics: dict[str, float] | None = None
