@@ -218,7 +218,7 @@ class TrialSource:
                 schema.SWEEP_NAME: f"study/{s.name}",
                 schema.OPTUNA_STORAGE: self.storage,
             },
-            params=flatten_params({"budget_epochs": s.budget, **s.attrs}),
+            params=flatten_params(s.attrs),  # the budget is a metric: a rerun may raise it
         )
         if self.plan.request.sweep_file is not None:
             self.recorder.tracker.log_text(parent, self.plan.request.sweep_file, schema.SWEEP_FILE)

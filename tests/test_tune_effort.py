@@ -25,7 +25,7 @@ from bench.studies import (
     open_study,
     requeue_interrupted,
 )
-from bench.tracking import Tracker, default_tracking_uri
+from bench.tracking import KIND_SWEEP, Tracker, default_tracking_uri
 from bench.tune import effort_budget
 
 EPOCHS = 3  # the tinyfolder preset's
@@ -45,7 +45,7 @@ def _study(workdir: Path, name: str) -> optuna.Study:
 def _parent(workdir: Path, name: str):
     [parent] = [
         r
-        for r in Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder-tune")
+        for r in Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder-tune", kind=KIND_SWEEP)
         if r.data.tags.get("bench.study") == name and "bench.trial" not in r.data.tags
     ]
     return parent
