@@ -170,6 +170,8 @@ def _prepare_study(plan: SweepPlan, run: PlannedRun, storage: str, budget: int, 
         raise BenchError(
             f"study {name} in {storage} was tuned with other {', '.join(changed)}; use another --storage or {hint}"
         )
+    elif "scheduler" not in study.user_attrs:  # a study from before schedulers could be chosen: say which it had
+        study.set_user_attr("scheduler", LEGACY_SCHEDULER)
     fail_stale_trials(study)
     requeue_interrupted(study)
     if not study.trials:  # trial 0: the published configuration (the preset's recipe + the method's own)

@@ -260,6 +260,25 @@ def test_final_runs_take_the_best_trial(tuned_workdir: Path, capsys):
         ).params["alpha"]
     )
 
+    # The report states each method's tuning effort: its study's budget, and the trial-epochs and
+    # training seconds the study spent, as the study's parent run recorded them.
+    from reports import render, tables
+    from reports.report import build_report, sections
+    from reports.runs import load_runs
+
+    selected = load_runs(Tracker(default_tracking_uri(tuned_workdir)), "demo", "final", hparams="tuned")
+    effort = tables.tuning_effort(selected, "karst").set_index("method")
+    for name, study in _studies(tuned_workdir).items():
+        row = effort.loc[name.split("/")[2]]
+        charged = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL")]
+        assert row["studies"] == 1 and row["scheduler"] == "hyperband"
+        assert row["budget_min"] == row["budget_max"] == row["trial_epochs"] == _charged(study) == 5 * 3
+        assert row["train_s"] == pytest.approx(sum(t.user_attrs["train_s"] for t in charged))
+    table = render.tuning_effort_table(effort.reset_index())
+    assert table.loc["lora", "Trial-epochs used"] == "15" and table.loc["lora", "Budget / study (trial-epochs)"] == "15"
+    items = [item for section in sections(build_report(selected, "karst")) for item in section.items]
+    assert "tuning_effort" in [getattr(item, "name", None) for item in items]
+
 
 def test_tuned_without_a_study_says_how_to_make_one(cli):
     code, _, err = cli("run", "--suite", "demo", "--methods", "lora", "--seeds", "1", "--hparams", "tuned")
