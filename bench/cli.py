@@ -501,8 +501,7 @@ def _budgets(text: str | None) -> list[int]:
 @app.command(
     epilog=examples(
         "bench tune --suite demo --methods karst,lora --budget 8k,16k --trials 4",
-        "bench tune --suite demo --methods karst,lora --scheduler asha --budget-epochs 200",
-        "bench run --suite demo --methods karst,lora --budget 8k --hparams tuned",
+        "bench tune --suite demo --methods lora --scheduler asha --budget-epochs 200",
     )
 )
 def tune(
