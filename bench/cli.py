@@ -331,6 +331,7 @@ def _command_options(ctx: typer.Context, command: str) -> tuple[dict[str, Any], 
     line, and where they came from (for the resolved file's header)."""
     opts = dict(ctx.params)
     given = {name for name in opts if _given(ctx, name)}
+    on_command_line = set(given)
     sources = ["the command line"]
     if opts.get("config") is not None:
         from .sweepfile import file_options, find_sweep_file, load_sweep_file
@@ -345,10 +346,29 @@ def _command_options(ctx: typer.Context, command: str) -> tuple[dict[str, Any], 
                 opts[name] = value
             given.add(name)
     opts["_given"] = given
-    for name, flag in (("suite", "--suite"), ("methods", "--methods"), ("trials", "--trials")):
+    for name, flag in (("suite", "--suite"), ("methods", "--methods")):
         if name in opts and opts[name] is None:
             raise BenchError(f"Missing option '{flag}': pass {flag}, or --config FILE with a {name}: key")
+    if command == "tune":
+        _effort_options(opts, on_command_line)
     return opts, sources
+
+
+def _effort_options(opts: dict[str, Any], on_command_line: set[str]) -> None:
+    """``bench tune``'s effort is --trials or --budget-epochs: one given on the command line replaces
+    the other from a sweep file; neither is an error (naming both)."""
+    effort = ("trials", "budget_epochs")
+    if all(opts[k] is not None for k in effort):
+        for name in effort:
+            if name in on_command_line and not on_command_line.issuperset(effort):
+                other = effort[1 - effort.index(name)]
+                opts[other] = None
+                opts["_given"].discard(other)
+    if all(opts[k] is None for k in effort):
+        raise BenchError(
+            "Missing option '--trials': pass --trials N (N full trials per study) or --budget-epochs E, "
+            "or --config FILE with a trials: or budget_epochs: key"
+        )
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -388,7 +408,8 @@ def _sweep_request(opts: dict[str, Any], command: str, sources: list[str]):
     if opts.get("config") is not None:
         from .sweepfile import resolved_file
 
-        run_flags = ("trials", "storage", "device", "tracking_uri", "executor", "ray_address", "gpus")
+        run_flags = ("trials", "budget_epochs", "scheduler", "storage", "device", "tracking_uri", "executor")
+        run_flags += ("ray_address", "gpus")
         run_flags += ("runs_per_gpu", "workers", "system_metrics")
         extra = {k: opts[k] for k in run_flags if k in opts["_given"] and k in opts}
         request.sweep_file = resolved_file(request, command, extra, sources)
@@ -497,7 +518,7 @@ def _budgets(text: str | None) -> list[int]:
 @app.command(
     epilog=examples(
         "bench tune --suite demo --methods karst,lora --budget 8k,16k --trials 4",
-        "bench run --suite demo --methods karst,lora --budget 8k --hparams tuned",
+        "bench tune --suite demo --methods lora --scheduler asha --budget-epochs 200",
     )
 )
 def tune(
@@ -508,7 +529,16 @@ def tune(
         None, help="Comma-separated methods; variants as karst[rescale=none]; required, here or in --config."
     ),
     trials: int | None = typer.Option(
-        None, help="Trials per study: the same for every method; required, here or in --config."
+        None,
+        help="The effort per study, in full trials: N x epochs trial-epochs, the same for every method (with a "
+        "scheduler, pruned trials leave room for more). This or --budget-epochs, here or in --config.",
+    ),
+    budget_epochs: int | None = typer.Option(
+        None, help="The effort per study in trial-epochs (a pruned trial is charged the epochs it trained)."
+    ),
+    scheduler: str = typer.Option(
+        "hyperband",
+        help="How trials stop early, epochs being the resource: none, asha (successive halving) or hyperband.",
     ),
     budget: BudgetOpt = None,
     tasks: TasksOpt = None,
@@ -533,10 +563,11 @@ def tune(
     ray_object_store_mb: ObjectStoreOpt = None,
     system_metrics: SystemMetricsOpt = True,
 ) -> None:
-    """Tune every (task, method, budget) on train800 -> val200 with the same number of Optuna trials.
+    """Tune every (task, method, budget) on train800 -> val200 with the same effort in trial-epochs.
 
     The trials of one study run one after another; with room for several runs (Ray), several
-    studies tune at once, each exactly as it would alone.
+    studies tune at once, each exactly as it would alone. Rerunning tops each study up to the
+    effort asked for.
     """
     from .engine import Recorder
     from .studies import default_storage
@@ -555,19 +586,32 @@ def tune(
         from .progress import RichReporter
 
         with RichReporter(err, slots=pool.capacity) as reporter:
-            summaries = run_tuning(request, opts["trials"], State.workdir, recorder, url, pool, reporter, warn)
+            summaries = run_tuning(
+                request,
+                opts["trials"],
+                State.workdir,
+                recorder,
+                url,
+                pool,
+                reporter,
+                warn,
+                budget_epochs=opts["budget_epochs"],
+                scheduler=opts["scheduler"],
+            )
     dashboard = dashboard_command(url)
     if as_json:
         _print_json([s.__dict__ for s in summaries])
         err.print(f"browse the studies: {dashboard}", highlight=False, soft_wrap=True)
         return
     table = Table(title=f"tuning studies in {url}")
-    for col in ("study", "trials", "best val acc", "best trial", "best params"):
+    for col in ("study", "trials", "trial-epochs", "train s", "best val acc", "best trial", "best params"):
         table.add_column(col)
     for s in summaries:
         table.add_row(
             escape(s.name),
             ", ".join(f"{k} {v}" for k, v in sorted(s.trials.items())),
+            f"{s.epochs_used} of {s.budget_epochs}",
+            f"{s.train_seconds:,.1f}",
             f"{100 * s.best_value:.2f}" if s.best_value is not None else "–",
             str(s.best_trial),
             ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.best_params.items()),

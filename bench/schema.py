@@ -52,6 +52,9 @@ ERROR = "bench.error"  # one line, on FAILED runs
 INTERRUPTED = "bench.interrupted"  # a RUNNING record left by a killed process, closed as KILLED
 OPTUNA_STATE = "optuna.state"  # complete, pruned or failed, on tuning trials
 OPTUNA_STORAGE = "optuna.storage"
+# On a trial stopped other than by its scheduler: "budget" (its study's effort was spent), or
+# "failed elsewhere" (another process took it for dead and queued it again).
+TUNE_STOP = "bench.tune_stop"
 
 # --- tags: sweep (parent) runs ------------------------------------------------------------------
 SWEEP_KEY = "bench.sweep_key"
@@ -87,6 +90,12 @@ SWEEP_STEADY_SECONDS = "sweep/steady_s"
 SWEEP_EFFICIENCY = "sweep/efficiency"
 PEAK_MEMORY_MB = "mem/peak_mb"
 TUNE_OBJECTIVE = "tune/objective"
+# On a tuning study's parent run: the effort it was given and spent (trial-epochs charged, and the
+# training seconds of those trials), and how many trials were charged.
+TUNE_BUDGET_EPOCHS = "tune/budget_epochs"
+TUNE_TRIAL_EPOCHS = "tune/trial_epochs"
+TUNE_TRAIN_SECONDS = "tune/train_s"
+TUNE_TRIALS = "tune/trials"
 # System metrics: MLflow's names (system/cpu_utilization_percentage, system/gpu_0_…), sampled by
 # the worker per epoch (bench/sysmetrics.py); gpu_0 is the run's own GPU.
 SYSTEM_PREFIX = "system/"

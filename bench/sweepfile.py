@@ -35,8 +35,9 @@ def _opt(kind: str, example: str, commands: tuple[str, ...] = COMMANDS, param: s
 class SweepFile:
     """The keys a sweep file may hold, what each must be, and which command uses it.
 
-    A key one command does not use is ignored by it (``trials`` by ``bench run``; ``seeds``,
-    ``stage``, ``hparams`` and the few-shot keys by ``bench tune``), so one file serves both.
+    A key one command does not use is ignored by it (``trials``, ``budget_epochs`` and ``scheduler``
+    by ``bench run``; ``seeds``, ``stage``, ``hparams`` and the few-shot keys by ``bench tune``), so
+    one file serves both.
     """
 
     description: str | None = _opt("str", "description: KARST without re-scaling", ())
@@ -63,6 +64,8 @@ class SweepFile:
     split_seeds: list[int] | None = _opt("int_list", "split_seeds: [0, 1, 2]", ("run",))
     dedupe: bool | None = _opt("bool", "dedupe: true", ("run",))
     trials: int | None = _opt("int", "trials: 30", ("tune",))
+    budget_epochs: int | None = _opt("int", "budget_epochs: 3000", ("tune",))
+    scheduler: str | None = _opt("str", "scheduler: asha", ("tune",))
     device: str | None = _opt("str", "device: cuda")
     tracking_uri: str | None = _opt("str", "tracking_uri: http://mlflow.example:5000")
     executor: str | None = _opt("str", "executor: ray")

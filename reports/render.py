@@ -280,6 +280,37 @@ def resources_table(resources: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def tuning_effort_table(effort: pd.DataFrame) -> pd.DataFrame:
+    def number(v: float, digits: int = 0) -> str:
+        return "unrecorded" if not np.isfinite(v) else f"{v:,.{digits}f}"
+
+    def budget(lo: float, hi: float) -> str:
+        return number(lo) if not (np.isfinite(lo) and np.isfinite(hi)) or lo == hi else f"{lo:,.0f}–{hi:,.0f}"
+
+    out = pd.DataFrame(
+        {
+            "Studies": effort["studies"].astype(int).astype(str),
+            "Scheduler": effort["scheduler"],
+            "Budget / study (trial-epochs)": [
+                budget(a, b) for a, b in zip(effort["budget_min"], effort["budget_max"], strict=True)
+            ],
+            "Trial-epochs used": effort["trial_epochs"].map(number),
+            "Training time (s)": effort["train_s"].map(lambda v: number(v, 1)),
+        }
+    )
+    out.index = effort["method"]
+    out.index.name = None
+    return out
+
+
+def tuning_effort_caption(suite: str) -> str:
+    return (
+        "Tuning effort per method: each study (one per task and budget) was given the same budget in trial-epochs; "
+        "a pruned trial is charged the epochs it trained, a failed one a full trial. Trial-epochs and training time "
+        f"(evaluation excluded) are summed over the method's studies, from each study's parent run in bench/{suite}-tune."
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Markdown and LaTeX
 # ---------------------------------------------------------------------------------------------
@@ -721,5 +752,7 @@ __all__ = [
     "latex_table",
     "main_table",
     "resources_table",
+    "tuning_effort_caption",
+    "tuning_effort_table",
     "to_markdown",
 ]

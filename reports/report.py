@@ -28,7 +28,17 @@ from .runs import ReportRuns, budget_adjustable, budget_label, budgets_of
 
 FORMATS = ("md", "latex", "csv")
 # tables/<name>.tex, and with several budgets <name>_b<budget> / <name>_published; ablation_<base>[…]
-FRAGMENTS = ("main", "aggregates", "comparison", "fewshot", "fewshot_diff", "cost", "ablation", "budget_curve")
+FRAGMENTS = (
+    "main",
+    "aggregates",
+    "comparison",
+    "fewshot",
+    "fewshot_diff",
+    "cost",
+    "tuning_effort",
+    "ablation",
+    "budget_curve",
+)
 
 
 @dataclass
@@ -46,6 +56,7 @@ class Report:
     budget: int | str | None = None  # the one budget of this table (None: runs without budgets)
     not_reached: list[tuple[str, str]] = field(default_factory=list)  # (method, reason) at this budget
     parts: list[Report] = field(default_factory=list)  # several budgets: one report per budget
+    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)  # per method: the effort its tuning studies spent
 
     @property
     def n_seeds(self) -> int:
@@ -109,7 +120,17 @@ def _one_budget_report(runs: ReportRuns, reference: str | None, resample_tasks: 
     few = tables.few_shot_table(runs, reference) if runs.few_shot else pd.DataFrame()
     resources = tables.method_resources(runs, reference)
     split_se = tables.test_split_errors(runs, cells, reference)
-    return Report(runs, reference, cells, agg, few, resources, split_se, ablations=tables.ablations(runs))
+    return Report(
+        runs,
+        reference,
+        cells,
+        agg,
+        few,
+        resources,
+        split_se,
+        ablations=tables.ablations(runs),
+        tuning=tables.tuning_effort(runs, reference),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,16 +248,13 @@ def _sections(report: Report) -> list[Section]:
         )
     cost = render.resources_table(report.resources)
     warnings = render.cost_warnings(report.runs.frame)
-    out.append(
-        Section(
-            "Cost",
-            [
-                Table(
-                    "cost", cost, cost, render.resources_caption(report.runs.frame), ["Warning: " + w for w in warnings]
-                )
-            ],
-        )
-    )
+    items = [
+        Table("cost", cost, cost, render.resources_caption(report.runs.frame), ["Warning: " + w for w in warnings])
+    ]
+    if not report.tuning.empty:
+        effort = render.tuning_effort_table(report.tuning)
+        items.append(Table("tuning_effort", effort, effort, render.tuning_effort_caption(report.runs.suite)))
+    out.append(Section("Cost", items))
     return out
 
 

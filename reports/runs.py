@@ -57,6 +57,20 @@ COLUMNS = [
 ]
 
 
+# One row per tuning study: the effort it was given and spent (its parent run's tune/* metrics).
+TUNING_COLUMNS = [
+    "study",
+    "method",
+    "task",
+    "budget",
+    "scheduler",
+    "budget_epochs",
+    "trial_epochs",
+    "train_s",
+    "trials",
+]
+
+
 @dataclass
 class ReportRuns:
     """Comparable finished runs, one row per run key, plus what is missing for a complete table."""
@@ -71,6 +85,8 @@ class ReportRuns:
     # What sweep parents recorded as not fittable: {"method", "budget", "reason"} (schema.UNREACHABLE).
     unreachable: list[dict] = field(default_factory=list)
     selection: dict = field(default_factory=dict)  # the select_runs arguments, to re-select one budget
+    # The tuning studies the tuned runs took their settings from, one row each (:func:`tuning_effort`).
+    tuning: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TUNING_COLUMNS))
 
     @property
     def methods(self) -> list[str]:
@@ -91,6 +107,7 @@ class ReportRuns:
         part = select_runs(self.frame, suite=self.suite, stage=self.stage, **selection)
         part.expected = self.expected
         part.unreachable = self.unreachable
+        part.tuning = self.tuning
         return part
 
     def not_reached(self, budget: int | str | None = None) -> list[tuple[str, str]]:
@@ -338,7 +355,44 @@ def load_runs(tracker, suite: str, stage: str = "final", **selection) -> ReportR
     records = tracker.search(experiment_name(suite), extra_filter="attributes.status = 'FINISHED'")
     runs = select_runs(runs_frame(records, stage), suite=suite, stage=stage, **selection)
     runs.unreachable = unreachable_cells(tracker.search(experiment_name(suite), kind=schema.KIND_SWEEP))
+    selected = set(runs.frame["run_id"])
+    studies = {
+        r.data.tags[schema.STUDY]
+        for r in records
+        if r.info.run_id in selected and schema.STUDY in r.data.tags and r.data.tags.get(schema.HPARAMS) == "tuned"
+    }
+    if studies:
+        parents = tracker.search(experiment_name(suite, tune=True), kind=schema.KIND_SWEEP)
+        runs.tuning = tuning_effort(parents, studies)
     return runs
+
+
+def tuning_effort(parents: list, studies: set[str]) -> pd.DataFrame:
+    """One row per study in ``studies``, from its parent run in the tuning experiment: the effort
+    it was given and spent. A study whose parent predates these metrics has NaN there."""
+    rows, seen = [], set()
+    for r in sorted(parents, key=lambda r: -(r.info.start_time or 0)):
+        t, m, p = r.data.tags, r.data.metrics, r.data.params
+        study = t.get(schema.STUDY)
+        if study not in studies or study in seen:
+            continue
+        seen.add(study)
+        rows.append(
+            {
+                "study": study,
+                "method": t.get(schema.METHOD),
+                "task": t.get(schema.TASK),
+                "budget": _int_or_none(t.get(schema.BUDGET)),
+                "scheduler": p.get("scheduler", "unrecorded"),
+                "budget_epochs": m.get(schema.TUNE_BUDGET_EPOCHS, np.nan),
+                "trial_epochs": m.get(schema.TUNE_TRIAL_EPOCHS, np.nan),
+                "train_s": m.get(schema.TUNE_TRAIN_SECONDS, np.nan),
+                "trials": m.get(schema.TUNE_TRIALS, np.nan),
+            }
+        )
+    frame = pd.DataFrame(rows, columns=TUNING_COLUMNS)
+    frame["budget"] = frame["budget"].astype("Int64")
+    return frame
 
 
 def unreachable_cells(parents: list) -> list[dict]:

@@ -358,6 +358,39 @@ def few_shot_table(runs: ReportRuns, reference: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def tuning_effort(runs: ReportRuns, reference: str) -> pd.DataFrame:
+    """Per method with tuned runs: its studies, their scheduler(s), the budget each study was given
+    (trial-epochs; a range if they differ), and the trial-epochs and training seconds the studies
+    spent, summed. Only the studies of the (task, budget) cells this report holds."""
+    frame = runs.frame[runs.frame["hparams"] == "tuned"]
+    cells = {(r.method, r.task, None if pd.isna(r.budget) else int(r.budget)) for r in frame.itertuples()}
+    study = runs.tuning
+    if study.empty or not cells:
+        return pd.DataFrame()
+    keep = [
+        (m, t, None if pd.isna(b) else int(b)) in cells
+        for m, t, b in zip(study["method"], study["task"], study["budget"], strict=True)
+    ]
+    study = study[keep]
+    rows = []
+    for m in method_order(runs, reference):
+        sub = study[study["method"] == m]
+        if sub.empty:
+            continue
+        rows.append(
+            {
+                "method": m,
+                "studies": len(sub),
+                "scheduler": ", ".join(sorted(set(sub["scheduler"]))),
+                "budget_min": float(sub["budget_epochs"].min()),
+                "budget_max": float(sub["budget_epochs"].max()),
+                "trial_epochs": float(sub["trial_epochs"].sum(min_count=len(sub))),
+                "train_s": float(sub["train_s"].sum(min_count=len(sub))),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def method_resources(runs: ReportRuns, reference: str) -> pd.DataFrame:
     """Per method: trainable and head parameters, training and eval speed, peak memory and mean GPU
     utilisation (medians over runs)."""

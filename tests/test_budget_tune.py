@@ -15,7 +15,7 @@ import methods
 from bench.backbone import backbone_spec
 from bench.budget import format_budget, parse_budget
 from bench.errors import BenchError
-from bench.studies import TUNE_SEED, default_storage
+from bench.studies import TUNE_SEED, default_storage, effort_used
 from bench.tracking import Tracker, default_tracking_uri
 from methods.base import BackboneSpec, Method, freeze_all_but, register_method, shared_search_space
 from tests.conftest import RAY_SMALL
@@ -141,12 +141,17 @@ def _studies(workdir: Path) -> dict[str, optuna.Study]:
     }
 
 
-def test_a_real_study_per_method_with_equal_trials_and_pruning(tuned_workdir: Path):
+def _charged(study: optuna.Study, epochs: int = 3) -> int:
+    return effort_used(study.trials, epochs).epochs
+
+
+def test_a_real_study_per_method_with_equal_effort(tuned_workdir: Path):
     studies = _studies(tuned_workdir)
     assert set(studies) == {"demo/digits/karst/b8k", "demo/digits/lora/b8k"}
-    states = {n: [t.state.name for t in s.trials] for n, s in studies.items()}
-    assert all(len(v) == 4 for v in states.values())
-    assert "PRUNED" in states["demo/digits/karst/b8k"]  # Hyperband fed with every epoch's val accuracy
+    assert all(_charged(s) == 4 * 3 for s in studies.values())  # 4 full trials of 3 epochs each
+    for study in studies.values():  # Hyperband fed with every epoch's val accuracy; a pruned trial pays its epochs
+        for t in study.trials:
+            assert t.user_attrs["epochs"] == (3 if t.state.name == "COMPLETE" else len(t.intermediate_values))
     for study in studies.values():
         first = study.trials[0]
         assert first.params["lr"] == 1e-2 and first.params["weight_decay"] == 1e-4  # the demo preset: trial 0
@@ -158,7 +163,7 @@ def test_a_real_study_per_method_with_equal_trials_and_pruning(tuned_workdir: Pa
 
 def test_every_trial_is_an_mlflow_run(tuned_workdir: Path):
     runs = Tracker(default_tracking_uri(tuned_workdir)).search("bench/demo-tune")
-    assert len(runs) == 8
+    assert len(runs) == sum(len(s.trials) for s in _studies(tuned_workdir).values())
     states = {(r.data.tags["bench.study"], r.data.tags["bench.trial"]): r.data.tags["optuna.state"] for r in runs}
     for name, study in _studies(tuned_workdir).items():
         for t in study.trials:
@@ -170,11 +175,15 @@ def test_every_trial_is_an_mlflow_run(tuned_workdir: Path):
 def test_tuning_resumes_without_repeating_trials(tuned_workdir: Path, capsys):
     from bench.cli import run_cli
 
+    before = {n: len(s.trials) for n, s in _studies(tuned_workdir).items()}
     assert run_cli(["--workdir", str(tuned_workdir), *TUNE]) == 0
-    assert all(len(s.trials) == 4 for s in _studies(tuned_workdir).values())
-    assert len(Tracker(default_tracking_uri(tuned_workdir)).search("bench/demo-tune")) == 8
+    assert {n: len(s.trials) for n, s in _studies(tuned_workdir).items()} == before  # nothing left to do
+    assert len(Tracker(default_tracking_uri(tuned_workdir)).search("bench/demo-tune")) == sum(before.values())
     assert run_cli(["--workdir", str(tuned_workdir), *TUNE[:-4], "--trials", "5", "--epochs", "3"]) == 0
-    assert all(len(s.trials) == 5 for s in _studies(tuned_workdir).values())  # topped up by one each
+    for name, study in _studies(tuned_workdir).items():
+        assert _charged(study) == 5 * 3 and len(study.trials) > before[name]  # topped up by a trial's epochs
+        drawn = [t.params for t in study.trials]
+        assert all(drawn.count(p) == 1 for p in drawn)  # no configuration trained twice
 
 
 @pytest.mark.slow
@@ -190,13 +199,17 @@ def test_ray_tuning_equals_the_inline_studies(tuned_workdir: Path, tmp_path: Pat
     ours, theirs = _studies(wd), _studies(tuned_workdir)
     assert set(ours) == set(theirs)
     for name, study in ours.items():
-        mine, ref = study.trials, theirs[name].trials[:4]  # another test tops the shared studies up to 5
+        mine = study.trials
+        ref = theirs[name].trials[: len(mine)]  # another test tops the shared studies up to 5 full trials
         assert [t.state.name for t in mine] == [t.state.name for t in ref]
         assert [t.params for t in mine] == [t.params for t in ref]
         for a, b in zip(mine, ref, strict=True):
             assert a.intermediate_values == pytest.approx(b.intermediate_values, abs=1e-6)
             assert (a.value is None) == (b.value is None) and (a.value is None or a.value == pytest.approx(b.value))
-    assert "PRUNED" in [t.state.name for t in ours["demo/digits/karst/b8k"].trials]  # a cancelled worker run
+    for name, study in ours.items():  # cancelled worker runs are charged what the inline ones were
+        assert [t.user_attrs["epochs"] for t in study.trials] == [
+            t.user_attrs["epochs"] for t in theirs[name].trials[: len(study.trials)]
+        ]
 
     def logged(workdir: Path) -> dict:
         tracker = Tracker(default_tracking_uri(workdir))
@@ -209,8 +222,9 @@ def test_ray_tuning_equals_the_inline_studies(tuned_workdir: Path, tmp_path: Pat
             for r in tracker.search("bench/demo-tune")
         }
 
-    expected = {k: v for k, v in logged(tuned_workdir).items() if int(k[1]) < 4}
-    assert logged(wd) == expected and len(expected) == 8
+    counts = {name: len(study.trials) for name, study in ours.items()}
+    expected = {k: v for k, v in logged(tuned_workdir).items() if int(k[1]) < counts[k[0]]}
+    assert logged(wd) == expected and len(expected) == sum(counts.values())
 
 
 def test_final_runs_take_the_best_trial(tuned_workdir: Path, capsys):
@@ -249,6 +263,25 @@ def test_final_runs_take_the_best_trial(tuned_workdir: Path, capsys):
         ).params["alpha"]
     )
 
+    # The report states each method's tuning effort: its study's budget, and the trial-epochs and
+    # training seconds the study spent, as the study's parent run recorded them.
+    from reports import render, tables
+    from reports.report import build_report, sections
+    from reports.runs import load_runs
+
+    selected = load_runs(Tracker(default_tracking_uri(tuned_workdir)), "demo", "final", hparams="tuned")
+    effort = tables.tuning_effort(selected, "karst").set_index("method")
+    for name, study in _studies(tuned_workdir).items():
+        row = effort.loc[name.split("/")[2]]
+        charged = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL")]
+        assert row["studies"] == 1 and row["scheduler"] == "hyperband"
+        assert row["budget_min"] == row["budget_max"] == row["trial_epochs"] == _charged(study) == 5 * 3
+        assert row["train_s"] == pytest.approx(sum(t.user_attrs["train_s"] for t in charged))
+    table = render.tuning_effort_table(effort.reset_index())
+    assert table.loc["lora", "Trial-epochs used"] == "15" and table.loc["lora", "Budget / study (trial-epochs)"] == "15"
+    items = [item for section in sections(build_report(selected, "karst")) for item in section.items]
+    assert "tuning_effort" in [getattr(item, "name", None) for item in items]
+
 
 def test_tuned_without_a_study_says_how_to_make_one(cli):
     code, _, err = cli("run", "--suite", "demo", "--methods", "lora", "--seeds", "1", "--hparams", "tuned")
@@ -263,7 +296,8 @@ def test_tuning_never_needs_test_lists(cli, workdir: Path, noah_root: Path):
         "--weights-label", "tiny ViT, random init",
     )  # fmt: skip
     assert code == 0, err
-    assert [s["trials"] for s in json.loads(out)] == [{"complete": 2}, {"complete": 2}]
+    summaries = json.loads(out)
+    assert len(summaries) == 2 and all(s["trials"].get("complete") and s["epochs_used"] == 2 * 3 for s in summaries)
     trials = Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder-tune")
     assert {r.data.tags.get("bench.weights_label") for r in trials if "bench.trial" in r.data.tags} == {
         "tiny ViT, random init"
@@ -329,7 +363,7 @@ def test_a_failed_trial_is_recorded_and_the_study_goes_on(
     )
     assert code == 0, err
     [summary] = json.loads(out)
-    assert summary["trials"].get("fail", 0) >= 1 and sum(summary["trials"].values()) == 3
+    assert summary["trials"].get("fail", 0) >= 1 and summary["epochs_used"] == summary["budget_epochs"] == 3 * 3
     runs = Tracker(default_tracking_uri(workdir)).search("bench/tinyfolder-tune")
     failed = [r for r in runs if r.data.tags["optuna.state"] == "failed"]
     assert failed and all(r.info.status == "FAILED" for r in failed)
