@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import hashlib
 import threading
+import time
 import warnings
 from collections import deque
 from collections.abc import Callable
@@ -31,7 +32,8 @@ from typing import Any
 
 from methods.base import Composite, identity_dict
 
-from . import schema
+from . import efficiency, schema
+from .compile_cache import cache_folder
 from .engine import Executor, Job, JobData, Recorder, Reporter, RunOutcome, RunRecord, Work, drive
 from .errors import BenchError
 from .method_entries import resolve_methods
@@ -182,8 +184,18 @@ def _prepare_study(plan: SweepPlan, run: PlannedRun, storage: str, budget: int, 
 class TrialSource:
     """Optuna trials as engine jobs: ask -> job; epoch -> report, prune -> cancel; end -> tell."""
 
-    def __init__(self, plan: SweepPlan, studies: list[_Study], recorder: Recorder, storage: str, cache_dir: Path):
+    def __init__(
+        self,
+        plan: SweepPlan,
+        studies: list[_Study],
+        recorder: Recorder,
+        storage: str,
+        cache_dir: Path,
+        compile_cache: Path | None = None,
+    ):
         self.plan, self.recorder, self.storage, self.cache_dir = plan, recorder, storage, cache_dir
+        self.compile_cache = None if compile_cache is None else str(compile_cache)
+        self.ended: list[RunOutcome] = []  # every trial's outcome, for the command's cost line
         self.experiment = experiment_name(plan.suite.name, tune=True)
         self.waiting: deque[_Study] = deque(s for s in studies if s.room() > 0)
         self.open: list[_Study] = []
@@ -262,7 +274,14 @@ class TrialSource:
         params = flatten_params({"method": spec.method_config, "hp": spec.hparams, "trial": values})
         resolved = {"run_key": spec.run_key, "spec": spec.to_dict(), "study": s.name, "trial": trial.number}
         record = RunRecord(self.experiment, s.parent, f"trial-{trial.number:03d}", tags, params, resolved)
-        work = Work(next(self.ids), run, self.plan.stage, self.plan.weights, self.plan.request.system_metrics)
+        work = Work(
+            next(self.ids),
+            run,
+            self.plan.stage,
+            self.plan.weights,
+            self.plan.request.system_metrics,
+            self.compile_cache,
+        )
         job = Job(work, record)
         s.busy = True
         self.inflight[job.id] = _Trial(s, trial, min(s.epochs, room))
@@ -284,6 +303,7 @@ class TrialSource:
     def on_end(self, job: Job, outcome: RunOutcome, end: Any) -> tuple[dict[str, str], dict[str, float]]:
         import optuna
 
+        self.ended.append(outcome)
         t = self.inflight.pop(job.id)
         s, trial = t.study, t.trial
         self.heartbeat.remove(trial)
@@ -396,9 +416,12 @@ def run_tuning(
     for warning in plan.warnings if warn is not None else ():
         warn(warning)
     studies = [_prepare_study(plan, run, storage, budget, scheduler) for run in plan.runs]
-    source = TrialSource(plan, studies, recorder, storage, workdir / "cache" / "images")
+    source = TrialSource(plan, studies, recorder, storage, workdir / "cache" / "images", cache_folder(workdir))
+    started = time.perf_counter()
     try:
         drive(source, executor, recorder, reporter)
     finally:
         source.close_all()
+        if reporter is not None:
+            reporter.sweep_done(efficiency.measure(source.ended, time.perf_counter() - started, executor.capacity))
     return [summarize_study(s.study, s.run.method.name, s.run.task.name, s.epochs, budget, scheduler) for s in studies]
