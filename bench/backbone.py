@@ -76,9 +76,10 @@ default_cfgs = generate_default_cfgs(
 
 @register_model
 def vit_demo_tiny(pretrained: bool = False, **kwargs) -> VisionTransformer:
-    """ViT with 4 blocks of width 64 and 4 heads, patch 4 at 32 px (65 tokens); no weights exist."""
+    """ViT with 4 blocks of width 64 and 4 heads, patch 4 at 32 px (65 tokens). No published weights
+    exist; ``pretrained=True`` loads an export's (``timm.create_model("local-dir:PATH", pretrained=True)``)."""
     args = {"img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4, **kwargs}
-    return build_model_with_cfg(VisionTransformer, "vit_demo_tiny", pretrained=False, **args)
+    return build_model_with_cfg(VisionTransformer, "vit_demo_tiny", pretrained=pretrained, **args)
 
 
 @register_model
@@ -87,7 +88,8 @@ def swin_demo_tiny(pretrained: bool = False, **kwargs) -> SwinTransformer:
     (8 x 8 tokens, shifted windows in the first stage, one window after the patch merging).
 
     Wide enough for every Swin method at its published shape (KARST's f = 8 gives m = 4 and 8, so
-    ranks 4 and 8 at the default rank 8); no weights exist.
+    ranks 4 and 8 at the default rank 8). No published weights exist; ``pretrained=True`` loads an
+    export's, as for ``vit_demo_tiny``.
     """
     args = {
         "img_size": 32,
@@ -98,7 +100,7 @@ def swin_demo_tiny(pretrained: bool = False, **kwargs) -> SwinTransformer:
         "window_size": 4,
         **kwargs,
     }
-    return build_model_with_cfg(SwinTransformer, "swin_demo_tiny", pretrained=False, **args)
+    return build_model_with_cfg(SwinTransformer, "swin_demo_tiny", pretrained=pretrained, **args)
 
 
 # ---------------------------------------------------------------------------------------
