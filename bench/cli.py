@@ -73,6 +73,14 @@ class State:
     workdir: Path = Path("runs")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"bench {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(
     workdir: Path = typer.Option(
@@ -80,6 +88,9 @@ def _global(
         "--workdir",
         envvar="BENCH_WORKDIR",
         help="Holds the MLflow store, caches and the Optuna store.",
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print bench's version and exit."
     ),
 ) -> None:
     State.workdir = workdir
@@ -1500,18 +1511,28 @@ def run_cli(args: list[str] | None = None) -> int:
 
 
 def click_command() -> Any:
-    """The click command typer builds from ``app``, with flags shown without a type column.
+    """The click command typer builds from ``app``, its help made literal and flags shown without a
+    type column.
 
-    typer prints ``<bool>`` beside every flag (``--json``, ``--help``); a flag takes no value, so the
-    column is left empty. The CLI reference in the docs is generated from this same command.
+    typer renders help through rich, which would read a method entry such as ``karst[rescale=none]``
+    as markup and print ``karst``: every command's and option's help is escaped (the epilogs are
+    escaped where they are written). typer prints ``<bool>`` beside every flag (``--json``,
+    ``--help``); a flag takes no value, so the column is left empty. The CLI reference in the docs is
+    generated from this same command.
     """
     command = typer.main.get_command(app)
-    _blank_flag_types(command)
+    _prepare_help(command)
     return command
 
 
-def _blank_flag_types(command: Any) -> None:
+def _prepare_help(command: Any) -> None:
+    if command.help:
+        command.help = escape(command.help)
+    if command.short_help:
+        command.short_help = escape(command.short_help)
     for param in command.params:
+        if getattr(param, "help", None):
+            param.help = escape(param.help)
         if getattr(param, "is_flag", False):
             param.metavar = ""
     make_help_option = command.get_help_option
@@ -1524,7 +1545,7 @@ def _blank_flag_types(command: Any) -> None:
 
     command.get_help_option = get_help_option  # type: ignore[method-assign]
     for sub in getattr(command, "commands", {}).values():
-        _blank_flag_types(sub)
+        _prepare_help(sub)
 
 
 def _write_crash(exc: BaseException) -> Path:
