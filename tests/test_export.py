@@ -226,7 +226,9 @@ def _timm_pipeline_inputs(folder: Path, stored: export.StoredRun, model=None) ->
     if model is not None:
         data_config = resolve_data_config(model=model)
     else:
-        data_config = resolve_data_config(pretrained_cfg=json.loads((folder / "config.json").read_text())["pretrained_cfg"])
+        data_config = resolve_data_config(
+            pretrained_cfg=json.loads((folder / "config.json").read_text())["pretrained_cfg"]
+        )
     transform = create_transform(**data_config)
     root = Path(stored.resolved["data"]["task_dir"])
     batch = []
@@ -324,7 +326,10 @@ def test_demo_exports_reproduce_the_stored_predictions_through_timms_pipeline(de
     assert torch.equal(preds, export.eval_split(stored)[2])
 
     adapter = tmp_path / "lora"
-    assert run_cli(["--workdir", str(demo_runs), "export", "lora/digits/s0", "--format", "peft", "--out", str(adapter)]) == 0
+    assert (
+        run_cli(["--workdir", str(demo_runs), "export", "lora/digits/s0", "--format", "peft", "--out", str(adapter)])
+        == 0
+    )
     stored = _stored(demo_runs, "lora/digits/s0")
     torch.manual_seed(0)
     base = timm.create_model("vit_demo_tiny", num_classes=10, img_size=32)
