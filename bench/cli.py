@@ -546,18 +546,27 @@ def tune(
         err.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
     with _executor(_executor_options(opts), opts["device"]) as pool:
-        from .progress import RichReporter
+        from .progress import RichReporter, trial_line
+
+        def trial_done(trial) -> None:
+            err.print(trial_line(trial), highlight=False, soft_wrap=True)
 
         with RichReporter(err, slots=pool.capacity) as reporter:
-            summaries = run_tuning(request, opts["trials"], State.workdir, recorder, url, pool, reporter, warn)
+            summaries = run_tuning(
+                request, opts["trials"], State.workdir, recorder, url, pool, reporter, warn, trial_done
+            )
     dashboard = dashboard_command(url)
     if as_json:
         _print_json([s.__dict__ for s in summaries])
         err.print(f"browse the studies: {dashboard}", highlight=False, soft_wrap=True)
         return
     table = Table(title=f"tuning studies in {url}")
-    for col in ("study", "trials", "best val acc", "best trial", "best params"):
-        table.add_column(col)
+    # the study name is what users look up (in the dashboard, in --hparams tuned): never cut it
+    table.add_column("study", no_wrap=True)
+    table.add_column("trials", overflow="fold")
+    table.add_column("best val acc", justify="right")
+    table.add_column("best trial", justify="right")
+    table.add_column("best params", overflow="fold")
     for s in summaries:
         table.add_row(
             escape(s.name),
@@ -647,6 +656,7 @@ def runs_cmd(
                 "test_acc": m.get(schema.TEST_ACC),
                 "val_acc": m.get(schema.VAL_ACC),
                 "trainable_params": int(m[schema.PARAMS_TRAINABLE]) if schema.PARAMS_TRAINABLE in m else None,
+                "epochs": int(r.data.params["hp.epochs"]) if "hp.epochs" in r.data.params else None,
                 "run_id": r.info.run_id,
             }
         )
@@ -654,32 +664,59 @@ def runs_cmd(
     if as_json:
         _print_json(rows)
         return
-    from rich import box
+    out.print(runs_table(rows, suite, out.width))
 
-    table = Table(title=f"runs of suite {suite} ({len(rows)})", box=box.SIMPLE_HEAD, pad_edge=False)
-    # At 80 columns something must give: the key prefix is short (the full key is in --json) and
-    # the status, the column users scan for, never wraps; method and task names wrap instead.
-    table.add_column("key", no_wrap=True)
-    table.add_column("method", overflow="fold")
-    table.add_column("task", overflow="fold")
-    for col in ("seed", "stage"):
-        table.add_column(col)
-    table.add_column("status", no_wrap=True, min_width=8)
-    for col in ("test acc", "trainable"):
-        table.add_column(col, justify="right", no_wrap=True)
-    for x in rows:
-        acc = x["test_acc"] if x["test_acc"] is not None else None
-        table.add_row(
-            (x["run_key"] or "")[:8],
-            escape(x["method"]),
-            escape(x["task"]),
-            str(x["seed"]),
-            x["stage"],
-            x["status"],
-            f"{100 * acc:.2f}" if acc is not None else "–",
-            f"{x['trainable_params']:,}" if x["trainable_params"] is not None else "–",
+
+def runs_table(rows: list[dict[str, Any]], suite: str, width: int) -> Table:
+    """``bench runs``'s table for a terminal ``width`` columns wide.
+
+    A value every row shares (the stage, the epochs) goes into the title instead of a column, and
+    below 100 columns the trainable-parameter count is left out (it is in ``--json``), so that
+    method names, what users read the table for, keep one line each; a task name folds only when
+    the terminal has no room left for it.
+    """
+    from rich import box
+    from rich.text import Text
+
+    title = [f"runs of suite {suite} ({len(rows)})"]
+    shared = {}
+    for key, label in (("stage", "stage {}"), ("epochs", "{} epochs")):
+        values = {x[key] for x in rows}
+        if len(values) == 1 and None not in values:
+            shared[key] = True
+            title.append(label.format(values.pop()))
+    columns: list[tuple[str, Any]] = [
+        ("key", lambda x: (x["run_key"] or "")[:8]),
+        ("method", lambda x: escape(x["method"] or "")),
+        ("task", lambda x: escape(x["task"] or "")),
+        ("seed", lambda x: str(x["seed"])),
+    ]
+    if "stage" not in shared:
+        columns.append(("stage", lambda x: x["stage"] or ""))
+    if "epochs" not in shared:
+        columns.append(("epochs", lambda x: str(x["epochs"]) if x["epochs"] is not None else "–"))
+    columns.append(("status", lambda x: x["status"]))
+    columns.append(("test acc", lambda x: f"{100 * x['test_acc']:.2f}" if x["test_acc"] is not None else "–"))
+    if width >= 100:
+        columns.append(
+            ("trainable", lambda x: f"{x['trainable_params']:,}" if x["trainable_params"] is not None else "–")
         )
-    out.print(table)
+    table = Table(title=" · ".join(title), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    longest = {name: max([len(name), *(len(Text.from_markup(cell(x))) for x in rows)]) for name, cell in columns}
+    # the names get what the other columns leave; the method its whole name first, the task the rest
+    # (two columns between cells and one at each edge)
+    free = width - sum(w for name, w in longest.items() if name not in ("method", "task")) - 2 * len(columns)
+    method_width = max(6, min(longest["method"], free - min(longest["task"], 8)))
+    task_width = max(4, min(longest["task"], free - method_width))
+    for name, _ in columns:
+        if name in ("method", "task"):
+            table.add_column(name, width=method_width if name == "method" else task_width, overflow="fold")
+        else:
+            numeric = name in ("test acc", "trainable", "epochs")
+            table.add_column(name, no_wrap=True, justify="right" if numeric else "left")
+    for x in rows:
+        table.add_row(*(cell(x) for _, cell in columns))
+    return table
 
 
 def _run_selection(

@@ -97,13 +97,32 @@ def _prepare_study(plan: SweepPlan, run: PlannedRun, storage: str, trials: int) 
     return _Study(run, name, study, attrs, max(0, trials - done))
 
 
+@dataclass(frozen=True)
+class TrialLine:
+    """One finished trial, as ``bench tune`` prints it."""
+
+    study: str
+    number: int
+    state: str  # complete, pruned or failed
+    value: float | None  # the last epoch's val200 accuracy of a complete trial
+    params: dict[str, Any]
+
+
 class TrialSource:
     """Optuna trials as engine jobs: ask -> job; epoch -> report, prune -> cancel; end -> tell."""
 
     def __init__(
-        self, plan: SweepPlan, studies: list[_Study], recorder: Recorder, storage: str, trials: int, cache_dir: Path
+        self,
+        plan: SweepPlan,
+        studies: list[_Study],
+        recorder: Recorder,
+        storage: str,
+        trials: int,
+        cache_dir: Path,
+        trial_done: Callable[[TrialLine], None] | None = None,
     ):
         self.plan, self.recorder, self.storage, self.trials, self.cache_dir = plan, recorder, storage, trials, cache_dir
+        self.trial_done = trial_done
         self.experiment = experiment_name(plan.suite.name, tune=True)
         self.waiting: deque[_Study] = deque(s for s in studies if s.remaining > 0)
         self.open: list[_Study] = []
@@ -191,6 +210,10 @@ class TrialSource:
             s.study.tell(trial, state=State.FAIL)
             state = "failed"
         s.busy = False
+        if self.trial_done is not None:
+            self.trial_done(
+                TrialLine(s.name, trial.number, state, metrics.get(schema.TUNE_OBJECTIVE), dict(trial.params))
+            )
         if s.remaining == 0:
             self._close(s)
         return {schema.OPTUNA_STATE: state}, metrics
@@ -214,11 +237,12 @@ def run_tuning(
     executor: Executor,
     reporter: Reporter | None = None,
     warn: Callable[[str], None] | None = None,
+    trial_done: Callable[[TrialLine], None] | None = None,
 ) -> list[StudySummary]:
     """Top every study of the request up to ``trials`` trials on ``executor``; return each study's state.
 
     One study per (task, method, budget); ``warn`` gets the plan's warnings (budgets a method cannot
-    reach, left out) before any trial starts."""
+    reach, left out) before any trial starts; ``trial_done`` gets each trial as it finishes."""
     if trials < 1:
         raise BenchError(f"--trials {trials} must be at least 1")
     import suites
@@ -239,7 +263,7 @@ def run_tuning(
     for warning in plan.warnings if warn is not None else ():
         warn(warning)
     studies = [_prepare_study(plan, run, storage, trials) for run in plan.runs]
-    source = TrialSource(plan, studies, recorder, storage, trials, workdir / "cache" / "images")
+    source = TrialSource(plan, studies, recorder, storage, trials, workdir / "cache" / "images", trial_done)
     try:
         drive(source, executor, recorder, reporter)
     finally:

@@ -173,8 +173,17 @@ def test_tuning_resumes_without_repeating_trials(tuned_workdir: Path, capsys):
     assert run_cli(["--workdir", str(tuned_workdir), *TUNE]) == 0
     assert all(len(s.trials) == 4 for s in _studies(tuned_workdir).values())
     assert len(Tracker(default_tracking_uri(tuned_workdir)).search("bench/demo-tune")) == 8
+    capsys.readouterr()
     assert run_cli(["--workdir", str(tuned_workdir), *TUNE[:-4], "--trials", "5", "--epochs", "3"]) == 0
     assert all(len(s.trials) == 5 for s in _studies(tuned_workdir).values())  # topped up by one each
+    err = capsys.readouterr().err
+    for name, study in _studies(tuned_workdir).items():  # one line per finished trial, as it finishes
+        trial = study.trials[4]
+        state = {"COMPLETE": "complete", "PRUNED": "pruned"}[trial.state.name]
+        value = f" val {100 * trial.value:.2f}%" if trial.value is not None else ""
+        assert f"{name} trial 4: {state}{value} (" in err, err
+        assert f"lr={trial.params['lr']:.3g}" in err
+        assert f"{name} trial 3:" not in err  # the trials of the first call are not printed again
 
 
 @pytest.mark.slow
