@@ -549,3 +549,26 @@ def test_few_shot_tables_and_fragments(tmp_path: Path):
     assert one["diff"] == pytest.approx(direct.diff)
     assert (one["diff_low"], one["diff_high"]) == pytest.approx((direct.low, direct.high))
     assert one["prob_superiority"] == pytest.approx(direct.prob_superiority)
+
+
+def test_runs_of_different_epochs_name_the_methods_of_each_and_the_commands_that_fix_it():
+    protocol = "epochs={}, img_size=32, augmentation=none, interpolation=bicubic"
+    rows = _grid(["lora", "karst"], ["t"], [0, 1], protocol=protocol.format(20)) + _grid(
+        ["linear"], ["t"], [0, 1], protocol=protocol.format(3)
+    )
+    with pytest.raises(BenchError) as raised:
+        select_runs(_frame(rows), suite="demo", stage="final")
+    message = str(raised.value)
+    assert "epochs=20, img_size=32, augmentation=none, interpolation=bicubic (karst, lora)" in message
+    assert "epochs=3, img_size=32, augmentation=none, interpolation=bicubic (linear)" in message
+    assert "report one protocol with --methods karst,lora or --methods linear" in message
+    assert "re-run linear like the rest: `bench run --suite demo --methods linear --epochs 20`" in message
+    assert "\n" not in message
+
+    # a method under both protocols: --methods cannot separate them, and another setting differs too
+    rows += _grid(["linear"], ["u"], [0], protocol=protocol.format(20).replace("32", "64"))
+    with pytest.raises(BenchError) as raised:
+        select_runs(_frame(rows), suite="demo", stage="tune")
+    message = str(raised.value)
+    assert "--methods karst,lora or" not in message
+    assert "`bench run --suite demo --stage tune --methods linear …` with the others' settings" in message
