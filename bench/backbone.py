@@ -24,7 +24,6 @@ relative-position tables (Swin) to the model's size.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
@@ -149,6 +148,8 @@ def download_hub_weights(backbone: str) -> Path:
     """
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
+    from suites.hub import hub_endpoint, hub_offline, reachable
+
     cfg = _pretrained_cfg(backbone)
     hub_id = cfg.get("hf_hub_id")
     if not hub_id:
@@ -157,13 +158,13 @@ def download_hub_weights(backbone: str) -> Path:
     cached = try_to_load_from_cache(hub_id, filename)
     if isinstance(cached, str):
         return Path(cached)
-    if _hub_offline():
+    if hub_offline():
         raise BenchError(
             f"the weights of {backbone!r} are not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
             "pass --checkpoint PATH with a local weights file, or unset HF_HUB_OFFLINE to download them"
         )
-    endpoint = _hub_endpoint()
-    if not _reachable(endpoint):
+    endpoint = hub_endpoint()
+    if not reachable(endpoint):
         raise BenchError(
             f"cannot reach the Hugging Face Hub at {endpoint} to download the weights of {backbone!r}; "
             "pass --checkpoint PATH with a local weights file to run offline"
@@ -175,47 +176,6 @@ def download_hub_weights(backbone: str) -> Path:
             f"could not download the weights of {backbone!r} from the Hub ({type(exc).__name__}); "
             "pass --checkpoint PATH with a local weights file to run offline"
         ) from None
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    flag = os.environ.get("HF_HUB_OFFLINE")
-    if flag is not None:  # read now: the Hub client reads it once, at import
-        return flag.strip().upper() in ("1", "ON", "YES", "TRUE")
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def _hub_endpoint() -> str:
-    from huggingface_hub import constants
-
-    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
-
-
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to ``url``'s host opens within ``timeout`` (name lookup included)."""
-    import socket
-    import threading
-    from urllib.parse import urlparse
-
-    parsed = urlparse(url)
-    host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
-    if not host:
-        return False
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    # a name lookup takes no timeout of its own; the thread bounds it
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
 
 
 def _pretrained_cfg(backbone: str) -> dict:

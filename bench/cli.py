@@ -1384,7 +1384,12 @@ def _serve(cmd: list[str]) -> int:
     import signal
     import subprocess
 
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    # MLflow's server imports starlette's deprecated WSGI middleware, and each of its workers warns
+    # about it (a StarletteDeprecationWarning, matched by its message): MLflow's business, not the
+    # user's. A PYTHONWARNINGS of their own is kept.
+    quiet = "ignore::DeprecationWarning,ignore:starlette.middleware.wsgi is deprecated"
+    env = {**os.environ, "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", quiet)}
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
 
     def stop(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt

@@ -217,3 +217,12 @@ def test_the_cli_module_imports_no_heavy_library():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_creating_a_tracking_store_prints_nothing(tmp_path: Path, capfd):
+    """MLflow logs its migrations at INFO ("Creating initial MLflow database tables..."); a user's
+    first command shows none of it."""
+    Tracker(default_tracking_uri(tmp_path))
+    captured = capfd.readouterr()
+    assert (tmp_path / "mlflow.db").is_file()
+    assert "mlflow.store.db.utils" not in captured.err and "database tables" not in captured.err
