@@ -635,7 +635,7 @@ def runs_cmd(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """One row per run in tracking: key, method, task, seed, stage, status, accuracy, trainable params."""
+    """One row per run in tracking: key, method, task, seed, stage, epochs, status, accuracy, trainable params."""
     from . import schema
     from .tracking import experiment_name
 
