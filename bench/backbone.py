@@ -24,7 +24,6 @@ relative-position tables (Swin) to the model's size.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
@@ -79,9 +78,10 @@ DEMO_BACKBONES = ("vit_demo_tiny", "swin_demo_tiny")  # random-init only: no wei
 
 @register_model
 def vit_demo_tiny(pretrained: bool = False, **kwargs) -> VisionTransformer:
-    """ViT with 4 blocks of width 64 and 4 heads, patch 4 at 32 px (65 tokens); no weights exist."""
+    """ViT with 4 blocks of width 64 and 4 heads, patch 4 at 32 px (65 tokens). No published weights
+    exist; ``pretrained=True`` loads an export's (``timm.create_model("local-dir:PATH", pretrained=True)``)."""
     args = {"img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4, **kwargs}
-    return build_model_with_cfg(VisionTransformer, "vit_demo_tiny", pretrained=False, **args)
+    return build_model_with_cfg(VisionTransformer, "vit_demo_tiny", pretrained=pretrained, **args)
 
 
 @register_model
@@ -90,7 +90,8 @@ def swin_demo_tiny(pretrained: bool = False, **kwargs) -> SwinTransformer:
     (8 x 8 tokens, shifted windows in the first stage, one window after the patch merging).
 
     Wide enough for every Swin method at its published shape (KARST's f = 8 gives m = 4 and 8, so
-    ranks 4 and 8 at the default rank 8); no weights exist.
+    ranks 4 and 8 at the default rank 8). No published weights exist; ``pretrained=True`` loads an
+    export's, as for ``vit_demo_tiny``.
     """
     args = {
         "img_size": 32,
@@ -101,7 +102,7 @@ def swin_demo_tiny(pretrained: bool = False, **kwargs) -> SwinTransformer:
         "window_size": 4,
         **kwargs,
     }
-    return build_model_with_cfg(SwinTransformer, "swin_demo_tiny", pretrained=False, **args)
+    return build_model_with_cfg(SwinTransformer, "swin_demo_tiny", pretrained=pretrained, **args)
 
 
 # ---------------------------------------------------------------------------------------
@@ -155,6 +156,8 @@ def download_hub_weights(backbone: str) -> Path:
             f"backbone {backbone!r} is the demo suite's tiny network and has no pretrained weights; "
             "run it with --suite demo (random init), or pass --checkpoint PATH with weights of its shape"
         )
+    from suites.hub import hub_endpoint, hub_offline, reachable
+
     cfg = _pretrained_cfg(backbone)
     hub_id = cfg.get("hf_hub_id")
     if not hub_id:
@@ -163,13 +166,13 @@ def download_hub_weights(backbone: str) -> Path:
     cached = try_to_load_from_cache(hub_id, filename)
     if isinstance(cached, str):
         return Path(cached)
-    if _hub_offline():
+    if hub_offline():
         raise BenchError(
             f"the weights of {backbone!r} are not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
             "pass --checkpoint PATH with a local weights file, or unset HF_HUB_OFFLINE to download them"
         )
-    endpoint = _hub_endpoint()
-    if not _reachable(endpoint):
+    endpoint = hub_endpoint()
+    if not reachable(endpoint):
         raise BenchError(
             f"cannot reach the Hugging Face Hub at {endpoint} to download the weights of {backbone!r}; "
             "pass --checkpoint PATH with a local weights file to run offline"
@@ -181,47 +184,6 @@ def download_hub_weights(backbone: str) -> Path:
             f"could not download the weights of {backbone!r} from the Hub ({type(exc).__name__}); "
             "pass --checkpoint PATH with a local weights file to run offline"
         ) from None
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    flag = os.environ.get("HF_HUB_OFFLINE")
-    if flag is not None:  # read now: the Hub client reads it once, at import
-        return flag.strip().upper() in ("1", "ON", "YES", "TRUE")
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def _hub_endpoint() -> str:
-    from huggingface_hub import constants
-
-    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
-
-
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to ``url``'s host opens within ``timeout`` (name lookup included)."""
-    import socket
-    import threading
-    from urllib.parse import urlparse
-
-    parsed = urlparse(url)
-    host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
-    if not host:
-        return False
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    # a name lookup takes no timeout of its own; the thread bounds it
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
 
 
 def _pretrained_cfg(backbone: str) -> dict:

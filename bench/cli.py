@@ -75,6 +75,14 @@ class State:
     workdir: Path = Path("runs")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"bench {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(
     workdir: Path = typer.Option(
@@ -82,6 +90,9 @@ def _global(
         "--workdir",
         envvar="BENCH_WORKDIR",
         help="Holds the MLflow store, caches and the Optuna store.",
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print bench's version and exit."
     ),
 ) -> None:
     State.workdir = workdir
@@ -583,7 +594,10 @@ def tune(
         err.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
     with _executor(_executor_options(opts), opts["device"]) as pool:
-        from .progress import RichReporter
+        from .progress import RichReporter, trial_line
+
+        def trial_done(trial) -> None:
+            err.print(trial_line(trial), highlight=False, soft_wrap=True)
 
         with RichReporter(err, slots=pool.capacity) as reporter:
             summaries = run_tuning(
@@ -595,6 +609,7 @@ def tune(
                 pool,
                 reporter,
                 warn,
+                trial_done,
                 budget_epochs=opts["budget_epochs"],
                 scheduler=opts["scheduler"],
             )
@@ -604,8 +619,14 @@ def tune(
         err.print(f"browse the studies: {dashboard}", highlight=False, soft_wrap=True)
         return
     table = Table(title=f"tuning studies in {url}")
-    for col in ("study", "trials", "trial-epochs", "train s", "best val acc", "best trial", "best params"):
-        table.add_column(col)
+    # the study name is what users look up (in the dashboard, in --hparams tuned): never cut it
+    table.add_column("study", no_wrap=True)
+    table.add_column("trials", overflow="fold")
+    table.add_column("trial-epochs", justify="right")
+    table.add_column("train s", justify="right")
+    table.add_column("best val acc", justify="right")
+    table.add_column("best trial", justify="right")
+    table.add_column("best params", overflow="fold")
     for s in summaries:
         table.add_row(
             escape(s.name),
@@ -676,7 +697,7 @@ def runs_cmd(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """One row per run in tracking: key, method, task, seed, stage, status, accuracy, trainable params."""
+    """One row per run in tracking: key, method, task, seed, stage, epochs, status, accuracy, trainable params."""
     from . import schema
     from .tracking import experiment_name
 
@@ -697,6 +718,7 @@ def runs_cmd(
                 "test_acc": m.get(schema.TEST_ACC),
                 "val_acc": m.get(schema.VAL_ACC),
                 "trainable_params": int(m[schema.PARAMS_TRAINABLE]) if schema.PARAMS_TRAINABLE in m else None,
+                "epochs": int(r.data.params["hp.epochs"]) if "hp.epochs" in r.data.params else None,
                 "run_id": r.info.run_id,
             }
         )
@@ -704,32 +726,59 @@ def runs_cmd(
     if as_json:
         _print_json(rows)
         return
-    from rich import box
+    out.print(runs_table(rows, suite, out.width))
 
-    table = Table(title=f"runs of suite {suite} ({len(rows)})", box=box.SIMPLE_HEAD, pad_edge=False)
-    # At 80 columns something must give: the key prefix is short (the full key is in --json) and
-    # the status, the column users scan for, never wraps; method and task names wrap instead.
-    table.add_column("key", no_wrap=True)
-    table.add_column("method", overflow="fold")
-    table.add_column("task", overflow="fold")
-    for col in ("seed", "stage"):
-        table.add_column(col)
-    table.add_column("status", no_wrap=True, min_width=8)
-    for col in ("test acc", "trainable"):
-        table.add_column(col, justify="right", no_wrap=True)
-    for x in rows:
-        acc = x["test_acc"] if x["test_acc"] is not None else None
-        table.add_row(
-            (x["run_key"] or "")[:8],
-            escape(x["method"]),
-            escape(x["task"]),
-            str(x["seed"]),
-            x["stage"],
-            x["status"],
-            f"{100 * acc:.2f}" if acc is not None else "–",
-            f"{x['trainable_params']:,}" if x["trainable_params"] is not None else "–",
+
+def runs_table(rows: list[dict[str, Any]], suite: str, width: int) -> Table:
+    """``bench runs``'s table for a terminal ``width`` columns wide.
+
+    A value every row shares (the stage, the epochs) goes into the title instead of a column, and
+    below 100 columns the trainable-parameter count is left out (it is in ``--json``), so that
+    method names, what users read the table for, keep one line each; a task name folds only when
+    the terminal has no room left for it.
+    """
+    from rich import box
+    from rich.text import Text
+
+    title = [f"runs of suite {suite} ({len(rows)})"]
+    shared = {}
+    for key, label in (("stage", "stage {}"), ("epochs", "{} epochs")):
+        values = {x[key] for x in rows}
+        if len(values) == 1 and None not in values:
+            shared[key] = True
+            title.append(label.format(values.pop()))
+    columns: list[tuple[str, Any]] = [
+        ("key", lambda x: (x["run_key"] or "")[:8]),
+        ("method", lambda x: escape(x["method"] or "")),
+        ("task", lambda x: escape(x["task"] or "")),
+        ("seed", lambda x: str(x["seed"])),
+    ]
+    if "stage" not in shared:
+        columns.append(("stage", lambda x: x["stage"] or ""))
+    if "epochs" not in shared:
+        columns.append(("epochs", lambda x: str(x["epochs"]) if x["epochs"] is not None else "–"))
+    columns.append(("status", lambda x: x["status"]))
+    columns.append(("test acc", lambda x: f"{100 * x['test_acc']:.2f}" if x["test_acc"] is not None else "–"))
+    if width >= 100:
+        columns.append(
+            ("trainable", lambda x: f"{x['trainable_params']:,}" if x["trainable_params"] is not None else "–")
         )
-    out.print(table)
+    table = Table(title=" · ".join(title), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    longest = {name: max([len(name), *(len(Text.from_markup(cell(x))) for x in rows)]) for name, cell in columns}
+    # the names get what the other columns leave; the method its whole name first, the task the rest
+    # (two columns between cells and one at each edge)
+    free = width - sum(w for name, w in longest.items() if name not in ("method", "task")) - 2 * len(columns)
+    method_width = max(6, min(longest["method"], free - min(longest["task"], 8)))
+    task_width = max(4, min(longest["task"], free - method_width))
+    for name, _ in columns:
+        if name in ("method", "task"):
+            table.add_column(name, width=method_width if name == "method" else task_width, overflow="fold")
+        else:
+            numeric = name in ("test acc", "trainable", "epochs")
+            table.add_column(name, no_wrap=True, justify="right" if numeric else "left")
+    for x in rows:
+        table.add_row(*(cell(x) for _, cell in columns))
+    return table
 
 
 def _run_selection(
@@ -1421,7 +1470,12 @@ def _serve(cmd: list[str]) -> int:
     import signal
     import subprocess
 
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    # MLflow's server imports starlette's deprecated WSGI middleware, and each of its workers warns
+    # about it (a StarletteDeprecationWarning, matched by its message): MLflow's business, not the
+    # user's. A PYTHONWARNINGS of their own is kept.
+    quiet = "ignore::DeprecationWarning,ignore:starlette.middleware.wsgi is deprecated"
+    env = {**os.environ, "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", quiet)}
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
 
     def stop(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
@@ -1627,18 +1681,28 @@ def _sigterm_stops_like_ctrl_c(terminated: list[bool]):
 
 
 def click_command() -> Any:
-    """The click command typer builds from ``app``, with flags shown without a type column.
+    """The click command typer builds from ``app``, its help made literal and flags shown without a
+    type column.
 
-    typer prints ``<bool>`` beside every flag (``--json``, ``--help``); a flag takes no value, so the
-    column is left empty. The CLI reference in the docs is generated from this same command.
+    typer renders help through rich, which would read a method entry such as ``karst[rescale=none]``
+    as markup and print ``karst``: every command's and option's help is escaped (the epilogs are
+    escaped where they are written). typer prints ``<bool>`` beside every flag (``--json``,
+    ``--help``); a flag takes no value, so the column is left empty. The CLI reference in the docs is
+    generated from this same command.
     """
     command = typer.main.get_command(app)
-    _blank_flag_types(command)
+    _prepare_help(command)
     return command
 
 
-def _blank_flag_types(command: Any) -> None:
+def _prepare_help(command: Any) -> None:
+    if command.help:
+        command.help = escape(command.help)
+    if command.short_help:
+        command.short_help = escape(command.short_help)
     for param in command.params:
+        if getattr(param, "help", None):
+            param.help = escape(param.help)
         if getattr(param, "is_flag", False):
             param.metavar = ""
     make_help_option = command.get_help_option
@@ -1651,7 +1715,7 @@ def _blank_flag_types(command: Any) -> None:
 
     command.get_help_option = get_help_option  # type: ignore[method-assign]
     for sub in getattr(command, "commands", {}).values():
-        _blank_flag_types(sub)
+        _prepare_help(sub)
 
 
 def _write_crash(exc: BaseException) -> Path:

@@ -279,21 +279,52 @@ def _classifier(backbone: str) -> str:
     return "head.fc" if backbone_spec(backbone).family == "swin" else "head"
 
 
-def _timm_config(stored: StoredRun) -> dict[str, Any]:
-    """timm's ``config.json`` (``timm.create_model("hf-hub:…")`` reads it after a push)."""
-    spec, hp = stored.spec, stored.spec["hparams"]
-    arch, _, tag = spec["backbone"].partition(".")
+def squash_crop_pct(img_size: int, resize: int | None) -> float:
+    """The ``crop_pct`` under which timm's eval transform reproduces bench's decoding exactly.
+
+    Bench resizes every image to a square (``resize`` or ``img_size``, aspect ratio not kept) and,
+    with ``resize``, centre-crops ``img_size``. timm's ``crop_mode="squash"`` does the same:
+    ``Resize((floor(img_size / crop_pct),) * 2)`` then ``CenterCrop(img_size)``
+    (``timm.data.transforms_factory.transforms_imagenet_eval``). The plain ratio can land one ulp
+    short of ``resize`` (9 / (9 / 14) = 13.999…), so it is lowered until the floor is exact.
+    """
+    import math
+
+    target = resize or img_size
+    if target < img_size:
+        raise BenchError(f"preset resize {target} is smaller than img_size {img_size}; a centre crop cannot grow")
+    pct = img_size / target
+    while math.floor(img_size / pct) < target:
+        pct = math.nextafter(pct, 0.0)
+    return pct
+
+
+def data_config(stored: StoredRun) -> dict[str, Any]:
+    """The run's evaluation preprocessing in the fields ``timm.data.resolve_data_config`` reads."""
+    hp = stored.spec["hparams"]
     norm = stored.resolved["normalization"]
+    return {
+        "input_size": [3, hp["img_size"], hp["img_size"]],
+        "interpolation": hp["interpolation"],
+        "crop_pct": squash_crop_pct(hp["img_size"], hp.get("resize")),
+        "crop_mode": "squash",
+        "mean": list(norm["mean"]),
+        "std": list(norm["std"]),
+    }
+
+
+def _timm_config(stored: StoredRun) -> dict[str, Any]:
+    """timm's ``config.json``: ``timm.create_model("hf-hub:…")`` or ``("local-dir:…")`` reads it, and
+    ``timm.data.resolve_data_config`` + ``create_transform`` rebuild the run's preprocessing from it."""
+    spec = stored.spec
+    arch, _, tag = spec["backbone"].partition(".")
     return {
         "architecture": arch,
         "num_classes": spec["num_classes"],
-        "model_args": {"img_size": hp["img_size"]},
+        "model_args": {"img_size": spec["hparams"]["img_size"]},
         "pretrained_cfg": {
             "tag": tag or None,
-            "input_size": [3, hp["img_size"], hp["img_size"]],
-            "interpolation": hp["interpolation"],
-            "mean": norm["mean"],
-            "std": norm["std"],
+            **data_config(stored),
             "num_classes": spec["num_classes"],
             "classifier": _classifier(spec["backbone"]),
         },
@@ -361,6 +392,8 @@ def write_peft(model: nn.Module, method: Any, stored: StoredRun, out: Path, chec
                 )
             targets[key].copy_(tensor)
     peft_model.save_pretrained(str(out), save_embedding_layers=False)  # a ViT has no token embeddings to check
+    # peft's adapter config has no field for preprocessing: timm's config.json of the base carries it
+    (out / TIMM_CONFIG).write_text(json.dumps(_timm_config(stored), indent=2) + "\n")
 
 
 def write_bench(stored: StoredRun, out: Path) -> None:
@@ -415,15 +448,16 @@ def model_card(stored: StoredRun, fmt: str, method: Any) -> str:
     register = _registers(spec["backbone"])
     load = {
         "peft": (
-            f"import timm, torch\nfrom peft import PeftModel\n{register}\n"
+            f"import json\nfrom pathlib import Path\n\nimport timm, torch\nfrom peft import PeftModel\n{register}\n"
             f"{_base_snippet(stored)}\n"
             'model = PeftModel.from_pretrained(base, "PATH_OR_REPO").eval()\n'
+            'pretrained_cfg = json.loads(Path("PATH/config.json").read_text())["pretrained_cfg"]\n'
+            "transform = timm.data.create_transform(**timm.data.resolve_data_config(pretrained_cfg=pretrained_cfg))\n"
         ),
         "merged": (
-            f"import timm\nfrom safetensors.torch import load_file\n{register}\n"
-            f'model = timm.create_model("{spec["backbone"]}", num_classes={spec["num_classes"]}, '
-            f"img_size={hp['img_size']})\n"
-            f'model.load_state_dict(load_file("{MERGED_WEIGHTS}"))\nmodel.eval()\n'
+            f"import timm\n{register}\n"
+            'model = timm.create_model("local-dir:PATH", pretrained=True).eval()  # or "hf-hub:OWNER/NAME"\n'
+            "transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))\n"
         ),
         "bench": (
             'from pathlib import Path\nfrom bench.export import load_bench_export\n\nmodel = load_bench_export(Path("PATH")).eval()\n'
@@ -456,7 +490,7 @@ A `{spec["method"]}` fine-tune of `{spec["backbone"]}`, exported with `bench exp
 | seed | {spec["seed"]} |
 | {metric} | {f"{100 * acc:.2f} %" if acc is not None else "–"} |
 | preset | `{spec["preset"]}`: `{json.dumps(hp, sort_keys=True)}` |
-| input normalisation | mean {norm["mean"]}, std {norm["std"]}; images resized ({hp["interpolation"]}) to {hp["img_size"]} px |
+| input | {_input_text(hp)}; mean {norm["mean"]}, std {norm["std"]} |
 
 Trained with:
 
@@ -469,8 +503,8 @@ Trained with:
 ```python
 {load}```
 
-Inputs are RGB images resized to {hp["img_size"]}×{hp["img_size"]} ({hp["interpolation"]}), scaled to [0, 1] and
-normalised with the mean and std above. {_precision_note(stored)}
+Inputs are RGB images {_input_text(hp)}, scaled to [0, 1] and normalised with the mean and std above.
+{_transform_note(fmt)} {_precision_note(stored)}
 
 ## Package versions
 
@@ -478,6 +512,22 @@ normalised with the mean and std above. {_precision_note(stored)}
 |---|---|---|
 {versions}
 """
+
+
+def _input_text(hp: dict[str, Any]) -> str:
+    size, resize, interp = hp["img_size"], hp.get("resize"), hp["interpolation"]
+    if resize is None:
+        return f"resized ({interp}) to {size}×{size}, aspect ratio not kept, no crop"
+    return f"resized ({interp}) to {resize}×{resize}, aspect ratio not kept, then centre-cropped to {size}×{size}"
+
+
+def _transform_note(fmt: str) -> str:
+    if fmt == "bench":
+        return "`resolved.json` holds this preprocessing (`spec.hparams`, `normalization`)."
+    return (
+        f"`{TIMM_CONFIG}` holds it in the fields timm reads (`crop_mode: squash` with the `crop_pct` that gives "
+        "exactly these sizes), so the transform above reproduces the run's inputs."
+    )
 
 
 def _registers(backbone: str) -> str:
@@ -547,10 +597,23 @@ def export_run(
     else:
         write_bench(stored, out)
     (out / CARD).write_text(model_card(stored, fmt, method))
+    _apply_umask(out)
     result = ExportResult(out, fmt, stored, sorted(p.name for p in out.iterdir()))
     if verify:
         result.verified = verify_export(result, checkpoint)
     return result
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give every exported file the mode the user's umask asks for: safetensors writes its files
+    0600 whatever the umask, which would keep an export meant for sharing private."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~mask)
 
 
 def load_export(folder: Path, fmt: str, stored: StoredRun, checkpoint: Path | None = None) -> nn.Module:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -35,6 +38,9 @@ class RichReporter:
         )
         self.sweep_task = None
         self.run_tasks: dict[int, TaskID] = {}  # one bar per run in progress, oldest first
+        self.started: dict[int, float] = {}  # run -> when it started (monotonic seconds)
+        self.todo = 0  # runs of the sweep still to train
+        self.train_seconds: list[float] = []  # wall time of each run trained so far
 
     def __enter__(self) -> RichReporter:
         self.progress.start()
@@ -50,11 +56,13 @@ class RichReporter:
             f"{todo} to train on {plan.device} (backbone {plan.backbone}, {plan.weights.checkpoint_id[:19]})"
         )
         self.sweep_task = self.progress.add_task("runs", total=total)
+        self.todo = todo
 
     def run_started(self, run: PlannedRun, epochs: int) -> None:
         while len(self.run_tasks) >= self.slots:  # tuning trials never report done
             self.progress.remove_task(self.run_tasks.pop(next(iter(self.run_tasks))))
         self.run_tasks[id(run)] = self.progress.add_task(f"  {escape(run.spec.label)}", total=epochs)
+        self.started[id(run)] = time.monotonic()
 
     def epoch_done(self, run: PlannedRun, metrics: EpochMetrics) -> None:
         if id(run) not in self.run_tasks:
@@ -69,9 +77,12 @@ class RichReporter:
     def run_done(self, run: PlannedRun, outcome: RunOutcome) -> None:
         if id(run) in self.run_tasks:
             self.progress.remove_task(self.run_tasks.pop(id(run)))
+        started = self.started.pop(id(run), None)
         if self.sweep_task is None:  # tuning trials: no sweep bar, no line per trial
             return
         self.progress.advance(self.sweep_task)
+        if outcome.status != "skipped":
+            self.todo -= 1
         if outcome.status == "failed":
             self.console.print(
                 f"  {escape(run.spec.label)}: [red]failed[/] ({escape(str(outcome.error))})", highlight=False
@@ -80,9 +91,40 @@ class RichReporter:
         if outcome.status == "interrupted":
             return
         acc = f"{100 * outcome.eval_acc:.2f}%" if outcome.eval_acc is not None else "–"
-        verb = "trained" if outcome.status == "trained" else "finished earlier, reused"
+        verb = "finished earlier, reused"
+        if outcome.status == "trained":
+            verb = "trained"
+            if started is not None:
+                self.train_seconds.append(time.monotonic() - started)
+                verb += f" in {format_duration(self.train_seconds[-1])}{self._eta()}"
         self.console.print(f"  {escape(run.spec.label)}: {acc} ({verb})", highlight=False)
 
     def sweep_done(self, cost: SweepEfficiency) -> None:
         if cost.runs:
             self.console.print(escape(cost.line()), highlight=False, soft_wrap=True)
+    def _eta(self) -> str:
+        """``; 4 left, about 12 min``: the runs still to train at the mean time of those trained, over
+        the runs that train at once. Also printed where no progress bar shows (a log, a pipe)."""
+        if self.todo <= 0 or not self.train_seconds:
+            return ""
+        mean = sum(self.train_seconds) / len(self.train_seconds)
+        return f"; {self.todo} left, about {format_duration(mean * self.todo / self.slots)}"
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``3 min 5 s``, ``2 h 10 min``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def trial_line(trial: Any) -> str:
+    """One finished tuning trial: study, trial number, state, value and the sampled parameters."""
+    value = f" val {100 * trial.value:.2f}%" if trial.value is not None else ""
+    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(trial.params.items()))
+    return f"  {escape(trial.study)} trial {trial.number}: {trial.state}{value}" + (
+        f" ({escape(params)})" if params else ""
+    )

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +158,21 @@ def _check_schema_revision(path: Path) -> None:
     )
 
 
+@contextmanager
+def quiet_migrations() -> Iterator[None]:
+    """MLflow logs each step of creating and migrating a store at INFO ("Creating initial MLflow
+    database tables...", alembic's "Running upgrade …"): bench's own business, not the user's."""
+    loggers = [logging.getLogger(name) for name in ("mlflow.store.db.utils", "alembic")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def create_sqlite_store(path: Path) -> None:
     """Create and migrate a new sqlite store beside ``path``, then move it into place in one step.
 
@@ -176,8 +194,9 @@ def create_sqlite_store(path: Path) -> None:
     tmp = path.parent / f"{prefix}{os.getpid()}"
     try:
         tmp.unlink(missing_ok=True)
-        client = MlflowClient(tracking_uri=f"sqlite:///{tmp}")
-        client.search_experiments(max_results=1)  # runs every migration
+        with quiet_migrations():
+            client = MlflowClient(tracking_uri=f"sqlite:///{tmp}")
+            client.search_experiments(max_results=1)  # runs every migration
         store = getattr(getattr(client, "_tracking_client", None), "store", None)
         if store is not None and hasattr(store, "engine"):
             store.engine.dispose()  # no connection may outlive the rename
@@ -263,8 +282,9 @@ class Tracker:
             else:
                 create_sqlite_store(path)
         try:
-            self.client = MlflowClient(tracking_uri=tracking_uri)
-            self.client.search_experiments(max_results=1)  # opens the store now, not mid-sweep
+            with quiet_migrations():  # a new PostgreSQL or MySQL store is migrated here
+                self.client = MlflowClient(tracking_uri=tracking_uri)
+                self.client.search_experiments(max_results=1)  # opens the store now, not mid-sweep
         except Exception as exc:
             detail = " ".join(str(exc).split())[:160]
             raise BenchError(

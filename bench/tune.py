@@ -181,6 +181,17 @@ def _prepare_study(plan: SweepPlan, run: PlannedRun, storage: str, budget: int, 
     return _Study(run, name, study, attrs, budget)
 
 
+@dataclass(frozen=True)
+class TrialLine:
+    """One finished trial, as ``bench tune`` prints it."""
+
+    study: str
+    number: int
+    state: str  # complete, pruned or failed
+    value: float | None  # the last epoch's val200 accuracy of a complete trial
+    params: dict[str, Any]
+
+
 class TrialSource:
     """Optuna trials as engine jobs: ask -> job; epoch -> report, prune -> cancel; end -> tell."""
 
@@ -192,10 +203,12 @@ class TrialSource:
         storage: str,
         cache_dir: Path,
         compile_cache: Path | None = None,
+        trial_done: Callable[[TrialLine], None] | None = None,
     ):
         self.plan, self.recorder, self.storage, self.cache_dir = plan, recorder, storage, cache_dir
         self.compile_cache = None if compile_cache is None else str(compile_cache)
         self.ended: list[RunOutcome] = []  # every trial's outcome, for the command's cost line
+        self.trial_done = trial_done
         self.experiment = experiment_name(plan.suite.name, tune=True)
         self.waiting: deque[_Study] = deque(s for s in studies if s.room() > 0)
         self.open: list[_Study] = []
@@ -332,6 +345,10 @@ class TrialSource:
         except optuna.exceptions.UpdateFinishedTrialError:
             tags[schema.TUNE_STOP] = "failed elsewhere"  # another process judged it dead; its retry trains it
         s.busy = False
+        if self.trial_done is not None:
+            self.trial_done(
+                TrialLine(s.name, trial.number, state, metrics.get(schema.TUNE_OBJECTIVE), dict(trial.params))
+            )
         return {schema.OPTUNA_STATE: state, **tags}, metrics
 
     def _close(self, s: _Study) -> None:
@@ -384,6 +401,7 @@ def run_tuning(
     executor: Executor,
     reporter: Reporter | None = None,
     warn: Callable[[str], None] | None = None,
+    trial_done: Callable[[TrialLine], None] | None = None,
     *,
     budget_epochs: int | None = None,
     scheduler: str = DEFAULT_SCHEDULER,
@@ -393,7 +411,7 @@ def run_tuning(
     The effort is ``trials`` full trials or ``budget_epochs`` trial-epochs (one of the two), the
     same for every study; ``scheduler`` (none, asha, hyperband) stops trials early. One study per
     (task, method, budget); ``warn`` gets the plan's warnings (budgets a method cannot reach, left
-    out) before any trial starts."""
+    out) before any trial starts; ``trial_done`` gets each trial as it finishes."""
     check_scheduler(scheduler)
     if trials is not None and trials < 1:
         raise BenchError(f"--trials {trials} must be at least 1")
@@ -416,7 +434,9 @@ def run_tuning(
     for warning in plan.warnings if warn is not None else ():
         warn(warning)
     studies = [_prepare_study(plan, run, storage, budget, scheduler) for run in plan.runs]
-    source = TrialSource(plan, studies, recorder, storage, workdir / "cache" / "images", cache_folder(workdir))
+    source = TrialSource(
+        plan, studies, recorder, storage, workdir / "cache" / "images", cache_folder(workdir), trial_done
+    )
     started = time.perf_counter()
     try:
         drive(source, executor, recorder, reporter)

@@ -236,6 +236,30 @@ def _refuse_mixed(frame: pd.DataFrame, column: str, what: str, fix: str) -> None
         raise BenchError(f"the runs mix {len(values)} {what}: {detail}. One table needs one; {fix}")
 
 
+def _protocol_fix(frame: pd.DataFrame, suite: str, stage: str) -> str:
+    """How to get one protocol: report the methods of one protocol alone with ``--methods``, or
+    re-run the others at the protocol most methods have (``--epochs`` where only epochs differ)."""
+    groups = frame.groupby("protocol")["method"].agg(lambda s: sorted(set(s)))
+    if len(groups) < 2:
+        return ""
+    by_method = frame.groupby("method")["protocol"].nunique()
+    alone = [ms for ms in groups if all(by_method[m] == 1 for m in ms)]
+    hints = []
+    if len(alone) == len(groups):  # each method ran under one protocol: --methods separates them
+        options = " or ".join(f"--methods {','.join(ms)}" for ms in alone)
+        hints.append(f"report one protocol with {options}")
+    majority = max(groups.index, key=lambda p: (len(groups[p]), p))
+    others = sorted({m for p, ms in groups.items() if p != majority for m in ms})
+    # protocols read "epochs=20, img_size=32, …": do they differ in the epochs alone?
+    rest = {p.split(", ", 1)[1] if ", " in p else "" for p in groups.index}
+    epochs = majority.split(", ", 1)[0].removeprefix("epochs=")
+    stage_opt = "" if stage == "final" else f" --stage {stage}"
+    rerun = f"`bench run --suite {suite}{stage_opt} --methods {','.join(others)}"
+    rerun += f" --epochs {epochs}`" if len(rest) == 1 and epochs != "?" else " …` with the others' settings"
+    hints.append(f"re-run {', '.join(others)} like the rest: {rerun}")
+    return "; or ".join(hints)
+
+
 def select_runs(
     frame: pd.DataFrame,
     *,
@@ -276,7 +300,10 @@ def select_runs(
     frame = frame.sort_values("end_time").drop_duplicates("run_key", keep="last")
     _refuse_mixed(frame, "preset", "presets", "select one with a separate --tracking-uri or re-run")
     _refuse_mixed(
-        frame, "protocol", "protocols (epochs, image size, augmentation, interpolation)", "re-run one of them"
+        frame,
+        "protocol",
+        "protocols (epochs, image size, augmentation, interpolation)",
+        _protocol_fix(frame, suite, stage),
     )
     _refuse_mixed(frame, "backbone", "backbones", "report each backbone from its own store")
     _refuse_mixed(frame, "checkpoint", "checkpoints", "report each checkpoint from its own store")

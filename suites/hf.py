@@ -55,7 +55,14 @@ def load(dataset: str) -> Any:
     """``datasets.DatasetDict`` from a ``save_to_disk`` folder or a Hub id (a single Dataset is its train split)."""
     import datasets
 
+    from .hub import hub_endpoint, hub_offline, reachable
+
     path = Path(dataset).expanduser()
+    if not path.exists() and not hub_offline() and not reachable(endpoint := hub_endpoint()):
+        raise DataError(
+            f"cannot reach the Hugging Face Hub at {endpoint} to load --dataset {dataset!r}; with a copy in the "
+            "Hugging Face cache set HF_HUB_OFFLINE=1, or save it with save_to_disk and pass the folder"
+        )
     try:
         loaded = datasets.load_from_disk(str(path)) if path.exists() else datasets.load_dataset(dataset)
     except FileNotFoundError as exc:

@@ -179,11 +179,18 @@ def test_tuning_resumes_without_repeating_trials(tuned_workdir: Path, capsys):
     assert run_cli(["--workdir", str(tuned_workdir), *TUNE]) == 0
     assert {n: len(s.trials) for n, s in _studies(tuned_workdir).items()} == before  # nothing left to do
     assert len(Tracker(default_tracking_uri(tuned_workdir)).search("bench/demo-tune")) == sum(before.values())
+    capsys.readouterr()
     assert run_cli(["--workdir", str(tuned_workdir), *TUNE[:-4], "--trials", "5", "--epochs", "3"]) == 0
+    err = capsys.readouterr().err
     for name, study in _studies(tuned_workdir).items():
         assert _charged(study) == 5 * 3 and len(study.trials) > before[name]  # topped up by a trial's epochs
         drawn = [t.params for t in study.trials]
         assert all(drawn.count(p) == 1 for p in drawn)  # no configuration trained twice
+        for trial in study.trials[before[name] :]:  # one line per finished trial, as it finishes
+            state = {"COMPLETE": "complete", "PRUNED": "pruned"}[trial.state.name]
+            value = f" val {100 * trial.value:.2f}%" if trial.value is not None else ""
+            assert f"{name} trial {trial.number}: {state}{value}" in err, err
+        assert f"{name} trial {before[name] - 1}:" not in err  # the trials of the first call are not printed again
 
 
 @pytest.mark.slow

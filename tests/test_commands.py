@@ -177,3 +177,52 @@ def test_methods_info_counts_at_the_runs_image_size(cli):
         model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=224, num_classes=0)
     assert at_224["trainable_params"] == at_224["trainable_params_built"] == sum(p.numel() for p in model.parameters())
     assert default - at_224["trainable_params"] == (37 * 37 - 16 * 16) * 384  # the position grid, 518 vs 224 px
+
+
+def test_help_prints_method_entries_with_their_brackets(cli):
+    """rich would read karst[rescale=none] as markup and print "karst"; the help keeps it literal."""
+    from bench.cli_reference import help_text
+
+    def flat(text: str) -> str:  # the help's words, without the panel borders
+        return " ".join(text.replace("│", " ").split())
+
+    assert "a variant karst[rescale=none]; a composition" in flat(help_text(("run",)))
+    assert "variants as karst[rescale=none]; required" in flat(help_text(("tune",)))
+    assert "variant (karst[kernels=4])" in flat(help_text(("methods", "info")))
+    reference = (Path(__file__).parents[1] / "docs" / "reference" / "cli.md").read_text()
+    assert "a variant karst[rescale=none]; a composition" in flat(reference)
+
+
+def test_version(cli):
+    from bench import __version__
+
+    code, out, _ = cli("--version")
+    assert code == 0 and out.strip() == f"bench {__version__}"
+
+
+@pytest.mark.slow
+def test_the_cli_module_imports_no_heavy_library():
+    """``bench --help``, ``--version`` and ``suites list`` stay quick: torch, mlflow, optuna and ray load
+    only inside the commands that need them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from bench.cli import run_cli\n"
+        "for args in (['--version'], ['--help'], ['suites', 'list']):\n"
+        "    run_cli(args)\n"
+        "print(sorted(m for m in ('torch', 'mlflow', 'optuna', 'ray', 'timm', 'pandas') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_creating_a_tracking_store_prints_nothing(tmp_path: Path, capfd):
+    """MLflow logs its migrations at INFO ("Creating initial MLflow database tables..."); a user's
+    first command shows none of it."""
+    Tracker(default_tracking_uri(tmp_path))
+    captured = capfd.readouterr()
+    assert (tmp_path / "mlflow.db").is_file()
+    assert "mlflow.store.db.utils" not in captured.err and "database tables" not in captured.err

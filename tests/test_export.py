@@ -243,3 +243,123 @@ def test_a_moved_work_directory_keeps_its_artifacts_and_exports_old_and_new_runs
         assert "15 of 15 test predictions equal" in out
     for run in Tracker(default_tracking_uri(moved)).search("bench/tinyfolder"):
         assert run.info.artifact_uri.startswith((moved / "artifacts").resolve().as_uri() + "/")
+
+
+def _timm_pipeline_inputs(folder: Path, stored: export.StoredRun, model=None) -> torch.Tensor:
+    """The run's test images through timm's own preprocessing, as the export's config.json defines it."""
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    if model is not None:
+        data_config = resolve_data_config(model=model)
+    else:
+        data_config = resolve_data_config(
+            pretrained_cfg=json.loads((folder / "config.json").read_text())["pretrained_cfg"]
+        )
+    transform = create_transform(**data_config)
+    root = Path(stored.resolved["data"]["task_dir"])
+    batch = []
+    for row in stored.predictions:
+        with Image.open(root / row["path"]) as img:
+            batch.append(transform(img.convert("RGB")))
+    return torch.stack(batch)
+
+
+def _logits_argmax(model, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(x).argmax(1)
+
+
+@pytest.mark.parametrize(("img_size", "resize"), [(32, None), (9, 14), (224, 256), (20, 23)])
+def test_squash_crop_pct_makes_timms_eval_transform_decode_as_bench_does(tmp_path: Path, img_size, resize):
+    """timm's ``crop_mode='squash'`` with the chosen ``crop_pct`` gives bench's pixels exactly, for a
+    direct resize and for resize-then-centre-crop (9/(9/14) alone floors to 13)."""
+    import numpy as np
+    from PIL import Image
+    from timm.data import create_transform
+
+    from suites.images import decode_images
+    from suites.lists import ListEntry
+
+    path = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 51, 3), dtype=np.uint8)).save(path)
+    expected, _ = decode_images([ListEntry(path, 0, "x")], resize or img_size, "bicubic", img_size if resize else None)
+    pct = export.squash_crop_pct(img_size, resize)
+    transform = create_transform((3, img_size, img_size), crop_pct=pct, crop_mode="squash", interpolation="bicubic")
+    with Image.open(path) as img:
+        got = transform(img.convert("RGB"))  # normalised with timm's defaults: undo it to compare pixels
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    assert torch.equal(torch.round((got * std + mean) * 255).to(torch.uint8), expected[0])
+
+
+def test_a_merged_export_gives_timms_standard_pipeline_the_runs_inputs(cli, workdir: Path, noah_root: Path):
+    """``timm.create_model("local-dir:…")`` + ``resolve_data_config`` + ``create_transform`` on the
+    export turn the run's test images into the tensors the run scored, and give its predictions."""
+    import timm
+
+    import bench.backbone  # noqa: F401  (registers vit_demo_tiny in timm)
+    from bench.train import Normalize
+
+    base = ("run", "--suite", "tinyfolder", "--methods", "linear", "--seeds", "0,", "--data-root", str(noah_root))
+    assert cli(*base, "--tasks", "alpha")[0] == 0
+    out = workdir / "linear-merged"
+    code, _, err = cli("export", "linear/alpha/s0", "--out", str(out))
+    assert code == 0, err
+    stored = _stored(workdir, "linear/alpha/s0")
+    cfg = json.loads((out / "config.json").read_text())["pretrained_cfg"]
+    assert cfg["crop_mode"] == "squash" and cfg["crop_pct"] == 1.0 and cfg["input_size"] == [3, 32, 32]
+
+    model = timm.create_model(f"local-dir:{out}", pretrained=True)
+    x = _timm_pipeline_inputs(out, stored, model)
+    images, _, stored_preds = export.eval_split(stored)
+    norm = stored.resolved["normalization"]
+    assert torch.allclose(x, Normalize(tuple(norm["mean"]), tuple(norm["std"]))(images), atol=1e-5)
+    assert torch.equal(_logits_argmax(model, x), stored_preds)
+
+
+def test_exported_files_follow_the_users_umask(cli, workdir: Path, noah_root: Path):
+    import os
+    import stat
+
+    base = ("run", "--suite", "tinyfolder", "--methods", "linear", "--seeds", "0,", "--data-root", str(noah_root))
+    assert cli(*base, "--tasks", "beta")[0] == 0
+    old = os.umask(0o022)
+    try:
+        for fmt in ("merged", "bench"):
+            out = workdir / fmt
+            assert cli("export", "linear/beta/s0", "--format", fmt, "--out", str(out))[0] == 0
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+            assert modes and set(modes.values()) == {0o644}, modes
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.slow
+def test_demo_exports_reproduce_the_stored_predictions_through_timms_pipeline(demo_runs: Path, tmp_path: Path):
+    """The demo's 797 test images through timm's ``create_transform``: the merged KARST model and the
+    LoRA peft adapter (with its base's timm config) give the stored predictions, image for image."""
+    import timm
+    from peft import PeftModel
+
+    import bench.backbone  # noqa: F401
+    from bench.cli import run_cli
+
+    merged = tmp_path / "karst"
+    assert run_cli(["--workdir", str(demo_runs), "export", "karst/digits/s0", "--out", str(merged)]) == 0
+    stored = _stored(demo_runs, "karst/digits/s0")
+    model = timm.create_model(f"local-dir:{merged}", pretrained=True)
+    preds = _logits_argmax(model, _timm_pipeline_inputs(merged, stored, model))
+    assert len(preds) == 797
+    assert torch.equal(preds, export.eval_split(stored)[2])
+
+    adapter = tmp_path / "lora"
+    assert (
+        run_cli(["--workdir", str(demo_runs), "export", "lora/digits/s0", "--format", "peft", "--out", str(adapter)])
+        == 0
+    )
+    stored = _stored(demo_runs, "lora/digits/s0")
+    torch.manual_seed(0)
+    base = timm.create_model("vit_demo_tiny", num_classes=10, img_size=32)
+    model = PeftModel.from_pretrained(base, str(adapter))
+    preds = _logits_argmax(model, _timm_pipeline_inputs(adapter, stored))
+    assert torch.equal(preds, export.eval_split(stored)[2])

@@ -162,3 +162,23 @@ def test_a_test_label_the_train_split_lacks_is_one_line_error(cli, tmp_path: Pat
     )  # fmt: skip
     assert code == 2, err
     assert "'wolf'" in err and "--label-column 'animal'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_hub_dataset_with_the_hub_unreachable_fails_at_once(cli, monkeypatch):
+    """No half minute of retries logged by the Hub client: one line, at once, with both ways out."""
+    import time
+
+    import datasets  # noqa: F401  (imported before the clock starts: the probe is what is timed)
+
+    from suites.hf import load
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    started = time.monotonic()
+    with pytest.raises(suites.DataError, match="cannot reach the Hugging Face Hub at http://127.0.0.1:9"):
+        load("someone/some-images")
+    assert time.monotonic() - started < 5  # the probe's timeout is 3 s; the client's retries take 30
+    code, _, err = cli("run", "--suite", "tinyhf", "--methods", "linear", "--dataset", "someone/some-images")
+    assert code == 2 and err.startswith("error: cannot reach the Hugging Face Hub at http://127.0.0.1:9")
+    assert "HF_HUB_OFFLINE=1" in err and "save_to_disk" in err and len(err.strip().splitlines()) == 1
+    assert "Retrying" not in err

@@ -627,3 +627,26 @@ def test_a_report_killed_while_writing_never_leaves_new_files_beside_the_old_rep
         assert all(now.get(name) != content for name, content in old.items() if name.endswith((".csv", ".md")))
     write_report(build_report(_synthetic_runs(3, seed=1), "karst"), out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]  # the killed writer's staging is removed too
+
+
+def test_runs_of_different_epochs_name_the_methods_of_each_and_the_commands_that_fix_it():
+    protocol = "epochs={}, img_size=32, augmentation=none, interpolation=bicubic"
+    rows = _grid(["lora", "karst"], ["t"], [0, 1], protocol=protocol.format(20)) + _grid(
+        ["linear"], ["t"], [0, 1], protocol=protocol.format(3)
+    )
+    with pytest.raises(BenchError) as raised:
+        select_runs(_frame(rows), suite="demo", stage="final")
+    message = str(raised.value)
+    assert "epochs=20, img_size=32, augmentation=none, interpolation=bicubic (karst, lora)" in message
+    assert "epochs=3, img_size=32, augmentation=none, interpolation=bicubic (linear)" in message
+    assert "report one protocol with --methods karst,lora or --methods linear" in message
+    assert "re-run linear like the rest: `bench run --suite demo --methods linear --epochs 20`" in message
+    assert "\n" not in message
+
+    # a method under both protocols: --methods cannot separate them, and another setting differs too
+    rows += _grid(["linear"], ["u"], [0], protocol=protocol.format(20).replace("32", "64"))
+    with pytest.raises(BenchError) as raised:
+        select_runs(_frame(rows), suite="demo", stage="tune")
+    message = str(raised.value)
+    assert "--methods karst,lora or" not in message
+    assert "`bench run --suite demo --stage tune --methods linear …` with the others' settings" in message

@@ -24,6 +24,7 @@ The driver stays the only MLflow writer: workers never open the tracking store.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import tempfile
@@ -240,6 +241,12 @@ class RayExecutor:
             _check_reachable(address)
             options["address"] = address
             reload_auth()  # RAY_AUTH_MODE and RAY_AUTH_TOKEN as they are now, for the cluster joined
+        # A local cluster is bench's own, started and stopped with the sweep: Ray's notice that it
+        # enabled token authentication for it is not the user's business; joining one, it is.
+        notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        level = notice.level
+        if address is None:
+            notice.setLevel(logging.ERROR)
         try:
             with self._keep_sigterm_handler(), self._local.loopback() if self._local else contextlib.nullcontext():
                 ray.init(**options)
@@ -250,6 +257,8 @@ class RayExecutor:
                 f"cannot start or join {where} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
                 + ("check --ray-address and that `ray start --head` runs there" if address else "check `ray status`")
             ) from None
+        finally:
+            notice.setLevel(level)
         try:
             self.plan = _plan(ray.cluster_resources(), use_gpu, runs_per_gpu, workers)
         except BaseException:
