@@ -22,6 +22,7 @@ from rich.table import Table
 
 from .errors import BenchError
 from .method_entries import split_methods
+from .seeds import parse_seeds
 
 
 def examples(*commands: str) -> str:
@@ -65,8 +66,9 @@ app.add_typer(suites_app, name="suites")
 app.add_typer(data_app, name="data")
 app.add_typer(analyze_app, name="analyze")
 
-out = Console()
-err = Console(stderr=True)
+# emoji off: a message or label quoting ":x:" or ":smile:" (a file name, a method label) is text
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 
 
 class State:
@@ -90,26 +92,6 @@ def _split(value: str | None) -> list[str] | None:
         return None
     items = [v.strip() for v in value.split(",") if v.strip()]
     return items or None
-
-
-def parse_seeds(value: str) -> list[int]:
-    """``"3"`` -> seeds 0, 1, 2; ``"0,5,7"`` -> exactly those."""
-    try:
-        if "," in value:
-            seeds = [int(v) for v in value.split(",") if v.strip()]
-        else:
-            n = int(value)
-            if n < 1:
-                raise ValueError
-            seeds = list(range(n))
-    except ValueError:
-        raise BenchError(
-            f"--seeds {value!r} is neither a positive count (3 means seeds 0,1,2) nor a list of seeds "
-            "(0,5,7; a single seed k is written k,)"
-        ) from None
-    if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
-        raise BenchError(f"--seeds {value!r} must list distinct non-negative seeds")
-    return seeds
 
 
 def parse_int_list(value: str | None, flag: str, example: str) -> list[int] | None:
@@ -1260,7 +1242,7 @@ def data_verify(
                 " ".join(f"{k}:{v[:8]}" for k, v in r.fingerprints.items())
                 if len(r.fingerprints) <= 2
                 else f"{len(r.fingerprints)} (see --json)",
-                ("[green]ok" if r.ok else "[red]" + "\n".join(r.problems[:8]))
+                ("[green]ok" if r.ok else "[red]" + escape("\n".join(r.problems[:8])))
                 + (f"\n[yellow]{len(r.warnings)} warning(s)" if r.warnings else ""),
             )
         out.print(table)
@@ -1491,7 +1473,7 @@ def run_cli(args: list[str] | None = None) -> int:
     except Exception as exc:
         crash = _write_crash(exc)
         err.print(
-            f"[red]internal error:[/] {type(exc).__name__}: {exc}. This is a bug in bench; "
+            f"[red]internal error:[/] {escape(f'{type(exc).__name__}: {exc}')}. This is a bug in bench; "
             f"the traceback is in {crash}. Finished runs are kept.",
             highlight=False,
             soft_wrap=True,

@@ -1,0 +1,202 @@
+"""Inputs at the edge: seeds torch cannot tell apart, paths that block or leave their folder,
+stored artifacts changed after the run, lists too large to decode. Each is one `error:` line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.errors import BenchError
+from bench.seeds import MAX_SEED, MAX_SEEDS, parse_seeds
+from bench.sweepfile import load_sweep_file
+from suites.base import DataError
+from suites.images import decode_images
+from suites.lists import read_list
+from suites.resolve import count_classes
+
+
+def _assert_one_line_error(code: int, err: str, *fragments: str) -> str:
+    assert code == 2, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    assert err.rstrip().endswith(errors[0].rstrip()), "the error is the last thing printed"
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    return errors[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# seeds
+
+
+def test_seed_two_to_the_32_would_repeat_seed_0():
+    """Why the range stops at 2**32-1: torch's generator keeps a seed's low 32 bits."""
+    same = torch.rand(4, generator=torch.Generator().manual_seed(2**32))
+    assert torch.equal(same, torch.rand(4, generator=torch.Generator().manual_seed(0)))
+    top = torch.rand(4, generator=torch.Generator().manual_seed(MAX_SEED))
+    assert not torch.equal(top, torch.rand(4, generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("4294967296,", "seed 4294967296 is outside 0..4294967295"),
+        ("0,4294967296", "seed 4294967296 is outside 0..4294967295"),
+        ("1000000000000000000000000000000", "a seed count must be 1..1000"),
+        ("1000000000000000000000000000000,", "outside 0..4294967295"),
+        ("30000000", "asks for 30000000 seeds"),
+        (",".join(map(str, range(MAX_SEEDS + 1))), f"at most {MAX_SEEDS}"),
+        ("-1,", "seed -1 is outside"),
+        ("1,1", "distinct"),
+    ],
+)
+def test_seeds_out_of_range_or_too_many_are_refused(value: str, fragment: str):
+    with pytest.raises(BenchError, match=None) as info:
+        parse_seeds(value)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_seeds_in_range_are_kept():
+    assert parse_seeds("3") == [0, 1, 2]
+    assert parse_seeds(f"{MAX_SEED},") == [MAX_SEED]
+    assert parse_seeds(str(MAX_SEEDS)) == list(range(MAX_SEEDS))
+
+
+@pytest.mark.parametrize(
+    ("seeds", "fragment"),
+    [("30000000", "asks for 30000000 seeds"), ("[0, 4294967296]", "seed 4294967296 is outside")],
+)
+def test_sweep_file_seeds_get_the_same_checks(tmp_path: Path, seeds: str, fragment: str):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"suite: demo\nmethods: [linear]\nseeds: {seeds}\n")
+    with pytest.raises(BenchError) as info:
+        load_sweep_file(path)
+    assert fragment in str(info.value) and str(path) in str(info.value)
+
+
+def test_cli_refuses_a_seed_count_at_once(cli):
+    code, _, err = cli("run", "--suite", "demo", "--methods", "linear", "--seeds", "30000000")
+    _assert_one_line_error(code, err, "--seeds '30000000'", "1..1000")
+    code, _, err = cli("run", "--suite", "demo", "--methods", "linear", "--seeds", "1000000000000000000000000000000")
+    _assert_one_line_error(code, err, "a seed count must be 1..1000")
+
+
+# ---------------------------------------------------------------------------------------------
+# messages are printed as text
+
+
+def test_error_text_is_not_turned_into_emoji(cli):
+    code, _, err = cli("run", "--suite", "demo", "--methods", ":x:", "--seeds", "1")
+    line = _assert_one_line_error(code, err, "':x:'")
+    assert "\u274c" not in line
+
+
+# ---------------------------------------------------------------------------------------------
+# files that block, links and paths that leave the data
+
+
+def _task(noah_root: Path) -> Path:
+    return noah_root / "alpha"
+
+
+def test_image_that_is_a_fifo_is_refused_not_waited_on(noah_root: Path):
+    task = _task(noah_root)
+    entries = read_list(task, "test.txt", 3)
+    os.unlink(entries[0].path)
+    os.mkfifo(entries[0].path)  # nothing ever writes to it: open() for reading would block forever
+    result: dict[str, BaseException | None] = {}
+
+    def decode() -> None:
+        try:
+            decode_images(entries, 16)
+            result["error"] = None
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=decode, daemon=True)
+    thread.start()
+    thread.join(30)
+    if thread.is_alive():  # unblock the reader so the test process can end
+        with open(entries[0].path, "wb"):
+            pass
+        pytest.fail("decoding a FIFO image blocked")
+    assert isinstance(result["error"], DataError)
+    assert "test.txt:1" in str(result["error"]) and "not a regular file" in str(result["error"])
+
+
+def test_data_verify_reports_a_fifo_image(cli, noah_root: Path):
+    entries = read_list(_task(noah_root), "test.txt", 3)
+    os.unlink(entries[1].path)
+    os.mkfifo(entries[1].path)
+    code, out, _ = cli("data", "verify", "--suite", "folder", "--data-root", str(noah_root), "--json")
+    problems = [p for task in json.loads(out) for p in task["problems"]]
+    assert code != 0
+    assert any("not a regular file" in p and "test.txt:2" in p for p in problems), problems
+
+
+def test_list_file_linked_outside_the_task_folder_is_refused(noah_root: Path, tmp_path: Path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top-secret-first-line\n")
+    task = _task(noah_root)
+    (task / "test.txt").unlink()
+    (task / "test.txt").symlink_to(secret)
+    with pytest.raises(DataError) as info:
+        read_list(task, "test.txt", 3)
+    message = str(info.value)
+    assert "test.txt is a link to" in message and "outside the task folder" in message
+    assert "top-secret" not in message
+
+
+def test_task_folder_that_is_a_link_still_reads(noah_root: Path, tmp_path: Path):
+    """A linked task folder is common (data on another disk); only links leaving it are refused."""
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(_task(noah_root)), moved)
+    (noah_root / "alpha").symlink_to(moved)
+    assert len(read_list(noah_root / "alpha", "test.txt", 3)) == 15
+
+
+def test_one_class_task_is_refused(noah_root: Path):
+    task = _task(noah_root)
+    for name in ("train800.txt", "val200.txt", "train800val200.txt", "test.txt"):
+        path = task / name
+        path.write_text("".join(line.rsplit(" ", 1)[0] + " 0\n" for line in path.read_text().splitlines()))
+    with pytest.raises(DataError) as info:
+        count_classes(task, ["train800val200.txt", "test.txt"])
+    assert "defines 1 class" in str(info.value) and "at least 2" in str(info.value)
+    (task / "classes.txt").write_text("only\n")
+    with pytest.raises(DataError, match="classes.txt defines 1 class"):
+        count_classes(task, ["train800val200.txt"])
+
+
+def test_cli_refuses_a_one_class_task(cli, noah_root: Path):
+    (noah_root / "beta" / "classes.txt").write_text("only\n")
+    code, _, err = cli(
+        "run", "--suite", "tinyfolder", "--methods", "linear", "--seeds", "1", "--data-root", str(noah_root)
+    )
+    _assert_one_line_error(code, err, "classes.txt defines 1 class", "at least 2")
+
+
+# ---------------------------------------------------------------------------------------------
+# a list too large to decode
+
+
+@pytest.mark.slow
+def test_million_line_list_is_refused_before_decoding(noah_root: Path):
+    task = _task(noah_root)
+    lines = (task / "train800val200.txt").read_text().splitlines()
+    (task / "big.txt").write_text("".join(lines[i % len(lines)] + "\n" for i in range(10**6)))
+    entries = read_list(task, "big.txt", 3)
+    assert len(entries) == 10**6
+    import psutil
+
+    side = int((psutil.virtual_memory().available / (3 * 10**6)) ** 0.5) + 8  # more than this machine holds
+    with pytest.raises(DataError) as info:
+        decode_images(entries, side)
+    assert "big.txt" in str(info.value) and "1000000 images" in str(info.value) and "GiB" in str(info.value)
