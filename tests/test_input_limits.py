@@ -106,36 +106,50 @@ def _task(noah_root: Path) -> Path:
     return noah_root / "alpha"
 
 
-def test_image_that_is_a_fifo_is_refused_not_waited_on(noah_root: Path):
-    task = _task(noah_root)
-    entries = read_list(task, "test.txt", 3)
-    os.unlink(entries[0].path)
-    os.mkfifo(entries[0].path)  # nothing ever writes to it: open() for reading would block forever
-    result: dict[str, BaseException | None] = {}
+class _FifoWatch:
+    """Replaces an image with a FIFO nothing writes to and, after ``patience`` seconds, releases
+    any reader blocked on it (opening it for writing, then closing: the reader sees the end of
+    the file), so a test that would hang fails instead."""
 
-    def decode() -> None:
+    def __init__(self, path: Path, patience: float = 20.0):
+        os.unlink(path)
+        os.mkfifo(path)
+        self.path, self.blocked = path, False
+        self._timer = threading.Timer(patience, self._release)
+        self._timer.start()
+
+    def _release(self) -> None:
         try:
-            decode_images(entries, 16)
-            result["error"] = None
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-            result["error"] = exc
+            fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)  # succeeds only with a reader waiting
+        except OSError:
+            return
+        self.blocked = True
+        os.close(fd)
 
-    thread = threading.Thread(target=decode, daemon=True)
-    thread.start()
-    thread.join(30)
-    if thread.is_alive():  # unblock the reader so the test process can end
-        with open(entries[0].path, "wb"):
-            pass
-        pytest.fail("decoding a FIFO image blocked")
-    assert isinstance(result["error"], DataError)
-    assert "test.txt:1" in str(result["error"]) and "not a regular file" in str(result["error"])
+    def stop(self) -> None:
+        self._timer.cancel()
+
+
+def test_image_that_is_a_fifo_is_refused_not_waited_on(noah_root: Path):
+    entries = read_list(_task(noah_root), "test.txt", 3)
+    watch = _FifoWatch(entries[0].path)
+    try:
+        with pytest.raises(DataError) as info:
+            decode_images(entries, 16)
+    finally:
+        watch.stop()
+    assert not watch.blocked, "decoding blocked on the FIFO"
+    assert "test.txt:1" in str(info.value) and "not a regular file" in str(info.value)
 
 
 def test_data_verify_reports_a_fifo_image(cli, noah_root: Path):
     entries = read_list(_task(noah_root), "test.txt", 3)
-    os.unlink(entries[1].path)
-    os.mkfifo(entries[1].path)
-    code, out, _ = cli("data", "verify", "--suite", "folder", "--data-root", str(noah_root), "--json")
+    watch = _FifoWatch(entries[1].path)
+    try:
+        code, out, _ = cli("data", "verify", "--suite", "folder", "--data-root", str(noah_root), "--json")
+    finally:
+        watch.stop()
+    assert not watch.blocked, "bench data verify blocked on the FIFO"
     problems = [p for task in json.loads(out) for p in task["problems"]]
     assert code != 0
     assert any("not a regular file" in p and "test.txt:2" in p for p in problems), problems
