@@ -214,3 +214,50 @@ def test_million_line_list_is_refused_before_decoding(noah_root: Path):
     with pytest.raises(DataError) as info:
         decode_images(entries, side)
     assert "big.txt" in str(info.value) and "1000000 images" in str(info.value) and "GiB" in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# stored artifacts changed after the run
+
+
+@pytest.fixture
+def trained(cli, workdir: Path, noah_root: Path) -> Path:
+    """One finished linear run on the tiny folder suite, in ``workdir``'s store."""
+    code, _, err = cli(
+        "run", "--suite", "tinyfolder", "--methods", "linear", "--seeds", "0,", "--tasks", "alpha",
+        "--data-root", str(noah_root), "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0, err
+    return workdir
+
+
+def _artifact(workdir: Path, name: str) -> Path:
+    (path,) = [p for p in workdir.rglob(name) if "artifacts" in p.parts]
+    return path
+
+
+@pytest.mark.slow
+def test_export_of_a_stored_tensor_with_the_wrong_shape_is_one_line(cli, trained: Path, tmp_path: Path):
+    from safetensors.torch import load_file, save_file
+
+    path = _artifact(trained, "trainable.safetensors")
+    state = load_file(str(path))
+    name = sorted(state)[0]
+    state[name] = torch.zeros(*state[name].shape[:-1], state[name].shape[-1] + 1)
+    save_file(state, str(path))
+    code, _, err = cli("export", "linear/alpha/s0", "--format", "bench", "--out", str(tmp_path / "x"))
+    _assert_one_line_error(code, err, f"stored tensor {name} has shape", "train the run again")
+
+
+@pytest.mark.slow
+def test_verify_refuses_stored_prediction_paths_that_leave_the_task_folder(cli, trained: Path, tmp_path: Path):
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"not for bench")
+    path = _artifact(trained, "predictions.csv")
+    lines = path.read_text().splitlines()
+    index, _, label, prediction = lines[1].split(",")
+    lines[1] = ",".join([index, os.path.relpath(secret, noah := trained.parent / "data" / "alpha"), label, prediction])
+    assert ".." in lines[1] and noah.is_dir()
+    path.write_text("\n".join(lines) + "\n")
+    code, _, err = cli("export", "linear/alpha/s0", "--format", "bench", "--out", str(tmp_path / "x"), "--verify")
+    _assert_one_line_error(code, err, "predictions.csv:0", "escapes the task folder")
