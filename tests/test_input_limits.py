@@ -261,3 +261,37 @@ def test_verify_refuses_stored_prediction_paths_that_leave_the_task_folder(cli, 
     path.write_text("\n".join(lines) + "\n")
     code, _, err = cli("export", "linear/alpha/s0", "--format", "bench", "--out", str(tmp_path / "x"), "--verify")
     _assert_one_line_error(code, err, "predictions.csv:0", "escapes the task folder")
+
+
+# ---------------------------------------------------------------------------------------------
+# a --ray-address where something else listens
+
+
+@pytest.mark.slow
+def test_ray_address_of_a_plain_tcp_listener_fails_in_bounded_time(workdir: Path, noah_root: Path, ray_tmp):
+    import socket
+    import subprocess
+    import time
+
+    from tests.conftest import bench_subprocess
+
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts, never answers: not Ray
+    port = listener.getsockname()[1]
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.extend(listener.accept()[0] for _ in range(8)), daemon=True).start()
+    started = time.monotonic()
+    proc = bench_subprocess(
+        "--workdir", str(workdir), "run", "--suite", "demo", "--methods", "linear", "--seeds", "1",
+        "--executor", "ray", "--ray-address", f"127.0.0.1:{port}",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("bench kept trying a --ray-address that is no Ray cluster for 90 s")
+    finally:
+        listener.close()
+    assert time.monotonic() - started < 60
+    _assert_one_line_error(proc.returncode, err, f"--ray-address 127.0.0.1:{port}", "not a Ray cluster")
