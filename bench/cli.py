@@ -73,6 +73,7 @@ err = Console(stderr=True, emoji=False)
 
 class State:
     workdir: Path = Path("runs")
+    tracking_uri: str | None = None  # the store a command opened (for a full disk's message)
 
 
 @app.callback()
@@ -110,10 +111,13 @@ def parse_int_list(value: str | None, flag: str, example: str) -> list[int] | No
 
 
 def _tracker(tracking_uri: str | None):
+    from .diskfull import quiet_store_errors
     from .tracking import Tracker, default_tracking_uri
 
+    quiet_store_errors()
     workdir = State.workdir
     workdir.mkdir(parents=True, exist_ok=True)
+    State.tracking_uri = tracking_uri
     if tracking_uri:
         return Tracker(tracking_uri)
     return Tracker(default_tracking_uri(workdir), artifact_root=workdir / "artifacts")
@@ -1471,6 +1475,12 @@ def run_cli(args: list[str] | None = None) -> int:
         err.print("interrupted; finished runs are kept, the interrupted one will be trained again")
         return 130
     except Exception as exc:
+        from .diskfull import full_disk_message, full_disk_path
+
+        full = full_disk_path(exc, _store_path())
+        if full is not None:  # not a bug, and no room for a crash file either
+            err.print(f"[red]error:[/] {escape(full_disk_message(full))}", highlight=False, soft_wrap=True)
+            return 2
         crash = _write_crash(exc)
         err.print(
             f"[red]internal error:[/] {escape(f'{type(exc).__name__}: {exc}')}. This is a bug in bench; "
@@ -1507,6 +1517,15 @@ def _blank_flag_types(command: Any) -> None:
     command.get_help_option = get_help_option  # type: ignore[method-assign]
     for sub in getattr(command, "commands", {}).values():
         _blank_flag_types(sub)
+
+
+def _store_path() -> Path:
+    """The tracking store file this command used: its --tracking-uri's sqlite file, else the work
+    directory's."""
+    from .tracking import default_tracking_uri, sqlite_path
+
+    uri = State.tracking_uri or default_tracking_uri(State.workdir)
+    return sqlite_path(uri) or State.workdir
 
 
 def _write_crash(exc: BaseException) -> Path:

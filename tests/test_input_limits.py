@@ -295,3 +295,70 @@ def test_ray_address_of_a_plain_tcp_listener_fails_in_bounded_time(workdir: Path
         listener.close()
     assert time.monotonic() - started < 60
     _assert_one_line_error(proc.returncode, err, f"--ray-address 127.0.0.1:{port}", "not a Ray cluster")
+
+
+# ---------------------------------------------------------------------------------------------
+# a disk that fills up mid-sweep
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 24 MiB tmpfs of its own (mounting needs root; skipped where it is not permitted)."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip() or 'mount failed'}); needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """A file taking all but ``leave`` bytes of ``disk``."""
+    filler = disk / "filler"
+    free = shutil.disk_usage(disk).free
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, free - leave))
+    return filler
+
+
+@pytest.mark.slow
+def test_full_disk_mid_sweep_is_one_line_and_the_store_survives(
+    small_disk: Path, mlflow_template: Path, noah_root: Path, capsys
+):
+    from bench.cli import run_cli
+
+    workdir = small_disk / "runs"
+    workdir.mkdir()
+    shutil.copy(mlflow_template, workdir / "mlflow.db")
+
+    def sweep(seeds: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = run_cli(
+            ["--workdir", str(workdir), "run", "--suite", "tinyfolder", "--methods", "linear", "--seeds", seeds,
+             "--tasks", "alpha", "--data-root", str(noah_root), "--device", "cpu"]
+        )  # fmt: skip
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, _, err = sweep("0,1")
+    assert code == 0, err
+    filler = _fill(small_disk, leave=64 * 1024)
+    code, _, err = sweep("0,1,2,3,4,5,6,7")
+    line = _assert_one_line_error(code, err, "is full", "--workdir", "finished runs are kept")
+    assert str(small_disk) in line
+    assert "sqlite" not in err and "SELECT" not in err and "INSERT" not in err
+    filler.unlink()
+    code, out, err = sweep("0,1,2,3,4,5,6,7")  # the same command again, with room: the rest train
+    assert code == 0, err
+    assert "already finished and reused" in out
+    reused = int(out.split(" already finished")[0].rsplit(" ", 1)[-1])
+    assert reused >= 2
+    code, out, err = (
+        run_cli(["--workdir", str(workdir), "runs", "--suite", "tinyfolder", "--json"]),
+        *capsys.readouterr(),
+    )
+    rows = [r for r in json.loads(out) if r["status"] == "FINISHED"]
+    assert sorted(r["seed"] for r in rows) == list(range(8))
