@@ -24,6 +24,7 @@ from rich.table import Table
 
 from .errors import BenchError
 from .method_entries import split_methods
+from .seeds import parse_seeds
 
 
 def examples(*commands: str) -> str:
@@ -67,12 +68,14 @@ app.add_typer(suites_app, name="suites")
 app.add_typer(data_app, name="data")
 app.add_typer(analyze_app, name="analyze")
 
-out = Console()
-err = Console(stderr=True)
+# emoji off: a message or label quoting ":x:" or ":smile:" (a file name, a method label) is text
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 
 
 class State:
     workdir: Path = Path("runs")
+    tracking_uri: str | None = None  # the store a command opened (for a full disk's message)
 
 
 def _print_version(value: bool) -> None:
@@ -105,26 +108,6 @@ def _split(value: str | None) -> list[str] | None:
     return items or None
 
 
-def parse_seeds(value: str) -> list[int]:
-    """``"3"`` -> seeds 0, 1, 2; ``"0,5,7"`` -> exactly those."""
-    try:
-        if "," in value:
-            seeds = [int(v) for v in value.split(",") if v.strip()]
-        else:
-            n = int(value)
-            if n < 1:
-                raise ValueError
-            seeds = list(range(n))
-    except ValueError:
-        raise BenchError(
-            f"--seeds {value!r} is neither a positive count (3 means seeds 0,1,2) nor a list of seeds "
-            "(0,5,7; a single seed k is written k,)"
-        ) from None
-    if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
-        raise BenchError(f"--seeds {value!r} must list distinct non-negative seeds")
-    return seeds
-
-
 def parse_int_list(value: str | None, flag: str, example: str) -> list[int] | None:
     """``"1,2,4"`` -> [1, 2, 4]: distinct non-negative integers, for --shots and --split-seeds."""
     if value is None:
@@ -141,10 +124,13 @@ def parse_int_list(value: str | None, flag: str, example: str) -> list[int] | No
 
 
 def _tracker(tracking_uri: str | None):
+    from .diskfull import quiet_store_errors
     from .tracking import Tracker, default_tracking_uri
 
+    quiet_store_errors()
     workdir = State.workdir
     workdir.mkdir(parents=True, exist_ok=True)
+    State.tracking_uri = tracking_uri
     if tracking_uri:
         return Tracker(tracking_uri)
     return Tracker(default_tracking_uri(workdir), artifact_root=workdir / "artifacts")
@@ -1370,7 +1356,7 @@ def data_verify(
                 " ".join(f"{k}:{v[:8]}" for k, v in r.fingerprints.items())
                 if len(r.fingerprints) <= 2
                 else f"{len(r.fingerprints)} (see --json)",
-                ("[green]ok" if r.ok else "[red]" + "\n".join(r.problems[:8]))
+                ("[green]ok" if r.ok else "[red]" + escape("\n".join(r.problems[:8])))
                 + (f"\n[yellow]{len(r.warnings)} warning(s)" if r.warnings else ""),
             )
         out.print(table)
@@ -1641,9 +1627,15 @@ def _run_command(args: list[str] | None, terminated: list[bool]) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        from .diskfull import full_disk_message, full_disk_path
+
+        full = full_disk_path(exc, _store_path())
+        if full is not None:  # not a bug, and no room for a crash file either
+            err.print(f"[red]error:[/] {escape(full_disk_message(full))}", highlight=False, soft_wrap=True)
+            return 2
         crash = _write_crash(exc)
         err.print(
-            f"[red]internal error:[/] {type(exc).__name__}: {exc}. This is a bug in bench; "
+            f"[red]internal error:[/] {escape(f'{type(exc).__name__}: {exc}')}. This is a bug in bench; "
             f"the traceback is in {crash}. Finished runs are kept.",
             highlight=False,
             soft_wrap=True,
@@ -1716,6 +1708,15 @@ def _prepare_help(command: Any) -> None:
     command.get_help_option = get_help_option  # type: ignore[method-assign]
     for sub in getattr(command, "commands", {}).values():
         _prepare_help(sub)
+
+
+def _store_path() -> Path:
+    """The tracking store file this command used: its --tracking-uri's sqlite file, else the work
+    directory's."""
+    from .tracking import default_tracking_uri, sqlite_path
+
+    uri = State.tracking_uri or default_tracking_uri(State.workdir)
+    return sqlite_path(uri) or State.workdir
 
 
 def _write_crash(exc: BaseException) -> Path:

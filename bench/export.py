@@ -221,8 +221,17 @@ def rebuild_model(stored: StoredRun, checkpoint: Path | None = None) -> tuple[nn
             f"run {stored.label}'s stored tensors do not fit method {spec['method']!r} as installed "
             f"(unknown: {', '.join(missing[:3])}); export it with the bench version that trained it ({stored.tags.get(schema.VERSION)})"
         )
+    params = dict(model.named_parameters())
+    wrong = [(n, t) for n, t in stored.state.items() if t.shape != params[n].shape]
+    if wrong:
+        name, tensor = wrong[0]
+        raise BenchError(
+            f"run {stored.label}'s stored tensor {name} has shape {list(tensor.shape)}, but method {spec['method']!r} "
+            f"as installed builds {list(params[name].shape)}; the store's {schema.TRAINABLE_TENSORS} was changed or "
+            f"written by another version: export with the bench version that trained it ({stored.tags.get(schema.VERSION)}) "
+            "or train the run again"
+        )
     with torch.no_grad():
-        params = dict(model.named_parameters())
         for name, tensor in stored.state.items():
             params[name].copy_(tensor)
     return model.eval(), method, config
@@ -235,14 +244,15 @@ def eval_split(stored: StoredRun, rows: list[int] | None = None, task_dir: Path 
     images from another copy of the task folder than the one the run trained on.
     """
     from suites.images import decode_images
-    from suites.lists import ListEntry
+    from suites.lists import ListEntry, inside_folder
 
     hp = stored.spec["hparams"]
     root = task_dir or Path(stored.resolved["data"]["task_dir"])
     picked = stored.predictions if rows is None else [stored.predictions[i] for i in rows]
-    entries = [
-        ListEntry(root / row["path"], int(row["label"]), f"{schema.PREDICTIONS}:{row['index']}") for row in picked
-    ]
+    entries = []
+    for row in picked:  # the stored paths are the list's, relative to the task folder; none may leave it
+        where = f"run {stored.label}'s {schema.PREDICTIONS}:{row['index']}"
+        entries.append(ListEntry(Path(inside_folder(root, row["path"], where)), int(row["label"]), where))
     resize = hp.get("resize")
     size, crop = (hp["img_size"], None) if resize is None else (resize, hp["img_size"])
     images, labels = decode_images(entries, size, hp["interpolation"], crop)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BenchError
+from .seeds import check_seeds, seeds_from_count
 
 COMMANDS = ("run", "tune")
 
@@ -175,6 +176,11 @@ def _check(path: Path, data: dict[str, Any]) -> None:
         kind, example = KEYS[key].metadata["kind"], KEYS[key].metadata["example"]
         if not _valid(kind, value):
             raise BenchError(f"--config {path}: {key} must be {_KINDS[kind]}, e.g. {example}; it is {value!r}")
+        if kind == "seeds":  # the same range and count as --seeds, named by the file
+            if isinstance(value, list):
+                check_seeds(value, f"--config {path}: seeds")
+            else:
+                seeds_from_count(value, f"--config {path}: seeds: {value}")
 
 
 def load_sweep_file(path: Path, _seen: tuple[Path, ...] = ()) -> SweepFile:

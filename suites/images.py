@@ -16,7 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .base import DataError
-from .lists import ListEntry
+from .lists import ListEntry, check_regular_file
 
 _FILTERS = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -27,6 +27,7 @@ _FILTERS = {
 
 
 def _load(entry: ListEntry, size: int, resample: Image.Resampling, crop: int | None = None) -> np.ndarray:
+    check_regular_file(entry)
     try:
         with Image.open(entry.path) as img:
             img = img.convert("RGB")
@@ -58,9 +59,52 @@ def decode_images(
     if interpolation not in _FILTERS:
         raise DataError(f"interpolation {interpolation!r} is not supported; use one of {', '.join(_FILTERS)}")
     resample = _FILTERS[interpolation]
+    side = crop if crop is not None and crop < size else size
+    images = _allocate(entries, side)
+    slots = images.numpy()  # the same memory
+
+    def fill(i: int) -> None:  # each image goes straight into its slot: no second copy of the split
+        slots[i] = _load(entries[i], size, resample, crop).transpose(2, 0, 1)
+
     workers = min(16, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
-        arrays = list(pool.map(lambda e: _load(e, size, resample, crop), entries))
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        list(pool.map(fill, range(len(entries))))
     labels = torch.tensor([e.label for e in entries], dtype=torch.int64)
     return images, labels
+
+
+def _allocate(entries: list[ListEntry], side: int) -> torch.Tensor:
+    """The uint8 tensor a split decodes into, refused in one line when it cannot fit in memory."""
+    need = len(entries) * 3 * side * side
+    available = _available_memory()
+    lists = sorted({e.source.rsplit(":", 1)[0] for e in entries[:1] + entries[-1:]})
+    if available is not None and need > available:
+        raise DataError(
+            f"{' and '.join(lists)}: {len(entries)} images at {side}x{side} px need {need / 2**30:.1f} GiB decoded, "
+            f"more than the {available / 2**30:.1f} GiB of memory available; use a shorter list or a smaller image size"
+        )
+    try:
+        return torch.empty((len(entries), 3, side, side), dtype=torch.uint8)
+    except RuntimeError as exc:  # the allocator's own refusal, for memory psutil did not see as taken
+        raise DataError(
+            f"{' and '.join(lists)}: {len(entries)} images at {side}x{side} px ({need / 2**30:.1f} GiB decoded) "
+            f"cannot be allocated ({' '.join(str(exc).split())[:120]}); use a shorter list or a smaller image size"
+        ) from None
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory a new allocation can take without swapping (psutil, else /proc/meminfo)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def read_list(
             f"list file {list_path} is missing; a NOAH-format task folder needs {list_name} "
             "(check --data-root and the task name, or run `bench data verify`)"
         )
+    _check_list_link(list_path, task_dir)
     root = os.path.normpath(os.path.abspath(task_dir))
     base = os.path.normpath(os.path.abspath(image_root)) if image_root is not None else root
     entries: list[ListEntry] = []
@@ -51,11 +53,7 @@ def read_list(
                 f"{where}: expected '<relative image path> <integer label>', got {line[:80]!r}; fix or delete this line"
             )
         rel, label = parts[0], int(parts[1])
-        if os.path.isabs(rel):
-            raise DataError(f"{where}: path {rel!r} is absolute; list paths must be relative to {base}")
-        full = os.path.normpath(os.path.join(base, rel))
-        if os.path.commonpath([root, full]) != root:
-            raise DataError(f"{where}: path {rel!r} escapes the task folder {task_dir}; list paths must stay inside it")
+        full = _join_inside(base, root, rel, where)
         if label < 0 or (num_classes is not None and label >= num_classes):
             bound = f"0..{num_classes - 1}" if num_classes is not None else "non-negative"
             raise DataError(
@@ -66,6 +64,56 @@ def read_list(
     if not entries:
         raise DataError(f"list file {list_path} has no entries; regenerate it")
     return entries
+
+
+def inside_folder(base: str | Path, rel: str, where: str, folder: str | Path | None = None) -> str:
+    """``base/rel``, lexically normalised, refusing an absolute ``rel`` or one that leaves ``folder``
+    (default ``base``) through ``..``; ``where`` names the file and line for the message."""
+    base = os.path.normpath(os.path.abspath(base))
+    root = os.path.normpath(os.path.abspath(folder)) if folder is not None else base
+    return _join_inside(base, root, rel, where)
+
+
+def _join_inside(base: str, root: str, rel: str, where: str) -> str:
+    """:func:`inside_folder` for an already normalised ``base`` and ``root`` (once per list line)."""
+    if os.path.isabs(rel):
+        raise DataError(f"{where}: path {rel!r} is absolute; list paths must be relative to {base}")
+    full = os.path.normpath(os.path.join(base, rel))
+    if full != root and not full.startswith(root.rstrip(os.sep) + os.sep):
+        raise DataError(f"{where}: path {rel!r} escapes the task folder {root}; list paths must stay inside it")
+    return full
+
+
+def _check_list_link(list_path: Path, task_dir: Path) -> None:
+    """Refuse a list file that is a link to a file outside its task folder (as the folder itself
+    resolves), before reading a line of it: its lines would be echoed in error messages."""
+    real_dir = os.path.realpath(task_dir)
+    real = os.path.realpath(list_path)
+    if os.path.commonpath([real_dir, real]) != real_dir:
+        raise DataError(
+            f"list file {list_path} is a link to {real}, outside the task folder {task_dir}; "
+            "copy the list into the task folder instead of linking it"
+        )
+
+
+def check_regular_file(entry: ListEntry) -> None:
+    """Refuse an image path that is not a regular file (after links): opening a FIFO or a device
+    would block or read forever instead of failing."""
+    try:
+        mode = os.stat(entry.path).st_mode
+    except FileNotFoundError:
+        raise DataError(
+            f"{entry.source}: image {entry.path} does not exist; restore the file or delete its line"
+        ) from None
+    except OSError as exc:
+        raise DataError(
+            f"{entry.source}: image {entry.path} cannot be read ({exc.strerror}); fix its permissions or delete its line"
+        ) from None
+    if not stat.S_ISREG(mode):
+        raise DataError(
+            f"{entry.source}: image {entry.path} is not a regular file (a FIFO, device or folder); "
+            "replace it with the image file or delete its line"
+        )
 
 
 def duplicates(entries: list[ListEntry]) -> int:

@@ -129,7 +129,7 @@ def count_classes(folder: Path, lists: list[str]) -> int:
     """
     names = folder / "classes.txt"
     if names.is_file():
-        return sum(1 for line in names.read_text().splitlines() if line.strip())
+        return _at_least_two(sum(1 for line in names.read_text().splitlines() if line.strip()), names)
     present = [name for name in lists if (folder / name).is_file()]
     if not present:
         raise DataError(f"task folder {folder} has none of {', '.join(lists)}")
@@ -145,7 +145,17 @@ def count_classes(folder: Path, lists: list[str]) -> int:
             f"{'has' if len(training) == 1 else 'have'} no example of class {shown}; labels must be 0..C-1 with "
             "every class in training, or classes.txt in the task folder must name the C classes, one a line"
         )
-    return top.label + 1
+    return _at_least_two(top.label + 1, folder / " and ".join(training))
+
+
+def _at_least_two(classes: int, source: Path) -> int:
+    """A task of one class has nothing to classify: every method would score 100 %."""
+    if classes < 2:
+        raise DataError(
+            f"{source} defines {classes} class{'es' if classes != 1 else ''}; a task needs at least 2 "
+            "(labels 0..C-1, or classes.txt naming every class, one a line)"
+        )
+    return classes
 
 
 def resolve_tasks(suite: Suite, data_root: Path | None, names: list[str] | None, stage: Stage) -> list[ResolvedTask]:

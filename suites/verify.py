@@ -22,7 +22,7 @@ from typing import Any
 from PIL import Image
 
 from .base import STAGES, DataError, FewShotLayout, Suite, Task
-from .lists import ListEntry, dedupe, duplicates, list_fingerprint, read_list
+from .lists import ListEntry, check_regular_file, dedupe, duplicates, list_fingerprint, read_list
 from .resolve import (
     NOAH_LISTS,
     check_data_root,
@@ -64,6 +64,10 @@ class TaskReport:
 
 
 def _image_problem(entry: ListEntry) -> str | None:
+    try:
+        check_regular_file(entry)
+    except DataError as exc:
+        return str(exc)
     try:
         with Image.open(entry.path) as img:
             img.verify()

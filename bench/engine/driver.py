@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import interrupts
+from ..diskfull import is_full_disk
 from ..errors import BenchError
 from .events import Cancelled, Done, End, Epoch, Event, Failed, Started, WorkerLost
 from .executors import Executor
@@ -216,9 +217,12 @@ def drive(source: JobSource, executor: Executor, recorder: Recorder, reporter: R
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # recording failed (the store, a disk): this run fails, the others go on
+            if is_full_disk(exc):
+                raise  # every later run would fail the same way: stop, and say so in one line
             executor.cancel(f.job.id)
+            detail = " ".join(str(exc).split())[:300]  # a store error may quote its SQL over many lines
             with contextlib.suppress(Exception):
-                end(f, Failed(f.job.id, f"recording the run failed: {type(exc).__name__}: {exc}"))
+                end(f, Failed(f.job.id, f"recording the run failed: {type(exc).__name__}: {detail}"))
             inflight.pop(f.job.id, None)
 
     graceful = False

@@ -85,13 +85,40 @@ def _check_reachable(address: str) -> None:
             return
         raise BenchError(f"--ray-address {address!r} must be HOST:PORT (what `ray start --head` prints), or auto")
     try:
-        with socket.create_connection((host, int(port)), timeout=5):
-            pass
+        with socket.create_connection((host, int(port)), timeout=5) as conn:
+            speaks_grpc = os.environ.get("RAY_USE_TLS", "0") not in ("0", "") or _answers_http2(conn, timeout=10)
     except OSError as exc:
         raise BenchError(
             f"cannot start or join the Ray cluster at {address} (nothing answers there: {exc.strerror or exc}); "
             "check --ray-address and that `ray start --head` runs there"
         ) from None
+    if not speaks_grpc:  # Ray itself would retry for minutes against it
+        raise BenchError(
+            f"--ray-address {address}: a program listens there but it is not a Ray cluster (no gRPC answer in 10 s); "
+            "pass the address `ray start --head` printed (its GCS port, 6379 by default)"
+        )
+
+
+def _answers_http2(conn: Any, timeout: float) -> bool:
+    """Whether the listener on ``conn`` speaks HTTP/2, as Ray's GCS and client servers (gRPC) do.
+
+    An HTTP/2 server must answer a client's connection preface with a SETTINGS frame
+    (RFC 9113, section 3.4): the first frame header it sends has type 0x4.
+    """
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    empty_settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type SETTINGS, flags 0, stream 0
+    conn.settimeout(timeout)
+    try:
+        conn.sendall(preface + empty_settings)
+        header = b""
+        while len(header) < 9:
+            chunk = conn.recv(9 - len(header))
+            if not chunk:
+                return False
+            header += chunk
+    except OSError:  # a timeout or a reset: no HTTP/2 server
+        return False
+    return header[3] == 0x4
 
 
 def _mailbox_class():
