@@ -264,7 +264,11 @@ def run(
     tracking_uri: TrackingOpt = None,
     set_: SetOpt = None,
     budget: BudgetOpt = None,
-    hparams: str = typer.Option("published", help="published, or tuned: each study's best trial (`bench tune`)."),
+    hparams: str = typer.Option(
+        "preset",
+        help="preset (the suite's shared preset), paper (each method's own recipe; paper,preset falls back to the "
+        "preset for methods without one), or tuned (each study's best trial, `bench tune`).",
+    ),
     storage: str | None = typer.Option(None, help="Optuna storage URL for --hparams tuned (default: the workdir's)."),
     shots: str | None = typer.Option(None, help="Few-shot suites: shot counts, e.g. 1,2,4,8,16 (default: all)."),
     split_seeds: str | None = typer.Option(
@@ -357,7 +361,7 @@ def _sweep_request(opts: dict[str, Any], command: str, sources: list[str]):
         device=_executor_device(opts["device"], opts["gpus"], opts["runs_per_gpu"]),
         method_overrides=_method_overrides(opts["set_"] or []),
         budgets=_budgets(opts["budget"]),
-        hparams=opts.get("hparams", "published"),
+        hparams=opts.get("hparams", "preset"),
         storage=opts["storage"] or default_storage(State.workdir),
         shots=parse_int_list(opts.get("shots"), "--shots", "1,2,4,8,16"),
         split_seeds=parse_int_list(opts.get("split_seeds"), "--split-seeds", "0,1,2"),
@@ -681,8 +685,13 @@ def _run_selection(
     suites.get_suite(suite)  # an unknown suite name fails with the list of suites
     if stage not in ("final", "tune"):
         raise BenchError(f"--stage {stage!r} must be final or tune")
-    if hparams not in (None, "published", "tuned", "override"):
-        raise BenchError(f"--hparams {hparams!r} must be published, tuned or override")
+    from .sources import DEPRECATED, DEPRECATION_NOTE, REPORT_SOURCES
+
+    if hparams in DEPRECATED:
+        err.print(f"[yellow]warning:[/] {escape(DEPRECATION_NOTE)}", highlight=False, soft_wrap=True)
+        hparams = DEPRECATED[hparams]
+    if hparams not in (None, *REPORT_SOURCES):
+        raise BenchError(f"--hparams {hparams!r} must be one of {', '.join(REPORT_SOURCES)}")
     selected_budget: int | str | None = None
     if budget is not None:
         selected_budget = "published" if budget.strip().lower() == "published" else _budget(budget)
@@ -705,7 +714,14 @@ def report_cmd(
     ),
     stage: str = typer.Option("final", help="final (test accuracy) or tune (validation accuracy)."),
     hparams: str | None = typer.Option(
-        None, help="published, tuned or override (runs with --set preset.…); default: refuse a mix."
+        None,
+        help="Report the runs of one hyperparameter source: preset, paper, tuned or override (--set preset.…); "
+        "default: the one source every run serves, else refuse a mix.",
+    ),
+    mix_hparams: bool = typer.Option(
+        False,
+        "--mix-hparams",
+        help="Rank rows trained with different hyperparameter sources in one table (each row names its source).",
     ),
     format_: str = typer.Option("md,latex,csv", "--format", help="Any of md, latex, csv, comma-separated."),
     out_dir: Path = typer.Option(Path("report"), "--out", help="Folder for the report files and figures."),
@@ -727,6 +743,7 @@ def report_cmd(
     from reports.runs import load_runs, runs_from_results_csv
 
     selection = _run_selection(suite, stage, methods, budget, hparams)
+    selection["mix_hparams"] = mix_hparams
     formats = tuple(_split(format_) or [])
     if results_csv is not None:
         runs = runs_from_results_csv(results_csv, suite, stage, **selection)
@@ -822,7 +839,7 @@ def analyze_shift_cmd(
         None, help="With --suite: the method every other is compared with (default: the first)."
     ),
     budget: str | None = typer.Option(None, help="With --suite: the runs fitted to this budget, or 'published'."),
-    hparams: str | None = typer.Option(None, help="With --suite: published, tuned or override."),
+    hparams: str | None = typer.Option(None, help="With --suite: preset, paper, tuned or override."),
     stage: str = typer.Option("final", help="With --suite: final (test split) or tune (validation split)."),
     images: int = typer.Option(512, help="Evaluation images to use, evenly spaced over the split (0: all)."),
     tokens_per_image: int = typer.Option(

@@ -1,4 +1,4 @@
-"""Optuna studies: names, storage, samplers, the published trial 0, and the tuned settings that
+"""Optuna studies: names, storage, samplers, the preset trial 0, and the tuned settings that
 final runs take. A leaf: it knows Optuna and the method interface, not sweeps or the engine.
 
 Fairness rules (see ``docs/guide/tuning.md``):
@@ -8,7 +8,7 @@ Fairness rules (see ``docs/guide/tuning.md``):
   marked failed *and interrupted*, and does not count: a rerun trains it again;
 * the same sampler (TPE, multivariate, constant liar, seeded from the study name) and the same
   pruner (Hyperband over epochs, fed the val200 accuracy of every epoch) for every study;
-* trial 0 is the method's published configuration, so tuning can only help it.
+* trial 0 is the suite preset with the method's own defaults (the ``preset`` run), so tuning can only help it.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def _sampler_seed(name: str) -> int:
     return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
 
 
-def published_shared(preset: Preset) -> dict[str, Any]:
+def preset_shared(preset: Preset) -> dict[str, Any]:
+    """The preset's values of the shared tuned settings: trial 0 starts from them."""
     return {"lr": preset.lr, "weight_decay": preset.weight_decay, "drop_path": preset.drop_path}
 
 
@@ -150,7 +151,7 @@ def tuned_settings(
         if attrs.get(key) != value:
             raise BenchError(
                 f"study {name} was tuned with {key}={attrs.get(key)!r}, this run uses {value!r}; "
-                "tune again with the same settings or run with --hparams published"
+                "tune again with the same settings or run with --hparams preset"
             )
     best = max(complete, key=lambda t: t.value)
     tuned_preset, tuned_config = split_hparams(method, config, preset, best.params)

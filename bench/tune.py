@@ -34,7 +34,7 @@ from .studies import (
     StudySummary,
     counts_toward_effort,
     open_study,
-    published_shared,
+    preset_shared,
     split_hparams,
     study_name,
     summarize_study,
@@ -71,7 +71,7 @@ def _study_attrs(plan: SweepPlan, run: PlannedRun) -> dict[str, Any]:
 def _prepare_study(plan: SweepPlan, run: PlannedRun, storage: str, trials: int) -> _Study:
     """Open (or create) the study of ``run``, check it was tuned under the same settings, mark
     trials a killed process left RUNNING as failed and interrupted, and enqueue trial 0 (the
-    published configuration)."""
+    preset configuration)."""
     import optuna
 
     name = study_name(plan.suite.name, run.task.name, run.method.name, run.spec.budget)
@@ -91,8 +91,8 @@ def _prepare_study(plan: SweepPlan, run: PlannedRun, storage: str, trials: int) 
     for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(stale._trial_id, INTERRUPTED, True)
         study._storage.set_trial_state_values(stale._trial_id, optuna.trial.TrialState.FAIL)
-    if not study.trials:  # trial 0: the published configuration (the preset's recipe + the method's own)
-        study.enqueue_trial({**published_shared(plan.preset), **run.method.published_hparams()}, skip_if_exists=True)
+    if not study.trials:  # trial 0: the preset configuration (the suite preset + the method's own defaults)
+        study.enqueue_trial({**preset_shared(plan.preset), **run.method.published_hparams()}, skip_if_exists=True)
     done = sum(counts_toward_effort(t) for t in study.get_trials(deepcopy=False))
     return _Study(run, name, study, attrs, max(0, trials - done))
 
@@ -225,15 +225,15 @@ def run_tuning(
 
     if suites.get_suite(request.suite).fewshot is not None:
         raise BenchError(
-            f"`bench tune` does not tune few-shot suites yet ({request.suite!r}); run them with the published "
-            "recipe (`bench run`), or pick settings on the val lists with `bench run --stage tune`"
+            f"`bench tune` does not tune few-shot suites yet ({request.suite!r}); run them with the suite "
+            "preset (`bench run`), or pick settings on the val lists with `bench run --stage tune`"
         )
-    request = dataclasses.replace(request, stage="tune", seeds=[TUNE_SEED], hparams="published")
+    request = dataclasses.replace(request, stage="tune", seeds=[TUNE_SEED], hparams="preset")
     for method in resolve_methods(request.methods):
         if isinstance(method, Composite):
             raise BenchError(
                 f"composition {method.name!r} cannot be tuned yet (its parts' hyperparameters share names); "
-                "tune its parts alone, and run the composition with --hparams published"
+                "tune its parts alone, and run the composition with --hparams preset"
             )
     plan = plan_sweep(request, workdir)
     for warning in plan.warnings if warn is not None else ():
