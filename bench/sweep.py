@@ -284,6 +284,7 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
     check_weights(weights, backbone, preset.img_size)
 
     runs, warnings = [], [cell.warning for cell in unreachable]
+    checked: set[tuple[str, str]] = set()
     if choice.deprecated:
         warnings.append(DEPRECATION_NOTE)
     fallback = [m.name for m, _, _ in chosen if choice.source == "paper" and m.name not in paper]
@@ -310,7 +311,11 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
                     request.epochs,
                 )
                 run_preset, run_config = settings.preset, settings.config
-                check_structure(method, spec_bb, run_config)
+                built = (method.name, canonical_json(identity_dict(run_config)))
+                if built not in checked:  # a recipe's config that does not fit the backbone fails before training
+                    check_structure(method, spec_bb, run_config)
+                    built_trainable_params(method, run_config, backbone, img_size=preset.img_size)
+                    checked.add(built)
                 tags = {**override_tags, **settings.tags}
             elif choice.source == "tuned":
                 from .studies import TUNE_SEED, tuned_settings

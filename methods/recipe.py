@@ -187,20 +187,27 @@ def recipe_folders() -> list[Path]:
 
 
 @cache
-def _load(folders: tuple[Path, ...]) -> dict[str, Recipe]:
+def _read(path: Path, stamp: tuple[int, int]) -> Recipe:
+    """A recipe file, parsed once per version (``stamp``: its modification time and size)."""
+    recipe = parse_recipe(path.read_text(encoding="utf-8"), path)
+    if recipe.method != path.stem:
+        raise MethodError(f"recipe {path} names method {recipe.method!r}; name the file {recipe.method}.yaml")
+    return recipe
+
+
+def _load(folders: list[Path]) -> dict[str, Recipe]:
     recipes: dict[str, Recipe] = {}
     for folder in reversed(folders):  # the shipped folder first; a user's file of the same method replaces it
         for path in sorted(folder.glob("*.yaml")):
-            recipe = parse_recipe(path.read_text(encoding="utf-8"), path)
-            if recipe.method != path.stem:
-                raise MethodError(f"recipe {path} names method {recipe.method!r}; name the file {recipe.method}.yaml")
+            stat = path.stat()
+            recipe = _read(path, (stat.st_mtime_ns, stat.st_size))
             recipes[recipe.method] = recipe
     return recipes
 
 
 def all_recipes() -> dict[str, Recipe]:
     """Every recipe by method name."""
-    return _load(tuple(recipe_folders()))
+    return _load(recipe_folders())
 
 
 def get_recipe(method: str) -> Recipe | None:
