@@ -932,6 +932,7 @@ def methods_list(
 ) -> None:
     """Every registered method (built-in and from plugins), grouped by how it adapts the backbone."""
     from methods.base import CATEGORIES, available_methods, config_to_dict, make_config
+    from methods.recipe import get_recipe
 
     from .backbone import backbone_spec
 
@@ -941,11 +942,14 @@ def methods_list(
         m = cls()
         config = make_config(m)
         supported = spec.family in cls.families
+        recipe = get_recipe(name)
         rows.append(
             {
                 "name": name,
                 "category": cls.category,
                 "paper": cls.paper,
+                "paper_recipe": recipe.source if recipe else "",
+                "paper_recipe_suites": list(recipe.suites) if recipe else [],
                 "published_params": cls.published_params,
                 "trainable_params": m.count(spec, config) if supported else None,
                 "description": cls.description,
@@ -963,7 +967,7 @@ def methods_list(
         return
     for category in dict.fromkeys(r["category"] for r in rows):
         table = Table(title=f"{category} methods (bench default counted on {spec.name})", title_justify="left")
-        for col in ("name", "paper", "published (ViT-B/16)", "bench default", "backbones", "merge"):
+        for col in ("name", "paper", "published (ViT-B/16)", "bench default", "backbones", "merge", "paper recipe"):
             table.add_column(col)
         for r in (r for r in rows if r["category"] == category):
             count = "unsupported" if r["trainable_params"] is None else f"{r['trainable_params']:,}"
@@ -974,11 +978,13 @@ def methods_list(
                 count,
                 ", ".join(r["backbones"]),
                 "yes" if r["mergeable"] else "no",
+                ", ".join(r["paper_recipe_suites"]) or "—",
             )
         out.print(table)
     out.print(
         "published: the paper's VTAB-1K figure as printed; bench default: the exact trainable count, head excluded "
-        "(`bench methods info NAME` gives the formula and defaults)."
+        "(`bench methods info NAME` gives the formula and defaults); paper recipe: the suites with the method's own "
+        "training recipe (`bench run --hparams paper`)."
     )
 
 
@@ -1025,6 +1031,7 @@ def methods_info(
     }
     if getattr(method, "pooling", None):
         info["pooling"] = method.pooling
+    info["paper_recipe"] = _recipe_info(method)
     from .inspect import macs_per_image
 
     # counted on the meta device: the deployed model (merged where possible) and the training forward
@@ -1049,6 +1056,21 @@ def methods_info(
         table.add_row(k, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else json.dumps(v))
     out.print(table)
     out.print("Trainable parameters exclude the head, which adds (feature width + 1) × classes for every method.")
+
+
+def _recipe_info(method: Any) -> dict[str, Any] | str:
+    """Where the method's paper recipe comes from and its suites, or one line saying it has none."""
+    from methods.base import Composite
+    from methods.composition import base_name
+    from methods.recipe import get_recipe
+
+    recipe = None if isinstance(method, Composite) else get_recipe(base_name(method))
+    if recipe is None:
+        return "none: `bench run --hparams paper` refuses it; --hparams paper,preset trains it with the suite preset"
+    suites_ = {
+        name: ("per task: " + ", ".join(r.tasks)) if r.per_task else "every task" for name, r in recipe.suites.items()
+    }
+    return {"source": recipe.source, "suites": suites_, "file": str(recipe.path)}
 
 
 def _entry_with_set(name: str, set_: list[str] | None) -> tuple[Any, Any]:
