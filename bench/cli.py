@@ -952,6 +952,7 @@ def methods_list(
                 "paper_recipe_suites": list(recipe.suites) if recipe else [],
                 "published_params": cls.published_params,
                 "trainable_params": m.count(spec, config) if supported else None,
+                "budget_params": m.budget_count(spec, config) if supported else None,
                 "description": cls.description,
                 "module": cls.__module__,
                 "mergeable": cls.mergeable,
@@ -1024,6 +1025,8 @@ def methods_info(
         "config": config_to_dict(config),
         "trainable_params": method.count(spec, config),
         "trainable_params_built": built_trainable_params(method, config, backbone, img_size=img_size),
+        # what a --budget charges: the free parameters (BOFT stores full blocks of which only the skew part is free)
+        "budget_params": method.budget_count(spec, config),
         "head_params_per_class": spec.feature_dim + 1,
         "backbone_params": spec.backbone_params,
         "mergeable": method.mergeable,
