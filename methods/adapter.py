@@ -20,7 +20,14 @@ bottlenecks, so compare by count). On a Swin, the same per block at the block's 
 Not the backbone at init (``identity_at_init = False``): the official near-identity init draws
 the weights with std 1e-3, so the adapters add a tiny non-zero term from the start. The method's
 own check asserts how close the start is. Not re-parameterisable (GELU inside the bottleneck).
-Deviation: the training recipe is the harness preset; the paper's is per task.
+``placement="mlp"`` keeps one adapter per block, after the MLP: with ``bottleneck=8``,
+``train_norms=False`` and ``activation="quick_gelu"`` it is NOAH's VTAB-1K adapter baseline
+(``ZhangYuanhan-AI/NOAH``, ``model/module/adapter_super.py``), 156,768 on ViT-B/16.
+
+Deviations: the training recipe is the harness preset; the paper's is per task. GELU is exact
+(erf) by default; adapter-bert's is the tanh approximation (``activation="gelu_tanh"``). The
+paper trains every LayerNorm; here the blocks' two train and the ViT's final ``norm`` (which a
+post-norm BERT layer has no counterpart of) stays frozen, so the count is the per-block formula.
 """
 
 from __future__ import annotations
