@@ -105,6 +105,16 @@ def test_a_recipe_value_of_the_wrong_type_or_field_is_one_line(demo_recipe: Path
         paper_settings(lora, make_config(lora), "demo", "digits", preset, {})
 
 
+def test_the_committed_hyperparameters_page_is_the_generated_one():
+    from bench.recipe_page import markdown
+
+    committed = (Path(__file__).parent.parent / "docs" / "reference" / "hyperparameters.md").read_text()
+    assert committed == markdown(), "regenerate it: python -m bench.recipe_page > docs/reference/hyperparameters.md"
+    for name in ("ssf", "dtl", "fact_tk", "fact_tt", "karst", "lora"):
+        assert f"### `{name}` on `vtab1k`" in committed
+    assert "`boft`" in committed.split("## Methods without a paper recipe")[1]
+
+
 # -- planning -------------------------------------------------------------------------------------
 
 
