@@ -414,7 +414,7 @@ def _run_groups(
 ) -> list[tuple[ResolvedTask, list[int], Preset]]:
     """(task, its training seeds, its preset) to plan: each task, or each (task, shots, split seed).
 
-    Few-shot runs train with batch min(preset batch, training list size): the published recipe's
+    Few-shot runs train with batch min(preset batch, training list size): NOAH's few-shot recipe's
     "64, or the dataset size if smaller", recorded as such in the run's hyperparameters.
     """
     if suite.fewshot is None:

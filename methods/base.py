@@ -331,7 +331,7 @@ class Method(ABC):
 
     def preset_caveat(self, preset_lr: float) -> str | None:
         """Why the suite's shared preset may not suit this method, or None. ``bench run`` prints it
-        when the method trains with the preset's published hyperparameters (not tuned ones)."""
+        when the method trains with the suite preset (``--hparams preset``, not its paper recipe or tuned values)."""
         return None
 
     def extra_checks(self, config: Any) -> list[Any]:
