@@ -231,6 +231,7 @@ def test_every_vtab1k_recipe_builds_on_vit_b16_on_the_meta_device():
 RUN = ("run", "--suite", "tinyfolder", "--seeds", "0,", "--tasks", "beta", "--epochs", "1", "--methods", "linear")
 
 
+@pytest.mark.slow
 def test_a_tuned_run_equal_to_the_preset_run_is_reported_under_either(cli, workdir: Path, noah_root: Path):
     """One trial (trial 0 is the preset configuration): `--hparams tuned` reuses the preset run, records
     that it serves both sources, and `bench report --hparams tuned` finds it."""
@@ -258,6 +259,28 @@ def test_a_tuned_run_equal_to_the_preset_run_is_reported_under_either(cli, workd
     # the former name still selects the preset runs, with one line saying so
     code, _, err = cli("report", "--suite", "tinyfolder", "--hparams", "published", "--out", str(workdir / "old"))
     assert code == 0 and err.count("--hparams published is now called preset") == 1, err
+
+
+def test_a_reused_run_records_each_source_it_serves(demo_recipe: Path, workdir: Path):
+    """The sweep's reuse step on a real MLflow record: a second source is added once, with the
+    recipe tag where the run has none; a run that already serves the source is left as it is."""
+    from bench.sources import run_sources
+    from bench.sweep import record_source
+
+    tracker = Tracker(default_tracking_uri(workdir))
+    experiment = tracker.experiment_id("bench/demo", create=True)
+    created = tracker.client.create_run(experiment, tags={"bench.hparams": "published"})  # an old run
+    tracker.client.set_terminated(created.info.run_id)
+    [paper] = plan_sweep(SweepRequest(suite="demo", methods=["lora"], seeds=[0], hparams="paper"), workdir).runs
+    assert run_sources(tracker.client.get_run(created.info.run_id).data.tags) == ["preset"]
+    record_source(tracker.client, tracker.client.get_run(created.info.run_id), paper)
+    tags = tracker.client.get_run(created.info.run_id).data.tags
+    assert tags["bench.hparams_sources"] == "preset,paper" and tags["bench.recipe"] == paper.tags["bench.recipe"]
+    assert run_sources(tags) == ["preset", "paper"]
+    tracker.client.set_tag(created.info.run_id, "bench.recipe", "kept")
+    record_source(tracker.client, tracker.client.get_run(created.info.run_id), paper)  # already served: unchanged
+    tags = tracker.client.get_run(created.info.run_id).data.tags
+    assert tags["bench.hparams_sources"] == "preset,paper" and tags["bench.recipe"] == "kept"
 
 
 # -- report selection on hand-made frames ----------------------------------------------------------
@@ -308,3 +331,42 @@ def test_the_report_refuses_to_rank_mixed_sources_unless_asked():
     both = _frame(_rows("ssf", "paper", "paper", batch="32") + _rows("ssf", "preset", "preset"))
     with pytest.raises(BenchError, match=r"method 'ssf' has runs under several hyperparameter sources"):
         select_runs(both, suite="s", stage="final", mix_hparams=True)
+
+
+def test_sgd_is_momentum_09_without_decay_on_biases_and_norms():
+    from bench.train import SGD_MOMENTUM, make_optimizer
+    from methods.conformance import tiny_vit
+
+    model = tiny_vit()
+    preset = dataclasses.replace(suites.get_suite("demo").preset, optimizer="sgd", weight_decay=0.3)
+    optimizer = make_optimizer(model, preset, torch.device("cpu"))
+    assert isinstance(optimizer, torch.optim.SGD) and SGD_MOMENTUM == 0.9
+    decays = {g["weight_decay"]: sum(p.numel() for p in g["params"]) for g in optimizer.param_groups}
+    one_dim = sum(p.numel() for p in model.parameters() if p.ndim <= 1)
+    assert decays[0.0] == one_dim and decays[0.3] == sum(p.numel() for p in model.parameters()) - one_dim
+    assert all(g["momentum"] == 0.9 for g in optimizer.param_groups)
+    with pytest.raises(ValueError, match=r"optimizer 'lion' is not one of adamw, sgd"):
+        make_optimizer(model, dataclasses.replace(preset, optimizer="lion"), torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_a_paper_run_trains_with_its_recipe_and_reports_its_source(demo_recipe: Path, cli, workdir: Path):
+    """End to end on the demo suite: the recipe's SGD and values reach the run, which records its
+    source and recipe; the report says paper."""
+    code, _, err = cli(
+        "run", "--suite", "demo", "--methods", "lora", "--hparams", "paper", "--epochs", "1", "--seeds", "0,"
+    )
+    assert code == 0, err
+    [run] = Tracker(default_tracking_uri(workdir)).search("bench/demo")
+    params, tags = run.data.params, run.data.tags
+    assert (params["hp.optimizer"], params["hp.lr"], params["hp.batch_size"], params["method.rank"]) == (
+        "sgd",
+        "0.02",
+        "16",
+        "2",
+    )
+    assert tags["bench.hparams"] == tags["bench.hparams_sources"] == "paper"
+    assert tags["bench.recipe"].startswith("lora.yaml: Table 9 of a test paper")
+    code, _, err = cli("report", "--suite", "demo", "--out", str(workdir / "r"))
+    assert code == 0, err
+    assert "- **hyperparameters**: paper (each method's own recipe)" in (workdir / "r" / "report.md").read_text()
