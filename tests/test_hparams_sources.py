@@ -159,6 +159,12 @@ def test_paper_plans_each_run_with_its_recipe_on_the_demo_suite(demo_recipe: Pat
     [run] = plan_sweep(request, workdir).runs
     assert run.config.alpha == 8.0 and run.config.rank == 2
 
+    # the preset's former name plans preset runs, with one line saying so
+    from bench.sources import DEPRECATION_NOTE
+
+    plan = plan_sweep(SweepRequest(suite="demo", methods=["linear"], seeds=[0], hparams="published"), workdir)
+    assert plan.warnings.count(DEPRECATION_NOTE) == 1 and plan.runs[0].tags["bench.hparams"] == "preset"
+
 
 def test_paper_refusals_are_one_line(demo_recipe: Path, workdir: Path):
     cases = [
