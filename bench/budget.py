@@ -1,7 +1,9 @@
 """Trainable-parameter budgets: parsing, and the structural config each method uses to meet one.
 
-The count a budget refers to is the methods' own rule: trainable parameters, shared tensors once,
-the classification head excluded (it is the same for every method and reported separately).
+The count a budget refers to is the methods' own rule: free trainable parameters
+(``Method.budget_count``: what the model stores, unless some stored entries are tied, as BOFT's
+skew-symmetric blocks), shared tensors once, the classification head excluded (it is the same for
+every method and reported separately).
 Methods that cannot be sized (``linear``, ``full``) are references: they run at their fixed count
 whatever the budget, and their runs are shared by every budget's sweep.
 """
@@ -59,8 +61,9 @@ class BudgetChoice:
     method: str
     adjustable: bool
     config: Any
-    count: int
+    count: int  # free parameters (Method.budget_count): what the budget charges
     budget: int
+    stored: int | None = None  # trainable parameters the model stores, where more than ``count``
 
     @property
     def deviation(self) -> float:
@@ -73,6 +76,7 @@ class BudgetChoice:
             "adjustable": self.adjustable,
             "config": config_to_dict(self.config),
             "trainable_params": self.count,
+            "stored_params": self.stored if self.stored is not None else self.count,
             "deviation": round(self.deviation, 4),
         }
 
@@ -87,9 +91,11 @@ def choose_for_budget(method: Method, spec: BackboneSpec, budget: int) -> Budget
     method.check_backbone(spec)
     if not method.budget_adjustable:
         config = make_config(method)
-        return BudgetChoice(method.name, False, config, method.count(spec, config), budget)
+        return BudgetChoice(
+            method.name, False, config, method.budget_count(spec, config), budget, method.count(spec, config)
+        )
     largest = method.largest_config(spec)
-    most = method.count(spec, largest)
+    most = method.budget_count(spec, largest)
     limits = method.size_limits(spec, largest)
     if limits and budget > most * (1 + BUDGET_TOLERANCE):
         caps = ", ".join(f"{name} <= {cap}, {why}" for name, (cap, why) in limits.items())
@@ -102,7 +108,9 @@ def choose_for_budget(method: Method, spec: BackboneSpec, budget: int) -> Budget
     except MethodError as exc:  # a method's own fit names the nearest feasible counts
         raise UnreachableBudget(str(exc)) from None
     check_structure(method, spec, config)
-    return BudgetChoice(method.name, True, config, method.count(spec, config), budget)
+    return BudgetChoice(
+        method.name, True, config, method.budget_count(spec, config), budget, method.count(spec, config)
+    )
 
 
 def check_structure(method: Method, spec: BackboneSpec, config: Any) -> None:

@@ -278,7 +278,11 @@ def run(
     tracking_uri: TrackingOpt = None,
     set_: SetOpt = None,
     budget: BudgetOpt = None,
-    hparams: str = typer.Option("published", help="published, or tuned: each study's best trial (`bench tune`)."),
+    hparams: str = typer.Option(
+        "preset",
+        help="preset (the suite's shared preset), paper (each method's own recipe; paper,preset falls back to the "
+        "preset for methods without one), or tuned (each study's best trial, `bench tune`).",
+    ),
     storage: str | None = typer.Option(None, help="Optuna storage URL for --hparams tuned (default: the workdir's)."),
     shots: str | None = typer.Option(None, help="Few-shot suites: shot counts, e.g. 1,2,4,8,16 (default: all)."),
     split_seeds: str | None = typer.Option(
@@ -391,7 +395,7 @@ def _sweep_request(opts: dict[str, Any], command: str, sources: list[str]):
         device=_executor_device(opts["device"], opts["gpus"], opts["runs_per_gpu"]),
         method_overrides=_method_overrides(opts["set_"] or []),
         budgets=_budgets(opts["budget"]),
-        hparams=opts.get("hparams", "published"),
+        hparams=opts.get("hparams", "preset"),
         storage=opts["storage"] or default_storage(State.workdir),
         shots=parse_int_list(opts.get("shots"), "--shots", "1,2,4,8,16"),
         split_seeds=parse_int_list(opts.get("split_seeds"), "--split-seeds", "0,1,2"),
@@ -777,8 +781,13 @@ def _run_selection(
     suites.get_suite(suite)  # an unknown suite name fails with the list of suites
     if stage not in ("final", "tune"):
         raise BenchError(f"--stage {stage!r} must be final or tune")
-    if hparams not in (None, "published", "tuned", "override"):
-        raise BenchError(f"--hparams {hparams!r} must be published, tuned or override")
+    from .sources import DEPRECATED, DEPRECATION_NOTE, REPORT_SOURCES
+
+    if hparams in DEPRECATED:
+        err.print(f"[yellow]warning:[/] {escape(DEPRECATION_NOTE)}", highlight=False, soft_wrap=True)
+        hparams = DEPRECATED[hparams]
+    if hparams not in (None, *REPORT_SOURCES):
+        raise BenchError(f"--hparams {hparams!r} must be one of {', '.join(REPORT_SOURCES)}")
     selected_budget: int | str | None = None
     if budget is not None:
         selected_budget = "published" if budget.strip().lower() == "published" else _budget(budget)
@@ -801,7 +810,14 @@ def report_cmd(
     ),
     stage: str = typer.Option("final", help="final (test accuracy) or tune (validation accuracy)."),
     hparams: str | None = typer.Option(
-        None, help="published, tuned or override (runs with --set preset.…); default: refuse a mix."
+        None,
+        help="Report the runs of one hyperparameter source: preset, paper, tuned or override (--set preset.…); "
+        "default: the one source every run serves, else refuse a mix.",
+    ),
+    mix_hparams: bool = typer.Option(
+        False,
+        "--mix-hparams",
+        help="Rank rows trained with different hyperparameter sources in one table (each row names its source).",
     ),
     format_: str = typer.Option("md,latex,csv", "--format", help="Any of md, latex, csv, comma-separated."),
     out_dir: Path = typer.Option(Path("report"), "--out", help="Folder for the report files and figures."),
@@ -823,6 +839,7 @@ def report_cmd(
     from reports.runs import load_runs, runs_from_results_csv
 
     selection = _run_selection(suite, stage, methods, budget, hparams)
+    selection["mix_hparams"] = mix_hparams
     formats = tuple(_split(format_) or [])
     if results_csv is not None:
         runs = runs_from_results_csv(results_csv, suite, stage, **selection)
@@ -918,7 +935,7 @@ def analyze_shift_cmd(
         None, help="With --suite: the method every other is compared with (default: the first)."
     ),
     budget: str | None = typer.Option(None, help="With --suite: the runs fitted to this budget, or 'published'."),
-    hparams: str | None = typer.Option(None, help="With --suite: published, tuned or override."),
+    hparams: str | None = typer.Option(None, help="With --suite: preset, paper, tuned or override."),
     stage: str = typer.Option("final", help="With --suite: final (test split) or tune (validation split)."),
     images: int = typer.Option(512, help="Evaluation images to use, evenly spaced over the split (0: all)."),
     tokens_per_image: int = typer.Option(
@@ -1011,6 +1028,7 @@ def methods_list(
 ) -> None:
     """Every registered method (built-in and from plugins), grouped by how it adapts the backbone."""
     from methods.base import CATEGORIES, available_methods, config_to_dict, make_config
+    from methods.recipe import get_recipe
 
     from .backbone import backbone_spec
 
@@ -1020,13 +1038,17 @@ def methods_list(
         m = cls()
         config = make_config(m)
         supported = spec.family in cls.families
+        recipe = get_recipe(name)
         rows.append(
             {
                 "name": name,
                 "category": cls.category,
                 "paper": cls.paper,
+                "paper_recipe": recipe.source if recipe else "",
+                "paper_recipe_suites": list(recipe.suites) if recipe else [],
                 "published_params": cls.published_params,
                 "trainable_params": m.count(spec, config) if supported else None,
+                "budget_params": m.budget_count(spec, config) if supported else None,
                 "description": cls.description,
                 "module": cls.__module__,
                 "mergeable": cls.mergeable,
@@ -1042,7 +1064,7 @@ def methods_list(
         return
     for category in dict.fromkeys(r["category"] for r in rows):
         table = Table(title=f"{category} methods (bench default counted on {spec.name})", title_justify="left")
-        for col in ("name", "paper", "published (ViT-B/16)", "bench default", "backbones", "merge"):
+        for col in ("name", "paper", "published (ViT-B/16)", "bench default", "backbones", "merge", "paper recipe"):
             table.add_column(col)
         for r in (r for r in rows if r["category"] == category):
             count = "unsupported" if r["trainable_params"] is None else f"{r['trainable_params']:,}"
@@ -1053,11 +1075,13 @@ def methods_list(
                 count,
                 ", ".join(r["backbones"]),
                 "yes" if r["mergeable"] else "no",
+                ", ".join(r["paper_recipe_suites"]) or "—",
             )
         out.print(table)
     out.print(
         "published: the paper's VTAB-1K figure as printed; bench default: the exact trainable count, head excluded "
-        "(`bench methods info NAME` gives the formula and defaults)."
+        "(`bench methods info NAME` gives the formula and defaults); paper recipe: the suites with the method's own "
+        "training recipe (`bench run --hparams paper`)."
     )
 
 
@@ -1097,6 +1121,8 @@ def methods_info(
         "config": config_to_dict(config),
         "trainable_params": method.count(spec, config),
         "trainable_params_built": built_trainable_params(method, config, backbone, img_size=img_size),
+        # what a --budget charges: the free parameters (BOFT stores full blocks of which only the skew part is free)
+        "budget_params": method.budget_count(spec, config),
         "head_params_per_class": spec.feature_dim + 1,
         "backbone_params": spec.backbone_params,
         "mergeable": method.mergeable,
@@ -1104,6 +1130,7 @@ def methods_info(
     }
     if getattr(method, "pooling", None):
         info["pooling"] = method.pooling
+    info["paper_recipe"] = _recipe_info(method)
     from .inspect import macs_per_image
 
     # counted on the meta device: the deployed model (merged where possible) and the training forward
@@ -1128,6 +1155,21 @@ def methods_info(
         table.add_row(k, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else json.dumps(v))
     out.print(table)
     out.print("Trainable parameters exclude the head, which adds (feature width + 1) × classes for every method.")
+
+
+def _recipe_info(method: Any) -> dict[str, Any] | str:
+    """Where the method's paper recipe comes from and its suites, or one line saying it has none."""
+    from methods.base import Composite
+    from methods.composition import base_name
+    from methods.recipe import get_recipe
+
+    recipe = None if isinstance(method, Composite) else get_recipe(base_name(method))
+    if recipe is None:
+        return "none: `bench run --hparams paper` refuses it; --hparams paper,preset trains it with the suite preset"
+    suites_ = {
+        name: ("per task: " + ", ".join(r.tasks)) if r.per_task else "every task" for name, r in recipe.suites.items()
+    }
+    return {"source": recipe.source, "suites": suites_, "file": str(recipe.path)}
 
 
 def _entry_with_set(name: str, set_: list[str] | None) -> tuple[Any, Any]:

@@ -36,6 +36,7 @@ from torch import nn
 
 from . import __version__, schema
 from .errors import BenchError
+from .sources import run_sources
 
 FORMATS = ("peft", "merged", "bench")
 CARD = "README.md"
@@ -129,7 +130,7 @@ def _by_run_id(client: Any, run_id: str) -> list[Any]:
 def _describe(run: Any) -> str:
     t = run.data.tags
     return f"suite {t.get(schema.SUITE)}, stage {t.get(schema.STAGE)}, budget {t.get(schema.BUDGET)}, " + (
-        f"hparams {t.get(schema.HPARAMS, 'published')}"
+        f"hparams {', '.join(run_sources(t))}"
     )
 
 

@@ -252,7 +252,7 @@ def choose_entry_for_budget(method: Method, spec: Any, budget: int, overrides: d
     if not held or not choice.adjustable:
         return choice
     config = with_values(method, choice.config, held)
-    if method.count(spec, config) != choice.count:
+    if method.budget_count(spec, config) != choice.count:
         flat = {f"{k}.{f}": v for k, fs in held.items() for f, v in fs.items()} if _is_composite(method) else held
         shown = ", ".join(f"{k}={render_value(v)}" for k, v in flat.items())
         raise BenchError(

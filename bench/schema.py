@@ -31,7 +31,9 @@ CHECKPOINT = "bench.checkpoint"
 WEIGHTS_LABEL = "bench.weights_label"  # a human name for the weights (--weights-label), shown in reports
 DATA_FINGERPRINT = "bench.data_fingerprint"
 VERSION = "bench.version"
-HPARAMS = "bench.hparams"  # published (default), tuned (a study's best trial) or override (--set preset.…)
+HPARAMS = "bench.hparams"  # preset (default), paper (the method's recipe), tuned (a study's best trial) or override (--set preset.…)
+HPARAMS_SOURCES = "bench.hparams_sources"  # every source the run serves, comma-separated: a paper or tuned run equal to a preset run is that run
+RECIPE = "bench.recipe"  # on paper runs: the recipe file and the sources its values cite
 PRESET_OVERRIDES = "bench.preset_overrides"  # the --set preset.FIELD=VALUE of an override run
 STUDY = "bench.study"
 TRIAL = "bench.trial"

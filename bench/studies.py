@@ -1,4 +1,4 @@
-"""Optuna studies: names, storage, samplers, schedulers, the effort a study has used, the published
+"""Optuna studies: names, storage, samplers, schedulers, the effort a study has used, the preset
 trial 0, and the tuned settings that final runs take. A leaf: it knows Optuna and the method
 interface, not sweeps or the engine.
 
@@ -12,7 +12,7 @@ Fairness rules (see ``docs/guide/budgets-and-tuning.md``):
 * the same sampler (TPE, multivariate, constant liar) for every study, seeded per trial from the
   study name and the trial's place in the study, so a resumed study draws what an uninterrupted one
   would, never a replay of its first draws; the same scheduler (pruner) for every study of a storage;
-* trial 0 is the method's published configuration, so tuning can only help it.
+* trial 0 is the suite preset with the method's own defaults (the ``preset`` run), so tuning can only help it.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def fail_stale_trials(study: Any) -> None:
 
 def requeue_interrupted(study: Any) -> list[int]:
     """Queue the configuration of every interrupted trial not queued yet, so it trains again
-    (trial 0, the published configuration, included); return the numbers queued for."""
+    (trial 0, the preset configuration, included); return the numbers queued for."""
     trials = study.get_trials(deepcopy=False)
     retried = retried_numbers(trials)
     queued = []
@@ -180,7 +180,8 @@ def study_name(suite: str, task: str, method: str, budget: int | None) -> str:
     return f"{suite}/{task}/{method}/" + (f"b{format_budget(budget)}" if budget is not None else "published")
 
 
-def published_shared(preset: Preset) -> dict[str, Any]:
+def preset_shared(preset: Preset) -> dict[str, Any]:
+    """The preset's values of the shared tuned settings: trial 0 starts from them."""
     return {"lr": preset.lr, "weight_decay": preset.weight_decay, "drop_path": preset.drop_path}
 
 
@@ -302,7 +303,7 @@ def tuned_settings(
         if attrs.get(key) != value:
             raise BenchError(
                 f"study {name} was tuned with {key}={attrs.get(key)!r}, this run uses {value!r}; "
-                "tune again with the same settings or run with --hparams published"
+                "tune again with the same settings or run with --hparams preset"
             )
     best = max(complete, key=lambda t: t.value)
     tuned_preset, tuned_config = split_hparams(method, config, preset, best.params)

@@ -34,9 +34,11 @@ from .claims import RunClaims
 from .compile_cache import cache_folder
 from .engine import Executor, Job, JobData, Recorder, Reporter, RunOutcome, RunRecord, SilentReporter, Work, drive
 from .errors import BenchError
+from .hparams import HparamsChoice, has_recipe, missing_recipe, paper_settings, parse_hparams
 from .inspect import built_trainable_params
 from .method_entries import choose_entry_for_budget, method_base, resolve_methods, set_bases, set_values
 from .provenance import command_line, git_revision
+from .sources import DEPRECATION_NOTE, run_sources
 from .spec import RunSpec, canonical_json
 from .tracking import experiment_name, flatten_params
 from .train import SplitData
@@ -57,7 +59,7 @@ class SweepRequest:
     method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     # trainable params (head excluded) each sizeable method is fitted to, one sweep cell per budget
     budgets: list[int] = field(default_factory=list)
-    hparams: str = "published"  # or "tuned": the best trial of each (task, method, budget) study
+    hparams: str = "preset"  # paper (each method's recipe), tuned (each study's best trial), or paper,preset
     storage: str | None = None  # Optuna storage for --hparams tuned
     shots: list[int] | None = None  # few-shot suites: the shot counts (default: all the suite has)
     split_seeds: list[int] | None = None  # few-shot: the training lists' seeds (default: the training seed)
@@ -137,7 +139,7 @@ def apply_preset_overrides(preset: Preset, overrides: dict[str, Any]) -> Preset:
 
 
 def preset_override_tags(overrides: dict[str, Any], preset: Preset) -> dict[str, str]:
-    """Tags marking runs trained with --set preset.…: reports keep them apart from published runs."""
+    """Tags marking runs trained with --set preset.…: reports keep them apart from preset runs."""
     if not overrides:
         return {}
     text = ",".join(f"{k}={getattr(preset, k)}" for k in sorted(overrides))
@@ -150,8 +152,13 @@ class PlannedRun:
     task: ResolvedTask
     method: Method
     config: Any
-    preset: Preset  # the suite's preset, with tuned hyperparameters applied where asked for
+    preset: Preset  # the suite's preset, with the paper recipe or tuned hyperparameters applied where asked for
     tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        """The hyperparameter source the run was planned with: preset, paper, tuned or override."""
+        return self.tags.get(schema.HPARAMS, "preset")
 
 
 @dataclass(frozen=True)
@@ -242,17 +249,26 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
         raise BenchError(
             f"--set names method(s) {', '.join(stray)} that are not in --methods; add them or drop the --set"
         )
-    if request.hparams not in ("published", "tuned"):
-        raise BenchError(f"--hparams {request.hparams!r} must be published or tuned")
+    choice = parse_hparams(request.hparams)
     _check_fewshot_options(suite, request)
 
     preset = apply_preset_overrides(resolve_preset(suite, request.epochs), request.preset_overrides)
-    if request.preset_overrides and request.hparams == "tuned":
+    if request.preset_overrides and choice.source == "tuned":
         raise BenchError(
             "--set preset.… and --hparams tuned both set the hyperparameters; drop one "
             "(tune with the preset override instead: `bench tune --set preset.…`)"
         )
-    override_tags = preset_override_tags(request.preset_overrides, preset)
+    if request.preset_overrides and choice.source == "paper":
+        raise BenchError(
+            "--set preset.… and --hparams paper both set the hyperparameters; drop one (a recipe of your own "
+            "goes in a folder named by BENCH_RECIPES)"
+        )
+    if choice.source == "paper" and request.budgets:
+        raise BenchError(
+            "--hparams paper trains each method at its paper's own structure; drop --budget, or use "
+            "--hparams preset or tuned with --budget"
+        )
+    override_tags = {schema.HPARAMS: "preset", **preset_override_tags(request.preset_overrides, preset)}
     if request.weights_label:
         override_tags = {**override_tags, schema.WEIGHTS_LABEL: request.weights_label}
     backbone = request.backbone or suite.default_backbone
@@ -261,7 +277,8 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
     chosen, unreachable = _sized_cells(entries, request, spec_bb)
     for method, config, _ in chosen:  # a config that does not fit the backbone fails before any training
         built_trainable_params(method, config, backbone, img_size=preset.img_size)
-        _check_composition(method, config, spec_bb.family, request.hparams, workdir)
+        _check_composition(method, config, spec_bb.family, choice.source, workdir)
+    paper = _paper_methods(chosen, suite.name, choice)
     data_root = _dataset_root(suite, request, workdir)
     if suite.prepare is not None:
         data_root = data_root or workdir / "data" / suite.name
@@ -272,13 +289,40 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
     check_weights(weights, backbone, preset.img_size)
 
     runs, warnings = [], [cell.warning for cell in unreachable]
-    if request.hparams == "published":  # one caveat per method, however many budgets it is fitted to
-        warnings += list(dict.fromkeys(c for m, _, _ in chosen if (c := m.preset_caveat(preset.lr)) is not None))
+    checked: set[tuple[str, str]] = set()
+    if choice.deprecated:
+        warnings.append(DEPRECATION_NOTE)
+    fallback = [m.name for m, _, _ in chosen if choice.source == "paper" and m.name not in paper]
+    if fallback:
+        warnings.append(f"no paper recipe for suite {suite.name!r}: {', '.join(fallback)} train with the suite preset")
+    if choice.source != "tuned":  # one caveat per method trained with the preset, however many budgets it is fitted to
+        warnings += list(
+            dict.fromkeys(
+                c for m, _, _ in chosen if m.name not in paper and (c := m.preset_caveat(preset.lr)) is not None
+            )
+        )
     for task, task_seeds, task_preset in _run_groups(suite, tasks, stage, request, preset, warnings):
         fingerprint = task.fingerprint(stage)
         for method, config, budget in chosen:
             run_preset, run_config, tags = task_preset, config, override_tags
-            if request.hparams == "tuned":
+            if method.name in paper:
+                settings = paper_settings(
+                    method,
+                    config,
+                    suite.name,
+                    task.name,
+                    _unscaled(task_preset, suite.preset),
+                    set_values(method, request.method_overrides),
+                    request.epochs,
+                )
+                run_preset, run_config = settings.preset, settings.config
+                built = (method.name, canonical_json(identity_dict(run_config)))
+                if built not in checked:  # a recipe's config that does not fit the backbone fails before training
+                    check_structure(method, spec_bb, run_config)
+                    built_trainable_params(method, run_config, backbone, img_size=preset.img_size)
+                    checked.add(built)
+                tags = {**override_tags, **settings.tags}
+            elif choice.source == "tuned":
                 from .studies import TUNE_SEED, tuned_settings
 
                 if TUNE_SEED in request.seeds:
@@ -288,6 +332,7 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
                 )
                 if request.weights_label:
                     tags = {**tags, schema.WEIGHTS_LABEL: request.weights_label}
+            tags = {**tags, schema.HPARAMS_SOURCES: tags[schema.HPARAMS]}
             for seed in task_seeds:
                 spec = RunSpec(
                     suite=suite.name,
@@ -309,6 +354,23 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
     return SweepPlan(
         request, suite, stage, preset, backbone, weights, device, runs, Path(data_root), warnings, unreachable
     )
+
+
+def _paper_methods(chosen: list[tuple[Method, Any, int | None]], suite: str, choice: HparamsChoice) -> set[str]:
+    """The methods that train with their paper recipe; without one, ``paper`` alone is refused in one line."""
+    if choice.source != "paper":
+        return set()
+    found = {m.name for m, _, _ in chosen if has_recipe(m, suite)}
+    if choice.fallback is None:
+        for method, _, _ in chosen:
+            if method.name not in found:
+                raise BenchError(missing_recipe(method, suite))
+    return found
+
+
+def _unscaled(task_preset: Preset, suite_preset: Preset) -> Preset:
+    """The task's preset before ``--epochs``: a recipe's schedule is scaled from its own epochs."""
+    return task_preset.with_overrides(epochs=suite_preset.epochs, warmup_epochs=suite_preset.warmup_epochs)
 
 
 def _dataset_root(suite: Suite, request: SweepRequest, workdir: Path) -> Path | None:
@@ -357,7 +419,7 @@ def _run_groups(
 ) -> list[tuple[ResolvedTask, list[int], Preset]]:
     """(task, its training seeds, its preset) to plan: each task, or each (task, shots, split seed).
 
-    Few-shot runs train with batch min(preset batch, training list size): the published recipe's
+    Few-shot runs train with batch min(preset batch, training list size): NOAH's few-shot recipe's
     "64, or the dataset size if smaller", recorded as such in the run's hyperparameters.
     """
     if suite.fewshot is None:
@@ -412,7 +474,7 @@ def _sized_cells(
 
 
 def _sized_method(method: Method, request: SweepRequest, spec_bb, budget: int | None) -> tuple[Method, Any, int | None]:
-    """The method with its config: published (plus --set and its brackets), or fitted to ``budget``."""
+    """The method with its config: its defaults (plus --set and its brackets), or fitted to ``budget``."""
     overrides = set_values(method, request.method_overrides)
     if budget is None or not method.budget_adjustable:
         # a reference keeps its size under --budget: its runs serve every budget's sweep
@@ -424,7 +486,7 @@ def _sized_method(method: Method, request: SweepRequest, spec_bb, budget: int | 
     return method, config, budget
 
 
-def _check_composition(method: Method, config: Any, family: str, hparams: str, workdir: Path) -> None:
+def _check_composition(method: Method, config: Any, family: str, source: str, workdir: Path) -> None:
     """A composition's parts must all act and, where every part merges, merge to the same outputs
     (colliding parts were refused when it was built); it has no tuning study to take
     hyperparameters from.
@@ -434,8 +496,8 @@ def _check_composition(method: Method, config: Any, family: str, hparams: str, w
     resumed sweep plans without building and merging it again."""
     if not isinstance(method, Composite):
         return
-    if hparams == "tuned":
-        raise BenchError(f"composition {method.name!r} cannot be tuned yet; run it with --hparams published")
+    if source == "tuned":
+        raise BenchError(f"composition {method.name!r} cannot be tuned yet; run it with --hparams preset")
     import peft
 
     what = [method.name, identity_dict(config), family, __version__, torch.__version__, peft.__version__]
@@ -570,6 +632,24 @@ class TaskLoader:
         return JobData(data.train, data.evaluate, data.eval_entries, run.task.directory)
 
 
+def record_source(client: Any, previous: Any, run: PlannedRun) -> None:
+    """Record on a reused run that it also serves ``run``'s hyperparameter source.
+
+    The source is not part of the run key: a ``paper`` or ``tuned`` run whose resolved setup equals
+    a finished ``preset`` run would train identically, so that run is reused, and its
+    ``bench.hparams_sources`` lists both, for a report to select it under either. The tags naming
+    the study trial or the recipe are added where the run has none.
+    """
+    tags = previous.data.tags
+    sources = run_sources(tags)
+    if run.source in sources:
+        return
+    client.set_tag(previous.info.run_id, schema.HPARAMS_SOURCES, ",".join([*sources, run.source]))
+    for key in (schema.STUDY, schema.TRIAL, schema.RECIPE):
+        if key in run.tags and key not in tags:
+            client.set_tag(previous.info.run_id, key, run.tags[key])
+
+
 class SweepSource:
     """The runs of a sweep as engine jobs, in plan order: finished ones reused, the rest trained.
 
@@ -605,6 +685,7 @@ class SweepSource:
         self._load = TaskLoader(plan, cache_dir)
 
     def _reused(self, run: PlannedRun, previous: Any) -> RunOutcome:
+        record_source(self.tracker.client, previous, run)  # it now serves this sweep's source too
         acc = previous.data.metrics.get(schema.eval_metric(self.plan.stage.name))
         return RunOutcome(run.spec, "skipped", previous.info.run_id, acc)
 

@@ -301,7 +301,7 @@ def resolved_file(request: Any, command: str, extra: dict[str, Any], sources: li
         "epochs": request.epochs or suite.preset.epochs,
         "preset": {k: _scalar(str(v)) for k, v in request.preset_overrides.items()} or None,
         "set": method_sets or None,
-        "hparams": request.hparams if command == "run" and request.hparams != "published" else None,
+        "hparams": request.hparams if command == "run" and request.hparams not in ("preset", "published") else None,
         "shots": request.shots if command == "run" else None,
         "split_seeds": request.split_seeds if command == "run" else None,
         "dedupe": True if command == "run" and request.dedupe else None,

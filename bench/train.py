@@ -246,6 +246,25 @@ def default_compile_mode(device: torch.device, method: Method | None = None) -> 
     return CUDA_COMPILE_MODE if method is None or method.cuda_graphs else "step"
 
 
+#: Momentum of ``optimizer: sgd``: the value the SGD recipes of the visual-PETL papers use (VPT's
+#: ``SOLVER.MOMENTUM``, KAdaptation's ELEVATER runs).
+SGD_MOMENTUM = 0.9
+
+
+def make_optimizer(model: nn.Module, preset: Preset, device: torch.device) -> torch.optim.Optimizer:
+    """The preset's optimiser over the trainable parameters: AdamW, or SGD with momentum 0.9.
+
+    Biases and norms get no weight decay, whichever the optimiser.
+    """
+    groups = param_groups_weight_decay(model, preset.weight_decay)
+    fused = device.type == "cuda"
+    if preset.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=preset.lr, fused=fused)
+    if preset.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=preset.lr, momentum=SGD_MOMENTUM, fused=fused)
+    raise ValueError(f"optimizer {preset.optimizer!r} is not one of adamw, sgd")
+
+
 def _frozen_float_params(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if not p.requires_grad and p.dtype == torch.float32]
 
@@ -333,8 +352,6 @@ def train_run(
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile_mode {mode!r} is not one of {', '.join(COMPILE_MODES)}")
     trainable, head_count = trainable_params_excluding_head(model), head_param_count(model)
-    groups = param_groups_weight_decay(model, preset.weight_decay)  # no decay on biases and norms
-    optimizer = torch.optim.AdamW(groups, lr=preset.lr, fused=device.type == "cuda")
     fp32_frozen = hold_frozen_in_bf16(model) if (cuda if frozen_bf16 is None else frozen_bf16) else []
     norm = Normalize(mean, std).to(device)
     if mode != "eager":
@@ -345,6 +362,7 @@ def train_run(
             use_cache_folder(step_cache.folder)
     train = SplitData(train.images.to(device), train.labels.to(device))  # once per run, kept there
 
+    optimizer = make_optimizer(model, preset, device)
     steps_per_epoch = math.ceil(len(train) / preset.batch_size)
     total_steps = steps_per_epoch * preset.epochs
     schedule: dict[str, Any] = {

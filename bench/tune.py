@@ -53,7 +53,7 @@ from .studies import (
     fail_stale_trials,
     is_interrupted,
     open_study,
-    published_shared,
+    preset_shared,
     requeue_interrupted,
     retried_numbers,
     split_hparams,
@@ -156,7 +156,7 @@ def _study_attrs(plan: SweepPlan, run: PlannedRun, scheduler: str) -> dict[str, 
 def _prepare_study(plan: SweepPlan, run: PlannedRun, storage: str, budget: int, scheduler: str) -> _Study:
     """Open (or create) the study of ``run`` and check it was tuned under the same settings; fail
     the trials a dead process left RUNNING, queue every interrupted trial's configuration to train
-    again, and queue trial 0 (the published configuration) in a new study."""
+    again, and queue trial 0 (the preset configuration) in a new study."""
     name = study_name(plan.suite.name, run.task.name, run.method.name, run.spec.budget)
     study = open_study(storage, name, plan.preset.epochs, scheduler=scheduler)
     attrs = _study_attrs(plan, run, scheduler)
@@ -176,8 +176,8 @@ def _prepare_study(plan: SweepPlan, run: PlannedRun, storage: str, budget: int, 
         study.set_user_attr("scheduler", LEGACY_SCHEDULER)
     fail_stale_trials(study)
     requeue_interrupted(study)
-    if not study.trials:  # trial 0: the published configuration (the preset's recipe + the method's own)
-        study.enqueue_trial({**published_shared(plan.preset), **run.method.published_hparams()}, skip_if_exists=True)
+    if not study.trials:  # trial 0: the preset configuration (the suite preset + the method's own defaults)
+        study.enqueue_trial({**preset_shared(plan.preset), **run.method.published_hparams()}, skip_if_exists=True)
     return _Study(run, name, study, attrs, budget)
 
 
@@ -419,15 +419,15 @@ def run_tuning(
 
     if suites.get_suite(request.suite).fewshot is not None:
         raise BenchError(
-            f"`bench tune` does not tune few-shot suites yet ({request.suite!r}); run them with the published "
-            "recipe (`bench run`), or pick settings on the val lists with `bench run --stage tune`"
+            f"`bench tune` does not tune few-shot suites yet ({request.suite!r}); run them with the suite "
+            "preset (`bench run`), or pick settings on the val lists with `bench run --stage tune`"
         )
-    request = dataclasses.replace(request, stage="tune", seeds=[TUNE_SEED], hparams="published")
+    request = dataclasses.replace(request, stage="tune", seeds=[TUNE_SEED], hparams="preset")
     for method in resolve_methods(request.methods):
         if isinstance(method, Composite):
             raise BenchError(
                 f"composition {method.name!r} cannot be tuned yet (its parts' hyperparameters share names); "
-                "tune its parts alone, and run the composition with --hparams published"
+                "tune its parts alone, and run the composition with --hparams preset"
             )
     plan = plan_sweep(request, workdir)
     budget = effort_budget(trials, budget_epochs, plan.preset.epochs)

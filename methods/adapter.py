@@ -20,14 +20,21 @@ bottlenecks, so compare by count). On a Swin, the same per block at the block's 
 Not the backbone at init (``identity_at_init = False``): the official near-identity init draws
 the weights with std 1e-3, so the adapters add a tiny non-zero term from the start. The method's
 own check asserts how close the start is. Not re-parameterisable (GELU inside the bottleneck).
-Deviation: the training recipe is the harness preset; the paper's is per task.
+``placement="mlp"`` keeps one adapter per block, after the MLP: with ``bottleneck=8``,
+``train_norms=False`` and ``activation="quick_gelu"`` it is NOAH's VTAB-1K adapter baseline
+(``ZhangYuanhan-AI/NOAH``, ``model/module/adapter_super.py``), 156,768 on ViT-B/16.
+
+Deviations: the training recipe is the harness preset; the paper's is per task. GELU is exact
+(erf) by default; adapter-bert's is the tanh approximation (``activation="gelu_tanh"``). The
+paper trains every LayerNorm; here the blocks' two train and the ViT's final ``norm`` (which a
+post-norm BERT layer has no counterpart of) stays frozen, so the count is the per-block formula.
 """
 
 from __future__ import annotations
 
 import types
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -36,6 +43,7 @@ from .backbones import BackboneSpec, block_paths, describe_backbone
 from .base import (
     Method,
     MethodError,
+    added_option,
     check_range,
     fit_affine_size,
     freeze_all_but,
@@ -44,27 +52,46 @@ from .base import (
     shared_search_space,
 )
 
+Placement = Literal["both", "mlp"]
+Activation = Literal["gelu", "gelu_tanh", "quick_gelu"]
+
 
 @dataclass
 class AdapterConfig:
     bottleneck: int = 64  # m, the official hidden_size
     init_scale: float = 1e-3  # std of the truncated-normal weights (official init_scale)
     train_norms: bool = True  # the paper also trains the blocks' LayerNorms
+    # both: Houlsby's two adapters per block; mlp: one, after the MLP (NOAH's VTAB-1K baseline)
+    placement: Placement = added_option("both")
+    # gelu: exact (erf); gelu_tanh: the tanh approximation adapter-bert's BERT uses; quick_gelu: x·σ(1.702x), NOAH's
+    activation: Activation = added_option("gelu")
+
+
+def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {
+    "gelu": nn.functional.gelu,
+    "gelu_tanh": lambda x: nn.functional.gelu(x, approximate="tanh"),
+    "quick_gelu": _quick_gelu,
+}
 
 
 class BottleneckAdapter(nn.Module):
-    """h + up(GELU(down(h))): the official feedforward_adapter."""
+    """h + up(act(down(h))): the official feedforward_adapter."""
 
-    def __init__(self, width: int, bottleneck: int, init_scale: float):
+    def __init__(self, width: int, bottleneck: int, init_scale: float, activation: str = "gelu"):
         super().__init__()
         self.down_proj = nn.Linear(width, bottleneck)
         self.up_proj = nn.Linear(bottleneck, width)
+        self.activation = ACTIVATIONS[activation]
         for layer in (self.down_proj, self.up_proj):
             nn.init.trunc_normal_(layer.weight, std=init_scale, a=-2 * init_scale, b=2 * init_scale)
             nn.init.zeros_(layer.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.up_proj(nn.functional.gelu(self.down_proj(h)))
+        return h + self.up_proj(self.activation(self.down_proj(h)))
 
 
 def vit_block_forward(
@@ -83,9 +110,15 @@ def swin_block_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.reshape(b, h, w, c)
 
 
-def adapter_count(spec: BackboneSpec, bottleneck: int, train_norms: bool = True) -> int:
+def adapters_per_block(placement: str) -> int:
+    return 2 if placement == "both" else 1
+
+
+def adapter_count(spec: BackboneSpec, bottleneck: int, train_norms: bool = True, placement: str = "both") -> int:
+    per = adapters_per_block(placement)
     return sum(
-        2 * (2 * b.width * bottleneck + bottleneck + b.width) + (4 * b.width if train_norms else 0) for b in spec.blocks
+        per * (2 * b.width * bottleneck + bottleneck + b.width) + (4 * b.width if train_norms else 0)
+        for b in spec.blocks
     )
 
 
@@ -112,8 +145,10 @@ class Adapter(Method):
         forward = vit_block_forward if spec.family == "vit" else swin_block_forward
         keep: list[nn.Parameter] = []
         for (_, _, block), block_spec in zip(block_paths(model), spec.blocks, strict=True):
-            block.adapter_attn = BottleneckAdapter(block_spec.width, config.bottleneck, config.init_scale)
-            block.adapter_mlp = BottleneckAdapter(block_spec.width, config.bottleneck, config.init_scale)
+            width, args = block_spec.width, (config.bottleneck, config.init_scale, config.activation)
+            # with placement "mlp" the attention branch keeps an identity, so one forward serves both
+            block.adapter_attn = BottleneckAdapter(width, *args) if config.placement == "both" else nn.Identity()
+            block.adapter_mlp = BottleneckAdapter(width, *args)
             block.forward = types.MethodType(forward, block)
             keep += [*block.adapter_attn.parameters(), *block.adapter_mlp.parameters()]
             if config.train_norms:
@@ -122,7 +157,7 @@ class Adapter(Method):
         return model
 
     def count(self, spec: BackboneSpec, config: AdapterConfig) -> int:
-        return adapter_count(spec, config.bottleneck, config.train_norms)
+        return adapter_count(spec, config.bottleneck, config.train_norms, config.placement)
 
     def size_limits(self, spec: BackboneSpec, config: AdapterConfig) -> dict[str, tuple[int, str]]:
         return {"bottleneck": (min(b.width for b in spec.blocks), "the (narrowest) model width the adapter projects")}

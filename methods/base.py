@@ -292,6 +292,12 @@ class Method(ABC):
     def count(self, spec: BackboneSpec, config: Any) -> int:
         """Trainable parameters the method adds (head excluded), in closed form."""
 
+    def budget_count(self, spec: BackboneSpec, config: Any) -> int:
+        """The parameters a budget charges the method: its free parameters. :meth:`count` (what the
+        built model stores as trainable) unless some stored entries are not free (BOFT stores full
+        b x b blocks of which only the skew-symmetric part is free)."""
+        return self.count(spec, config)
+
     def for_budget(self, spec: BackboneSpec, budget: int) -> Any:
         """The config whose count is within ±5 % of ``budget``; a :class:`MethodError` otherwise."""
         config = make_config(self)
@@ -325,7 +331,7 @@ class Method(ABC):
 
     def preset_caveat(self, preset_lr: float) -> str | None:
         """Why the suite's shared preset may not suit this method, or None. ``bench run`` prints it
-        when the method trains with the preset's published hyperparameters (not tuned ones)."""
+        when the method trains with the suite preset (``--hparams preset``, not its paper recipe or tuned values)."""
         return None
 
     def extra_checks(self, config: Any) -> list[Any]:

@@ -12,9 +12,11 @@ butterfly permutation (P_1 = I, so m = 1 is OFT with block size b). peft stores 
 b × b matrix and uses its skew part, as the authors' code does, and starts every S at 0 and s
 at 1, so R = I and the model equals the backbone at step 0.
 
-Count per targeted linear (what peft trains): m · (in / b) · b² + out = m · in · b + out (of
-the m · in · (b − 1) / 2 skew entries are free; peft keeps the full blocks). On ViT-B/16 at the
-defaults (b = 4, m = 1 on every block's fused qkv): 12 · (768 · 4 + 2304) = 64,512. Swin-B:
+Count per targeted linear (what peft stores as trainable): m · (in / b) · b² + out = m · in · b + out.
+Of each b × b block only the b (b − 1) / 2 skew-symmetric entries are free (peft keeps the full
+blocks and uses their skew part), so a budget charges the free count (``budget_count``):
+m · in · (b − 1) / 2 + out. On ViT-B/16 at the defaults (b = 4, m = 1 on every block's fused qkv):
+stored 12 · (768 · 4 + 2304) = 64,512, free 12 · (768 · 3 / 2 + 2304) = 41,472. Swin-B stored:
 Σ over its 24 blocks of (4 · C + 3 · C) at each stage's width C = 7 · 12,032 = 84,224.
 
 Defaults are peft's (block size 4, one butterfly factor); the paper tunes b and m per
@@ -198,6 +200,13 @@ class BOFT(Method):
         m, b = config.butterfly_factors, config.block_size
         return sum(m * lin.in_features * b + lin.out_features for lin in linears_of(spec, self.name, config.targets))
 
+    def budget_count(self, spec: BackboneSpec, config: BOFTSettings) -> int:
+        """Free parameters: each b x b block's b (b - 1) / 2 skew-symmetric entries, and the scales."""
+        m, b = config.butterfly_factors, config.block_size
+        return sum(
+            m * lin.in_features * (b - 1) // 2 + lin.out_features for lin in linears_of(spec, self.name, config.targets)
+        )
+
     def size_limits(self, spec: BackboneSpec, config: BOFTSettings) -> dict[str, tuple[int, str]]:
         cap = input_gcd(spec, config.targets) // 2 ** (config.butterfly_factors - 1)
         return {"block_size": (cap, "b * 2^(m-1) must divide the adapted layers' input widths")}
@@ -222,10 +231,10 @@ class BOFT(Method):
         return groups
 
     def largest_config(self, spec: BackboneSpec) -> BOFTSettings:
-        return max((c for group in self._candidates(spec) for c in group), key=lambda c: self.count(spec, c))
+        return max((c for group in self._candidates(spec) for c in group), key=lambda c: self.budget_count(spec, c))
 
     def for_budget(self, spec: BackboneSpec, budget: int) -> BOFTSettings:
-        return fit_first_group(self.name, self._candidates(spec), lambda c: self.count(spec, c), budget)
+        return fit_first_group(self.name, self._candidates(spec), lambda c: self.budget_count(spec, c), budget)
 
     def merge(self, model: nn.Module) -> nn.Module:
         return merge_tuner_layers(model)

@@ -308,6 +308,9 @@ class Composition(Composite):
     def count(self, spec: BackboneSpec, config: CompositionConfig) -> int:
         return sum(p.count(spec, c) for p, c in zip(self.parts, self._configs(config), strict=True))
 
+    def budget_count(self, spec: BackboneSpec, config: CompositionConfig) -> int:
+        return sum(p.budget_count(spec, c) for p, c in zip(self.parts, self._configs(config), strict=True))
+
     def _fitted_part(self) -> int:
         return next(i for i, p in enumerate(self.parts) if p.budget_adjustable)
 
@@ -316,7 +319,9 @@ class Composition(Composite):
         their published size."""
         configs = self._configs(self.make_config())
         fit = self._fitted_part()
-        rest = sum(p.count(spec, c) for i, (p, c) in enumerate(zip(self.parts, configs, strict=True)) if i != fit)
+        rest = sum(
+            p.budget_count(spec, c) for i, (p, c) in enumerate(zip(self.parts, configs, strict=True)) if i != fit
+        )
         if budget - rest <= 0:
             raise MethodError(
                 f"composition {self.name!r}: its parts other than {self.parts[fit].name} already count {rest:,} "
@@ -334,8 +339,8 @@ class Composition(Composite):
             except MethodError as exc:
                 first_error = first_error or exc
                 continue
-            if within_budget(part.count(spec, config) + rest, budget):
-                fits.append((abs(part.count(spec, config) + rest - budget), config))
+            if within_budget(part.budget_count(spec, config) + rest, budget):
+                fits.append((abs(part.budget_count(spec, config) + rest - budget), config))
         if not fits:
             raise MethodError(
                 f"composition {self.name!r} has no configuration within ±5% of a budget of {budget:,}: its parts "

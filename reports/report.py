@@ -24,7 +24,7 @@ from bench import __version__
 from bench.errors import BenchError
 
 from . import figures, render, tables
-from .runs import ReportRuns, budget_adjustable, budget_label, budgets_of
+from .runs import ReportRuns, budget_adjustable, budget_label, budgets_of, sources_text
 
 FORMATS = ("md", "latex", "csv")
 # tables/<name>.tex, and with several budgets <name>_b<budget> / <name>_published; ablation_<base>[…]
@@ -469,7 +469,7 @@ def _context(report: Report) -> list[tuple[str, str]]:
         ("backbone", f["backbone"].iloc[0]),
         ("weights", _weights(f)),
         ("preset", f"{f['preset'].iloc[0]} ({f['protocol'].iloc[0]})"),
-        ("hyperparameters", f["hparams"].iloc[0]),
+        ("hyperparameters", sources_text(f)),
         ("budget", ", ".join(budgets) + " (trainable parameters, head excluded)"),
         ("seeds", ", ".join(map(str, sorted(set(f["seed"]))))),
         ("methods", ", ".join(report.runs.methods)),

@@ -17,6 +17,7 @@ import pandas as pd
 
 from bench import schema
 from bench.errors import BenchError
+from bench.sources import REPORT_SOURCES, normalize_source, run_sources
 
 # Protocol-defining settings: runs that differ in any of these are not one comparison. Learning
 # rate, weight decay and drop-path are left out on purpose: tuning sets them per method.
@@ -42,6 +43,7 @@ COLUMNS = [
     "checkpoint",
     "weights_label",
     "hparams",
+    "hparams_sources",
     "acc",
     "n_test",
     "params_trainable",
@@ -168,6 +170,7 @@ def runs_frame(records: list, stage: str) -> pd.DataFrame:
                 "checkpoint": t.get(schema.CHECKPOINT),
                 "weights_label": t.get(schema.WEIGHTS_LABEL, ""),
                 "hparams": _hparams_source(t),
+                "hparams_sources": ",".join(run_sources(t)),
                 "acc": float(m[metric]),
                 "n_test": m.get(schema.EVAL_EXAMPLES, np.nan),  # runs older than the metric: unknown
                 "params_trainable": m.get(schema.PARAMS_TRAINABLE, np.nan),
@@ -269,8 +272,14 @@ def select_runs(
     budget: int | str | None = None,  # an int, "published", or None (refuse a mix)
     hparams: str | None = None,
     complete_only: bool = True,
+    mix_hparams: bool = False,
 ) -> ReportRuns:
-    """Filter, de-duplicate by run key (newest wins), check comparability, find missing runs."""
+    """Filter, de-duplicate by run key (newest wins), check comparability, find missing runs.
+
+    ``hparams`` selects the runs that serve one source (a run reused for a second source serves
+    both); without it, the one source every run serves is used. Runs of different sources are
+    ranked together only with ``mix_hparams``, each method with its own source.
+    """
     if frame.empty:
         raise BenchError(
             f"no finished {stage} runs of suite {suite!r} in this tracking store; run "
@@ -284,10 +293,7 @@ def select_runs(
                 f"{'it' if len(unknown) == 1 else 'them'}; it has {', '.join(sorted(set(frame['method'])))}"
             )
         frame = frame[frame["method"].isin(methods)]
-    if hparams is not None:  # "override" selects runs with any --set preset.…; mixed values are refused below
-        frame = frame[frame["hparams"].str.split(":").str[0] == hparams]
-        if frame.empty:
-            raise BenchError(f"no finished runs with --hparams {hparams}")
+    frame = _select_source(frame, hparams)
     sizeable = frame["method"].map(budget_adjustable).astype(bool)
     expected = list(dict.fromkeys(frame.loc[sizeable, "method"]))
     if budget == "published":  # the methods' own published sizes, no --budget fitting
@@ -307,15 +313,17 @@ def select_runs(
     )
     _refuse_mixed(frame, "backbone", "backbones", "report each backbone from its own store")
     _refuse_mixed(frame, "checkpoint", "checkpoints", "report each checkpoint from its own store")
-    _refuse_mixed(
-        frame, "hparams", "hyperparameter sources", "pass --hparams published, tuned or override (one override each)"
-    )
+    _refuse_mixed_sources(frame, mix_hparams)
 
-    # The batch size may follow the task (few-shot: min(64, list size)) but not the method.
-    batch = frame.groupby(["task", "shots"], dropna=False)["batch_size"].nunique()
+    # The batch size may follow the task (few-shot: min(64, list size)) but not the method, unless
+    # the method's own recipe sets it (--hparams paper).
+    shared = frame[frame["hparams"] != "paper"]
+    batch = shared.groupby(["task", "shots"], dropna=False)["batch_size"].nunique()
     if (batch > 1).any():
         task, shots = batch[batch > 1].index[0]
-        sizes = frame[(frame["task"] == task) & (frame["shots"].isna() if pd.isna(shots) else frame["shots"] == shots)]
+        sizes = shared[
+            (shared["task"] == task) & (shared["shots"].isna() if pd.isna(shots) else shared["shots"] == shots)
+        ]
         detail = "; ".join(f"{b} ({', '.join(sorted(set(g['method'])))})" for b, g in sizes.groupby("batch_size"))
         raise BenchError(
             f"the runs on {task} use different batch sizes: {detail}. One table needs one; re-run one of them"
@@ -332,7 +340,7 @@ def select_runs(
             "(different --set values or method configs); keep one per store or pass --budget/--hparams to select"
         )
 
-    selection = {"methods": methods, "hparams": hparams, "complete_only": complete_only}
+    selection = {"methods": methods, "hparams": hparams, "complete_only": complete_only, "mix_hparams": mix_hparams}
     if budget is None and len(budgets_of(frame)) > 1:
         # Several budgets: each budget's table selects and checks its own runs (ReportRuns.at_budget).
         runs = ReportRuns(frame.reset_index(drop=True), suite, stage, expected=expected, selection=selection)
@@ -473,6 +481,12 @@ def runs_from_results_csv(path, suite: str, stage: str = "final", **selection) -
         "train_step": "unrecorded",
         "git_sha": "unrecorded",
     }
+    # sources as runs record them now: reports written before them name one source, "published" for the preset
+    frame["hparams"] = (
+        frame["hparams"].fillna("preset").astype(str).map(normalize_source) if "hparams" in frame else "preset"
+    )
+    if "hparams_sources" not in frame.columns:
+        frame["hparams_sources"] = frame["hparams"].str.split(":").str[0]
     for column in COLUMNS:
         if column not in frame.columns:
             frame[column] = defaults.get(column, np.nan)
@@ -487,9 +501,77 @@ def runs_from_results_csv(path, suite: str, stage: str = "final", **selection) -
     return select_runs(frame.reset_index(drop=True), suite=suite, stage=stage, **selection)
 
 
+def _select_source(frame: pd.DataFrame, hparams: str | None) -> pd.DataFrame:
+    """The runs of source ``hparams``, each row's ``hparams`` set to it; without a selection, the one
+    source every run serves where there is one (a ``tuned`` run reused from ``preset`` serves both)."""
+    if frame.empty:
+        return frame
+    frame = frame.copy()
+    served = frame["hparams_sources"].fillna("").astype(str).str.split(",")
+    if hparams is not None:
+        hparams = normalize_source(hparams)
+        if hparams == "override":  # runs with any --set preset.…; distinct overrides are refused as a mix
+            keep = frame["hparams"].astype(str).str.startswith("override")
+        else:
+            keep = served.map(lambda names: hparams in names)
+            frame.loc[keep, "hparams"] = hparams
+        frame = frame[keep]
+        if frame.empty:
+            raise BenchError(f"no finished runs with --hparams {hparams}")
+        return frame
+    if frame["hparams"].nunique() > 1:
+        common = set.intersection(*(set(names) for names in served))
+        for name in REPORT_SOURCES[:3]:  # preset, paper, tuned: override runs never serve another source
+            if name in common:
+                frame["hparams"] = name
+                break
+    return frame
+
+
+def _refuse_mixed_sources(frame: pd.DataFrame, mix: bool) -> None:
+    """Refuse to rank rows trained with different hyperparameter sources, unless asked; even then a
+    method holds one source (two would be two rows of one name)."""
+    if frame.empty or frame["hparams"].nunique() < 2:
+        return
+    if not mix:
+        values = frame.groupby("hparams")["method"].agg(lambda s: ", ".join(sorted(set(s))))
+        detail = "; ".join(f"{v} ({ms})" for v, ms in values.items())
+        raise BenchError(
+            f"the runs mix {len(values)} hyperparameter sources: {detail}. A ranking of methods trained with "
+            "different setups measures the setups too; pass --hparams preset, paper, tuned or override to report "
+            "one, or --mix-hparams to rank them anyway (each method's source is stated)"
+        )
+    per_method = frame.groupby("method")["hparams"].nunique()
+    if (per_method > 1).any():
+        method = per_method[per_method > 1].index[0]
+        names = ", ".join(sorted(set(frame.loc[frame["method"] == method, "hparams"])))
+        raise BenchError(
+            f"method {method!r} has runs under several hyperparameter sources ({names}); a table holds one per "
+            "method: pass --methods without it, or --hparams to pick one source"
+        )
+
+
+def sources_text(frame: pd.DataFrame) -> str:
+    """The report's "hyperparameters" line: the one source, or each source with its methods."""
+    sources = list(dict.fromkeys(frame["hparams"]))
+    if len(sources) == 1:
+        return _describe_source(sources[0])
+    by = frame.groupby("hparams", sort=False)["method"].agg(lambda s: ", ".join(dict.fromkeys(s)))
+    return "mixed (--mix-hparams): " + "; ".join(f"{_describe_source(k)}: {v}" for k, v in by.items())
+
+
+def _describe_source(source: str) -> str:
+    names = {
+        "preset": "preset (the suite's shared preset)",
+        "paper": "paper (each method's own recipe)",
+        "tuned": "tuned (each study's best trial)",
+    }
+    return names.get(source, source)
+
+
 def _hparams_source(tags: dict[str, str]) -> str:
-    """published, tuned, or ``override: lr=0.0001`` (--set preset.…): distinct overrides never mix."""
-    source = tags.get(schema.HPARAMS, "published")
+    """preset, paper, tuned, or ``override: lr=0.0001`` (--set preset.…): distinct overrides never mix."""
+    source = normalize_source(tags.get(schema.HPARAMS, "preset"))
     if source == "override":
         return f"override: {tags.get('bench.preset_overrides', '?')}"
     return source

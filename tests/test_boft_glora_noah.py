@@ -138,3 +138,60 @@ def test_planning_and_running_boft_builds_no_extension_and_prints_no_compiler_ou
     for noise in ("nvcc", "ninja", "CUDA extension", "fbd_cuda", "cpp_extension"):
         assert noise not in err, err[-2000:]
     assert not (extensions / "fbd_cuda").exists()
+
+
+def test_boft_budgets_charge_free_parameters_and_keep_the_stored_count():
+    """A b x b block stores b² entries but only its b (b - 1) / 2 skew-symmetric ones are free."""
+    from bench.budget import choose_for_budget
+
+    boft = get_method("boft")
+    spec = backbone_spec("vit_base_patch16_224")
+    config = make_config(boft)
+    model = boft.apply(tiny_vit(), config)
+    free = sum(
+        p.shape[0] * p.shape[1] * p.shape[2] * (p.shape[2] - 1) // 2 if name.endswith("boft_R.default") else p.numel()
+        for name, p in model.named_parameters()
+        if p.requires_grad and "boft_" in name
+    )
+    assert free == boft.budget_count(_tiny_spec(), config)
+    assert (boft.count(spec, config), boft.budget_count(spec, config)) == (64_512, 41_472)
+    assert built_trainable_params(boft, config, "vit_base_patch16_224") == 64_512  # what the model stores
+    choice = choose_for_budget(boft, spec, 41_472)
+    assert (choice.config.block_size, choice.count, choice.stored) == (4, 41_472, 64_512)
+    assert choice.to_dict()["stored_params"] == 64_512
+
+
+def _tiny_spec():
+    from methods.backbones import describe_backbone
+
+    return describe_backbone(tiny_vit())
+
+
+def test_adapter_expresses_noahs_single_sequential_adapter():
+    """NOAH's VTAB-1K adapter: one bottleneck-8 adapter after each MLP, LayerNorms frozen, QuickGELU:
+    156,768 trainable parameters on ViT-B/16 (the 0.16M of the VTAB-1K tables)."""
+    adapter = get_method("adapter")
+    noah = make_config(adapter, {"placement": "mlp", "bottleneck": 8, "train_norms": False, "activation": "quick_gelu"})
+    spec = backbone_spec("vit_base_patch16_224")
+    assert adapter.count(spec, noah) == built_trainable_params(adapter, noah, "vit_base_patch16_224") == 156_768
+    assert "placement" not in identity_dict(make_config(adapter))  # default adapter runs keep their run keys
+    model = adapter.apply(tiny_vit(), noah).eval()
+    block = model.blocks[0]
+    assert isinstance(block.adapter_attn, torch.nn.Identity)
+    x = torch.randn(2, 17, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.nn.init.normal_(block.adapter_mlp.down_proj.weight)  # away from the near-zero init
+        h = x + block.attn(block.norm1(x))
+        m = block.mlp(block.norm2(h))
+        down = block.adapter_mlp.down_proj(m)
+        expected = h + m + block.adapter_mlp.up_proj(down * torch.sigmoid(1.702 * down))
+        assert torch.allclose(block(x), expected, atol=1e-6)
+    for activation, reference in (
+        ("gelu", lambda t: torch.nn.functional.gelu(t)),
+        ("gelu_tanh", lambda t: 0.5 * t * (1 + torch.tanh(math.sqrt(2 / math.pi) * (t + 0.044715 * t**3)))),
+    ):
+        layer = adapter.apply(tiny_vit(), make_config(adapter, {"activation": activation})).blocks[0].adapter_mlp
+        t = torch.linspace(-3, 3, 61)
+        assert torch.allclose(layer.activation(t), reference(t), atol=1e-6)
+    failed = [r for r in run_checks(adapter, noah) if r.passed is False]
+    assert not failed, failed  # the shared conformance checks hold for the variant too

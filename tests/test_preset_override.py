@@ -22,17 +22,17 @@ def test_a_preset_override_is_a_new_recorded_run(cli, workdir: Path, noah_root: 
         *RUN, *root, "--methods", "linear", "--set", "preset.lr=1e-4", "--set", "preset.drop_path=0.05"
     )
     assert code == 0, err
-    assert "1 run(s) trained, 0 already finished" in out  # a new run key, not the published run reused
-    runs = {r.data.tags.get("bench.hparams", "published"): r for r in _runs(workdir)}
-    assert set(runs) == {"published", "override"}
+    assert "1 run(s) trained, 0 already finished" in out  # a new run key, not the preset run reused
+    runs = {r.data.tags["bench.hparams"]: r for r in _runs(workdir)}
+    assert set(runs) == {"preset", "override"}
     override = runs["override"]
     assert override.data.params["hp.lr"] == "0.0001" and override.data.params["hp.drop_path"] == "0.05"
     assert override.data.tags["bench.preset_overrides"] == "drop_path=0.05,lr=0.0001"
-    assert override.data.tags["bench.run_key"] != runs["published"].data.tags["bench.run_key"]
-    assert runs["published"].data.params["hp.lr"] == "0.01"
+    assert override.data.tags["bench.run_key"] != runs["preset"].data.tags["bench.run_key"]
+    assert runs["preset"].data.params["hp.lr"] == "0.01"
 
     code, _, err = cli("report", "--suite", "tinyfolder", "--out", str(workdir / "report"))
-    _assert_one_line_error(code, err, "hyperparameter sources", "--hparams published, tuned or override")
+    _assert_one_line_error(code, err, "hyperparameter sources", "--hparams preset, paper, tuned or override")
     code, out, err = cli("report", "--suite", "tinyfolder", "--hparams", "override", "--out", str(workdir / "r2"))
     assert code == 0, err
     assert "override: drop_path=0.05,lr=0.0001" in (workdir / "r2" / "report.md").read_text()
