@@ -687,7 +687,8 @@ def runs_cmd(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """One row per run in tracking: key, method, task, seed, stage, epochs, status, accuracy, trainable params."""
+    """One row per run in tracking: key, method, task, seed, stage, epochs, status, accuracy, trainable
+    params, and where a wide terminal allows, the run's warm-up and steady training time (seconds)."""
     from . import schema
     from .tracking import experiment_name
 
@@ -709,6 +710,9 @@ def runs_cmd(
                 "val_acc": m.get(schema.VAL_ACC),
                 "trainable_params": int(m[schema.PARAMS_TRAINABLE]) if schema.PARAMS_TRAINABLE in m else None,
                 "epochs": int(r.data.params["hp.epochs"]) if "hp.epochs" in r.data.params else None,
+                "train_s": m.get(schema.TRAIN_SECONDS),
+                "warmup_s": m.get(schema.WARMUP_SECONDS),
+                "steady_s": m.get(schema.STEADY_SECONDS),
                 "run_id": r.info.run_id,
             }
         )
@@ -753,6 +757,9 @@ def runs_table(rows: list[dict[str, Any]], suite: str, width: int) -> Table:
         columns.append(
             ("trainable", lambda x: f"{x['trainable_params']:,}" if x["trainable_params"] is not None else "–")
         )
+    if width >= 120:  # where the time of a run went: warm-up (building, compiling) and steady training
+        for name, key in (("warm-up s", "warmup_s"), ("steady s", "steady_s")):
+            columns.append((name, lambda x, key=key: f"{x[key]:.1f}" if x.get(key) is not None else "–"))
     table = Table(title=" · ".join(title), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     longest = {name: max([len(name), *(len(Text.from_markup(cell(x))) for x in rows)]) for name, cell in columns}
     # the names get what the other columns leave; the method its whole name first, the task the rest
@@ -764,7 +771,7 @@ def runs_table(rows: list[dict[str, Any]], suite: str, width: int) -> Table:
         if name in ("method", "task"):
             table.add_column(name, width=method_width if name == "method" else task_width, overflow="fold")
         else:
-            numeric = name in ("test acc", "trainable", "epochs")
+            numeric = name in ("test acc", "trainable", "epochs", "warm-up s", "steady s")
             table.add_column(name, no_wrap=True, justify="right" if numeric else "left")
     for x in rows:
         table.add_row(*(cell(x) for _, cell in columns))
