@@ -713,7 +713,7 @@ def report_cmd(
     resample_tasks: bool = typer.Option(
         False,
         "--resample-tasks",
-        help="Aggregate intervals resample tasks too (generalisation to similar tasks); needs 10 or more tasks.",
+        help="Aggregate intervals treat the tasks as a sample of similar tasks (t over tasks within each group); needs 10 or more tasks and 2 in every group.",
     ),
     latex_width: str = typer.Option(
         "fit", help="LaTeX tables: fit (shrink to the line when wider), natural, or wide (table*, two-column papers)."

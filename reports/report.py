@@ -272,7 +272,7 @@ def _curve_section(report: Report) -> Section:
 
 def _interval_name(report: Report) -> str:
     if len(report.agg.rows):
-        return f"{report.agg.headline}; stratified bootstrap, {render.interval_phrase(report.agg)}"
+        return f"{report.agg.headline}; {render.interval_phrase(report.agg)}"
     if report.agg.single_task:
         return f"{report.agg.tasks[0]}; Student-t over seeds"
     return "no complete task: no interval"
@@ -280,13 +280,13 @@ def _interval_name(report: Report) -> str:
 
 def headline_points(report: Report) -> tuple[pd.DataFrame, str]:
     """Per method of a one-budget report: params, headline estimate and its interval, and a title
-    that names them (the aggregate's bootstrap interval, or on one task the t-interval over seeds)."""
+    that names them (the aggregate's interval, or on one task the t-interval over seeds)."""
     ref, agg = report.reference, report.agg
     methods = tables.method_order(report.runs, ref)
     res = report.resources.set_index("method")
     if len(agg.rows):
         head = agg.rows[agg.rows["row"] == agg.headline].set_index("method")
-        title = f"{agg.headline}, 95 % bootstrap interval ({render.interval_phrase(agg)})"
+        title = f"{agg.headline}, 95 % interval ({render.interval_phrase(agg)})"
     elif agg.single_task:
         one = report.cells[(report.cells["task"] == agg.tasks[0]) & report.cells["shots"].isna()].set_index("method")
         head = pd.DataFrame(
