@@ -216,25 +216,25 @@ def forest_plot(cells: pd.DataFrame, reference: str, out: Path, colors: dict | N
 
 @_truetype
 def performance_profile(cube: np.ndarray, methods: list[str], out: Path, colors: dict | None = None) -> list[Path]:
-    """``cube``: (methods × tasks × seeds) accuracies. Fraction of runs above τ, with 95 % seed-bootstrap bands."""
+    """``cube``: (methods × tasks × seeds) accuracies. Fraction of runs above τ; no band (see
+    :func:`reports.stats.performance_profile`)."""
     from .stats import performance_profile as profile_of
 
     colors = colors or palette(methods)
     lo, hi = np.nanmin(cube), np.nanmax(cube)
     pad = max(1e-3, 0.02 * (hi - lo))
     tau = np.linspace(lo - pad, hi + pad, 200)
-    prof, low, high = profile_of(cube, tau)
+    prof = profile_of(cube, tau)
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for i, m in enumerate(methods):
         ax.plot(100 * tau, prof[i], color=colors[m], label=m, lw=1.5)
-        ax.fill_between(100 * tau, low[i], high[i], color=colors[m], alpha=0.15, lw=0)
     ax.set_xlabel("accuracy threshold τ (%)")
     ax.set_ylabel("fraction of runs with accuracy > τ")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     n_tasks, n_seeds = cube.shape[1], cube.shape[2]
     ax.set_title(
-        f"{n_tasks} task{'s' if n_tasks != 1 else ''} × {n_seeds} seeds; bands: 95 % seed bootstrap", fontsize=8
+        f"{n_tasks} task{'s' if n_tasks != 1 else ''} × {n_seeds} seeds; descriptive, no interval band", fontsize=8
     )
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return _save(fig, out, "performance_profile")

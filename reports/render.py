@@ -213,7 +213,8 @@ def comparison_table(agg: Aggregates, reference: str, style: Style, cells: pd.Da
     for _, c in agg.comparisons.iterrows():
         sig = c["holm_p"] < ALPHA and (c["diff_low"] > 0 or c["diff_high"] < 0)
         row = {
-            delta: f"{signed(c['diff'])} [{signed(c['diff_low'])}, {signed(c['diff_high'])}]" + (style.dagger if sig else ""),
+            delta: f"{signed(c['diff'])} [{signed(c['diff_low'])}, {signed(c['diff_high'])}]"
+            + (style.dagger if sig else ""),
             "P(A>B) [95% CI]": f"{c['prob_superiority']:.2f} [{c['poi_low']:.2f}, {c['poi_high']:.2f}]",
             "W/T/L": f"{c['wins']}/{c['ties']}/{c['losses']}",
             "Wilcoxon p (Holm)": "–"
@@ -250,16 +251,11 @@ def few_shot_tables(table: pd.DataFrame, reference: str, style: Style) -> tuple[
     return (pd.DataFrame.from_dict(means, orient="index"), pd.DataFrame.from_dict(diffs, orient="index"))
 
 
-def _acc_tasks(resources: pd.DataFrame) -> str:
-    n = int(resources["acc_tasks"].iloc[0]) if "acc_tasks" in resources and len(resources) else 0
-    return plural(n, "task")
-
-
 def resources_table(resources: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(
         {
             "Trainable params (head excl.)": resources["params_trainable"].map(fmt_params),
-            f"Mean of {_acc_tasks(resources)} (%)": resources["mean_acc"].map(pct),
+            "Mean acc. (%)": resources["mean_acc"].map(pct),
             "Train img/s": resources["train_img_s"].map(lambda v: "–" if not np.isfinite(v) else f"{v:,.0f}"),
             "Eval img/s": resources["infer_img_s"].map(lambda v: "–" if not np.isfinite(v) else f"{v:,.0f}"),
             "Peak GPU mem (MB)": resources["peak_mem_mb"].map(lambda v: "–" if not np.isfinite(v) else f"{v:,.0f}"),
@@ -554,11 +550,12 @@ def few_shot_diff_caption(reference: str) -> str:
     )
 
 
-def resources_caption(runs: pd.DataFrame | None = None) -> str:
+def resources_caption(runs: pd.DataFrame | None = None, resources: pd.DataFrame | None = None) -> str:
+    n = int(resources["acc_tasks"].iloc[0]) if resources is not None and "acc_tasks" in resources else None
+    where = "the tasks every method completed" if n is None else plural(n, "task") + " every method completed"
     text = (
         "Cost per method: medians over runs. Throughput and memory are what each run measured on its own device. "
-        "Accuracy: the mean over the tasks every method completed of each task's mean over seeds (the aggregate "
-        "table's mean of tasks)."
+        f"Mean acc.: the mean over the {where} of each task's mean over seeds, the same tasks for every method."
     )
     if runs is not None and "gpu_util" in runs and runs["gpu_util"].notna().any():
         text += (
@@ -647,7 +644,8 @@ def ablation_table(ab: Ablation, style: Style) -> pd.DataFrame:
             sig = c["holm_p"] < ALPHA and (c["diff_low"] > 0 or c["diff_high"] < 0)
             row.update(
                 {
-                    delta: f"{signed(c['diff'])} [{signed(c['diff_low'])}, {signed(c['diff_high'])}]" + (style.dagger if sig else ""),
+                    delta: f"{signed(c['diff'])} [{signed(c['diff_low'])}, {signed(c['diff_high'])}]"
+                    + (style.dagger if sig else ""),
                     "W/T/L": f"{c['wins']}/{c['ties']}/{c['losses']}",
                     test: "–"
                     if not np.isfinite(c["wilcoxon_p"])

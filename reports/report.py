@@ -230,7 +230,11 @@ def _sections(report: Report) -> list[Section]:
             "Cost",
             [
                 Table(
-                    "cost", cost, cost, render.resources_caption(report.runs.frame), ["Warning: " + w for w in warnings]
+                    "cost",
+                    cost,
+                    cost,
+                    render.resources_caption(report.runs.frame, report.resources),
+                    ["Warning: " + w for w in warnings],
                 )
             ],
         )
@@ -415,7 +419,7 @@ FIGURE_CAPTIONS = {
     "accuracy_vs_params": "Accuracy against trainable parameters (head excluded), with the Pareto front.",
     "critical_difference": "Average ranks over tasks with the Nemenyi critical difference.",
     "forest_vs_reference": "Per-task difference to the reference with its Welch 95 % interval.",
-    "performance_profile": "Performance profiles: the fraction of runs above each accuracy, with 95 % bands.",
+    "performance_profile": "Performance profiles: the fraction of runs above each accuracy (descriptive, no band).",
     "resources": "Accuracy, training throughput and peak GPU memory per method.",
 }
 

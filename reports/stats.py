@@ -63,7 +63,7 @@ variance (divisor n) and covered 67-81 % instead of 95 %.
   the Birnbaum-Klose bound on the variance of a Mann-Whitney estimate: conservative, never
   degenerate.
 * ``performance_profile``: the fraction of runs (over all tasks and seeds) above each threshold
-  τ, with a pointwise seed-resampling band (Agarwal et al.'s score distributions), for a figure.
+  τ (Agarwal et al.'s score distributions), for a figure, without a band.
 * ``few_shot_difference``: with 5 few-shot datasets no across-dataset test can reach p < 0.05
   (exact Wilcoxon floor 0.0625), so each shot count gets the mean difference with its fixed-task
   interval and the average P(A>B), and no p-value.
@@ -112,7 +112,6 @@ __all__ = [
     "performance_profile",
     "mark_best",
     "nemenyi_cd",
-    "percentile_interval",
     "prob_superiority",
     "t_interval",
     "wilcoxon_signed_rank",
@@ -683,7 +682,14 @@ class AggregateSummary:
 
 
 def aggregate_summary(
-    S, groups, reference_index: int, conf: float = 0.95, random_tasks: bool = False, *, method_names=None, dataset_names=None
+    S,
+    groups,
+    reference_index: int,
+    conf: float = 0.95,
+    random_tasks: bool = False,
+    *,
+    method_names=None,
+    dataset_names=None,
 ) -> AggregateSummary:
     """Mean of group means per method (``groups`` None: mean of tasks) with its interval, and the
     difference to the reference with its interval. ``S`` is (methods × datasets × seeds), complete.
@@ -748,46 +754,17 @@ def _group_slots(groups, D: int) -> tuple[list[np.ndarray], np.ndarray]:
     return members, weights
 
 
-def percentile_interval(draws, conf: float = 0.95) -> np.ndarray:
-    """Percentile interval of bootstrap draws along axis 0: ``array([low, high])`` (shape (2, ...)).
-
-    Unpacks as ``low, high = percentile_interval(draws)``. NaN where draws are empty or contain NaN.
-    """
-    _check_conf(conf)
-    draws = np.asarray(draws, dtype=float)
-    tail = 100.0 * (1.0 - conf) / 2.0
-    if draws.shape[0] == 0:
-        return np.full((2,) + draws.shape[1:], NAN)
-    return np.percentile(draws, [tail, 100.0 - tail], axis=0)
-
-
-def _seed_indices(rng: np.random.Generator, b: int, D: int, n: int) -> np.ndarray:
-    return rng.integers(0, n, size=(b, D, n))
-
-
-def performance_profile(
-    S, thresholds, n_boot: int = 2_000, seed: int = 0, conf: float = 0.95
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def performance_profile(S, thresholds) -> np.ndarray:
     """Score distribution per method: the fraction of its runs (all datasets and seeds) scoring above
-    each threshold τ, with a pointwise percentile band from resampling seeds within each dataset.
+    each threshold τ. ``S`` is (methods × datasets × seeds), complete; returns (methods × thresholds).
 
-    ``S`` is (methods × datasets × seeds), complete; returns (profile, low, high), each
-    (methods × thresholds).
+    No band: a pointwise seed-resampling band has the small-sample problem of every seed bootstrap
+    (with 2-5 seeds per task it covers far less than its nominal level), so the figure is descriptive.
     """
     S = _check_scores(S)
     m, D, n = S.shape
     tau = np.asarray(thresholds, dtype=float)
-    profile = (S.reshape(m, D * n, 1) > tau).mean(axis=1)
-    rng = np.random.default_rng(seed)
-    draws = np.empty((n_boot, m, tau.size))
-    chunk = max(1, 2**21 // max(1, m * D * n * max(1, tau.size) // 8))
-    for start in range(0, n_boot, chunk):
-        c = min(chunk, n_boot - start)
-        idx = _seed_indices(rng, c, D, n)
-        picked = np.take_along_axis(S[:, None], idx[None], axis=3).reshape(m, c, D * n)
-        draws[start : start + c] = (picked[..., None] > tau).mean(axis=2).transpose(1, 0, 2)
-    low, high = percentile_interval(draws, conf)
-    return profile, low, high
+    return (S.reshape(m, D * n, 1) > tau).mean(axis=1)
 
 
 def binomial_se(acc, n) -> float:

@@ -184,7 +184,12 @@ def aggregates(runs: ReportRuns, reference: str, resample_tasks: bool = False) -
     if named_groups:
         headline = f"Mean of {len(named_groups)} group means"
         rows += _summary_rows(headline, "", _summary(cube, groups, resample_tasks), methods)
-    rows += _summary_rows(f"Mean of {len(tasks)} tasks", "" if not named_groups else "all", _summary(cube, None, resample_tasks), methods)
+    rows += _summary_rows(
+        f"Mean of {len(tasks)} tasks",
+        "" if not named_groups else "all tasks",
+        _summary(cube, None, resample_tasks),
+        methods,
+    )
     rows = pd.DataFrame(rows)
 
     q = stats.iqm_interval(cube)
