@@ -338,31 +338,76 @@ _SUPERSCRIPT_RUN = re.compile(f"[{_SUPERSCRIPTS}]+")
 _FROM_SUPERSCRIPT = str.maketrans(_SUPERSCRIPTS, "-0123456789")
 
 
+# Splitting wide tables. A table wider than the line is shrunk to fit; below about 7 pt text is
+# hard to read, so a table whose estimated natural width needs more shrinking than that is split
+# into several tabulars of whole columns (each repeating the row labels) in one float. The
+# estimate counts the printed characters of each column at about 5 pt each (10 pt Latin Modern
+# digits are 5 pt wide) plus the column gap, against the report's line (landscape A4 with 2 cm
+# margins: about 730 pt); a paper's narrower line shrinks each part further.
+CHAR_PT = 5.0
+COLUMN_GAP_PT = 12.0
+LINE_PT = 730.0
+MIN_SCALE = 0.7  # 10 pt text at 0.7 is 7 pt
+
+
+def visible_length(cell: str) -> int:
+    """How many characters a LaTeX cell prints: commands, braces, $ and ^ do not count."""
+    text = re.sub(r"\\(pm|times|approx|leq|geq|Delta|chi|cdot|surd)", "x", str(cell))
+    text = re.sub(r"\\[a-zA-Z]+|[{}$^]", "", text)
+    return len(text)
+
+
+def column_chunks(table: pd.DataFrame, line_pt: float = LINE_PT, min_scale: float = MIN_SCALE) -> list[list]:
+    """The table's columns split into consecutive groups, each narrow enough to print at
+    ``min_scale`` or larger on a line of ``line_pt`` (a single column wider than that stays alone)."""
+    label = max([visible_length(i) for i in table.index] + [0]) * CHAR_PT + COLUMN_GAP_PT
+    widths = [
+        max([visible_length(c)] + [visible_length(v) for v in table[c]]) * CHAR_PT + COLUMN_GAP_PT
+        for c in table.columns
+    ]
+    budget = line_pt / min_scale
+    chunks: list[list] = [[]]
+    used = label
+    for column, w in zip(table.columns, widths, strict=True):
+        if chunks[-1] and used + w > budget:
+            chunks.append([])
+            used = label
+        chunks[-1].append(column)
+        used += w
+    return chunks
+
+
 def latex_table(table: pd.DataFrame, caption: str, label: str, width: str = "fit") -> str:
     """A paste-ready LaTeX fragment: one ``table`` (or ``table*``) with a booktabs ``tabular``.
 
     It needs ``\\usepackage{booktabs}`` (and ``graphicx`` unless ``width="natural"``), which a
-    comment on its first line says. ``width``: see ``LATEX_WIDTHS``. ASCII only.
+    comment on its first line says. ``width``: see ``LATEX_WIDTHS``. With ``fit`` and ``wide``, a
+    table too wide to shrink to the line above 7 pt is split into several tabulars of whole columns
+    (:func:`column_chunks`). ASCII only.
     """
     if width not in LATEX_WIDTHS:
         raise ValueError(f"width must be one of {', '.join(LATEX_WIDTHS)}, got {width!r}")
     shown = table.copy()
     shown.index = [latex_escape_text(str(i)) for i in shown.index]
     shown.columns = [latex_escape_text(str(c)) for c in shown.columns]
-    tabular = shown.style.to_latex(hrules=True, column_format="l" + "c" * len(shown.columns)).strip()
     env = "table*" if width == "wide" else "table"
     line = r"\textwidth" if width == "wide" else r"\linewidth"
     packages = r"\usepackage{booktabs}" + ("" if width == "natural" else r", \usepackage{graphicx}")
-    body = tabular
-    if width != "natural":  # shrink to the line only when wider than it (graphicx's \width)
-        body = rf"\resizebox{{\ifdim\width>{line}{line}\else\width\fi}}{{!}}{{%" + "\n" + tabular + "}"
+    chunks = [list(shown.columns)] if width == "natural" or shown.empty else column_chunks(shown)
+    bodies = []
+    for columns in chunks:
+        part = shown[columns]
+        tabular = part.style.to_latex(hrules=True, column_format="l" + "c" * len(part.columns)).strip()
+        if width != "natural":  # shrink to the line only when wider than it (graphicx's \width)
+            tabular = rf"\resizebox{{\ifdim\width>{line}{line}\else\width\fi}}{{!}}{{%" + "\n" + tabular + "}"
+        bodies.append(tabular)
     parts = [
         f"% bench report table ({label}); needs {packages}",
         rf"\begin{{{env}}}[htbp]",
         r"\centering",
         rf"\caption{{{latex_escape_text(caption)}}}",
         rf"\label{{{label}}}",
-        body,
+        "\n\n\\medskip\n".join(bodies),
         rf"\end{{{env}}}",
     ]
     return latex_unicode("\n".join(parts) + "\n")
@@ -725,7 +770,12 @@ def budget_curve_caption(interval: str, n_seeds: int) -> str:
 def missing_note(missing: list[str]) -> str:
     if not missing:
         return ""
-    return "Left out of every average (a method without all seeds on a task): " + "; ".join(missing) + "."
+    return (
+        "A method without every seed on a task: " + "; ".join(missing) + ". Its runs on that task leave the tables; "
+        "the task leaves every across-task number for every method (the aggregate means and group means, the IQM, "
+        "P(A>B), the signed-rank and rank tests, and the cost table's mean accuracy), so all methods are averaged "
+        "over the same tasks."
+    )
 
 
 __all__ = [

@@ -344,6 +344,7 @@ def write_report(report: Report, out: Path, formats: tuple[str, ...] = FORMATS, 
         summary = out / "summary.csv"
         report.cells.to_csv(summary, index=False)
         written += [results, summary]
+        written += _table_csvs(report, out)
         if report.curve:
             curve = out / "budget_curve.csv"
             curve_points(report).to_csv(curve, index=False)
@@ -372,6 +373,51 @@ def write_report(report: Report, out: Path, formats: tuple[str, ...] = FORMATS, 
         path.write_text(latex(report, parts), encoding="ascii")
         written.append(path)
     report.files = written
+    return written
+
+
+AGGREGATE_COLUMNS = ["method", "group", "estimate", "low", "high", "diff", "diff_low", "diff_high"]
+
+
+def aggregates_frame(agg: tables.Aggregates) -> pd.DataFrame:
+    """aggregates.csv: one row per method and averaged group, in percentage points. ``group`` is empty
+    for the headline (overall) row, a group's name for its mean, and "all tasks" for the mean of all
+    tasks where the headline is the mean of group means."""
+    if not len(agg.rows):
+        return pd.DataFrame(columns=AGGREGATE_COLUMNS)
+    frame = agg.rows[AGGREGATE_COLUMNS].copy()
+    values = AGGREGATE_COLUMNS[2:]
+    frame[values] = 100 * frame[values]
+    return frame
+
+
+def _table_csvs(report: Report, out: Path) -> list[Path]:
+    """Every table the report prints, as numbers (percentage points for accuracies and differences):
+    aggregates.csv, comparison.csv, iqm.csv, fewshot.csv and cost.csv (with several budgets, one of
+    each per budget, suffixed _b<budget>)."""
+    written = []
+    for part in report.parts or [report]:
+        suffix = "" if not report.curve else ("_b" + str(part.budget) if part.budget != "published" else "_published")
+        agg = part.agg
+        frames = {"aggregates": aggregates_frame(agg)}
+        if len(agg.comparisons):
+            comp = agg.comparisons.copy()
+            for c in ("diff", "diff_low", "diff_high"):
+                comp[c] = 100 * comp[c]
+            frames["comparison"] = comp
+        if agg.iqm is not None and len(agg.iqm):
+            frames["iqm"] = agg.iqm.assign(**{c: 100 * agg.iqm[c] for c in ("estimate", "low", "high")})
+        if not part.few_shot.empty:
+            few = part.few_shot.copy()
+            for c in ("estimate", "low", "high", "diff", "diff_low", "diff_high"):
+                few[c] = 100 * few[c]
+            frames["fewshot"] = few
+        if len(part.resources):
+            frames["cost"] = part.resources.assign(mean_acc=100 * part.resources["mean_acc"])
+        for name, frame in frames.items():
+            path = out / f"{name}{suffix}.csv"
+            frame.to_csv(path, index=False)
+            written.append(path)
     return written
 
 
@@ -424,6 +470,14 @@ FIGURE_CAPTIONS = {
 }
 
 
+def _figure_caption(stem: str) -> str:
+    """The caption of a figure file; pages of a split figure (forest_vs_reference_2) share their first's."""
+    base, _, page = stem.rpartition("_")
+    if page.isdigit() and base in FIGURE_CAPTIONS:
+        return f"{FIGURE_CAPTIONS[base]} (page {page})"
+    return FIGURE_CAPTIONS.get(stem, stem.replace("_", " "))
+
+
 def markdown(report: Report, parts: list[Section] | None = None) -> str:
     parts = sections(report) if parts is None else parts
     lines = [f"# bench report: {report.runs.suite}", ""]
@@ -439,7 +493,7 @@ def markdown(report: Report, parts: list[Section] | None = None) -> str:
     lines += ["", "## Figures", ""]
     for p in report.figures:
         if p.suffix == ".png":
-            lines += [f"![{FIGURE_CAPTIONS.get(p.stem, p.stem)}]({p.name})", ""]
+            lines += [f"![{_figure_caption(p.stem)}]({p.name})", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -450,6 +504,17 @@ LATEX_PREAMBLE = r"""\documentclass[10pt]{article}
 \usepackage{booktabs}
 \usepackage{graphicx}
 \usepackage{caption}
+% Tables stay near their heading: floats may fill most of a page, and any table still waiting at the
+% next heading is placed before it (a page break only when one is waiting).
+\renewcommand{\topfraction}{0.95}
+\renewcommand{\bottomfraction}{0.95}
+\renewcommand{\textfraction}{0.05}
+\renewcommand{\floatpagefraction}{0.8}
+\makeatletter
+\newcommand{\placewaitingtables}{\par\begingroup\let\@elt\relax
+  \edef\@tempa{\@botlist\@deferlist\@dbldeferlist}%
+  \ifx\@tempa\@empty\else\clearpage\fi\endgroup}
+\makeatother
 \begin{document}
 """
 
@@ -461,6 +526,7 @@ def latex(report: Report, parts: list[Section] | None = None) -> str:
     doc += [rf"\item \textbf{{{esc(k)}}}: {esc(v)}" for k, v in _context(report)]
     doc += [r"\end{itemize}"]
     for section in parts:
+        doc.append(r"\placewaitingtables")
         doc.append(r"\subsection*{" + esc(section.title) + "}")
         for item in section.items:
             if isinstance(item, Table):
@@ -474,7 +540,7 @@ def latex(report: Report, parts: list[Section] | None = None) -> str:
             doc += [
                 r"\begin{figure}[htbp]\centering",
                 rf"\includegraphics[width=0.8\linewidth,height=0.4\textheight,keepaspectratio]{{{p.name}}}",
-                rf"\caption{{{esc(FIGURE_CAPTIONS.get(p.stem, p.stem.replace('_', ' ')))}}}",
+                rf"\caption{{{esc(_figure_caption(p.stem))}}}",
                 r"\end{figure}",
             ]
     doc.append(r"\end{document}")
