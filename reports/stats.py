@@ -4,8 +4,8 @@ Accuracies are fractions internally; rendering in percent is the caller's job. E
 returns plain floats, numpy arrays or frozen dataclasses, gives NaN where a quantity is undefined,
 and does not raise on legal but degenerate data (one seed, identical methods, all-tied ranks).
 Only numpy and scipy are used here; the tests cross-check against statsmodels, scikit-posthocs,
-autorank, rliable's metrics and scipy.stats.bootstrap. rliable's own bootstrap module is not used:
-it needs arch<8, which does not import under pandas 3.
+autorank and rliable's metrics, and a simulation with known truth measures every interval's
+coverage.
 
 What each piece is for, and why
 -------------------------------
@@ -476,11 +476,6 @@ def friedman(M, alpha: float = 0.05, decimals: int | None = 6) -> FriedmanResult
         f = (N - 1) * chi2 / denom
         p_f = float(stats.f.sf(f, k - 1, (k - 1) * (N - 1)))
     return FriedmanResult(avg, float(chi2), p_chi2, float(f), p_f, cd, N, k)
-
-
-# --------------------------------------------------------------------------------------------
-# Aggregates: stratified two-level bootstrap
-# --------------------------------------------------------------------------------------------
 
 
 # --------------------------------------------------------------------------------------------

@@ -157,6 +157,14 @@ def test_a_nan_accuracy_is_named_and_the_task_leaves_every_average(tmp_path: Pat
     assert summary["sd"].notna().all() and (summary["n"] == 3).all()
 
 
+def test_the_run_summary_counts_only_seeds_with_a_result():
+    from reports.summary import summarize
+
+    frame = pd.DataFrame({"task": ["t"] * 3, "method": ["a"] * 3, "acc": [0.7, np.nan, 0.8]})
+    row = summarize(frame).iloc[0]
+    assert row["n"] == 2 and row["mean"] == pytest.approx(0.75) and np.isfinite(row["sd"])
+
+
 def test_methods_on_different_seeds_are_refused_naming_them():
     frame = _frame(_grid(["a"], ["t", "u"], [0, 1, 2]) + _grid(["b"], ["t", "u"], [3, 4, 5]))
     with pytest.raises(BenchError, match=r"a ran seed 0, 1, 2; b ran seed 3, 4, 5"):
