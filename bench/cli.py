@@ -721,6 +721,12 @@ def report_cmd(
     results_csv: Path | None = typer.Option(
         None, help="Rebuild from an earlier report's results.csv instead of the MLflow store."
     ),
+    weights_label: str | None = typer.Option(
+        None,
+        "--weights-label",
+        help="A name for the weights of runs that recorded none (runs made before bench run --weights-label); "
+        "runs with a label keep theirs.",
+    ),
 ) -> None:
     """Tables (Markdown, LaTeX, CSV) and figures with CIs and significance tests from finished runs."""
     from reports.report import build_report, write_report
@@ -732,6 +738,9 @@ def report_cmd(
         runs = runs_from_results_csv(results_csv, suite, stage, **selection)
     else:
         runs = load_runs(_tracker(tracking_uri), suite, stage, **selection)
+    if weights_label is not None:
+        label = _weights_label(weights_label)
+        runs.frame.loc[runs.frame["weights_label"] == "", "weights_label"] = label
     report = build_report(runs, reference, resample_tasks=resample_tasks)
     files = write_report(report, out_dir, formats, latex_width=latex_width)
     for line in runs.missing:

@@ -307,3 +307,17 @@ def test_params_axis_has_no_overlapping_minor_labels_and_no_empty_pareto_entry(t
 def test_one_task_profile_draws_no_band(tmp_path: Path):
     report, out, md, _ = _report(tmp_path, _runs(n_tasks=1))
     assert "descriptive, no band" in md
+
+
+def test_report_names_the_weights_of_runs_that_recorded_none(tmp_path: Path):
+    from bench.cli import run_cli
+
+    frame = _runs(n_tasks=2).assign(suite="folder")
+    frame.loc[frame["method"] == "a", "weights_label"] = "ViT-T, own label"
+    frame.drop(columns=["end_time"]).to_csv(tmp_path / "results.csv", index=False)
+    out = tmp_path / "rep"
+    args = ["report", "--suite", "folder", "--results-csv", str(tmp_path / "results.csv"), "--out", str(out)]
+    assert run_cli([*args, "--weights-label", "ViT-T, DINOv2 init", "--format", "md"]) == 0
+    line = next(li for li in (out / "report.md").read_text().splitlines() if li.startswith("- **weights**"))
+    assert '"ViT-T, DINOv2 init"' in line and '"ViT-T, own label"' in line  # an existing label is kept
+    assert run_cli([*args, "--weights-label", " ", "--format", "md"]) == 2
