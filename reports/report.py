@@ -504,16 +504,14 @@ LATEX_PREAMBLE = r"""\documentclass[10pt]{article}
 \usepackage{booktabs}
 \usepackage{graphicx}
 \usepackage{caption}
-% Tables stay near their heading: floats may fill most of a page, and any table still waiting at the
-% next heading is placed before it (a page break only when one is waiting).
+% Tables stay near their heading: floats may fill most of a page, and a table still deferred at the
+% next heading is placed before it (a page break only when one is deferred).
 \renewcommand{\topfraction}{0.95}
 \renewcommand{\bottomfraction}{0.95}
 \renewcommand{\textfraction}{0.05}
 \renewcommand{\floatpagefraction}{0.8}
 \makeatletter
-\newcommand{\placewaitingtables}{\par\begingroup\let\@elt\relax
-  \edef\@tempa{\@botlist\@deferlist\@dbldeferlist}%
-  \ifx\@tempa\@empty\else\clearpage\fi\endgroup}
+\newcommand{\placewaitingtables}{\par\ifx\@deferlist\@empty\else\clearpage\fi}
 \makeatother
 \begin{document}
 """
