@@ -30,7 +30,7 @@ from .render import task_label  # noqa: E402
 
 # tab10, then the lighter tab20 shade of each of its hues: 20 distinct colours before any repeats.
 COLORS = tuple(plt.get_cmap("tab10").colors) + tuple(plt.get_cmap("tab20").colors[1::2])
-MAX_FOREST_ROWS = 40  # rows of one forest-plot page; more rows are split into pages by method
+MAX_FOREST_ROWS = 20  # rows of one forest-plot page (a VTAB method's 19 tasks); more are split by method
 FONTS = {"pdf.fonttype": 42, "ps.fonttype": 42}  # TrueType, not Type 3
 
 

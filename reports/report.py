@@ -470,6 +470,12 @@ FIGURE_CAPTIONS = {
 }
 
 
+def _figure_height(stem: str) -> str:
+    """A figure's height in report.tex, as a fraction of the text height: a forest-plot page (up to
+    figures.MAX_FOREST_ROWS rows) gets the page, so its 7 pt labels print at about their size."""
+    return "0.85" if stem.startswith("forest_vs_reference") else "0.4"
+
+
 def _figure_caption(stem: str) -> str:
     """The caption of a figure file; pages of a split figure (forest_vs_reference_2) share their first's."""
     base, _, page = stem.rpartition("_")
@@ -537,7 +543,8 @@ def latex(report: Report, parts: list[Section] | None = None) -> str:
         if p.suffix == ".pdf":
             doc += [
                 r"\begin{figure}[htbp]\centering",
-                rf"\includegraphics[width=0.8\linewidth,height=0.4\textheight,keepaspectratio]{{{p.name}}}",
+                rf"\includegraphics[width=0.8\linewidth,height={_figure_height(p.stem)}\textheight,keepaspectratio]"
+                rf"{{{p.name}}}",
                 rf"\caption{{{esc(_figure_caption(p.stem))}}}",
                 r"\end{figure}",
             ]

@@ -3,6 +3,7 @@ rendering and figures; no store needed)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -321,3 +322,34 @@ def test_report_names_the_weights_of_runs_that_recorded_none(tmp_path: Path):
     line = next(li for li in (out / "report.md").read_text().splitlines() if li.startswith("- **weights**"))
     assert '"ViT-T, DINOv2 init"' in line and '"ViT-T, own label"' in line  # an existing label is kept
     assert run_cli([*args, "--weights-label", " ", "--format", "md"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("pdflatex") is None or shutil.which("pdftotext") is None, reason="pdflatex/pdftotext not installed"
+)
+def test_eleven_methods_print_no_text_below_7pt(tmp_path: Path):
+    """Eleven methods with long labels, few-shot tables with wide cells, a forest plot of 250 rows: in
+    the compiled report.tex no word is smaller than 7 pt (body text is 10 pt)."""
+    import re
+    import subprocess
+
+    rng = np.random.default_rng(0)
+    methods = ["karst"] + [f"method_{i}[rank={4 * i},alpha={i}]" for i in range(10)]
+    rows = []
+    for shots in (1, 2, 4, 8, 16):
+        for r in _grid(methods, ["pets", "cars", "flowers", "food", "aircraft"], [0, 1, 2], shots=shots):
+            acc = 0.3 + 0.05 * np.log2(shots) + rng.normal(0, 0.01)
+            rows.append({**r, "run_key": r["run_key"] + str(shots), "acc": acc, "split_seed": r["seed"]})
+    _, out, _, _ = _report(tmp_path, _frame(rows), reference="karst")
+    proc = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
+        cwd=out,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    bbox = subprocess.run(["pdftotext", "-bbox", "report.pdf", "-"], cwd=out, capture_output=True, text=True).stdout
+    heights = [float(b) - float(a) for a, b in re.findall(r'yMin="([\d.]+)" xMax="[\d.]+" yMax="([\d.]+)"', bbox)]
+    body = float(np.median(heights[:100]))  # the first page: 10 pt text
+    assert min(heights) >= 0.69 * body, (min(heights), body)
