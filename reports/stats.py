@@ -48,7 +48,7 @@ Aggregates (VTAB mean of 19 tasks, mean of group means, IQM, P(A>B)). Every inte
 analytic, and its coverage of a stated target was measured by simulation with known truth
 (``benchmarks/interval_coverage.py``; ``tests/test_interval_coverage.py`` checks it on every run).
 A percentile seed bootstrap is not used: with 2-5 seeds per task it resamples with the plug-in
-variance (divisor n) and covered 67-81 % instead of 95 %.
+variance (divisor n) and covered 69-83 % instead of 95 % at 2-3 seeds.
 
 * ``fixed_task_mean`` / ``fixed_task_difference`` / ``aggregate_summary``: the tasks are fixed
   (the question a benchmark on these tasks asks); the target is the weighted mean over them of
