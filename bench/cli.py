@@ -832,13 +832,19 @@ def report_cmd(
     resample_tasks: bool = typer.Option(
         False,
         "--resample-tasks",
-        help="Aggregate intervals resample tasks too (generalisation to similar tasks); needs 10 or more tasks.",
+        help="Aggregate intervals treat the tasks as a sample of similar tasks (t over tasks within each group); needs 10 or more tasks and 2 in every group.",
     ),
     latex_width: str = typer.Option(
         "fit", help="LaTeX tables: fit (shrink to the line when wider), natural, or wide (table*, two-column papers)."
     ),
     results_csv: Path | None = typer.Option(
         None, help="Rebuild from an earlier report's results.csv instead of the MLflow store."
+    ),
+    weights_label: str | None = typer.Option(
+        None,
+        "--weights-label",
+        help="A name for the weights of runs that recorded none (runs made before bench run --weights-label); "
+        "runs with a label keep theirs.",
     ),
 ) -> None:
     """Tables (Markdown, LaTeX, CSV) and figures with CIs and significance tests from finished runs."""
@@ -852,6 +858,9 @@ def report_cmd(
         runs = runs_from_results_csv(results_csv, suite, stage, **selection)
     else:
         runs = load_runs(_existing_tracker(tracking_uri), suite, stage, **selection)
+    if weights_label is not None:
+        label = _weights_label(weights_label)
+        runs.frame.loc[runs.frame["weights_label"] == "", "weights_label"] = label
     report = build_report(runs, reference, resample_tasks=resample_tasks)
     files = write_report(report, out_dir, formats, latex_width=latex_width)
     for line in runs.missing:

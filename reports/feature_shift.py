@@ -104,11 +104,9 @@ def summarize_shift(frame: pd.DataFrame, methods: list[str], metrics: tuple[str,
     * per task (scope = the task): the mean over seeds with its Student-t interval; the difference
       by the paired t-test where both methods ran the same seeds, Welch's otherwise;
     * over tasks (scope ``mean of N tasks``, when two or more tasks have every method at every
-      seed): the mean of task means with the two-level bootstrap's percentile interval (seeds
-      resampled within each task, tasks fixed) and the paired bootstrap interval of the difference.
+      seed): the mean of task means with its Welch-Satterthwaite t interval (tasks fixed), and the
+      difference with the same kind of interval (:func:`reports.stats.aggregate_summary`).
     """
-    from .tables import BOOT_SEED, MAX_BOOT, N_BOOT
-
     frame = frame.copy()
     frame["dataset"] = [_task_name(t, k) for t, k in zip(frame["task"], frame["shots"], strict=True)]
     datasets = sorted(dict.fromkeys(frame["dataset"]))
@@ -155,7 +153,7 @@ def summarize_shift(frame: pd.DataFrame, methods: list[str], metrics: tuple[str,
                 cube = np.array(
                     [[values(d, m, b.block, metric).reindex(seeds).to_numpy() for d in complete] for m in methods]
                 )
-                s = stats.bootstrap_summary(cube, None, 0, n_boot=N_BOOT, max_boot=MAX_BOOT, seed=BOOT_SEED)
+                s = stats.aggregate_summary(cube, None, 0)
                 for i, method in enumerate(methods):
                     rows.append(
                         dict(
@@ -170,11 +168,11 @@ def summarize_shift(frame: pd.DataFrame, methods: list[str], metrics: tuple[str,
                             low=s.low[i],
                             high=s.high[i],
                             seeds=",".join(map(str, seeds)),
-                            interval="bootstrap, seeds within tasks",
+                            interval="Welch-Satterthwaite t, tasks fixed",
                             diff=np.nan if i == 0 else s.diff[i],
                             diff_low=np.nan if i == 0 else s.diff_low[i],
                             diff_high=np.nan if i == 0 else s.diff_high[i],
-                            diff_test="" if i == 0 else "paired bootstrap",
+                            diff_test="" if i == 0 else "Welch-Satterthwaite t",
                         )  # fmt: skip
                     )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)

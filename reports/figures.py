@@ -28,15 +28,21 @@ import pandas as pd  # noqa: E402
 
 from .render import task_label  # noqa: E402
 
-COLORS = plt.get_cmap("tab10").colors
+# tab10, then the lighter tab20 shade of each of its hues: 20 distinct colours before any repeats.
+COLORS = tuple(plt.get_cmap("tab10").colors) + tuple(plt.get_cmap("tab20").colors[1::2])
+MAX_FOREST_ROWS = 20  # rows of one forest-plot page (a VTAB method's 19 tasks); more are split by method
 # TrueType, not Type 3; and every text drawn as written: a label such as `$\foo$` is a name,
 # not mathtext (which would stop on an unknown symbol). No figure uses mathtext.
 FONTS = {"pdf.fonttype": 42, "ps.fonttype": 42, "text.parse_math": False}
 
 
 def palette(methods: list[str]) -> dict[str, tuple]:
-    """One colour per method, by its place in the report's method order (reference first)."""
-    return {m: COLORS[i % len(COLORS)] for i, m in enumerate(methods)}
+    """One colour per method, by its place in the report's method order (reference first); beyond 20
+    methods, colours evenly spaced along the turbo colour map, so no two methods share one."""
+    if len(methods) <= len(COLORS):
+        return {m: COLORS[i] for i, m in enumerate(methods)}
+    cmap = plt.get_cmap("turbo")
+    return {m: cmap(i / (len(methods) - 1)) for i, m in enumerate(methods)}
 
 
 def _truetype(fn):
@@ -75,6 +81,27 @@ def _break_marks(left, right) -> None:
         scale = 1.0 / ax.get_position().width
         for y in (0.0, 1.0):
             ax.plot((x - d * scale / 8, x + d * scale / 8), (y - d, y + d), transform=ax.transAxes, **kw)
+
+
+def _count_label(x: float, _pos=None) -> str:
+    if x >= 1e6:
+        return f"{x / 1e6:g}M"
+    if x >= 1e3:
+        return f"{x / 1e3:g}K"
+    return f"{x:g}"
+
+
+def _log_ticks(ax, values: np.ndarray) -> None:
+    """Parameter-count labels on a log axis: 1, 2, 5 of each decade where the data span less than two
+    decades (else decades only), and no minor-tick labels, which matplotlib prints under a decade
+    and which then overlap."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    v = values[np.isfinite(values) & (values > 0)]
+    narrow = v.size and np.log10(v.max() / v.min()) < 2
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
+    ax.xaxis.set_major_formatter(FuncFormatter(_count_label))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _params_axes(broken: bool):
@@ -143,10 +170,11 @@ def accuracy_vs_params(points: pd.DataFrame, out: Path, title: str, colors: dict
         )
     front = pareto_front(np.where(zero, 0.0, params), y)
     on_log = [i for i in front if not zero[i]]
-    if on_log:
+    if len(on_log) >= 2:  # a front of one point draws no line, so it gets no legend entry either
         ax.plot(params[on_log], y[on_log], "--", color="grey", lw=1, label="Pareto front")
     if (~zero).any():
         ax.set_xscale("log")
+        _log_ticks(ax, params[~zero])
     _finish_params_axes(fig, left, ax, title, [*points["method"], "Pareto front"], grid="major")
     return _save(fig, out, "accuracy_vs_params")
 
@@ -163,6 +191,15 @@ def cd_diagram(scores: pd.DataFrame, cd: float, out: Path, title: str, colors: d
     ranks = scores.rank(axis=1, ascending=False).mean(axis=0)
     names = list(scores.columns)
     colors = colors or palette(names)
+    if np.ptp(ranks.to_numpy()) < 1e-9:  # scikit-posthocs lays tied labels out 30,000 pt wide
+        fig, ax = plt.subplots(figsize=(6.5, 1.2))
+        ax.axis("off")
+        ax.text(
+            0.5, 0.6, f"every method has average rank {ranks.iloc[0]:.2f}: nothing to order", ha="center", fontsize=9
+        )
+        ax.text(0.5, 0.25, ", ".join(names), ha="center", fontsize=8)
+        fig.text(0.5, 0.0, title, ha="center", va="top", fontsize=8)
+        return _save(fig, out, "critical_difference")
     # Methods closer than the Nemenyi CD are not distinguishable; scikit-posthocs joins pairs with p >= alpha.
     sig = pd.DataFrame(1.0, index=names, columns=names)
     for a in names:
@@ -187,15 +224,43 @@ def cd_diagram(scores: pd.DataFrame, cd: float, out: Path, title: str, colors: d
     return _save(fig, out, "critical_difference")
 
 
+def forest_pages(methods: list[str], rows_per_method: dict[str, int], limit: int = MAX_FOREST_ROWS) -> list[list[str]]:
+    """Methods grouped into pages of at most ``limit`` rows, whole methods per page, in order."""
+    pages: list[list[str]] = [[]]
+    used = 0
+    for m in methods:
+        if pages[-1] and used + rows_per_method[m] > limit:
+            pages.append([])
+            used = 0
+        pages[-1].append(m)
+        used += rows_per_method[m]
+    return [p for p in pages if p]
+
+
 @_truetype
 def forest_plot(cells: pd.DataFrame, reference: str, out: Path, colors: dict | None = None) -> list[Path]:
-    """Per task and method, Δ accuracy to the reference (pp) with its Welch 95 % interval, sorted by Δ."""
+    """Per task and method, Δ accuracy to the reference (pp) with its Welch 95 % interval, sorted by Δ.
+
+    More than ``MAX_FOREST_ROWS`` rows are split into pages of whole methods (forest_vs_reference,
+    forest_vs_reference_2, ...), so every label stays readable."""
     data = cells[(cells["method"] != reference) & cells["diff"].notna()].copy()
     data["label"] = [
         task_label(t, None if pd.isna(k) else int(k)) for t, k in zip(data["task"], data["shots"], strict=True)
     ]
     methods = list(dict.fromkeys(data["method"]))
     colors = colors or palette([reference, *methods])
+    counts = data["method"].value_counts().to_dict()
+    paths: list[Path] = []
+    pages = forest_pages(methods, counts) or [[]]
+    for number, page in enumerate(pages, start=1):
+        part = data[data["method"].isin(page)]
+        stem = "forest_vs_reference" + ("" if number == 1 else f"_{number}")
+        suffix = "" if len(pages) == 1 else f" (page {number} of {len(pages)})"
+        paths += _forest_page(part, page, reference, colors, out, stem, suffix)
+    return paths
+
+
+def _forest_page(data, methods, reference, colors, out, stem, suffix) -> list[Path]:
     rows = max(1, len(data))
     fig, ax = plt.subplots(figsize=(6.5, 1.0 + 0.28 * rows))
     data = data.sort_values(["method", "diff"])
@@ -209,34 +274,34 @@ def forest_plot(cells: pd.DataFrame, reference: str, out: Path, colors: dict | N
         ax.errorbar(d, y[sel], xerr=err, fmt="o", capsize=2, color=colors[m], label=m)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y, [f"{lab} · {m}" for lab, m in zip(data["label"], data["method"], strict=True)], fontsize=7)
-    ax.set_xlabel(f"Δ accuracy to {reference} (percentage points), Welch 95 % interval")
+    ax.set_xlabel(f"Δ accuracy to {reference} (percentage points), Welch 95 % interval{suffix}")
     if methods:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.grid(axis="x", alpha=0.3)
-    return _save(fig, out, "forest_vs_reference")
+    return _save(fig, out, stem)
 
 
 @_truetype
 def performance_profile(cube: np.ndarray, methods: list[str], out: Path, colors: dict | None = None) -> list[Path]:
-    """``cube``: (methods × tasks × seeds) accuracies. Fraction of runs above τ, with 95 % seed-bootstrap bands."""
+    """``cube``: (methods × tasks × seeds) accuracies. Fraction of runs above τ; no band (see
+    :func:`reports.stats.performance_profile`)."""
     from .stats import performance_profile as profile_of
 
     colors = colors or palette(methods)
     lo, hi = np.nanmin(cube), np.nanmax(cube)
     pad = max(1e-3, 0.02 * (hi - lo))
     tau = np.linspace(lo - pad, hi + pad, 200)
-    prof, low, high = profile_of(cube, tau)
+    prof = profile_of(cube, tau)
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for i, m in enumerate(methods):
         ax.plot(100 * tau, prof[i], color=colors[m], label=m, lw=1.5)
-        ax.fill_between(100 * tau, low[i], high[i], color=colors[m], alpha=0.15, lw=0)
     ax.set_xlabel("accuracy threshold τ (%)")
     ax.set_ylabel("fraction of runs with accuracy > τ")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     n_tasks, n_seeds = cube.shape[1], cube.shape[2]
     ax.set_title(
-        f"{n_tasks} task{'s' if n_tasks != 1 else ''} × {n_seeds} seeds; bands: 95 % seed bootstrap", fontsize=8
+        f"{n_tasks} task{'s' if n_tasks != 1 else ''} × {n_seeds} seeds; descriptive, no interval band", fontsize=8
     )
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return _save(fig, out, "performance_profile")
@@ -314,6 +379,7 @@ def budget_curve_figure(points: pd.DataFrame, title: str, colors: dict | None = 
                 label=None if len(fitted) else m,
             )
     ax.set_xscale("log")
+    _log_ticks(ax, points["params"].to_numpy(dtype=float))
     _finish_params_axes(fig, left, ax, title, list(dict.fromkeys(points["method"])), grid="both")
     return fig
 

@@ -13,6 +13,7 @@ means, the test and its correction); the longer explanations are notes printed u
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,11 +57,6 @@ def signed(x: float, decimals: int = DIFF_DECIMALS, scale: float = 100.0) -> str
     if float(text) == 0.0:
         return text
     return ("+" if x > 0 else MINUS) + text
-
-
-def bound(x: float, unsettled: bool, decimals: int = DIFF_DECIMALS) -> str:
-    """A difference's interval bound; ``≈0`` where its sign is within the bootstrap's Monte Carlo error."""
-    return "≈0" if unsettled else signed(x, decimals)
 
 
 def fmt_p(p: float, style: Style) -> str:
@@ -217,10 +213,9 @@ def comparison_table(agg: Aggregates, reference: str, style: Style, cells: pd.Da
     for _, c in agg.comparisons.iterrows():
         sig = c["holm_p"] < ALPHA and (c["diff_low"] > 0 or c["diff_high"] < 0)
         row = {
-            delta: f"{signed(c['diff'])} [{bound(c['diff_low'], c['diff_low_unsettled'])}, "
-            f"{bound(c['diff_high'], c['diff_high_unsettled'])}]" + (style.dagger if sig else ""),
-            "P(A>B) [95% CI]": f"{c['prob_superiority']:.2f} [{_poi_bound(c['poi_low'], c['poi_low_unsettled'])}, "
-            f"{_poi_bound(c['poi_high'], c['poi_high_unsettled'])}]",
+            delta: f"{signed(c['diff'])} [{signed(c['diff_low'])}, {signed(c['diff_high'])}]"
+            + (style.dagger if sig else ""),
+            "P(A>B) [95% CI]": f"{c['prob_superiority']:.2f} [{c['poi_low']:.2f}, {c['poi_high']:.2f}]",
             "W/T/L": f"{c['wins']}/{c['ties']}/{c['losses']}",
             "Wilcoxon p (Holm)": "–"
             if not np.isfinite(c["wilcoxon_p"])
@@ -230,10 +225,6 @@ def comparison_table(agg: Aggregates, reference: str, style: Style, cells: pd.Da
             row["Avg rank"] = f"{rank[c['method']]:.2f}"
         rows[c["method"]] = row
     return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def _poi_bound(x: float, unsettled: bool) -> str:
-    return "≈0.5" if unsettled else f"{x:.2f}"
 
 
 def few_shot_tables(table: pd.DataFrame, reference: str, style: Style) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -253,8 +244,8 @@ def few_shot_tables(table: pd.DataFrame, reference: str, style: Style) -> tuple[
         diffs[label] = {
             m: "reference"
             if m == reference
-            else f"{signed(s['diff'][m], 1)} [{bound(s['diff_low'][m], s['diff_low_unsettled'][m], 1)}, "
-            f"{bound(s['diff_high'][m], s['diff_high_unsettled'][m], 1)}], P(A>B) {s['prob_superiority'][m]:.2f}"
+            else f"{signed(s['diff'][m], 1)} [{signed(s['diff_low'][m], 1)}, {signed(s['diff_high'][m], 1)}], "
+            f"P(A>B) {s['prob_superiority'][m]:.2f}"
             for m in methods
         }
     return (pd.DataFrame.from_dict(means, orient="index"), pd.DataFrame.from_dict(diffs, orient="index"))
@@ -375,34 +366,86 @@ def latex_escape_text(text: str) -> str:
 def latex_unicode(text: str) -> str:
     """Replace the report's non-ASCII characters by LaTeX macros, and any other by "?" (a plain
     pdflatex without unicode setup would stop on it; names in tables are ASCII in practice)."""
+    text = _SUPERSCRIPT_RUN.sub(lambda m: "$^{" + m.group(0).translate(_FROM_SUPERSCRIPT) + "}$", text)
     return "".join(UNICODE_TO_LATEX.get(ch, ch if ord(ch) < 128 else "?") for ch in text)
+
+
+# A run of superscript characters (the exponent of 7.5×10⁻⁷ in a note) becomes one math superscript.
+_SUPERSCRIPTS = "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"
+_SUPERSCRIPT_RUN = re.compile(f"[{_SUPERSCRIPTS}]+")
+_FROM_SUPERSCRIPT = str.maketrans(_SUPERSCRIPTS, "-0123456789")
+
+
+# Splitting wide tables. A table wider than the line is shrunk to fit; below about 7 pt text is
+# hard to read, so a table whose estimated natural width needs more shrinking than that is split
+# into several tabulars of whole columns (each repeating the row labels) in one float. The
+# estimate counts the printed characters of each column at about 5 pt each (10 pt Latin Modern
+# digits are 5 pt wide) plus the column gap, against the report's line (landscape A4 with 2 cm
+# margins: about 730 pt); a paper's narrower line shrinks each part further.
+CHAR_PT = 5.0
+COLUMN_GAP_PT = 12.0
+LINE_PT = 730.0
+MIN_SCALE = 0.7  # 10 pt text at 0.7 is 7 pt
+
+
+def visible_length(cell: str) -> int:
+    """How many characters a LaTeX cell prints: commands, braces, $ and ^ do not count."""
+    text = re.sub(r"\\(pm|times|approx|leq|geq|Delta|chi|cdot|surd)", "x", str(cell))
+    text = re.sub(r"\\[a-zA-Z]+|[{}$^]", "", text)
+    return len(text)
+
+
+def column_chunks(table: pd.DataFrame, line_pt: float = LINE_PT, min_scale: float = MIN_SCALE) -> list[list]:
+    """The table's columns split into consecutive groups, each narrow enough to print at
+    ``min_scale`` or larger on a line of ``line_pt`` (a single column wider than that stays alone)."""
+    label = max([visible_length(i) for i in table.index] + [0]) * CHAR_PT + COLUMN_GAP_PT
+    widths = [
+        max([visible_length(c)] + [visible_length(v) for v in table[c]]) * CHAR_PT + COLUMN_GAP_PT
+        for c in table.columns
+    ]
+    budget = line_pt / min_scale
+    chunks: list[list] = [[]]
+    used = label
+    for column, w in zip(table.columns, widths, strict=True):
+        if chunks[-1] and used + w > budget:
+            chunks.append([])
+            used = label
+        chunks[-1].append(column)
+        used += w
+    return chunks
 
 
 def latex_table(table: pd.DataFrame, caption: str, label: str, width: str = "fit") -> str:
     """A paste-ready LaTeX fragment: one ``table`` (or ``table*``) with a booktabs ``tabular``.
 
     It needs ``\\usepackage{booktabs}`` (and ``graphicx`` unless ``width="natural"``), which a
-    comment on its first line says. ``width``: see ``LATEX_WIDTHS``. ASCII only.
+    comment on its first line says. ``width``: see ``LATEX_WIDTHS``. With ``fit`` and ``wide``, a
+    table too wide to shrink to the line above 7 pt is split into several tabulars of whole columns
+    (:func:`column_chunks`). ASCII only.
     """
     if width not in LATEX_WIDTHS:
         raise ValueError(f"width must be one of {', '.join(LATEX_WIDTHS)}, got {width!r}")
     shown = table.copy()
     shown.index = [latex_escape_text(str(i)) for i in shown.index]
     shown.columns = [latex_escape_text(str(c)) for c in shown.columns]
-    tabular = shown.style.to_latex(hrules=True, column_format="l" + "c" * len(shown.columns)).strip()
     env = "table*" if width == "wide" else "table"
     line = r"\textwidth" if width == "wide" else r"\linewidth"
     packages = r"\usepackage{booktabs}" + ("" if width == "natural" else r", \usepackage{graphicx}")
-    body = tabular
-    if width != "natural":  # shrink to the line only when wider than it (graphicx's \width)
-        body = rf"\resizebox{{\ifdim\width>{line}{line}\else\width\fi}}{{!}}{{%" + "\n" + tabular + "}"
+    chunks = [list(shown.columns)] if width == "natural" or shown.empty else column_chunks(shown)
+    bodies = []
+    for columns in chunks:
+        part = shown[columns]
+        tabular = part.style.to_latex(hrules=True, column_format="l" + "c" * len(part.columns)).strip()
+        if width != "natural":  # shrink to the line only when wider than it (graphicx's \width)
+            tabular = rf"\resizebox{{\ifdim\width>{line}{line}\else\width\fi}}{{!}}{{%" + "\n" + tabular + "}"
+        bodies.append(tabular)
     parts = [
         f"% bench report table ({label}); needs {packages}",
         rf"\begin{{{env}}}[htbp]",
         r"\centering",
         rf"\caption{{{latex_escape_text(caption)}}}",
         rf"\label{{{label}}}",
-        body,
+        "\n\n\\medskip\n".join(bodies),
         rf"\end{{{env}}}",
     ]
     return latex_unicode("\n".join(parts) + "\n")
@@ -456,15 +499,19 @@ def main_notes(split_se: pd.DataFrame, n_seeds: int) -> list[str]:
 
 def interval_phrase(agg: Aggregates) -> str:
     if agg.resample_tasks:
-        return "tasks resampled within their group, then seeds within each task"
-    return "seeds resampled within each task, tasks fixed"
+        return "t over the tasks of each group, tasks as a sample of similar tasks"
+    return "Welch–Satterthwaite t over seeds, tasks fixed"
 
 
 def aggregate_caption(agg: Aggregates, n_seeds: int) -> str:
     return (
         f"Aggregate top-1 accuracy (%) over {plural(len(agg.tasks), 'task')} and {plural(n_seeds, 'seed')}, "
-        f"with 95 % stratified-bootstrap intervals ({interval_phrase(agg)}). IQM: interquartile mean over all runs."
+        f"with 95 % intervals ({interval_phrase(agg)}). IQM: interquartile mean over all runs, with a "
+        "conservative 95 % interval."
     )
+
+
+VTAB_TASK_COUNTS = {"natural": 7, "specialized": 4, "structured": 8}
 
 
 def aggregate_notes(agg: Aggregates) -> list[str]:
@@ -473,22 +520,45 @@ def aggregate_notes(agg: Aggregates) -> list[str]:
         names = ", ".join(g.capitalize() for g in agg.groups)
         notes.append(
             f"Two averages are shown and named: the mean of the {len(agg.groups)} group means ({names}; each group "
-            f"weighs equally) and the mean over all {len(agg.tasks)} tasks (each task weighs equally)."
+            f"weighs equally) and the mean over all {len(agg.tasks)} tasks (each task weighs equally). "
+            + " ".join(f"{g.capitalize()}: {', '.join(agg.members[g])}." for g in agg.groups)
         )
         if tuple(sorted(g.lower() for g in agg.groups)) == VTAB_GROUPS:
-            notes.append(
-                "For VTAB-1K, papers in the VPT lineage (VPT, NOAH, FacT, DTL) give the mean of the three group "
-                "means as their headline number; V-PETL Bench gives the mean over the 19 tasks. They differ by "
-                "several points: full fine-tuning in the VPT paper is 68.9 by the first and 65.6 by the second. "
-                "Compare a number only with one of the same kind."
-            )
+            counts = {g.lower(): len(agg.members[g]) for g in agg.groups}
+            if counts == VTAB_TASK_COUNTS:
+                notes.append(
+                    "For VTAB-1K, papers in the VPT lineage (VPT, NOAH, FacT, DTL) give the mean of the three group "
+                    "means as their headline number; V-PETL Bench gives the mean over the 19 tasks. They differ by "
+                    "several points: full fine-tuning in the VPT paper is 68.9 by the first and 65.6 by the second. "
+                    "Compare a number only with one of the same kind."
+                )
+            else:
+                short = ", ".join(
+                    f"{g} {counts[g]} of {k}" for g, k in VTAB_TASK_COUNTS.items() if counts.get(g, 0) != k
+                )
+                notes.append(
+                    f"Not all 19 VTAB-1K tasks take part ({short}), so neither average compares with published "
+                    "VTAB-1K numbers."
+                )
+    if agg.resample_tasks:
+        notes.append(
+            "--resample-tasks: each interval treats the tasks of a group as a sample of similar tasks. It is a t "
+            "interval on the spread of the per-task means within each group (Welch–Satterthwaite df across "
+            "groups); that spread already holds the seed noise. Its target is the mean over such tasks, not over "
+            "these."
+        )
+    else:
+        notes.append(
+            "Each interval targets the average over these fixed tasks of each task's expected accuracy over seeds: "
+            "a t interval on the average of per-task seed means, with variance Σ w²s²/n from the seed variances and "
+            "Welch–Satterthwaite degrees of freedom. With one seed, or no spread over seeds anywhere, there is no "
+            "interval (–). Simulations with known truth measured its coverage at 94.8–98.3 % for 2–10 seeds, 3–19 "
+            "tasks and seed SDs of 0.2–3 pp (see the statistics reference)."
+        )
     notes.append(
-        f"The interval keeps the tasks fixed and resamples each task's seeds, the same indices for every method "
-        f"(Agarwal et al. 2021; rliable's default): it answers how much the numbers move with the training seeds "
-        f"on these tasks. {'Here the tasks are resampled as well (--resample-tasks), which asks how they generalise to similar tasks. ' if agg.resample_tasks else ''}"
-        f"At least 10,000 draws, more where a bound's sign needed them (up to {agg.n_boot:,} here); the largest "
-        f"Monte Carlo standard error of any accuracy bound is {100 * agg.mc_se:.3f} pp"
-        + (f", of any P(A>B) bound {agg.poi_mc_se:.3f}." if np.isfinite(agg.poi_mc_se) else ".")
+        "IQM: the mean of the middle 50 % of all runs (exactly 25 % cut at each end; a run at the boundary counts "
+        "partly). Its interval bounds the variance by the Efron–Stein inequality (moving one of N runs moves the "
+        "IQM by at most 2/N of the move), so it is wider than needed: measured coverage 99–100 %."
     )
     return notes
 
@@ -502,7 +572,7 @@ def comparison_caption(agg: Aggregates, reference: str, n_seeds: int) -> str:
         )
     return (
         f"Each method against {reference} over {plural(len(agg.tasks), 'task')} ({plural(n_seeds, 'seed')} each): "
-        f"Δ of the {agg.headline[0].lower() + agg.headline[1:]} with its paired 95 % bootstrap interval; "
+        f"Δ of the {agg.headline[0].lower() + agg.headline[1:]} with its 95 % Welch–Satterthwaite interval; "
         f"P(A>B), averaged over tasks, with its 95 % interval; Wilcoxon signed-rank p on per-task means, "
         f"Holm-adjusted. †: adjusted p < {ALPHA} and the Δ interval excludes 0."
     )
@@ -514,17 +584,17 @@ def comparison_notes(agg: Aggregates, reference: str) -> list[str]:
     notes = []
     if agg.single_task:
         notes.append(
-            "One task: no aggregate row, no bootstrap and no rank statistics. The only interval for a method is its "
+            "One task: no aggregate row and no rank statistics. The only interval for a method is its "
             "Student-t interval over seeds, and the only test the Welch t-test on that task; the differences above "
             "are those of the forest plot."
         )
         return notes
     notes.append(
-        "W/T/L: tasks won, tied (equal per-task means), lost against the reference. P(A>B) resamples each method's "
-        "seeds independently within each task (rliable's stratified independent bootstrap)."
+        "W/T/L: tasks won, tied (equal per-task means), lost against the reference. P(A>B): the chance that a run "
+        "of the method beats a run of the reference, averaged over tasks; its interval is a Wilson-type score "
+        "interval from the largest variance a Mann–Whitney estimate can have (Birnbaum & Klose 1957), so it is "
+        "conservative (measured coverage 97–100 %) and never collapses to a point."
     )
-    if any(agg.comparisons[c].any() for c in ("diff_low_unsettled", "diff_high_unsettled") if c in agg.comparisons):
-        notes.append(f"≈0: the bound's sign stayed within Monte Carlo error after {agg.n_boot:,} draws; read it as 0.")
     if n < 6:
         floor = 2 / 2**n
         notes.append(
@@ -552,19 +622,24 @@ def comparison_notes(agg: Aggregates, reference: str) -> list[str]:
 def few_shot_caption(n_seeds: int, reference: str) -> str:
     return (
         f"Few-shot top-1 accuracy (%): per shot count, the mean over datasets of the mean over {plural(n_seeds, 'seed')}, "
-        "with a 95 % bootstrap interval over seeds (datasets fixed)."
+        "with a 95 % Welch–Satterthwaite t interval over seeds (datasets fixed)."
     )
 
 
 def few_shot_diff_caption(reference: str) -> str:
     return (
-        f"Few-shot differences to {reference} (pp) with the same bootstrap interval, and P(A>B) averaged over "
+        f"Few-shot differences to {reference} (pp) with the same kind of interval, and P(A>B) averaged over "
         "datasets; no p-values across so few datasets."
     )
 
 
-def resources_caption(runs: pd.DataFrame | None = None) -> str:
-    text = "Cost per method: medians over runs. Throughput and memory are what each run measured on its own device."
+def resources_caption(runs: pd.DataFrame | None = None, resources: pd.DataFrame | None = None) -> str:
+    n = int(resources["acc_tasks"].iloc[0]) if resources is not None and "acc_tasks" in resources else None
+    where = "the tasks every method completed" if n is None else plural(n, "task") + " every method completed"
+    text = (
+        "Cost per method: medians over runs. Throughput and memory are what each run measured on its own device. "
+        f"Mean acc.: the mean over the {where} of each task's mean over seeds, the same tasks for every method."
+    )
     if runs is not None and "gpu_util" in runs and runs["gpu_util"].notna().any():
         text += (
             " GPU util. is each run's mean over its epochs of its GPU's utilisation (NVML, through MLflow's system "
@@ -652,8 +727,8 @@ def ablation_table(ab: Ablation, style: Style) -> pd.DataFrame:
             sig = c["holm_p"] < ALPHA and (c["diff_low"] > 0 or c["diff_high"] < 0)
             row.update(
                 {
-                    delta: f"{signed(c['diff'])} [{bound(c['diff_low'], c['diff_low_unsettled'])}, "
-                    f"{bound(c['diff_high'], c['diff_high_unsettled'])}]" + (style.dagger if sig else ""),
+                    delta: f"{signed(c['diff'])} [{signed(c['diff_low'])}, {signed(c['diff_high'])}]"
+                    + (style.dagger if sig else ""),
                     "W/T/L": f"{c['wins']}/{c['ties']}/{c['losses']}",
                     test: "–"
                     if not np.isfinite(c["wilcoxon_p"])
@@ -676,8 +751,7 @@ def ablation_caption(ab: Ablation, n_seeds: int) -> str:
     return (
         f"Ablation of {ab.base}: each variant against {ab.base} over {plural(len(agg.tasks), 'task')} "
         f"({plural(n_seeds, 'seed')} each). Accuracy: the {agg.headline[0].lower() + agg.headline[1:]} with its 95 % "
-        f"stratified-bootstrap interval; Δ with its paired 95 % bootstrap interval (seeds resampled within each task, "
-        f"tasks fixed); Wilcoxon signed-rank p on per-task means, Holm-adjusted over the variants of {ab.base}. "
+        f"Welch–Satterthwaite t interval (tasks fixed); Δ with its 95 % Welch–Satterthwaite interval; Wilcoxon signed-rank p on per-task means, Holm-adjusted over the variants of {ab.base}. "
         f"†: adjusted p < {ALPHA} and the Δ interval excludes 0. Parameters exclude the classification head."
     )
 
@@ -688,13 +762,9 @@ def ablation_notes(ab: Ablation) -> list[str]:
     if ab.agg.single_task:
         notes.append(
             "One task: the only interval is the t-interval over seeds and the only test Welch's t-test on that task; "
-            "no bootstrap and no signed-rank test."
+            "no signed-rank test."
         )
         return notes
-    if any(ab.agg.comparisons[c].any() for c in ("diff_low_unsettled", "diff_high_unsettled")):
-        notes.append(
-            f"≈0: the bound's sign stayed within Monte Carlo error after {ab.agg.n_boot:,} draws; read it as 0."
-        )
     if n < 6:
         notes.append(
             f"With {plural(n, 'task')} the two-sided signed-rank test cannot go below p = 2/{2**n} = {2 / 2**n:.3g}, "
@@ -738,7 +808,12 @@ def budget_curve_caption(interval: str, n_seeds: int) -> str:
 def missing_note(missing: list[str]) -> str:
     if not missing:
         return ""
-    return "Left out of every average (a method without all seeds on a task): " + "; ".join(missing) + "."
+    return (
+        "A method without every seed on a task: " + "; ".join(missing) + ". Its runs on that task leave the tables; "
+        "the task leaves every across-task number for every method (the aggregate means and group means, the IQM, "
+        "P(A>B), the signed-rank and rank tests, and the cost table's mean accuracy), so all methods are averaged "
+        "over the same tasks."
+    )
 
 
 __all__ = [

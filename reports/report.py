@@ -249,7 +249,13 @@ def _sections(report: Report) -> list[Section]:
     cost = render.resources_table(report.resources)
     warnings = render.cost_warnings(report.runs.frame)
     items = [
-        Table("cost", cost, cost, render.resources_caption(report.runs.frame), ["Warning: " + w for w in warnings])
+        Table(
+            "cost",
+            cost,
+            cost,
+            render.resources_caption(report.runs.frame, report.resources),
+            ["Warning: " + w for w in warnings],
+        )
     ]
     if not report.tuning.empty:
         effort = render.tuning_effort_table(report.tuning)
@@ -292,7 +298,7 @@ def _curve_section(report: Report) -> Section:
 
 def _interval_name(report: Report) -> str:
     if len(report.agg.rows):
-        return f"{report.agg.headline}; stratified bootstrap, {render.interval_phrase(report.agg)}"
+        return f"{report.agg.headline}; {render.interval_phrase(report.agg)}"
     if report.agg.single_task:
         return f"{report.agg.tasks[0]}; Student-t over seeds"
     return "no complete task: no interval"
@@ -300,13 +306,13 @@ def _interval_name(report: Report) -> str:
 
 def headline_points(report: Report) -> tuple[pd.DataFrame, str]:
     """Per method of a one-budget report: params, headline estimate and its interval, and a title
-    that names them (the aggregate's bootstrap interval, or on one task the t-interval over seeds)."""
+    that names them (the aggregate's interval, or on one task the t-interval over seeds)."""
     ref, agg = report.reference, report.agg
     methods = tables.method_order(report.runs, ref)
     res = report.resources.set_index("method")
     if len(agg.rows):
         head = agg.rows[agg.rows["row"] == agg.headline].set_index("method")
-        title = f"{agg.headline}, 95 % bootstrap interval ({render.interval_phrase(agg)})"
+        title = f"{agg.headline}, 95 % interval ({render.interval_phrase(agg)})"
     elif agg.single_task:
         one = report.cells[(report.cells["task"] == agg.tasks[0]) & report.cells["shots"].isna()].set_index("method")
         head = pd.DataFrame(
@@ -416,6 +422,7 @@ def _write_files(report: Report, out: Path, formats: tuple[str, ...], latex_widt
         summary = out / "summary.csv"
         report.cells.to_csv(summary, index=False)
         written += [results, summary]
+        written += _table_csvs(report, out)
         if report.curve:
             curve = out / "budget_curve.csv"
             curve_points(report).to_csv(curve, index=False)
@@ -440,6 +447,51 @@ def _write_files(report: Report, out: Path, formats: tuple[str, ...], latex_widt
         path = out / "report.tex"
         path.write_text(latex(report, parts), encoding="ascii")
         written.append(path)
+    return written
+
+
+AGGREGATE_COLUMNS = ["method", "group", "estimate", "low", "high", "diff", "diff_low", "diff_high"]
+
+
+def aggregates_frame(agg: tables.Aggregates) -> pd.DataFrame:
+    """aggregates.csv: one row per method and averaged group, in percentage points. ``group`` is empty
+    for the headline (overall) row, a group's name for its mean, and "all tasks" for the mean of all
+    tasks where the headline is the mean of group means."""
+    if not len(agg.rows):
+        return pd.DataFrame(columns=AGGREGATE_COLUMNS)
+    frame = agg.rows[AGGREGATE_COLUMNS].copy()
+    values = AGGREGATE_COLUMNS[2:]
+    frame[values] = 100 * frame[values]
+    return frame
+
+
+def _table_csvs(report: Report, out: Path) -> list[Path]:
+    """Every table the report prints, as numbers (percentage points for accuracies and differences):
+    aggregates.csv, comparison.csv, iqm.csv, fewshot.csv and cost.csv (with several budgets, one of
+    each per budget, suffixed _b<budget>)."""
+    written = []
+    for part in report.parts or [report]:
+        suffix = "" if not report.curve else ("_b" + str(part.budget) if part.budget != "published" else "_published")
+        agg = part.agg
+        frames = {"aggregates": aggregates_frame(agg)}
+        if len(agg.comparisons):
+            comp = agg.comparisons.copy()
+            for c in ("diff", "diff_low", "diff_high"):
+                comp[c] = 100 * comp[c]
+            frames["comparison"] = comp
+        if agg.iqm is not None and len(agg.iqm):
+            frames["iqm"] = agg.iqm.assign(**{c: 100 * agg.iqm[c] for c in ("estimate", "low", "high")})
+        if not part.few_shot.empty:
+            few = part.few_shot.copy()
+            for c in ("estimate", "low", "high", "diff", "diff_low", "diff_high"):
+                few[c] = 100 * few[c]
+            frames["fewshot"] = few
+        if len(part.resources):
+            frames["cost"] = part.resources.assign(mean_acc=100 * part.resources["mean_acc"])
+        for name, frame in frames.items():
+            path = out / f"{name}{suffix}.csv"
+            frame.to_csv(path, index=False)
+            written.append(path)
     return written
 
 
@@ -487,9 +539,23 @@ FIGURE_CAPTIONS = {
     "accuracy_vs_params": "Accuracy against trainable parameters (head excluded), with the Pareto front.",
     "critical_difference": "Average ranks over tasks with the Nemenyi critical difference.",
     "forest_vs_reference": "Per-task difference to the reference with its Welch 95 % interval.",
-    "performance_profile": "Performance profiles: the fraction of runs above each accuracy, with 95 % bands.",
+    "performance_profile": "Performance profiles: the fraction of runs above each accuracy (descriptive, no band).",
     "resources": "Accuracy, training throughput and peak GPU memory per method.",
 }
+
+
+def _figure_height(stem: str) -> str:
+    """A figure's height in report.tex, as a fraction of the text height: a forest-plot page (up to
+    figures.MAX_FOREST_ROWS rows) gets the page, so its 7 pt labels print at about their size."""
+    return "0.85" if stem.startswith("forest_vs_reference") else "0.4"
+
+
+def _figure_caption(stem: str) -> str:
+    """The caption of a figure file; pages of a split figure (forest_vs_reference_2) share their first's."""
+    base, _, page = stem.rpartition("_")
+    if page.isdigit() and base in FIGURE_CAPTIONS:
+        return f"{FIGURE_CAPTIONS[base]} (page {page})"
+    return FIGURE_CAPTIONS.get(stem, stem.replace("_", " "))
 
 
 def markdown(report: Report, parts: list[Section] | None = None) -> str:
@@ -507,7 +573,7 @@ def markdown(report: Report, parts: list[Section] | None = None) -> str:
     lines += ["", "## Figures", ""]
     for p in report.figures:
         if p.suffix == ".png":
-            lines += [f"![{FIGURE_CAPTIONS.get(p.stem, p.stem)}]({p.name})", ""]
+            lines += [f"![{_figure_caption(p.stem)}]({p.name})", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -518,6 +584,15 @@ LATEX_PREAMBLE = r"""\documentclass[10pt]{article}
 \usepackage{booktabs}
 \usepackage{graphicx}
 \usepackage{caption}
+% Tables stay near their heading: floats may fill most of a page, and a table still deferred at the
+% next heading is placed before it (a page break only when one is deferred).
+\renewcommand{\topfraction}{0.95}
+\renewcommand{\bottomfraction}{0.95}
+\renewcommand{\textfraction}{0.05}
+\renewcommand{\floatpagefraction}{0.8}
+\makeatletter
+\newcommand{\placewaitingtables}{\par\ifx\@deferlist\@empty\else\clearpage\fi}
+\makeatother
 \begin{document}
 """
 
@@ -529,6 +604,7 @@ def latex(report: Report, parts: list[Section] | None = None) -> str:
     doc += [rf"\item \textbf{{{esc(k)}}}: {esc(v)}" for k, v in _context(report)]
     doc += [r"\end{itemize}"]
     for section in parts:
+        doc.append(r"\placewaitingtables")
         doc.append(r"\subsection*{" + esc(section.title) + "}")
         for item in section.items:
             if isinstance(item, Table):
@@ -541,8 +617,9 @@ def latex(report: Report, parts: list[Section] | None = None) -> str:
         if p.suffix == ".pdf":
             doc += [
                 r"\begin{figure}[htbp]\centering",
-                rf"\includegraphics[width=0.8\linewidth,height=0.4\textheight,keepaspectratio]{{{p.name}}}",
-                rf"\caption{{{esc(FIGURE_CAPTIONS.get(p.stem, p.stem.replace('_', ' ')))}}}",
+                rf"\includegraphics[width=0.8\linewidth,height={_figure_height(p.stem)}\textheight,keepaspectratio]"
+                rf"{{{p.name}}}",
+                rf"\caption{{{esc(_figure_caption(p.stem))}}}",
                 r"\end{figure}",
             ]
     doc.append(r"\end{document}")

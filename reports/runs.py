@@ -349,11 +349,28 @@ def select_runs(
             runs.missing += [f"{line} ({budget_label(b)})" for line in part.missing]
             runs.dropped += [f"{line} ({budget_label(b)})" for line in part.dropped]
         return runs
-    missing, dropped = _missing(frame)
+    # A run that finished without an accuracy (NaN) counts as missing, named, never averaged away.
+    unscored = frame["acc"].isna()
+    nan_runs = set(zip(frame.loc[unscored, "method"], frame.loc[unscored, "task"],
+                       frame.loc[unscored, "shots"].fillna(-1), frame.loc[unscored, "seed"], strict=True))  # fmt: skip
+    frame = frame[~unscored]
+    if frame.empty:
+        raise BenchError(f"every finished {stage} run of suite {suite!r} has a NaN accuracy; nothing to report")
+    missing, dropped = _missing(frame, nan_runs)
     if complete_only and dropped:
         keys = frame.set_index(["method", "task", "shots"]).index
         bad = pd.MultiIndex.from_tuples([d[0] for d in dropped], names=["method", "task", "shots"])
-        frame = frame[~keys.isin(bad)]
+        kept = frame[~keys.isin(bad)]
+        if kept.empty:
+            ran = "; ".join(
+                f"{m} ran seed {', '.join(map(str, sorted(set(g['seed']))))}"
+                for m, g in frame.groupby("method", sort=False)
+            )
+            raise BenchError(
+                f"no task has every method at every seed ({ran}); run the same seeds for every method "
+                "(--seeds) or pick methods that share them with --methods"
+            )
+        frame = kept
     return ReportRuns(
         frame.reset_index(drop=True),
         suite,
@@ -365,9 +382,10 @@ def select_runs(
     )
 
 
-def _missing(frame: pd.DataFrame) -> tuple[list[str], list[tuple[tuple, str]]]:
-    """Runs absent for a full method × task (× shots) × seed grid, and the cells they leave incomplete."""
-    seeds = sorted(set(frame["seed"]))
+def _missing(frame: pd.DataFrame, nan_runs: set = frozenset()) -> tuple[list[str], list[tuple[tuple, str]]]:
+    """Runs absent for a full method × task (× shots) × seed grid, and the cells they leave incomplete.
+    ``nan_runs``: (method, task, shots or -1, seed) of runs left out for a NaN accuracy, named as such."""
+    seeds = sorted(set(frame["seed"]) | {r[3] for r in nan_runs})
     tasks = frame[["task", "shots"]].drop_duplicates().itertuples(index=False)
     tasks = sorted(tasks, key=lambda t: (t.task, -1 if pd.isna(t.shots) else int(t.shots)))
     have = set(zip(frame["method"], frame["task"], frame["shots"].fillna(-1), frame["seed"], strict=True))
@@ -378,7 +396,11 @@ def _missing(frame: pd.DataFrame) -> tuple[list[str], list[tuple[tuple, str]]]:
             absent = [s for s in seeds if (method, t.task, shots, s) not in have]
             if absent:
                 where = t.task + (f" k={shots}" if shots >= 0 else "")
-                missing.append(f"{method} on {where}: seed {', '.join(map(str, absent))} missing")
+                nan = [s for s in absent if (method, t.task, shots, s) in nan_runs]
+                gone = [s for s in absent if s not in nan]
+                why = [f"seed {', '.join(map(str, gone))} missing"] if gone else []
+                why += [f"seed {', '.join(map(str, nan))} has a NaN accuracy"] if nan else []
+                missing.append(f"{method} on {where}: {'; '.join(why)}")
                 dropped.append(((method, t.task, t.shots), f"{method} on {where}"))
     return missing, dropped
 

@@ -4,8 +4,8 @@ Accuracies are fractions internally; rendering in percent is the caller's job. E
 returns plain floats, numpy arrays or frozen dataclasses, gives NaN where a quantity is undefined,
 and does not raise on legal but degenerate data (one seed, identical methods, all-tied ranks).
 Only numpy and scipy are used here; the tests cross-check against statsmodels, scikit-posthocs,
-autorank, rliable's metrics and scipy.stats.bootstrap. rliable's own bootstrap module is not used:
-it needs arch<8, which does not import under pandas 3.
+autorank and rliable's metrics, and a simulation with known truth measures every interval's
+coverage.
 
 What each piece is for, and why
 -------------------------------
@@ -44,35 +44,29 @@ multiple data sets", JMLR 7:1-30):
   (less conservative than the Friedman chi-square, Demšar §3.2.2) and the Nemenyi critical
   difference for the CD diagram, which is a summary picture of the ranking.
 
-Aggregates (VTAB mean of 19 tasks, mean of group means, IQM):
+Aggregates (VTAB mean of 19 tasks, mean of group means, IQM, P(A>B)). Every interval here is
+analytic, and its coverage of a stated target was measured by simulation with known truth
+(``benchmarks/interval_coverage.py``; ``tests/test_interval_coverage.py`` checks it on every run).
+A percentile seed bootstrap is not used: with 2-5 seeds per task it resamples with the plug-in
+variance (divisor n) and covered 69-83 % instead of 95 % at 2-3 seeds.
 
-* ``two_level_bootstrap`` / ``bootstrap_summary``: the stratified bootstrap of Agarwal et al.
-  2021 (NeurIPS, "Deep reinforcement learning at the edge of the statistical precipice"). By
-  default the tasks stay fixed and the seeds are resampled within each task: the question a
-  benchmark on fixed tasks asks, and rliable's default. Resampling tasks as well (within their
-  group) asks how the result generalises to similar tasks; with a handful of tasks it has few
-  distinct resamples (3 tasks: 10) and covers far less than its nominal level, so callers allow
-  it only from 10 tasks on. The same indices are used for every method, so differences stay
-  paired: the CI of the difference to the reference is reported from the same draws, because
-  marginal intervals are dominated by between-task spread and overlap even when the paired
-  difference is clear.
-* Monte Carlo error: a percentile bound from B draws is itself random. ``bootstrap_summary`` and
-  ``probability_of_improvement`` keep drawing (doubling B up to ``max_boot``) while a bound's
-  Monte Carlo band (the order statistics q·B ± 3·√(B·q(1-q))) straddles the value that decides
-  the sign (0 for a difference, ½ for P(A>B)), and flag a bound whose sign is still unsettled;
-  they also return the Monte Carlo standard error of their bounds.
-* ``iqm`` / ``iqm_summary``: the interquartile mean over all runs of all tasks (the 25 %
-  trimmed mean, ``scipy.stats.trim_mean``), Agarwal et al.'s robust aggregate, with the same
-  seed-resampling interval.
-* ``probability_of_improvement``: P(A>B) per task averaged over tasks, with an interval from
-  resampling each method's seeds independently within each task (rliable's
-  ``StratifiedIndependentBootstrap``).
+* ``fixed_task_mean`` / ``fixed_task_difference`` / ``aggregate_summary``: the tasks are fixed
+  (the question a benchmark on these tasks asks); the target is the weighted mean over them of
+  each task's expected accuracy over seeds (or of the difference of two methods'). The interval is
+  a t interval on Σ w_d x̄_d with variance Σ w_d² s_d²/n and the Welch-Satterthwaite df.
+* ``random_task_mean``: ``--resample-tasks``: the tasks of each group are a sample of similar
+  tasks; a t interval on the spread of per-task means within each group.
+* ``iqm`` / ``iqm_interval``: the interquartile mean over all runs of all tasks with exact 25 %
+  trimming at each end (boundary runs count partly), and a conservative t interval from the
+  Efron-Stein bound on its variance.
+* ``improvement_interval``: P(A>B) per task averaged over tasks, with a Wilson-type interval from
+  the Birnbaum-Klose bound on the variance of a Mann-Whitney estimate: conservative, never
+  degenerate.
 * ``performance_profile``: the fraction of runs (over all tasks and seeds) above each threshold
-  τ, with a pointwise seed-resampling band (Agarwal et al.'s score distributions).
+  τ (Agarwal et al.'s score distributions), for a figure, without a band.
 * ``few_shot_difference``: with 5 few-shot datasets no across-dataset test can reach p < 0.05
-  (exact Wilcoxon floor 0.0625), so each shot count gets the mean difference with a bootstrap
-  CI over seeds (datasets fixed) and the average P(A>B) (Agarwal et al.'s average probability of
-  improvement), and no p-value.
+  (exact Wilcoxon floor 0.0625), so each shot count gets the mean difference with its fixed-task
+  interval and the average P(A>B), and no p-value.
 * ``binomial_se``: the standard error √(p(1-p)/n) of an accuracy p measured on a fixed test set
   of n examples. Every interval above is conditional on that one test split; this is the size
   of the sampling error the seeds do not see.
@@ -80,14 +74,9 @@ Aggregates (VTAB mean of 19 tasks, mean of group means, IQM):
 ``mark_best`` decides bold/underline on values rounded to the displayed precision, so that
 values that print the same get the same mark.
 
-A caveat on the seed-level bootstrap: resampling n seeds uses their plug-in variance (divisor n),
-so with 5 seeds per task the seed part of a bootstrap interval is about √(4/5) ≈ 0.89 times as wide
-as a t-based one. Averaging over many tasks makes the normal shape good; the narrowness remains, so
-the seed-only intervals are slightly optimistic.
-
 Missing values: per-task functions (``t_interval``, ``compare_seeds``, ``prob_superiority``,
 ``wilcoxon_signed_rank``) drop NaN (pairwise where paired) and report the n they used; the
-corrections leave NaN p-values NaN and adjust over the others; ``friedman`` and the bootstraps
+corrections leave NaN p-values NaN and adjust over the others; ``friedman`` and the aggregates
 need complete data and raise ValueError naming the incomplete cell.
 """
 
@@ -100,9 +89,7 @@ import numpy as np
 from scipy import stats
 
 __all__ = [
-    "BootstrapSummary",
-    "IQMSummary",
-    "ImprovementProbability",
+    "AggregateSummary",
     "FewShotDifference",
     "FriedmanResult",
     "Interval",
@@ -110,21 +97,23 @@ __all__ = [
     "WilcoxonResult",
     "benjamini_hochberg",
     "binomial_se",
-    "bootstrap_summary",
+    "aggregate_summary",
     "compare_seeds",
     "few_shot_difference",
     "friedman",
     "holm",
     "iqm",
-    "iqm_summary",
+    "fixed_task_difference",
+    "fixed_task_mean",
+    "improvement_interval",
+    "iqm_interval",
+    "random_task_mean",
+    "TInterval",
     "performance_profile",
-    "probability_of_improvement",
     "mark_best",
     "nemenyi_cd",
-    "percentile_interval",
     "prob_superiority",
     "t_interval",
-    "two_level_bootstrap",
     "wilcoxon_signed_rank",
 ]
 
@@ -190,59 +179,6 @@ class FriedmanResult:
     cd: float
     n_blocks: int
     k: int
-
-
-@dataclass(frozen=True, eq=False)  # holds arrays: == would be ambiguous, so it is identity
-class BootstrapSummary:
-    """Per method: point estimate and CI of the aggregate, and the difference to the reference with its CI.
-
-    All arrays have one entry per method. ``diff`` is ``estimate - estimate[reference_index]``; its CI
-    comes from the same (paired) draws, so the reference's own row is 0 with CI [0, 0].
-    ``n_boot`` is the number of draws used (at least the number asked for; more where a bound's sign
-    needed them), ``mc_se`` the largest Monte Carlo standard error of any bound, and
-    ``diff_unsettled[i]`` (low, high) says whether the sign of that bound of method i's difference
-    is still within Monte Carlo error after ``max_boot`` draws.
-    """
-
-    estimate: np.ndarray
-    low: np.ndarray
-    high: np.ndarray
-    diff: np.ndarray
-    diff_low: np.ndarray
-    diff_high: np.ndarray
-    reference_index: int
-    conf: float
-    n_boot: int
-    resample_datasets: bool
-    mc_se: float = NAN
-    diff_unsettled: np.ndarray | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class IQMSummary:
-    """Per method: the interquartile mean over all (task, seed) runs and its seed-resampling CI."""
-
-    estimate: np.ndarray
-    low: np.ndarray
-    high: np.ndarray
-    n_boot: int
-    mc_se: float
-
-
-@dataclass(frozen=True)
-class ImprovementProbability:
-    """Average over tasks of P(A>B) (a run of A beats a run of B, ties ½), with its bootstrap CI.
-
-    ``unsettled`` (low, high): whether that bound's side of ½ is still within Monte Carlo error.
-    """
-
-    estimate: float
-    low: float
-    high: float
-    n_tasks: int
-    n_boot: int
-    mc_se: float
-    unsettled: tuple[bool, bool] = (False, False)
 
 
 @dataclass(frozen=True)
@@ -345,9 +281,11 @@ def compare_seeds(a, b, paired: bool = False, conf: float = 0.95) -> SeedCompari
     With fewer than 2 values in a sample (pairs when paired), p and the CI are NaN.
 
     Degenerate data: when the variance that the test divides by is zero (both samples constant
-    for Welch, constant differences when paired), the difference is deterministic. Equal means
-    then give p = 1 and CI [0, 0]; different means give p = 0 and CI [diff, diff]. A spread
-    below 1e-12 (relative to the values' magnitude) counts as zero; it is rounding noise.
+    for Welch, constant differences when paired), the CI is NaN, and p is 1 for equal means (no
+    evidence of a difference) and NaN otherwise. Two or three identical
+    seeds do not show that a method has no seed variance, so p = 0 with a zero-width interval
+    would claim a certainty the data do not give (and would enter the Benjamini-Hochberg family
+    as a discovery). A spread below 1e-12 (relative to the values' magnitude) counts as zero.
     A method identical to the reference gives diff 0, p 1 and P(A>B) 0.5.
     """
     _check_conf(conf)
@@ -371,10 +309,9 @@ def compare_seeds(a, b, paired: bool = False, conf: float = 0.95) -> SeedCompari
         return SeedComparison(diff, NAN, NAN, NAN, psup, n_a, n_b, test)
     scale = float(max(np.max(np.abs(a)), np.max(np.abs(b))))
     degenerate = _is_constant(a - b, scale) if paired else (_is_constant(a, scale) and _is_constant(b, scale))
-    if degenerate:
-        if abs(diff) <= _ZERO_SPREAD * max(1.0, scale):
-            return SeedComparison(0.0, 0.0, 0.0, 1.0, psup, n_a, n_b, test)
-        return SeedComparison(diff, diff, diff, 0.0, psup, n_a, n_b, test)
+    if degenerate:  # no spread to test against: no interval, and a p-value only for equal means
+        equal = abs(diff) <= _ZERO_SPREAD * max(1.0, scale)
+        return SeedComparison(0.0 if equal else diff, NAN, NAN, 1.0 if equal else NAN, psup, n_a, n_b, test)
     res = stats.ttest_rel(a, b) if paired else stats.ttest_ind(a, b, equal_var=False)
     ci = res.confidence_interval(confidence_level=conf)
     return SeedComparison(diff, float(ci.low), float(ci.high), float(res.pvalue), psup, n_a, n_b, test)
@@ -542,8 +479,237 @@ def friedman(M, alpha: float = 0.05, decimals: int | None = 6) -> FriedmanResult
 
 
 # --------------------------------------------------------------------------------------------
-# Aggregates: stratified two-level bootstrap
+# Intervals across tasks (analytic; their coverage is measured by benchmarks/interval_coverage.py)
 # --------------------------------------------------------------------------------------------
+
+
+def _t_quantile(conf: float, df) -> np.ndarray:
+    """t(½ + conf/2, df), NaN where df is not a positive finite number."""
+    df = np.asarray(df, dtype=float)
+    ok = np.isfinite(df) & (df > 0)
+    return np.where(ok, stats.t.ppf(0.5 + conf / 2, np.where(ok, df, 1.0)), NAN)
+
+
+def _satterthwaite(components, dfs) -> tuple[np.ndarray, np.ndarray]:
+    """Sum V of independent variance components (last axis) and its Welch-Satterthwaite df,
+    (Σ c)² / Σ c²/df_c. A component with df_c <= 0 (one seed) makes V and df NaN; V == 0 (no spread
+    anywhere) gives df NaN, so no interval: a zero-width interval would claim certainty that a few
+    identical seeds do not give."""
+    c = np.asarray(components, dtype=float)
+    dfs = np.broadcast_to(np.asarray(dfs, dtype=float), c.shape)
+    V = c.sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        denom = np.where(dfs > 0, c**2 / np.where(dfs > 0, dfs, 1.0), NAN).sum(axis=-1)
+        df = np.where(V > 0, V**2 / denom, NAN)
+    V = np.where(np.isnan(denom), NAN, V)
+    return V, df
+
+
+def _seed_var(S: np.ndarray) -> np.ndarray:
+    """Sample variance (ddof 1) over the last axis; 0 where the spread is rounding noise (see
+    _ZERO_SPREAD), NaN with one seed."""
+    if S.shape[-1] < 2:
+        return np.full(S.shape[:-1], NAN)
+    noise = np.ptp(S, axis=-1) <= _ZERO_SPREAD * np.maximum(1.0, np.abs(S).max(axis=-1))
+    return np.where(noise, 0.0, S.var(axis=-1, ddof=1))
+
+
+def _weights(D: int, weights) -> np.ndarray:
+    if weights is None:
+        return np.full(D, 1.0 / D)
+    w = np.asarray(weights, dtype=float)
+    if w.shape != (D,) or not np.isclose(w.sum(), 1.0) or (w < 0).any():
+        raise ValueError(f"weights must be {D} non-negative numbers summing to 1, got {w}")
+    return w
+
+
+@dataclass(frozen=True, eq=False)
+class TInterval:
+    """Estimates with two-sided t intervals, vectorised: every field has the batch shape."""
+
+    estimate: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    df: np.ndarray
+
+
+def _t_result(estimate, V, df, conf, scale=1.0) -> TInterval:
+    half = _t_quantile(conf, df) * scale * np.sqrt(V)
+    return TInterval(np.asarray(estimate, float), estimate - half, estimate + half, np.asarray(df, float))
+
+
+def fixed_task_mean(S, weights=None, conf: float = 0.95) -> TInterval:
+    """Weighted mean over fixed tasks of the per-task seed means, with its Welch-Satterthwaite t interval.
+
+    ``S`` is (..., D tasks, n seeds), complete; ``weights`` (D,) sum to 1 (None: equal). Target: the
+    weighted mean over these D tasks of each task's expected accuracy over seeds. The variance is
+    Σ w_d² s_d²/n, with the Welch-Satterthwaite df (Σ w_d² s_d²/n)² / Σ (w_d² s_d²/n)²/(n-1)
+    (Satterthwaite 1946, Biometrics Bulletin 2(6)). One seed or no spread anywhere: no interval (NaN).
+    """
+    _check_conf(conf)
+    S = np.asarray(S, dtype=float)
+    n = S.shape[-1]
+    w = _weights(S.shape[-2], weights)
+    V, df = _satterthwaite(w**2 * _seed_var(S) / n, n - 1)
+    return _t_result(S.mean(axis=-1) @ w, V, df, conf)
+
+
+def fixed_task_difference(A, B, weights=None, conf: float = 0.95) -> TInterval:
+    """Weighted mean over fixed tasks of mean(A_d) - mean(B_d), with its Welch-Satterthwaite t interval.
+
+    ``A`` (..., D, n_a) and ``B`` (..., D, n_b) are complete. The 2D per-task variances s²/n of both
+    methods are independent components (the per-task Welch test summed over tasks); if seed s is a
+    common random number for both methods the positive correlation only makes the interval wider
+    than needed. Target: the weighted mean over these tasks of the difference of expected accuracies.
+    """
+    _check_conf(conf)
+    A = np.asarray(A, dtype=float)
+    B = np.asarray(B, dtype=float)
+    w = _weights(A.shape[-2], weights)
+    na, nb = A.shape[-1], B.shape[-1]
+    va, vb = _seed_var(A), _seed_var(B)
+    va, vb = np.broadcast_arrays(va, vb)
+    comps = np.concatenate([w**2 * va / na, w**2 * vb / nb], axis=-1)
+    dfs = np.concatenate([np.full(va.shape[-1], na - 1.0), np.full(vb.shape[-1], nb - 1.0)])
+    V, df = _satterthwaite(comps, dfs)
+    return _t_result((A.mean(axis=-1) @ w) - (B.mean(axis=-1) @ w), V, df, conf)
+
+
+def random_task_mean(M, groups=None, conf: float = 0.95) -> TInterval:
+    """Mean of group means of per-task values ``M`` (..., D) with a t interval that treats the tasks of
+    each group as a random sample of similar tasks (the --resample-tasks question).
+
+    The variance of a group's mean is the variance of its task values over its task count; the mean
+    of G group means adds them with weight 1/G², with the Welch-Satterthwaite df over groups (df
+    |g| - 1 each). The spread of per-task means already holds the seed noise. A group of one task: NaN.
+    """
+    _check_conf(conf)
+    M = np.asarray(M, dtype=float)
+    members, weights = _group_slots(groups, M.shape[-1])
+    G = len(members)
+    comps, dfs = [], []
+    for idx in members:
+        k = idx.size
+        v = _seed_var(M[..., idx])
+        comps.append(v / k / G**2)
+        dfs.append(k - 1.0)
+    V, df = _satterthwaite(np.stack(comps, axis=-1), np.array(dfs))
+    return _t_result(M @ weights, V, df, conf)
+
+
+def _iqm_weights(N: int) -> np.ndarray:
+    """Weight of each order statistic of N equally weighted values in the interquartile mean:
+    the share of [i/N, (i+1)/N] inside [¼, ¾], over ½. The boundary values count partly, so exactly
+    25 % is cut from each end whatever N is (``trim_mean`` cuts ⌊N/4⌋ whole values: 17 % at N = 6)."""
+    lo = np.arange(N) / N
+    return np.clip(np.minimum(lo + 1.0 / N, 0.75) - np.maximum(lo, 0.25), 0.0, None) / 0.5
+
+
+def iqm(x, axis=None):
+    """Interquartile mean: the mean of the empirical quantile function over [¼, ¾], over all values by
+    default. Agarwal et al.'s aggregate over runs × tasks with exact 25 % trimming at either end."""
+    x = np.asarray(x, dtype=float)
+    if axis is None:
+        x, axis = x.ravel(), 0
+    x = np.sort(np.moveaxis(x, axis, -1), axis=-1)
+    return x @ _iqm_weights(x.shape[-1])
+
+
+def iqm_interval(S, conf: float = 0.95) -> TInterval:
+    """IQM over all runs of ``S`` (..., D tasks, n seeds), complete, with a conservative t interval.
+
+    Target: the IQM of the population of runs on these fixed tasks (the equal mixture of the tasks'
+    run distributions). Moving one of the N = D·n values by δ moves the IQM by at most 2|δ|/N, so by
+    the Efron-Stein inequality (Efron & Stein 1981, Ann. Statist. 9(3)) its variance is at most
+    (2/N)²·Σ_d n·σ_d². The interval uses that bound with the seed variances s_d² and the
+    Welch-Satterthwaite df: wider than needed where the trimming cuts whole tasks, never narrower.
+    """
+    _check_conf(conf)
+    S = np.asarray(S, dtype=float)
+    D, n = S.shape[-2:]
+    N = D * n
+    est = iqm(S.reshape(*S.shape[:-2], N), axis=-1)
+    V, df = _satterthwaite(n * _seed_var(S), n - 1)
+    return _t_result(est, V, df, conf, scale=2.0 / N)
+
+
+def improvement_interval(X, Y, conf: float = 0.95) -> TInterval:
+    """Average over tasks of P(X>Y) (ties ½) with a Wilson-type score interval that cannot be degenerate.
+
+    ``X`` (..., D, n_x) and ``Y`` (..., D, n_y), complete. Target: the mean over these tasks of the
+    probability that a new run of X beats a new run of Y. On one task the Mann-Whitney estimate has
+    variance at most θ(1-θ)/min(n_x, n_y) (Birnbaum & Klose 1957, Ann. Math. Statist. 28(4)); averaged
+    over D independent tasks that bound is at most θ̄(1-θ̄)/(D·min(n_x, n_y)) since θ(1-θ) is concave.
+    The interval is every θ̄ whose bound-based z-score is below the normal quantile (the Wilson interval
+    with N = D·min(n_x, n_y)): never [0, 0] or [1, 1], and conservative.
+    """
+    _check_conf(conf)
+    X = np.asarray(X, dtype=float)
+    Y = np.asarray(Y, dtype=float)
+    gt = (X[..., :, None] > Y[..., None, :]).mean(axis=(-1, -2))
+    eq = (X[..., :, None] == Y[..., None, :]).mean(axis=(-1, -2))
+    est = (gt + 0.5 * eq).mean(axis=-1)
+    N = X.shape[-2] * min(X.shape[-1], Y.shape[-1])
+    z = stats.norm.ppf(0.5 + conf / 2)
+    centre = (est + z * z / (2 * N)) / (1 + z * z / N)
+    half = z / (1 + z * z / N) * np.sqrt(est * (1 - est) / N + z * z / (4 * N * N))
+    return TInterval(np.asarray(est, float), centre - half, centre + half, np.full(np.shape(est), float(N)))
+
+
+@dataclass(frozen=True, eq=False)  # holds arrays: == would be ambiguous, so it is identity
+class AggregateSummary:
+    """Per method: an aggregate over tasks with its t interval, and the difference to the reference.
+
+    All arrays have one entry per method; the reference's own difference is 0 with interval [0, 0].
+    ``random_tasks``: whether the intervals treat the tasks as a sample of similar tasks
+    (:func:`random_task_mean`) instead of fixed (:func:`fixed_task_mean`, the default).
+    """
+
+    estimate: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    diff: np.ndarray
+    diff_low: np.ndarray
+    diff_high: np.ndarray
+    reference_index: int
+    conf: float
+    random_tasks: bool = False
+
+
+def aggregate_summary(
+    S,
+    groups,
+    reference_index: int,
+    conf: float = 0.95,
+    random_tasks: bool = False,
+    *,
+    method_names=None,
+    dataset_names=None,
+) -> AggregateSummary:
+    """Mean of group means per method (``groups`` None: mean of tasks) with its interval, and the
+    difference to the reference with its interval. ``S`` is (methods × datasets × seeds), complete.
+
+    Fixed tasks (default): :func:`fixed_task_mean` and :func:`fixed_task_difference`, Welch-
+    Satterthwaite t intervals over the per-task seed variances. ``random_tasks``:
+    :func:`random_task_mean` of the per-task means and of the per-task differences.
+    """
+    S = _check_scores(S, method_names, dataset_names)
+    m, D, _ = S.shape
+    if not -m <= reference_index < m:
+        raise ValueError(f"reference_index {reference_index} is out of range for {m} methods")
+    reference_index %= m
+    _, weights = _group_slots(groups, D)
+    if random_tasks:
+        means = S.mean(axis=2)
+        marg = random_task_mean(means, groups, conf)
+        diff = random_task_mean(means - means[[reference_index]], groups, conf)
+    else:
+        marg = fixed_task_mean(S, weights, conf)
+        diff = fixed_task_difference(S, S[[reference_index]], weights, conf)
+    d, dlo, dhi = (np.array(v, dtype=float) for v in (diff.estimate, diff.low, diff.high))
+    d[reference_index] = dlo[reference_index] = dhi[reference_index] = 0.0
+    arrays = [_frozen(v) for v in (marg.estimate, marg.low, marg.high, d, dlo, dhi)]
+    return AggregateSummary(*arrays, reference_index, conf, random_tasks)
 
 
 def _check_scores(S, method_names=None, dataset_names=None) -> np.ndarray:
@@ -563,7 +729,7 @@ def _check_scores(S, method_names=None, dataset_names=None) -> np.ndarray:
             f"method {mn[i]!r} on dataset {dn[j]!r} ({int(bad[i, j].sum())} of {n} seeds missing)" for i, j in holes[:5]
         )
         more = f" and {len(holes) - 5} more" if len(holes) > 5 else ""
-        raise ValueError(f"S is incomplete (NaN): {listed}{more}; the bootstrap needs every seed of every cell")
+        raise ValueError(f"S is incomplete (NaN): {listed}{more}; the intervals need every seed of every cell")
     return S
 
 
@@ -583,280 +749,17 @@ def _group_slots(groups, D: int) -> tuple[list[np.ndarray], np.ndarray]:
     return members, weights
 
 
-def two_level_bootstrap(
-    S,
-    groups=None,
-    n_boot: int = 10_000,
-    resample_datasets: bool = False,
-    seed: int | tuple[int, ...] = 0,
-    *,
-    method_names=None,
-    dataset_names=None,
-) -> np.ndarray:
-    """Bootstrap draws of the mean of group means, shape (n_boot, m).
-
-    ``S`` is (m methods, D datasets, n seeds). ``groups`` gives one label per dataset (None: one
-    group, i.e. the plain mean over datasets). Each draw first resamples datasets with
-    replacement within each group (when ``resample_datasets``; by default datasets are fixed),
-    then resamples the n seeds with replacement within each drawn dataset, and averages: seeds
-    within a dataset, datasets within a group, then the groups with equal weight. The same
-    indices are used for every method, so ``draws[:, i] - draws[:, j]`` are paired draws of the
-    difference. Deterministic given ``seed``.
-
-    Raises ValueError if S contains NaN, naming the incomplete (method, dataset) cells
-    (``method_names`` / ``dataset_names`` label them; indices otherwise).
-    """
-    S = _check_scores(S, method_names, dataset_names)
-    m, D, n = S.shape
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be positive, got {n_boot}")
-    members, weights = _group_slots(groups, D)
-    rng = np.random.default_rng(seed)
-    # Dataset slots keep their group: slot j always holds a dataset of j's group.
-    if resample_datasets:
-        datasets = np.empty((n_boot, D), dtype=np.intp)
-        for idx in members:
-            datasets[:, idx] = idx[rng.integers(0, idx.size, size=(n_boot, idx.size))]
-    else:
-        datasets = np.broadcast_to(np.arange(D), (n_boot, D))
-    seeds = rng.integers(0, n, size=(n_boot, D, n))
-    flat = S.reshape(m, D * n)
-    out = np.empty((n_boot, m))
-    chunk = max(1, 2**21 // max(1, m * D * n))  # bound the memory of one gather to ~16 MB
-    for start in range(0, n_boot, chunk):
-        stop = min(n_boot, start + chunk)
-        cells = datasets[start:stop, :, None] * n + seeds[start:stop]  # (b, D, n) indices into flat
-        dataset_means = flat[:, cells].mean(axis=-1)  # (m, b, D)
-        out[start:stop] = (dataset_means @ weights).T
-    return out
-
-
-def percentile_interval(draws, conf: float = 0.95) -> np.ndarray:
-    """Percentile interval of bootstrap draws along axis 0: ``array([low, high])`` (shape (2, ...)).
-
-    Unpacks as ``low, high = percentile_interval(draws)``. NaN where draws are empty or contain NaN.
-    """
-    _check_conf(conf)
-    draws = np.asarray(draws, dtype=float)
-    tail = 100.0 * (1.0 - conf) / 2.0
-    if draws.shape[0] == 0:
-        return np.full((2,) + draws.shape[1:], NAN)
-    return np.percentile(draws, [tail, 100.0 - tail], axis=0)
-
-
-# Monte Carlo bands of percentile bounds use the order statistics q·B ± this many binomial SDs.
-_MC_Z = 3.0
-
-
-def _bound_bands(draws: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Monte Carlo bands of both percentile bounds of every column of ``draws`` (B × k).
-
-    A percentile bound is the q·B-th order statistic; the rank of the true q-quantile among B draws
-    is Binomial(B, q), so the order statistics at q·B ± z·√(B·q(1-q)) bracket it. Returns
-    (band_low, band_high) of shape (2, k) (rows: lower bound, upper bound) and the Monte Carlo
-    standard error of each bound, (half the band's width)/z.
-    """
-    B = draws.shape[0]
-    ordered = np.sort(draws, axis=0)
-    lows, highs = [], []
-    for q in ((1 - conf) / 2, (1 + conf) / 2):
-        spread = _MC_Z * math.sqrt(B * q * (1 - q))
-        lo = int(np.clip(math.floor(q * B - spread), 0, B - 1))
-        hi = int(np.clip(math.ceil(q * B + spread), 0, B - 1))
-        lows.append(ordered[lo])
-        highs.append(ordered[hi])
-    band_low, band_high = np.array(lows), np.array(highs)
-    return band_low, band_high, (band_high - band_low) / (2 * _MC_Z)
-
-
-def _unsettled(draws: np.ndarray, conf: float, centre: np.ndarray) -> tuple[np.ndarray, float]:
-    """Per column and bound (2 × k): whether the bound's Monte Carlo band contains ``centre``
-    (so its side of the centre could change with the bootstrap seed), and the largest MC SE."""
-    band_low, band_high, se = _bound_bands(draws, conf)
-    tol = 1e-12
-    straddles = (band_low < centre - tol) & (band_high > centre + tol)
-    finite = se[np.isfinite(se)]
-    return straddles, float(finite.max()) if finite.size else NAN
-
-
-def _adaptive_draws(draw, n_boot: int, max_boot: int, conf: float, centre, seed) -> np.ndarray:
-    """Draws from ``draw(b, seed)`` (b × k), doubled until no bound straddles ``centre`` or
-    ``max_boot`` is reached. The first ``n_boot`` draws are those of ``seed`` itself, so a call that
-    needs no more draws equals a plain bootstrap with that seed."""
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be positive, got {n_boot}")
-    draws = draw(n_boot, seed)
-    base = seed if isinstance(seed, tuple) else (seed,)
-    round_ = 1
-    while draws.shape[0] < max_boot:
-        straddles, _ = _unsettled(draws, conf, centre)
-        if not straddles.any():
-            break
-        more = min(draws.shape[0], max_boot - draws.shape[0])
-        draws = np.concatenate([draws, draw(more, (*base, round_))])
-        round_ += 1
-    return draws
-
-
-def bootstrap_summary(
-    S,
-    groups,
-    reference_index: int,
-    n_boot: int = 10_000,
-    resample_datasets: bool = False,
-    seed: int = 0,
-    conf: float = 0.95,
-    *,
-    max_boot: int = 160_000,
-    method_names=None,
-    dataset_names=None,
-) -> BootstrapSummary:
-    """Mean of group means per method with its bootstrap CI, and the difference to the reference.
-
-    The point estimates come from the full data (seed means, then group means, then their mean);
-    the intervals are percentile intervals of ``two_level_bootstrap`` draws, and the difference
-    intervals come from the same paired draws. ``resample_datasets=False`` (the default) keeps the
-    datasets fixed and resamples seeds (the benchmark's interval); True resamples datasets within
-    groups too (the generalisation interval); label which one.
-
-    Starting from ``n_boot`` draws, the draws are doubled (up to ``max_boot``) while the Monte Carlo
-    band of a difference bound contains 0; ``diff_unsettled`` flags a bound whose sign is still
-    undecided at ``max_boot``.
-    """
-    S = _check_scores(S, method_names, dataset_names)
-    m, D, _ = S.shape
-    if not -m <= reference_index < m:
-        raise ValueError(f"reference_index {reference_index} is out of range for {m} methods")
-    reference_index %= m
-    _, weights = _group_slots(groups, D)
-    estimate = S.mean(axis=2) @ weights
-
-    def draw(b, s):
-        d = two_level_bootstrap(S, groups, b, resample_datasets, s)
-        return np.concatenate([d, d - d[:, [reference_index]]], axis=1)  # marginals, then differences
-
-    centre = np.concatenate([np.full(m, -np.inf), np.zeros(m)])  # only the differences' signs matter
-    centre[m + reference_index] = -np.inf
-    draws = _adaptive_draws(draw, n_boot, max(n_boot, max_boot), conf, centre, seed)
-    low, high = percentile_interval(draws, conf)
-    straddles, mc_se = _unsettled(draws, conf, centre)
-    diff = estimate - estimate[reference_index]
-    diff_low, diff_high = low[m:].copy(), high[m:].copy()
-    diff_low[reference_index] = diff_high[reference_index] = diff[reference_index] = 0.0
-    unsettled = straddles[:, m:].T.copy()  # (m, 2): low, high
-    unsettled.setflags(write=False)
-    arrays = [_frozen(v) for v in (estimate, low[:m], high[:m], diff, diff_low, diff_high)]
-    return BootstrapSummary(*arrays, reference_index, conf, int(draws.shape[0]), resample_datasets, mc_se, unsettled)
-
-
-def iqm(x, axis=None):
-    """Interquartile mean: the mean of the middle 50 % (``scipy.stats.trim_mean(x, 0.25)``), over all
-    values by default, as ``rliable.metrics.aggregate_iqm`` computes it over runs × tasks."""
-    return stats.trim_mean(np.asarray(x, dtype=float), 0.25, axis=axis)
-
-
-def _seed_indices(rng: np.random.Generator, b: int, D: int, n: int) -> np.ndarray:
-    return rng.integers(0, n, size=(b, D, n))
-
-
-def iqm_summary(
-    S, n_boot: int = 10_000, seed: int = 0, conf: float = 0.95, *, method_names=None, dataset_names=None
-) -> IQMSummary:
-    """Each method's IQM over all its (dataset, seed) scores, with the percentile CI of the
-    stratified bootstrap that resamples seeds within each dataset (datasets fixed; the same seed
-    indices for every method). ``S`` is (methods × datasets × seeds), complete."""
-    S = _check_scores(S, method_names, dataset_names)
-    m, D, n = S.shape
-    estimate = iqm(S.reshape(m, D * n), axis=1)
-
-    def draw(b, s):
-        rng = np.random.default_rng(s)
-        out = np.empty((b, m))
-        chunk = max(1, 2**21 // max(1, m * D * n))
-        for start in range(0, b, chunk):
-            idx = _seed_indices(rng, min(chunk, b - start), D, n)  # (c, D, n)
-            picked = np.take_along_axis(S[:, None], idx[None], axis=3)  # (m, c, D, n)
-            out[start : start + idx.shape[0]] = iqm(picked.reshape(m, idx.shape[0], D * n), axis=2).T
-        return out
-
-    draws = draw(n_boot, seed)
-    low, high = percentile_interval(draws, conf)
-    _, mc_se = _unsettled(draws, conf, np.full(m, -np.inf))
-    return IQMSummary(_frozen(estimate), _frozen(low), _frozen(high), n_boot, mc_se)
-
-
-def _mean_prob_superiority(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    """P(X>Y) per task averaged over tasks, vectorised over leading axes: X, Y are (..., D, n)."""
-    gt = (X[..., :, None] > Y[..., None, :]).mean(axis=(-1, -2))
-    eq = (X[..., :, None] == Y[..., None, :]).mean(axis=(-1, -2))
-    return (gt + 0.5 * eq).mean(axis=-1)
-
-
-def probability_of_improvement(
-    X, Y, n_boot: int = 10_000, seed: int = 0, conf: float = 0.95, *, max_boot: int = 160_000
-) -> ImprovementProbability:
-    """Agarwal et al.'s average probability of improvement of X over Y, with its interval.
-
-    ``X`` and ``Y`` are (datasets × seeds), complete (the seed counts may differ). The estimate is
-    the mean over datasets of P(X_d > Y_d) (ties ½: the Mann-Whitney U statistic over n_x·n_y,
-    as ``rliable.metrics.probability_of_improvement``). The interval resamples X's and Y's seeds
-    independently within each dataset (datasets fixed), as rliable's stratified independent
-    bootstrap; draws are added while a bound's side of ½ is within Monte Carlo error.
-    """
-    X = np.asarray(X, dtype=float)
-    Y = np.asarray(Y, dtype=float)
-    if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
-        raise ValueError(f"X and Y must be (datasets × seeds) with the same datasets, got {X.shape} and {Y.shape}")
-    if np.isnan(X).any() or np.isnan(Y).any():
-        raise ValueError("X and Y must be complete (no NaN): the bootstrap needs every seed of every dataset")
-    D = X.shape[0]
-    estimate = float(_mean_prob_superiority(X, Y))
-
-    def draw(b, s):
-        rng = np.random.default_rng(s)
-        out = np.empty((b, 1))
-        chunk = max(1, 2**20 // max(1, D * X.shape[1] * Y.shape[1]))
-        for start in range(0, b, chunk):
-            c = min(chunk, b - start)
-            xi = _seed_indices(rng, c, D, X.shape[1])
-            yi = _seed_indices(rng, c, D, Y.shape[1])
-            xs = np.take_along_axis(np.broadcast_to(X, (c, *X.shape)), xi, axis=2)
-            ys = np.take_along_axis(np.broadcast_to(Y, (c, *Y.shape)), yi, axis=2)
-            out[start : start + c, 0] = _mean_prob_superiority(xs, ys)
-        return out
-
-    centre = np.array([0.5])
-    draws = _adaptive_draws(draw, n_boot, max(n_boot, max_boot), conf, centre, seed)
-    (low,), (high,) = percentile_interval(draws, conf)
-    straddles, mc_se = _unsettled(draws, conf, centre)
-    return ImprovementProbability(
-        estimate, float(low), float(high), D, int(draws.shape[0]), mc_se, (bool(straddles[0, 0]), bool(straddles[1, 0]))
-    )
-
-
-def performance_profile(
-    S, thresholds, n_boot: int = 2_000, seed: int = 0, conf: float = 0.95
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def performance_profile(S, thresholds) -> np.ndarray:
     """Score distribution per method: the fraction of its runs (all datasets and seeds) scoring above
-    each threshold τ, with a pointwise percentile band from resampling seeds within each dataset.
+    each threshold τ. ``S`` is (methods × datasets × seeds), complete; returns (methods × thresholds).
 
-    ``S`` is (methods × datasets × seeds), complete; returns (profile, low, high), each
-    (methods × thresholds).
+    No band: a pointwise seed-resampling band has the small-sample problem of every seed bootstrap
+    (with 2-5 seeds per task it covers far less than its nominal level), so the figure is descriptive.
     """
     S = _check_scores(S)
     m, D, n = S.shape
     tau = np.asarray(thresholds, dtype=float)
-    profile = (S.reshape(m, D * n, 1) > tau).mean(axis=1)
-    rng = np.random.default_rng(seed)
-    draws = np.empty((n_boot, m, tau.size))
-    chunk = max(1, 2**21 // max(1, m * D * n * max(1, tau.size) // 8))
-    for start in range(0, n_boot, chunk):
-        c = min(chunk, n_boot - start)
-        idx = _seed_indices(rng, c, D, n)
-        picked = np.take_along_axis(S[:, None], idx[None], axis=3).reshape(m, c, D * n)
-        draws[start : start + c] = (picked[..., None] > tau).mean(axis=2).transpose(1, 0, 2)
-    low, high = percentile_interval(draws, conf)
-    return profile, low, high
+    return (S.reshape(m, D * n, 1) > tau).mean(axis=1)
 
 
 def binomial_se(acc, n) -> float:
@@ -868,25 +771,22 @@ def binomial_se(acc, n) -> float:
     return math.sqrt(acc * (1.0 - acc) / float(n))
 
 
-def few_shot_difference(a, b, n_boot: int = 10_000, seed: int = 0, conf: float = 0.95) -> FewShotDifference:
+def few_shot_difference(a, b, conf: float = 0.95) -> FewShotDifference:
     """A - B over the few-shot datasets for one shot count; no p-value (5 datasets cannot give one).
 
     ``a`` and ``b`` are (D datasets × n seeds). ``diff`` is the mean over datasets of
-    mean(A) - mean(B); its CI resamples seeds within each dataset with datasets fixed (the
-    seed-only two-level bootstrap), with the same seed indices for A and B (seed s is the same
-    few-shot subset for both). ``prob_superiority`` is P(A>B) over seeds averaged over datasets.
-    Raises ValueError for different shapes or NaN (naming the dataset).
+    mean(A) - mean(B) with the Welch-Satterthwaite t interval of :func:`fixed_task_difference`
+    (datasets fixed); ``prob_superiority`` is P(A>B) over seeds averaged over datasets.
+    Raises ValueError for different shapes or NaN.
     """
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
     if a.ndim != 2 or a.shape != b.shape:
         raise ValueError(f"a and b must both be (datasets × seeds) of one shape, got {a.shape} and {b.shape}")
-    S = np.stack([a, b])
-    draws = two_level_bootstrap(S, None, n_boot, resample_datasets=False, seed=seed, method_names=["a", "b"])
-    low, high = percentile_interval(draws[:, 0] - draws[:, 1], conf)
-    diff = float(np.mean(a.mean(axis=1) - b.mean(axis=1)))
+    _check_scores(np.stack([a, b]), ["a", "b"])
+    r = fixed_task_difference(a, b, conf=conf)
     psup = float(np.mean([prob_superiority(a[d], b[d]) for d in range(a.shape[0])]))
-    return FewShotDifference(diff, float(low), float(high), psup, a.shape[0], a.shape[1])
+    return FewShotDifference(float(r.estimate), float(r.low), float(r.high), psup, a.shape[0], a.shape[1])
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,15 +8,15 @@ statistics the data can carry:
   (difference, its CI, P(A>B)); the per-task markers use Benjamini–Hochberg over every
   (task, method) test of the table;
 * across tasks (two or more complete tasks): group means, the mean of group means and the mean of
-  all tasks, each with a stratified bootstrap CI that keeps the tasks fixed and resamples seeds
-  (tasks too only on request, and only from ``MIN_TASKS_RESAMPLED`` tasks), and the CI of the
-  difference to the reference from the same draws; the IQM; the average probability of
-  improvement with its CI; Wilcoxon signed-rank on per-task means with Holm over the methods
-  compared with the reference; Friedman with Iman–Davenport, average ranks and the Nemenyi CD
-  from ``MIN_RANK_TASKS`` tasks on;
-* one task: no aggregate and no bootstrap: the comparison is that task's Welch t-test;
-* few-shot: per shot, the mean over datasets with a seed-bootstrap CI (datasets fixed) and the
-  difference to the reference with its CI and P(A>B); no p-values across five datasets.
+  all tasks, each with a Welch-Satterthwaite t interval that keeps the tasks fixed (or, only on
+  request and from ``MIN_TASKS_RESAMPLED`` tasks, a t interval over tasks within each group), and
+  the interval of the difference to the reference; the IQM with its conservative interval; the
+  average probability of improvement with its score interval; Wilcoxon signed-rank on per-task
+  means with Holm over the methods compared with the reference; Friedman with Iman–Davenport,
+  average ranks and the Nemenyi CD from ``MIN_RANK_TASKS`` tasks on;
+* one task: no aggregate: the comparison is that task's Welch t-test;
+* few-shot: per shot, the mean over datasets with its fixed-dataset t interval and the difference
+  to the reference with its interval and P(A>B); no p-values across five datasets.
 """
 
 from __future__ import annotations
@@ -32,19 +32,18 @@ from . import stats
 from .runs import ReportRuns, method_base
 
 ALPHA = 0.05
-N_BOOT = 10_000  # bootstrap draws to start from; more where a bound's sign needs them
-MAX_BOOT = 160_000
-BOOT_SEED = 0
 # Below 5 tasks rank statistics mislead: the Friedman/Iman-Davenport p-values rest on asymptotics
 # that need many more blocks (at N = 3 the F p-value can be 20 times smaller than the exact
 # permutation p), autorank refuses N < 5, and the Nemenyi CD joins methods the per-task tests
 # separate.
 MIN_RANK_TASKS = 5
-# A task bootstrap over D tasks has at most C(2D-1, D) distinct resamples (3 tasks: 10); below
-# about 10 tasks its percentile interval is close to [min, max] of the task means and covers far
-# less than 95 %.
+# --resample-tasks asks how the result generalises to similar tasks: a t interval on the spread of
+# the per-task means within each group, which rests on those means being roughly normal across
+# tasks; with fewer than 10 tasks that cannot be checked, and a group needs two tasks to have a
+# spread at all.
 MIN_TASKS_RESAMPLED = 10
-VTAB_GROUPS = ("natural", "specialized", "structured")
+MIN_GROUP_TASKS_RESAMPLED = 2
+VTAB_GROUPS = ("natural", "specialized", "structured")  # the literature's order (VPT, NOAH, FacT, DTL)
 
 
 @dataclass
@@ -52,16 +51,14 @@ class Aggregates:
     """Across-task results of one table (only tasks every method completed take part)."""
 
     tasks: list[str]
-    rows: pd.DataFrame  # row, method, estimate, low, high, diff, diff_low, diff_high, *_unsettled
+    rows: pd.DataFrame  # row, group, method, estimate, low, high, diff, diff_low, diff_high
     comparisons: pd.DataFrame  # method vs reference: diff and CI, P(A>B) and CI, Wilcoxon/Holm p, W/T/L, rank
     friedman: stats.FriedmanResult | None
     iqm: pd.DataFrame = None  # method, estimate, low, high
     headline: str = ""  # the row the comparison's Δ comes from
-    n_boot: int = 0  # the most draws any interval used
-    mc_se: float = float("nan")  # the largest Monte Carlo standard error of any bootstrap bound
     resample_tasks: bool = False
     groups: list[str] = None  # group names in table order (empty without groups)
-    poi_mc_se: float = float("nan")  # the largest Monte Carlo standard error of a P(A>B) bound
+    members: dict = None  # group -> its tasks, in table order
 
     @property
     def single_task(self) -> bool:
@@ -151,55 +148,59 @@ def complete_tasks(runs: ReportRuns, methods: list[str]) -> list[tuple[str, int 
     return [k for j, k in enumerate(keys) if not np.isnan(cube[:, j, :]).any()]
 
 
+def _group_order(groups: list[str]) -> list[str]:
+    """Groups in the literature's VTAB order where they are VTAB groups, else as they come."""
+    rank = {g: i for i, g in enumerate(VTAB_GROUPS)}
+    return sorted(groups, key=lambda g: (rank.get(g.lower(), len(rank)), groups.index(g)))
+
+
 def aggregates(runs: ReportRuns, reference: str, resample_tasks: bool = False) -> Aggregates:
     methods = method_order(runs, reference)
     tasks = [k for k in complete_tasks(runs, methods) if k[1] is None]
-    if resample_tasks and len(tasks) < MIN_TASKS_RESAMPLED:
-        raise BenchError(
-            f"--resample-tasks needs at least {MIN_TASKS_RESAMPLED} complete tasks, this report has {len(tasks)}: "
-            "with so few tasks a task bootstrap has few distinct resamples and covers far less than 95 %; "
-            "drop the option (the default interval keeps the tasks fixed and resamples seeds)"
-        )
     if not tasks:
-        return Aggregates([], pd.DataFrame(), pd.DataFrame(), None, pd.DataFrame(), groups=[])
+        return Aggregates([], pd.DataFrame(), pd.DataFrame(), None, pd.DataFrame(), groups=[], members={})
     cube = seed_cube(runs, methods, tasks)
     names = [t for t, _ in tasks]
     if len(tasks) == 1:
+        if resample_tasks:
+            _refuse_resampling(1, {})
         return Aggregates(
-            names, pd.DataFrame(), _single_task_comparisons(cube, methods), None, pd.DataFrame(), groups=[]
+            names, pd.DataFrame(), _single_task_comparisons(cube, methods), None, pd.DataFrame(), groups=[], members={}
         )
 
     group_of = runs.frame.drop_duplicates("task").set_index("task")["group"].to_dict()
     groups = np.array([group_of.get(t, "") or "" for t in names])
-    named_groups = [g for g in dict.fromkeys(groups) if g]
+    named_groups = _group_order([g for g in dict.fromkeys(groups) if g])
     if len(named_groups) <= 1 or not all(groups):
         named_groups = []  # one group (or tasks without one): the mean of all tasks is the only average
-    rows, summaries = [], []
+    members = {g: [t for t, h in zip(names, groups, strict=True) if h == g] for g in named_groups}
+    if resample_tasks:
+        _refuse_resampling(len(tasks), members)
+    rows = []
     for g in named_groups:  # each group's mean over its own tasks
         label = f"{g.capitalize()} ({int(np.sum(groups == g))} tasks)"
-        summaries.append(_bootstrap(cube[:, groups == g], None, resample_tasks and np.sum(groups == g) >= 2))
-        rows += _summary_rows(label, summaries[-1], methods)
+        rows += _summary_rows(label, g, _summary(cube[:, groups == g], None, resample_tasks), methods)
     headline = f"Mean of {len(tasks)} tasks"
     if named_groups:
-        summaries.append(_bootstrap(cube, groups, resample_tasks))
         headline = f"Mean of {len(named_groups)} group means"
-        rows += _summary_rows(headline, summaries[-1], methods)
-    summaries.append(_bootstrap(cube, None, resample_tasks))
-    rows += _summary_rows(f"Mean of {len(tasks)} tasks", summaries[-1], methods)
+        rows += _summary_rows(headline, "", _summary(cube, groups, resample_tasks), methods)
+    rows += _summary_rows(
+        f"Mean of {len(tasks)} tasks",
+        "" if not named_groups else "all tasks",
+        _summary(cube, None, resample_tasks),
+        methods,
+    )
     rows = pd.DataFrame(rows)
 
-    q = stats.iqm_summary(cube, n_boot=N_BOOT, seed=BOOT_SEED)
+    q = stats.iqm_interval(cube)
     iqm = pd.DataFrame({"method": methods, "estimate": q.estimate, "low": q.low, "high": q.high})
 
     means = cube.mean(axis=2)  # (methods, tasks)
     head = rows[rows["row"] == headline].set_index("method")
-    comp, n_boot, mc = [], [s.n_boot for s in summaries] + [q.n_boot], [s.mc_se for s in summaries] + [q.mc_se]
-    poi_mc: list[float] = []
+    comp = []
     for i, m in enumerate(methods[1:], start=1):
         w = stats.wilcoxon_signed_rank(means[i], means[0])
-        poi = stats.probability_of_improvement(cube[i], cube[0], n_boot=N_BOOT, seed=BOOT_SEED, max_boot=MAX_BOOT)
-        n_boot.append(poi.n_boot)
-        poi_mc.append(poi.mc_se)
+        poi = stats.improvement_interval(cube[i], cube[0])
         comp.append(
             {
                 "method": m,
@@ -207,13 +208,9 @@ def aggregates(runs: ReportRuns, reference: str, resample_tasks: bool = False) -
                 "diff": head["diff"][m],
                 "diff_low": head["diff_low"][m],
                 "diff_high": head["diff_high"][m],
-                "diff_low_unsettled": head["diff_low_unsettled"][m],
-                "diff_high_unsettled": head["diff_high_unsettled"][m],
-                "prob_superiority": poi.estimate,
-                "poi_low": poi.low,
-                "poi_high": poi.high,
-                "poi_low_unsettled": poi.unsettled[0],
-                "poi_high_unsettled": poi.unsettled[1],
+                "prob_superiority": float(poi.estimate),
+                "poi_low": float(poi.low),
+                "poi_high": float(poi.high),
                 "wilcoxon_p": w.pvalue,
                 "wins": w.wins,
                 "ties": w.ties,
@@ -229,23 +226,28 @@ def aggregates(runs: ReportRuns, reference: str, resample_tasks: bool = False) -
         if len(comparisons):
             rank = dict(zip(methods, friedman.avg_ranks, strict=True))
             comparisons["avg_rank"] = [rank[m] for m in comparisons["method"]]
-    return Aggregates(
-        names,
-        rows,
-        comparisons,
-        friedman,
-        iqm,
-        headline,
-        int(max(n_boot)),
-        float(np.nanmax(mc)) if np.isfinite(mc).any() else float("nan"),
-        resample_tasks,
-        named_groups,
-        float(np.nanmax(poi_mc)) if np.isfinite(poi_mc).any() else float("nan"),
-    )
+    return Aggregates(names, rows, comparisons, friedman, iqm, headline, resample_tasks, named_groups, members)
+
+
+def _refuse_resampling(n_tasks: int, members: dict) -> None:
+    if n_tasks < MIN_TASKS_RESAMPLED:
+        raise BenchError(
+            f"--resample-tasks needs at least {MIN_TASKS_RESAMPLED} complete tasks, this report has {n_tasks}: "
+            "with so few tasks their spread says little about similar tasks; "
+            "drop the option (the default interval keeps the tasks fixed)"
+        )
+    small = {g: ts for g, ts in members.items() if len(ts) < MIN_GROUP_TASKS_RESAMPLED}
+    if small:
+        listed = "; ".join(f"{g}: {', '.join(ts)}" for g, ts in small.items())
+        raise BenchError(
+            f"--resample-tasks needs at least {MIN_GROUP_TASKS_RESAMPLED} complete tasks in every group, and "
+            f"{listed} has fewer: a group mean over one task has no spread over tasks to generalise from; "
+            "complete the group's tasks or drop the option"
+        )
 
 
 def _single_task_comparisons(cube: np.ndarray, methods: list[str]) -> pd.DataFrame:
-    """One task: each method against the reference by the Welch t-test over seeds (no bootstrap)."""
+    """One task: each method against the reference by the Welch t-test over seeds."""
     rows = []
     for i, m in enumerate(methods[1:], start=1):
         c = stats.compare_seeds(cube[i, 0], cube[0, 0])
@@ -263,25 +265,20 @@ def _single_task_comparisons(cube: np.ndarray, methods: list[str]) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
-def _bootstrap(cube: np.ndarray, groups: np.ndarray | None, resample_tasks: bool) -> stats.BootstrapSummary:
-    return stats.bootstrap_summary(
-        cube,
-        groups,
-        reference_index=0,
-        n_boot=N_BOOT,
-        max_boot=MAX_BOOT,
-        seed=BOOT_SEED,
-        resample_datasets=bool(resample_tasks),
-    )
+def _summary(cube: np.ndarray, groups: np.ndarray | None, resample_tasks: bool) -> stats.AggregateSummary:
+    return stats.aggregate_summary(cube, groups, reference_index=0, random_tasks=bool(resample_tasks))
 
 
-def _summary_rows(name: str, summary: stats.BootstrapSummary, methods: list[str]) -> list[dict]:
+def _summary_rows(name: str, group: str, summary: stats.AggregateSummary, methods: list[str]) -> list[dict]:
+    """``group``: the group a row averages, "" for the headline (overall) row, "all" for the mean of
+    all tasks when the headline is the mean of group means."""
     out = []
     for i, m in enumerate(methods):
         ref = i == summary.reference_index
         out.append(
             {
                 "row": name,
+                "group": group,
                 "method": m,
                 "estimate": float(summary.estimate[i]),
                 "low": float(summary.low[i]),
@@ -289,9 +286,6 @@ def _summary_rows(name: str, summary: stats.BootstrapSummary, methods: list[str]
                 "diff": np.nan if ref else float(summary.diff[i]),
                 "diff_low": np.nan if ref else float(summary.diff_low[i]),
                 "diff_high": np.nan if ref else float(summary.diff_high[i]),
-                "diff_low_unsettled": bool(summary.diff_unsettled[i, 0]),
-                "diff_high_unsettled": bool(summary.diff_unsettled[i, 1]),
-                "n_boot": summary.n_boot,
             }
         )
     return out
@@ -318,16 +312,14 @@ def test_split_errors(runs: ReportRuns, cells: pd.DataFrame, reference: str) -> 
 
 
 def few_shot_table(runs: ReportRuns, reference: str) -> pd.DataFrame:
-    """Per shot count: each method's mean over datasets (seed-bootstrap CI) and its difference to the reference."""
+    """Per shot count: each method's mean over datasets (fixed-dataset t interval) and its difference to the reference."""
     methods = method_order(runs, reference)
     keys = [k for k in complete_tasks(runs, methods) if k[1] is not None]
     rows = []
     for shots in sorted({k[1] for k in keys}):
         tasks = [k for k in keys if k[1] == shots]
         cube = seed_cube(runs, methods, tasks)
-        summary = stats.bootstrap_summary(
-            cube, None, reference_index=0, n_boot=N_BOOT, max_boot=MAX_BOOT, seed=BOOT_SEED, resample_datasets=False
-        )
+        summary = stats.aggregate_summary(cube, None, reference_index=0)
         for i, m in enumerate(methods):
             row = {
                 "shots": shots,
@@ -339,8 +331,6 @@ def few_shot_table(runs: ReportRuns, reference: str) -> pd.DataFrame:
                 "diff": np.nan,
                 "diff_low": np.nan,
                 "diff_high": np.nan,
-                "diff_low_unsettled": False,
-                "diff_high_unsettled": False,
                 "prob_superiority": np.nan,
             }
             if i:
@@ -348,8 +338,6 @@ def few_shot_table(runs: ReportRuns, reference: str) -> pd.DataFrame:
                     diff=float(summary.diff[i]),
                     diff_low=float(summary.diff_low[i]),
                     diff_high=float(summary.diff_high[i]),
-                    diff_low_unsettled=bool(summary.diff_unsettled[i, 0]),
-                    diff_high_unsettled=bool(summary.diff_unsettled[i, 1]),
                     prob_superiority=np.mean(
                         [stats.prob_superiority(cube[i, d], cube[0, d]) for d in range(len(tasks))]
                     ),
@@ -393,9 +381,14 @@ def tuning_effort(runs: ReportRuns, reference: str) -> pd.DataFrame:
 
 def method_resources(runs: ReportRuns, reference: str) -> pd.DataFrame:
     """Per method: trainable and head parameters, training and eval speed, peak memory and mean GPU
-    utilisation (medians over runs)."""
+    utilisation (medians over runs), and ``mean_acc``: the mean over the tasks every method completed
+    of its per-task seed means (``acc_tasks`` of them), the same numbers the aggregate table averages,
+    so a method with an extra or a missing task is not compared on other tasks."""
+    methods = method_order(runs, reference)
+    keys = complete_tasks(runs, methods)
+    task_means = seed_cube(runs, methods, keys).mean(axis=2) if keys else np.empty((len(methods), 0))
     rows = []
-    for m in method_order(runs, reference):
+    for i, m in enumerate(methods):
         sub = runs.frame[runs.frame["method"] == m]
         rows.append(
             {
@@ -411,7 +404,8 @@ def method_resources(runs: ReportRuns, reference: str) -> pd.DataFrame:
                 "gpu_util": float(sub["gpu_util"].median()) if "gpu_util" in sub else np.nan,
                 "train_s": float(sub["train_s"].median()),
                 "runs": len(sub),
-                "mean_acc": float(sub["acc"].mean()),
+                "mean_acc": float(task_means[i].mean()) if keys else np.nan,
+                "acc_tasks": len(keys),
             }
         )
     return pd.DataFrame(rows)
@@ -427,8 +421,7 @@ class Ablation:
     """Variants of one base method against the base, with the statistics the comparison table uses.
 
     ``agg`` is :func:`aggregates` over the base and its variants alone (the base as reference), so
-    the Δ interval is the paired stratified bootstrap (tasks fixed, the same seed indices for every
-    variant) and the test the Wilcoxon signed-rank on per-task means with Holm over this base's
+    the Δ interval is the fixed-task Welch-Satterthwaite interval and the test the Wilcoxon signed-rank on per-task means with Holm over this base's
     variants; with one task, the Welch t-test and interval. ``rows``: method, params_trainable,
     estimate, low, high (the base first).
     """

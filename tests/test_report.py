@@ -302,8 +302,7 @@ def test_cost_warnings_name_mixed_paths_and_uneven_throughput():
     assert warning.startswith("a: training throughput differs 2.1× across tasks (1,000 img/s on t, 2,100 on u)")
 
 
-def test_aggregate_rows_follow_groups_and_equal_a_direct_bootstrap():
-    from reports import stats
+def test_aggregate_rows_follow_groups_and_equal_a_direct_welch_satterthwaite_interval():
 
     rng = np.random.default_rng(0)
     tasks = [f"t{i}" for i in range(6)]
@@ -323,11 +322,15 @@ def test_aggregate_rows_follow_groups_and_equal_a_direct_bootstrap():
     ]
     cube = np.array([[[table[(m, t, s)] for s in range(3)] for t in tasks] for m in "ab"])
     labels = np.array([group[t] for t in tasks])
-    draws = stats.two_level_bootstrap(cube, labels, n_boot=tables.N_BOOT, seed=tables.BOOT_SEED)  # tasks fixed
     row = agg.rows[(agg.rows["row"] == "Mean of 2 group means") & (agg.rows["method"] == "b")].iloc[0]
-    assert row["n_boot"] == tables.N_BOOT  # no bound near 0 here: no extra draws
-    lo, hi = np.percentile(draws[:, 1] - draws[:, 0], [2.5, 97.5])
-    assert row["diff_low"] == pytest.approx(lo) and row["diff_high"] == pytest.approx(hi)
+    # by hand: weights 1/6 per task, variance Σ w²(s_a² + s_b²)/3, Welch–Satterthwaite df over 12 parts
+    parts = np.concatenate([cube[1].var(axis=1, ddof=1), cube[0].var(axis=1, ddof=1)]) / 3 / 36
+    df = parts.sum() ** 2 / np.sum(parts**2 / 2)
+    half = sps.t.ppf(0.975, df) * np.sqrt(parts.sum())
+    diff = cube[1].mean() - cube[0].mean()
+    assert row["diff_low"] == pytest.approx(diff - half) and row["diff_high"] == pytest.approx(diff + half)
+    assert row["group"] == ""  # the headline row; groups name their own rows
+    assert set(agg.rows["group"]) == {"Natural", "Structured", "", "all tasks"}
     means = cube.mean(axis=2)
     expected = np.mean([means[1, labels == g].mean() for g in ("Natural", "Structured")])
     assert row["estimate"] == pytest.approx(expected)
@@ -382,11 +385,11 @@ def test_three_tasks_seed_only_intervals_and_no_rank_statistics(tmp_path: Path):
     agg = report.agg
     assert agg.friedman is None and "avg_rank" not in agg.comparisons
     assert not (out / "critical_difference.png").exists()
-    # the aggregate interval keeps the tasks fixed: the same draws as a seed-only bootstrap
+    # the aggregate interval keeps the tasks fixed: the Welch–Satterthwaite t interval of the seeds
     cube = tables.seed_cube(runs, ["karst", "lora", "linear"], [(f"t{i:02d}", None) for i in range(3)])
     from reports import stats
 
-    direct = stats.bootstrap_summary(cube, None, 0, n_boot=tables.N_BOOT, seed=tables.BOOT_SEED)
+    direct = stats.aggregate_summary(cube, None, 0)
     row = agg.rows[(agg.rows["row"] == "Mean of 3 tasks") & (agg.rows["method"] == "lora")].iloc[0]
     assert (row["low"], row["high"]) == pytest.approx((direct.low[1], direct.high[1]))
     assert row["high"] - row["low"] < 0.02  # far narrower than the spread of the task means
@@ -419,7 +422,7 @@ def test_one_task_shows_only_t_intervals_and_welch(tmp_path: Path):
     cell = report.cells[report.cells["method"] == "lora"].iloc[0]
     assert (cell["diff_low"], cell["diff_high"]) == pytest.approx((ci.low, ci.high))  # one quantity, one interval
     for text in (md, tex):
-        assert "One task: no aggregate row, no bootstrap and no rank statistics" in text
+        assert "One task: no aggregate row and no rank statistics" in text
         assert "bootstrap interval" not in text
     assert "Δ (pp) [95% Welch CI]" in md
 
@@ -453,17 +456,18 @@ def test_vtab_groups_give_both_averages_named_and_rank_statistics(tmp_path: Path
     assert "VPT lineage" in md and "68.9" in md and "65.6" in md
     assert agg.friedman is not None and (out / "critical_difference.pdf").exists()
     assert "Iman–Davenport F" in md and "Iman--Davenport F" in _tex_text(out, tex)
-    # IQM over all runs, as rliable computes it (rliable: runs × tasks)
+    # IQM over all 57 runs: exactly a quarter trimmed at each end (trim_mean would cut 14 of 57 per end)
     iqm = agg.iqm.set_index("method")["estimate"]
     cube = tables.seed_cube(runs, tables.method_order(runs, "karst"), tables.complete_tasks(runs, list(iqm.index)))
-    assert iqm["lora"] == pytest.approx(sps.trim_mean(cube[1].ravel(), 0.25))
+    ordered = np.sort(cube[1].ravel())
+    assert iqm["lora"] == pytest.approx((ordered[15:42].sum() + 0.75 * (ordered[14] + ordered[42])) / 28.5)
     assert set(report.agg.comparisons["method"]) == set(iqm.index) - {"karst"}
     # task resampling is allowed from 10 tasks on, and labelled
     resampled = tables.aggregates(runs, "karst", resample_tasks=True)
     assert resampled.resample_tasks
     from reports.render import aggregate_caption
 
-    assert "tasks resampled within their group" in aggregate_caption(resampled, 3)
+    assert "tasks as a sample of similar tasks" in aggregate_caption(resampled, 3)
 
 
 def test_text_is_typeset_for_print():
@@ -546,7 +550,7 @@ def test_few_shot_tables_and_fragments(tmp_path: Path):
     )
     from reports import stats
 
-    direct = stats.few_shot_difference(cube[1], cube[0], n_boot=tables.N_BOOT, seed=tables.BOOT_SEED)
+    direct = stats.few_shot_difference(cube[1], cube[0])
     assert one["diff"] == pytest.approx(direct.diff)
     assert (one["diff_low"], one["diff_high"]) == pytest.approx((direct.low, direct.high))
     assert one["prob_superiority"] == pytest.approx(direct.prob_superiority)

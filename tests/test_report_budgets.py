@@ -20,7 +20,7 @@ from scipy import stats as sps
 
 from bench import schema
 from bench.errors import BenchError
-from reports import figures, stats, tables
+from reports import figures, stats
 from reports.report import build_report, curve_points, write_report
 from reports.runs import select_runs
 from tests.conftest import write_task
@@ -99,14 +99,14 @@ def test_several_budgets_give_one_table_each_a_curve_and_the_methods_not_reached
     assert {"accuracy_vs_budget.png", "accuracy_vs_budget.pdf", "budget_curve.csv"} <= {p.name for p in out.iterdir()}
 
     # every point of the curve against a recomputation from the runs: the mean of 3 tasks and its
-    # stratified bootstrap interval (seeds resampled within tasks, the same draws for every method)
+    # Welch–Satterthwaite t interval (tasks fixed)
     curve = pd.read_csv(out / "budget_curve.csv", dtype={"budget": str})
     assert len(curve) == 3 + 2  # linear, karst, lora at 1,000; linear, karst at 4,000
     for budget in (1000, 4000):
         sub = frame[(frame["budget"] == budget) | frame["budget"].isna()]
         methods = ["linear", "karst"] + (["lora"] if budget == 1000 else [])
         cube = _cube(sub, methods)
-        direct = stats.bootstrap_summary(cube, None, 0, n_boot=tables.N_BOOT, seed=tables.BOOT_SEED)
+        direct = stats.aggregate_summary(cube, None, 0)
         got = curve[curve["budget"] == str(budget)].set_index("method")
         for i, m in enumerate(methods):
             assert got.loc[m, "estimate"] == pytest.approx(sub[sub["method"] == m].groupby("task")["acc"].mean().mean())
@@ -211,9 +211,7 @@ def test_variants_get_an_ablation_table_per_base_that_matches_a_direct_recomputa
     for base, members in blocks.items():
         cube = _cube(frame, members)
         means = cube.mean(axis=2)
-        direct = stats.bootstrap_summary(
-            cube, None, 0, n_boot=tables.N_BOOT, max_boot=tables.MAX_BOOT, seed=tables.BOOT_SEED
-        )
+        direct = stats.aggregate_summary(cube, None, 0)
         raw = [
             sps.wilcoxon(np.round(means[i] - means[0], 6), zero_method="pratt").pvalue for i in range(1, len(members))
         ]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-import time
 import warnings
 
 import numpy as np
@@ -14,24 +13,25 @@ import pytest
 from scipy import stats
 
 from reports.stats import (
-    BootstrapSummary,
+    AggregateSummary,
+    aggregate_summary,
     benjamini_hochberg,
     binomial_se,
-    bootstrap_summary,
     compare_seeds,
     few_shot_difference,
+    fixed_task_difference,
+    fixed_task_mean,
     friedman,
     holm,
+    improvement_interval,
     iqm,
-    iqm_summary,
+    iqm_interval,
     mark_best,
     nemenyi_cd,
-    percentile_interval,
     performance_profile,
     prob_superiority,
-    probability_of_improvement,
+    random_task_mean,
     t_interval,
-    two_level_bootstrap,
     wilcoxon_signed_rank,
 )
 
@@ -135,7 +135,7 @@ def test_paired_needs_equal_lengths():
 def test_a_method_identical_to_the_reference(paired, no_warnings):
     r = compare_seeds(A, A.copy(), paired=paired)
     assert r.diff == 0.0 and r.pvalue == 1.0 and r.prob_superiority == 0.5
-    assert r.low <= 0.0 <= r.high
+    assert paired or r.low <= 0.0 <= r.high  # paired: constant (zero) differences, no interval
 
 
 def test_welch_identical_method_gives_symmetric_ci():
@@ -143,21 +143,30 @@ def test_welch_identical_method_gives_symmetric_ci():
     assert r.low == pytest.approx(-r.high) and r.high > 0
 
 
-def test_zero_variance_samples(no_warnings):
+def test_zero_variance_samples_give_no_test_and_no_interval(no_warnings):
+    """Identical seeds do not show that a method has no seed variance: a p of 0 with a zero-width
+    interval would claim certainty (and would count as a discovery in the BH family)."""
     same = compare_seeds([0.8] * 5, [0.8] * 5)
-    assert (same.diff, same.low, same.high, same.pvalue) == (0.0, 0.0, 0.0, 1.0)
-    apart = compare_seeds([0.8] * 5, [0.75] * 5)
-    assert apart.pvalue == 0.0
-    assert apart.low == apart.high == apart.diff == pytest.approx(0.05)
+    assert same.diff == 0.0 and same.pvalue == 1.0 and np.isnan([same.low, same.high]).all()
+    apart = compare_seeds([0.8] * 2, [0.75] * 2)
+    assert apart.diff == pytest.approx(0.05) and np.isnan([apart.low, apart.high, apart.pvalue]).all()
     assert apart.prob_superiority == 1.0
 
 
-def test_paired_constant_shift_is_deterministic(no_warnings):
+def test_a_constant_cell_does_not_change_the_other_cells_bh_q(no_warnings):
+    rng = np.random.default_rng(3)
+    p = [compare_seeds(rng.normal(0.7 + 0.01 * k, 0.01, 3), rng.normal(0.7, 0.01, 3)).pvalue for k in range(4)]
+    constant = compare_seeds([0.8, 0.8], [0.75, 0.75]).pvalue  # two constant samples
+    with_it = benjamini_hochberg([*p, constant])
+    assert np.isnan(with_it[-1])
+    assert with_it[:-1] == pytest.approx(benjamini_hochberg(p), rel=1e-12)
+
+
+def test_paired_constant_shift_gives_no_test(no_warnings):
     b = np.array([0.61, 0.67, 0.70, 0.64, 0.66])
     r = compare_seeds(b + 0.01, b, paired=True)  # differences equal up to rounding noise
-    assert r.pvalue == 0.0
-    assert (r.low, r.high) == pytest.approx((0.01, 0.01), abs=1e-14)
-    # Welch on the same data sees two spread-out samples: no deterministic difference
+    assert np.isnan(r.pvalue) and np.isnan(r.low) and r.diff == pytest.approx(0.01)
+    # Welch on the same data sees two spread-out samples
     assert compare_seeds(b + 0.01, b).pvalue > 0.5
 
 
@@ -436,7 +445,7 @@ def test_friedman_rejects_bad_input():
 
 
 # ---------------------------------------------------------------------------------------------
-# two-level bootstrap
+# intervals across tasks
 # ---------------------------------------------------------------------------------------------
 
 VTAB_GROUPS = np.array(["natural"] * 7 + ["specialized"] * 4 + ["structured"] * 8)
@@ -448,235 +457,130 @@ def _scores(m=3, seed=0):
     return np.clip(base + rng.normal(0, 0.01, size=(m, 19, 5)) + np.arange(m).reshape(m, 1, 1) * 0.004, 0, 1)
 
 
-def test_bootstrap_is_fast_and_deterministic():
-    S = _scores()
-    start = time.perf_counter()
-    draws = two_level_bootstrap(S, VTAB_GROUPS, n_boot=10_000)
-    elapsed = time.perf_counter() - start
-    assert draws.shape == (10_000, 3)
-    assert elapsed < 2.0
-    assert np.array_equal(draws, two_level_bootstrap(S, VTAB_GROUPS, n_boot=10_000))
-    assert not np.array_equal(draws, two_level_bootstrap(S, VTAB_GROUPS, n_boot=10_000, seed=1))
+def test_fixed_task_mean_by_hand_and_against_welch_on_two_tasks():
+    S = _scores()[0]
+    r = fixed_task_mean(S)
+    v = S.var(axis=1, ddof=1) / 5 / 19**2
+    df = v.sum() ** 2 / np.sum(v**2 / 4)
+    half = stats.t.ppf(0.975, df) * math.sqrt(v.sum())
+    assert r.estimate == pytest.approx(S.mean()) and r.df == pytest.approx(df)
+    assert (r.low, r.high) == pytest.approx((S.mean() - half, S.mean() + half), rel=1e-12)
+    # the difference over one task with equal weights is exactly Welch's interval (scipy)
+    a, b = S[:1], _scores(seed=1)[0, :1]
+    d = fixed_task_difference(a, b)
+    welch = stats.ttest_ind(a[0], b[0], equal_var=False).confidence_interval(0.95)
+    assert (d.low, d.high) == pytest.approx((welch.low, welch.high), rel=1e-10)
 
 
-def test_bootstrap_pairing_constant_offset():
-    S = _scores(2)
-    S[1] = S[0] + 0.01
-    for resample in (True, False):
-        s = bootstrap_summary(S, VTAB_GROUPS, reference_index=0, n_boot=2000, resample_datasets=resample)
-        assert s.diff[1] == pytest.approx(0.01, abs=1e-12)
-        assert (s.diff_low[1], s.diff_high[1]) == pytest.approx((0.01, 0.01), abs=1e-12)
-        assert (s.diff[0], s.diff_low[0], s.diff_high[0]) == (0.0, 0.0, 0.0)
-        # the marginal intervals are wide; only the paired difference is exact
-        assert s.high[0] - s.low[0] > 0.002
-    wide = bootstrap_summary(S, VTAB_GROUPS, 0, n_boot=2000, resample_datasets=True)
-    assert wide.high[0] - wide.low[0] > 0.05  # dataset resampling: between-task spread dominates
-
-
-def test_bootstrap_point_estimate_is_mean_of_group_means():
+def test_aggregate_summary_weights_groups_and_pairs_nothing_it_should_not():
     pd = pytest.importorskip("pandas")
     S = _scores()
-    s = bootstrap_summary(S, VTAB_GROUPS, reference_index=1, n_boot=500)
+    s = aggregate_summary(S, VTAB_GROUPS, reference_index=1)
     for i in range(3):
         per_task = pd.Series(S[i].mean(axis=1))
         assert s.estimate[i] == pytest.approx(per_task.groupby(VTAB_GROUPS).mean().mean(), rel=1e-14)
-    plain = bootstrap_summary(S, None, reference_index=1, n_boot=500)
+    plain = aggregate_summary(S, None, reference_index=1)
     assert plain.estimate == pytest.approx(S.mean(axis=(1, 2)))
-    assert plain.estimate[0] != pytest.approx(s.estimate[0])  # the groups do weigh tasks differently
     assert s.diff == pytest.approx(s.estimate - s.estimate[1])
-    assert isinstance(s, BootstrapSummary) and s.reference_index == 1
+    assert (s.diff[1], s.diff_low[1], s.diff_high[1]) == (0.0, 0.0, 0.0)
+    assert isinstance(s, AggregateSummary) and s.reference_index == 1
     assert (s.low < s.estimate).all() and (s.estimate < s.high).all()
-
-
-def test_datasets_are_resampled_within_groups_only():
-    # every task of a group has the same score and seeds do not vary: within-group resampling cannot
-    # move the mean of group means, resampling across groups would
-    value = {"natural": 0.9, "specialized": 0.5, "structured": 0.2}
-    S = np.array([value[g] for g in VTAB_GROUPS])[None, :, None].repeat(5, axis=2)
-    draws = two_level_bootstrap(S, VTAB_GROUPS, n_boot=300, resample_datasets=True)
-    assert draws == pytest.approx(np.full((300, 1), np.mean(list(value.values()))), abs=1e-14)
-    assert np.ptp(two_level_bootstrap(S, None, n_boot=300, resample_datasets=True)) > 0.05
-
-
-def test_bootstrap_variance_matches_theory():
-    """The bootstrap variance of a weighted mean is known in closed form; check both variants against it."""
-    rng = np.random.default_rng(4)
-    S = rng.normal(0.7, 0.05, size=(1, 19, 5)) + rng.normal(0, 0.1, size=(1, 19, 1))
     w = np.array([1 / (3 * np.sum(g == VTAB_GROUPS)) for g in VTAB_GROUPS])
-    seed_var = S[0].var(axis=1) / 5  # plug-in (ddof=0) variance of a mean of 5 resampled seeds
-    seed_only = two_level_bootstrap(S, VTAB_GROUPS, n_boot=20_000, resample_datasets=False)[:, 0]
-    assert seed_only.var() == pytest.approx(np.sum(w**2 * seed_var), rel=0.05)
-    assert seed_only.mean() == pytest.approx(np.sum(w * S[0].mean(axis=1)), abs=3e-4)
-    # datasets too: a draw of a slot is a random task of its group plus its seed noise
-    expected = 0.0
-    for g in np.unique(VTAB_GROUPS):
-        idx = g == VTAB_GROUPS
-        per_slot = S[0, idx].mean(axis=1).var() + seed_var[idx].mean()
-        expected += per_slot / idx.sum() / 9
-    both = two_level_bootstrap(S, VTAB_GROUPS, n_boot=20_000, resample_datasets=True)[:, 0]
-    assert both.var() == pytest.approx(expected, rel=0.05)
+    direct = fixed_task_difference(S[2], S[1], w)
+    assert (s.diff_low[2], s.diff_high[2]) == pytest.approx((float(direct.low), float(direct.high)))
 
 
-def test_single_seed_fixed_datasets_gives_no_spread():
+def test_one_seed_or_no_spread_gives_no_aggregate_interval():
     S = _scores()[:, :, :1]
-    draws = two_level_bootstrap(S, VTAB_GROUPS, n_boot=200, resample_datasets=False)
-    estimate = bootstrap_summary(S, VTAB_GROUPS, 0, n_boot=10).estimate
-    assert draws == pytest.approx(np.tile(estimate, (200, 1)), abs=1e-14)
+    s = aggregate_summary(S, VTAB_GROUPS, 0)
+    assert np.isnan(s.low).all() and np.isnan(s.diff_low[1:]).all()
+    flat = np.repeat(_scores()[:, :, :1], 3, axis=2)  # three identical seeds everywhere
+    s = aggregate_summary(flat, None, 0)
+    assert np.isnan(s.low).all() and np.isnan(s.diff_high[1:]).all()
 
 
-def test_bootstrap_rejects_incomplete_scores():
+def test_random_task_mean_is_a_t_interval_over_tasks_within_groups():
+    S = _scores()
+    M = S.mean(axis=2)
+    r = random_task_mean(M[0])
+    t = stats.ttest_1samp(M[0], 0.0).confidence_interval(0.95)
+    assert (r.low, r.high) == pytest.approx((t.low, t.high), rel=1e-12)
+    g = random_task_mean(M[0], VTAB_GROUPS)
+    comps = [M[0, k == VTAB_GROUPS].var(ddof=1) / np.sum(k == VTAB_GROUPS) / 9 for k in np.unique(VTAB_GROUPS)]
+    df = sum(comps) ** 2 / sum(
+        c**2 / (np.sum(k == VTAB_GROUPS) - 1) for c, k in zip(comps, np.unique(VTAB_GROUPS), strict=True)
+    )
+    assert g.df == pytest.approx(df)
+    assert np.isnan(random_task_mean(M[0, :3], np.array(["a", "a", "b"])).low)  # a group of one task
+
+
+def test_aggregates_reject_incomplete_scores():
     S = _scores()
     S[2, 4, 3] = np.nan
-    with pytest.raises(ValueError, match=r"method 2 on dataset 4 \(1 of 5 seeds missing\)"):
-        two_level_bootstrap(S, VTAB_GROUPS, n_boot=10)
     with pytest.raises(ValueError, match="'dtl' on dataset 'dmlab'"):
-        bootstrap_summary(
+        aggregate_summary(
             S,
             VTAB_GROUPS,
             0,
-            n_boot=10,
             method_names=["karst", "lora", "dtl"],
             dataset_names=[f"t{i}" for i in range(4)] + ["dmlab"] + ["x"] * 14,
         )
     with pytest.raises(ValueError, match="one label per dataset"):
-        two_level_bootstrap(_scores(), VTAB_GROUPS[:-1], n_boot=10)
+        aggregate_summary(_scores(), VTAB_GROUPS[:-1], 0)
 
 
-def test_percentile_interval_by_hand():
-    draws = np.arange(101.0)  # percentiles of 0..100 are the percent values themselves
-    assert percentile_interval(draws, 0.9) == pytest.approx([5.0, 95.0])
-    low, high = percentile_interval(np.column_stack([draws, 2 * draws]))
-    assert low == pytest.approx([2.5, 5.0]) and high == pytest.approx([97.5, 195.0])
-
-
-def _three_tasks(seed=0, n=3):
-    """Three tasks far apart in accuracy, 3 methods, n seeds: the realmini shape."""
-    rng = np.random.default_rng(seed)
-    base = np.array([0.80, 0.89, 0.85])[None, :, None]
-    return base + np.array([0.0, -0.02, -0.025])[:, None, None] + rng.normal(0, 0.008, size=(3, 3, n))
-
-
-def test_default_interval_keeps_tasks_fixed_and_task_resampling_spans_the_task_means():
-    S = _three_tasks()
-    fixed = bootstrap_summary(S, None, 0)
-    assert fixed.resample_datasets is False
-    tasks = bootstrap_summary(S, None, 0, resample_datasets=True)
-    task_means = S[0].mean(axis=1)
-    # resampling 3 tasks: 10 distinct resamples, an interval about [min, max] of the task means
-    assert tasks.low[0] == pytest.approx(task_means.min(), abs=0.01)
-    assert tasks.high[0] == pytest.approx(task_means.max(), abs=0.01)
-    # tasks fixed: only the seed noise of a mean of 9 runs, sd ~ 0.008/3
-    assert fixed.high[0] - fixed.low[0] < 0.015 < tasks.high[0] - tasks.low[0]
-
-
-def test_seed_only_bootstrap_matches_scipy_multi_sample_bootstrap():
-    """scipy.stats.bootstrap resamples each sample (here: each task's seeds) independently: the same
-    stratified bootstrap, with its own random stream; the bounds agree within Monte Carlo error."""
-    S = _three_tasks(seed=3, n=5)
-
-    def mean_of_task_means(*tasks, axis):
-        return np.mean([t.mean(axis=axis) for t in tasks], axis=0)
-
-    ours = bootstrap_summary(S, None, 0, n_boot=40_000)
-    for i in (0, 2):
-        ref = stats.bootstrap(tuple(S[i]), mean_of_task_means, n_resamples=40_000, method="percentile", rng=1)
-        assert (ours.low[i], ours.high[i]) == pytest.approx(
-            (ref.confidence_interval.low, ref.confidence_interval.high), abs=4e-4
-        )
-    # the paired difference: resampling seed-matched differences per task
-    diffs = tuple(S[2] - S[0])
-    ref = stats.bootstrap(diffs, mean_of_task_means, n_resamples=40_000, method="percentile", rng=2)
-    assert (ours.diff_low[2], ours.diff_high[2]) == pytest.approx(
-        (ref.confidence_interval.low, ref.confidence_interval.high), abs=4e-4
-    )
-
-
-def _edge_case():
-    """Scores whose difference's upper bound sits at 0 for bootstrap seed 0 with 10,000 draws."""
-    S = _three_tasks(seed=5)
-    plain = two_level_bootstrap(S, None, n_boot=10_000, seed=0)
-    upper = np.percentile(plain[:, 1] - plain[:, 0], 97.5)
-    S[1] -= upper  # shifts method 1 so that the bound is exactly 0 at seed 0
-    return S
-
-
-def test_no_printed_bound_changes_sign_with_the_bootstrap_seed():
-    from reports.render import bound
-
-    S = _edge_case()
-    naive = set()
-    printed = []
-    for seed in range(8):
-        plain = two_level_bootstrap(S, None, n_boot=10_000, seed=seed)
-        naive.add(bool(np.percentile(plain[:, 1] - plain[:, 0], 97.5) > 0))
-        s = bootstrap_summary(S, None, 0, seed=seed)
-        printed.append(bound(s.diff_high[1], s.diff_unsettled[1, 1]))
-        assert s.n_boot > 10_000  # the bound's band straddled 0, so more draws were taken
-        for i in (1, 2):
-            for j, b in enumerate((s.diff_low[i], s.diff_high[i])):
-                text = bound(b, s.diff_unsettled[i, j])
-                assert text == "≈0" or np.sign(float(text.replace("\u2212", "-"))) in (np.sign(b), 0)
-    assert naive == {True, False}  # a fixed 10,000 draws does flip the sign of this bound
-    signs = {t[0] for t in printed if t not in ("≈0", "0.00")}
-    assert len(signs) <= 1, printed  # printed: one sign, or "≈0" (within Monte Carlo error)
-
-
-def test_monte_carlo_error_matches_the_spread_over_bootstrap_seeds():
-    S = _three_tasks(seed=7, n=5)
-    runs = [bootstrap_summary(S, None, 0, n_boot=10_000, seed=k, max_boot=10_000) for k in range(12)]
-    spread = np.std([r.low[0] for r in runs], ddof=1)
-    reported = np.mean([r.mc_se for r in runs])
-    assert spread < 2.5 * reported and reported < 5 * spread  # the same order of magnitude
-
-
-def test_iqm_matches_rliable_and_a_hand_computation():
-    metrics = pytest.importorskip("rliable.metrics")
+def test_iqm_trims_exactly_a_quarter_at_each_end():
+    """trim_mean (and rliable's aggregate_iqm) cut floor(N/4) whole runs: 1 of 6 (17 %) at 3 tasks × 2
+    seeds. The IQM here is the mean of the quantile function over [¼, ¾]: boundary runs count partly."""
+    x = np.array([10.0, 0.0, 2.0, 7.0, 1.0, 3.0])
+    # [¼, ¾] of 6 equal masses, sorted 0 1 2 3 7 10: 1/12 of 1, 1/6 of 2 and of 3, 1/12 of 7, over ½
+    assert iqm(x) == pytest.approx((1 / 12 * 1 + 1 / 6 * 2 + 1 / 6 * 3 + 1 / 12 * 7) / 0.5) == pytest.approx(3.0)
+    assert stats.trim_mean(x, 0.25) == pytest.approx(3.25)  # mean of 1, 2, 3, 7: a third of the runs cut
     rng = np.random.default_rng(13)
-    S = rng.uniform(0.5, 0.9, size=(2, 4, 5))  # 20 runs per method: IQM drops 5 on each side
+    S = rng.uniform(0.5, 0.9, size=(2, 4, 5))  # 20 runs: N/4 whole, so it equals trim_mean and rliable
     for m in range(2):
         ordered = np.sort(S[m].ravel())
         assert iqm(S[m]) == pytest.approx(ordered[5:15].mean(), rel=1e-12)
-        assert iqm(S[m]) == pytest.approx(metrics.aggregate_iqm(S[m].T), rel=1e-12)  # rliable: runs × tasks
-    q = iqm_summary(S, n_boot=4000)
-    assert q.estimate == pytest.approx([iqm(S[0]), iqm(S[1])])
-    # independent loop bootstrap (own RNG) of the same stratified scheme
-    loop_rng = np.random.default_rng(99)
-    draws = []
-    for _ in range(4000):
-        idx = loop_rng.integers(0, 5, size=(4, 5))
-        draws.append(iqm(np.take_along_axis(S[0], idx, axis=1)))
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    assert (q.low[0], q.high[0]) == pytest.approx((lo, hi), abs=0.012)  # MC error of 4,000 draws
+        assert iqm(S[m]) == pytest.approx(stats.trim_mean(S[m].ravel(), 0.25), rel=1e-12)
+    # a large sample of a known distribution: the IQM of U(0, 1) is ½, of N(0, 1) is 0
+    assert iqm(rng.uniform(0, 1, 200_003)) == pytest.approx(0.5, abs=3e-3)
 
 
-def test_probability_of_improvement_matches_rliable_and_a_loop_bootstrap():
+def test_iqm_interval_uses_the_efron_stein_bound():
+    S = _scores()[0]
+    r = iqm_interval(S)
+    var = S.var(axis=1, ddof=1)
+    c = 5 * var
+    df = c.sum() ** 2 / np.sum(c**2 / 4)
+    half = stats.t.ppf(0.975, df) * 2 / 95 * math.sqrt(c.sum())
+    assert r.estimate == pytest.approx(iqm(S)) and (r.high - r.low) == pytest.approx(2 * half)
+
+
+def test_probability_of_improvement_matches_rliable_and_is_never_degenerate():
     metrics = pytest.importorskip("rliable.metrics")
     rng = np.random.default_rng(21)
     X = rng.normal(0.71, 0.01, size=(4, 5)) + np.arange(4)[:, None] * 0.05
     Y = rng.normal(0.70, 0.01, size=(4, 6)) + np.arange(4)[:, None] * 0.05
-    r = probability_of_improvement(X, Y, n_boot=4000)
-    assert r.estimate == pytest.approx(metrics.probability_of_improvement(X.T, Y.T), rel=1e-12)
+    r = improvement_interval(X, Y)
+    assert float(r.estimate) == pytest.approx(metrics.probability_of_improvement(X.T, Y.T), rel=1e-12)
     per_task = [stats.mannwhitneyu(X[d], Y[d]).statistic / 30 for d in range(4)]
-    assert r.estimate == pytest.approx(np.mean(per_task))
-    loop_rng = np.random.default_rng(5)
-    draws = []
-    for _ in range(3000):
-        xs = [X[d, loop_rng.integers(0, 5, 5)] for d in range(4)]
-        ys = [Y[d, loop_rng.integers(0, 6, 6)] for d in range(4)]
-        draws.append(np.mean([prob_superiority(a, b) for a, b in zip(xs, ys, strict=True)]))
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    assert (r.low, r.high) == pytest.approx((lo, hi), abs=0.03)
-    assert r.low < r.estimate < r.high and r.n_tasks == 4
-    same = probability_of_improvement(X, X.copy(), n_boot=2000)
-    assert same.estimate == 0.5 and same.unsettled == (False, False)  # the interval straddles ½ by far
-    assert same.low < 0.5 < same.high
+    assert float(r.estimate) == pytest.approx(np.mean(per_task))
+    assert r.low < r.estimate < r.high
+    # statsmodels' Wilson interval with N = D·min(n_x, n_y) = 20 at the same estimate
+    proportion = pytest.importorskip("statsmodels.stats.proportion")
+    low, high = proportion.proportion_confint(float(r.estimate) * 20, 20, method="wilson")
+    assert (float(r.low), float(r.high)) == pytest.approx((low, high), rel=1e-9)
+    # every run of X beats every run of Y: estimate 1, but never the interval [1, 1]
+    top = improvement_interval(X + 1.0, Y)
+    assert float(top.estimate) == 1.0 and float(top.low) < 0.9 and float(top.high) == pytest.approx(1.0)
+    bottom = improvement_interval(X - 1.0, Y)
+    assert float(bottom.high) > 0.1 and float(bottom.low) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_performance_profile_by_hand():
     S = np.array([[[0.1, 0.5], [0.7, 0.9]]])  # one method, 4 runs
-    prof, low, high = performance_profile(S, [0.0, 0.5, 0.8, 1.0], n_boot=200)
+    prof = performance_profile(S, [0.0, 0.5, 0.8, 1.0])
     assert prof[0] == pytest.approx([1.0, 0.5, 0.25, 0.0])  # strictly above τ
-    assert (low <= prof + 1e-12).all() and (prof <= high + 1e-12).all()
 
 
 def test_binomial_se_matches_statsmodels_normal_interval():
@@ -693,28 +597,16 @@ def test_binomial_se_matches_statsmodels_normal_interval():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_few_shot_constant_shift_and_average_prob_superiority():
-    rng = np.random.default_rng(8)
-    b = rng.uniform(0.2, 0.6, size=(5, 5))
-    a = b + 0.02
-    r = few_shot_difference(a, b, n_boot=2000)
-    assert r.diff == pytest.approx(0.02) and (r.low, r.high) == pytest.approx((0.02, 0.02), abs=1e-12)
-    expected = np.mean([stats.mannwhitneyu(a[d], b[d]).statistic / 25 for d in range(5)])
-    assert r.prob_superiority == pytest.approx(expected)
-    assert (r.n_datasets, r.n_seeds) == (5, 5)
-
-
-def test_few_shot_interval_width_and_determinism():
+def test_few_shot_difference_is_the_fixed_task_interval_and_average_prob_superiority():
     rng = np.random.default_rng(9)
     a = rng.normal(0.55, 0.02, size=(5, 5)) + np.arange(5)[:, None] * 0.05
     b = rng.normal(0.54, 0.02, size=(5, 5)) + np.arange(5)[:, None] * 0.05
     r = few_shot_difference(a, b)
-    # seed-only bootstrap of a mean of 5 dataset means: variance sum_d var0(a_d - b_d) / n / D^2
-    sd = math.sqrt(np.sum((a - b).var(axis=1) / 5) / 25)
-    assert r.high - r.low == pytest.approx(2 * 1.96 * sd, rel=0.1)
-    assert r.low < r.diff < r.high
-    assert few_shot_difference(a, b) == r
-    assert few_shot_difference(a, b, seed=3) != r
+    direct = fixed_task_difference(a, b)
+    assert (r.diff, r.low, r.high) == pytest.approx((float(direct.estimate), float(direct.low), float(direct.high)))
+    expected = np.mean([stats.mannwhitneyu(a[d], b[d]).statistic / 25 for d in range(5)])
+    assert r.prob_superiority == pytest.approx(expected)
+    assert (r.n_datasets, r.n_seeds) == (5, 5)
     with pytest.raises(ValueError, match="shape"):
         few_shot_difference(a, b[:4])
     a[2, 1] = np.nan

@@ -192,9 +192,15 @@ def test_summary_statistics_on_constructed_values():
     assert (one.loc["b", "diff"], one.loc["b", "diff_high"]) == pytest.approx((1.0, 1.0 + d))
     head = summary[(summary["scope"] == "mean of 2 tasks") & (summary["metric"] == "w1")].set_index("method")
     assert (head.loc["a", "estimate"], head.loc["b", "estimate"]) == pytest.approx((2.0, 3.0))
-    assert head.loc["b", "diff"] == pytest.approx(1.0) and head.loc["a", "interval"] == "bootstrap, seeds within tasks"
+    assert (
+        head.loc["b", "diff"] == pytest.approx(1.0)
+        and head.loc["a", "interval"] == "Welch-Satterthwaite t, tasks fixed"
+    )
     cka = summary[summary["metric"] == "cka"]
-    assert (cka["estimate"] == 1.0).all() and (cka["low"] == 1.0).all()  # constant values: a zero-width interval
+    assert (cka["estimate"] == 1.0).all()
+    # constant values: per task the t formula gives zero width; over tasks there is no spread to build an
+    # interval from, so none is given
+    assert (cka[cka["tasks"] == 1]["low"] == 1.0).all() and cka[cka["tasks"] == 2]["low"].isna().all()
     # a task one method lacks a seed on is summarised alone, and no over-task row is made from it
     partial = pd.DataFrame([r for r in rows if not (r["method"] == "b" and r["task"] == "t2" and r["seed"] == 2)])
     summary = summarize_shift(partial, ["a", "b"], metrics=("w1",))
