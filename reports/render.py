@@ -262,6 +262,10 @@ def resources_table(resources: pd.DataFrame) -> pd.DataFrame:
             "Train time / run (s)": resources["train_s"].map(lambda v: "–" if not np.isfinite(v) else f"{v:,.1f}"),
         }
     )
+    warm = resources["warmup_s"] if "warmup_s" in resources else pd.Series(dtype=float)
+    if warm.notna().any():  # runs that measured their warm-up: where a run's time went
+        for name, key in (("Warm-up / run (s)", "warmup_s"), ("Steady train / run (s)", "steady_s")):
+            out[name] = resources[key].map(lambda v: "–" if not np.isfinite(v) else f"{v:,.1f}").to_numpy()
     util = resources["gpu_util"] if "gpu_util" in resources else pd.Series(dtype=float)
     if util.notna().any():  # runs that sampled their GPU (nvidia-ml-py): mean utilisation beside throughput
         column = util.map(lambda v: "–" if not np.isfinite(v) else f"{v:.0f}")
@@ -640,12 +644,23 @@ def resources_caption(runs: pd.DataFrame | None = None, resources: pd.DataFrame 
         "Cost per method: medians over runs. Throughput and memory are what each run measured on its own device. "
         f"Mean acc.: the mean over the {where} of each task's mean over seeds, the same tasks for every method."
     )
+    if runs is not None and "warmup_s" in runs and runs["warmup_s"].notna().any():
+        text += (
+            " Warm-up is the time before a run's first steady step (building the model, loading or compiling the "
+            "training step, capturing CUDA graphs); steady train is the rest of its training time."
+        )
     if runs is not None and "gpu_util" in runs and runs["gpu_util"].notna().any():
         text += (
             " GPU util. is each run's mean over its epochs of its GPU's utilisation (NVML, through MLflow's system "
             "metrics); runs packed on one GPU share it."
         )
     return text
+
+
+def steady_path(train_step: str) -> str:
+    """The training-step path a run's steady epochs took: ``eager, then X from epoch N`` -> X."""
+    head, sep, rest = str(train_step).partition(", then ")
+    return rest.split(" from epoch")[0] if sep else head
 
 
 def cost_warnings(runs: pd.DataFrame, ratio: float = 2.0) -> list[str]:
@@ -663,7 +678,9 @@ def cost_warnings(runs: pd.DataFrame, ratio: float = 2.0) -> list[str]:
                 f"{per_task.max():,.0f} on {task_label(fast[0], None if pd.isna(fast[1]) else int(fast[1]))}); "
                 "its median hides that, see results.csv."
             )
-    counts = runs["train_step"].value_counts()
+    # a run that started eagerly while its step compiled ("eager, then step-cudagraphs from epoch 3")
+    # trained its steady epochs through the compiled path
+    counts = runs["train_step"].map(steady_path).value_counts()
     if len(counts) > 1:
         paths = ", ".join(f"{step}: {plural(int(n), 'run')}" for step, n in counts.sort_index().items())
         out.append(

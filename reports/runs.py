@@ -53,6 +53,8 @@ COLUMNS = [
     "peak_mem_mb",
     "gpu_util",
     "train_s",
+    "warmup_s",
+    "steady_s",
     "train_step",
     "git_sha",
     "end_time",
@@ -181,6 +183,8 @@ def runs_frame(records: list, stage: str) -> pd.DataFrame:
                 "peak_mem_mb": m.get(schema.PEAK_MEMORY_MB, np.nan),
                 "gpu_util": m.get(schema.GPU_UTILIZATION_MEAN, np.nan),  # runs on a GPU with nvidia-ml-py
                 "train_s": m.get(schema.TRAIN_SECONDS, np.nan),
+                "warmup_s": m.get(schema.WARMUP_SECONDS, np.nan),  # runs older than the metric: unknown
+                "steady_s": m.get(schema.STEADY_SECONDS, np.nan),
                 # how the cost figures were produced (runs older than these tags: "unrecorded")
                 "train_step": t.get(schema.TRAIN_STEP, "unrecorded"),
                 "git_sha": t.get(schema.GIT_SHA, "unrecorded"),
@@ -499,6 +503,8 @@ def runs_from_results_csv(path, suite: str, stage: str = "final", **selection) -
     defaults = {
         "weights_label": "",
         "n_test": np.nan,
+        "warmup_s": np.nan,
+        "steady_s": np.nan,
         "end_time": 0,
         "train_step": "unrecorded",
         "git_sha": "unrecorded",

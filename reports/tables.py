@@ -403,6 +403,8 @@ def method_resources(runs: ReportRuns, reference: str) -> pd.DataFrame:
                 "peak_mem_mb": float(sub["peak_mem_mb"].median()),
                 "gpu_util": float(sub["gpu_util"].median()) if "gpu_util" in sub else np.nan,
                 "train_s": float(sub["train_s"].median()),
+                "warmup_s": float(sub["warmup_s"].median()) if "warmup_s" in sub else np.nan,
+                "steady_s": float(sub["steady_s"].median()) if "steady_s" in sub else np.nan,
                 "runs": len(sub),
                 "mean_acc": float(task_means[i].mean()) if keys else np.nan,
                 "acc_tasks": len(keys),

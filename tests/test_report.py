@@ -302,6 +302,32 @@ def test_cost_warnings_name_mixed_paths_and_uneven_throughput():
     assert warning.startswith("a: training throughput differs 2.1× across tasks (1,000 img/s on t, 2,100 on u)")
 
 
+def test_a_run_that_switched_to_its_compiled_step_counts_under_that_path():
+    from reports.render import cost_warnings, steady_path
+
+    assert steady_path("eager, then step-cudagraphs from epoch 3") == "step-cudagraphs"
+    assert steady_path("step") == "step" and steady_path("eager") == "eager"
+    rows = _grid(["a", "b"], ["t"], [0, 1], train_step="step-cudagraphs", train_img_s=100.0)
+    rows[0]["train_step"] = "eager, then step-cudagraphs from epoch 2"  # the first run of a cold kind
+    assert cost_warnings(_frame(rows)) == []
+
+
+def test_the_cost_table_shows_where_a_run_s_time_went_where_runs_measured_it(tmp_path: Path):
+    from reports.render import resources_table
+    from reports.tables import method_resources
+
+    runs = _synthetic_runs(3)
+    assert "Warm-up / run (s)" not in resources_table(method_resources(runs, "karst")).columns  # older runs
+    runs.frame["warmup_s"] = runs.frame["method"].map({"karst": 4.0, "lora": 2.5, "linear": 1.0})
+    runs.frame["steady_s"] = 20.0
+    runs.frame.loc[runs.frame.index[0], "warmup_s"] = 40.0  # karst's first run compiled: the median ignores it
+    table = resources_table(method_resources(runs, "karst"))
+    assert table.loc["karst", "Warm-up / run (s)"] == "4.0" and table.loc["lora", "Warm-up / run (s)"] == "2.5"
+    assert set(table["Steady train / run (s)"]) == {"20.0"}
+    _, _, md, _ = _report(tmp_path, runs)
+    assert "Warm-up / run (s)" in md and "before a run's first steady step" in md
+
+
 def test_aggregate_rows_follow_groups_and_equal_a_direct_welch_satterthwaite_interval():
 
     rng = np.random.default_rng(0)
