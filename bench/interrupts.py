@@ -32,10 +32,10 @@ def on_signal(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def handling() -> Iterator[None]:
-    """Install the handler for the duration of a command (main thread only; else a no-op)."""
+    """Install the handler for the duration of a command (in the main thread, where SIGINT is not ignored)."""
     global _received, _pending
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield  # a process started in the background by a shell ignores Ctrl-C, and keeps ignoring it
         return
     _received = _pending = False
     previous = signal.signal(signal.SIGINT, on_signal)

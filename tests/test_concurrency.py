@@ -191,6 +191,18 @@ def test_ctrl_c_while_a_run_end_is_written_waits_for_it(workdir: Path):
     assert tracker.client.get_run(run_id).info.status == "FINISHED"
 
 
+def test_a_process_started_to_ignore_ctrl_c_keeps_ignoring_it():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell starts `bench run … &`
+    try:
+        with interrupts.handling():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            assert not interrupts.received()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _statuses(tracker: Tracker) -> list[str]:
     return [r.info.status for r in tracker.search("bench/demo")]
 
