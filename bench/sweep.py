@@ -14,6 +14,7 @@ import hashlib
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,7 +277,7 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
     spec_bb = backbone_spec(backbone, preset.img_size)
     chosen, unreachable = _sized_cells(entries, request, spec_bb)
     for method, config, _ in chosen:  # a config that does not fit the backbone fails before any training
-        built_trainable_params(method, config, backbone, img_size=preset.img_size)
+        _check_on_meta(method, config, backbone, preset.img_size, workdir)
         _check_composition(method, config, spec_bb.family, choice.source, workdir)
     paper = _paper_methods(chosen, suite.name, choice)
     data_root = _dataset_root(suite, request, workdir)
@@ -489,26 +490,42 @@ def _sized_method(method: Method, request: SweepRequest, spec_bb, budget: int | 
 def _check_composition(method: Method, config: Any, family: str, source: str, workdir: Path) -> None:
     """A composition's parts must all act and, where every part merges, merge to the same outputs
     (colliding parts were refused when it was built); it has no tuning study to take
-    hyperparameters from.
-
-    A configuration that passed is remembered in the work directory (``cache/checks``), keyed by
-    the composition, its configuration, the backbone family and the software versions, so a
-    resumed sweep plans without building and merging it again."""
+    hyperparameters from. A configuration that passed is not checked again (:func:`_once`)."""
     if not isinstance(method, Composite):
         return
     if source == "tuned":
         raise BenchError(f"composition {method.name!r} cannot be tuned yet; run it with --hparams preset")
+    _once(
+        workdir,
+        ["composition", method.name, identity_dict(config), family],
+        lambda: method.check_parts_act(config, family),
+    )
+
+
+def _check_on_meta(method: Method, config: Any, backbone: str, img_size: int, workdir: Path) -> None:
+    """The method applies to the backbone as configured (built on the meta device): a config that
+    does not fit fails here, before any data is prepared. Not checked again once passed."""
+    _once(
+        workdir,
+        ["meta build", method.name, identity_dict(config), backbone, img_size],
+        lambda: built_trainable_params(method, config, backbone, img_size=img_size),
+    )
+
+
+def _once(workdir: Path, what: list[Any], check: Callable[[], Any]) -> None:
+    """Run ``check`` unless it passed before for ``what`` with the same bench, torch and peft.
+
+    Passes are remembered in ``<workdir>/cache/checks/`` (one small file each), so a resumed sweep
+    plans without building its models again; a failing check raises and is not remembered."""
     import peft
 
-    what = [method.name, identity_dict(config), family, __version__, torch.__version__, peft.__version__]
-    passed = (
-        workdir / "cache" / "checks" / f"composition-{hashlib.sha256(canonical_json(what).encode()).hexdigest()[:24]}"
-    )
+    key = canonical_json([*what, __version__, torch.__version__, peft.__version__])
+    passed = workdir / "cache" / "checks" / hashlib.sha256(key.encode()).hexdigest()[:24]
     if passed.is_file():
         return
-    method.check_parts_act(config, family)
+    check()
     passed.parent.mkdir(parents=True, exist_ok=True)
-    passed.write_text(canonical_json(what) + "\n")
+    passed.write_text(key + "\n")
 
 
 @dataclass
