@@ -21,6 +21,7 @@ profit ends eagerly, as fast as it can, and leaves the cache warm for the next r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -163,8 +164,8 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
-# The background compilations this process started, by kind: a sweep that runs the same kind again
-# before the first compilation has finished waits for it instead of starting another.
+# The background compilations this process started, by kind (subprocess.Popen): a sweep that runs the
+# same kind again before the first compilation has finished waits for it instead of starting another.
 _WARMERS: dict[str, Any] = {}
 
 
@@ -185,22 +186,38 @@ class StepCache:
         return self.ledger.is_warm(self.kind)
 
     def warm_in_background(self) -> None:
-        """Start compiling this kind in another process, unless one (here or elsewhere) already is."""
+        """Start compiling this kind in another process, unless one (here or elsewhere) already is.
+
+        The process is a fresh interpreter (``python -m bench.engine.warm``), not a fork or a
+        multiprocessing spawn: a spawned child re-imports the caller's main module, which a script
+        without a ``__main__`` guard, a notebook or a Ray worker cannot afford. Its request goes
+        through a file of this process's own in the cache folder; it ends with its parent."""
         running = _WARMERS.get(self.kind.key)
-        if running is not None and running.is_alive():
+        if running is not None and running.poll() is None:
             return
         if not self.ledger.claim(self.kind):
             return  # another process compiles it; the ledger says when it is done
-        import multiprocessing
+        import pickle
+        import subprocess
+        import sys
 
-        from .engine.warm import warm_step
+        request = self.ledger.folder / f"{self.kind.key}.request"
+        with open(os.open(request, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600), "wb") as f:
+            pickle.dump((self.warm_request, str(self.folder), self.kind), f)
+        with open(self.ledger.folder / f"{self.kind.key}.log", "ab") as log:
+            _WARMERS[self.kind.key] = subprocess.Popen(
+                [sys.executable, "-m", "bench.engine.warm", str(request)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_end_with_parent if sys.platform == "linux" else None,
+            )
 
-        # spawn, not fork: the parent holds a CUDA context, which a forked child cannot use
-        process = multiprocessing.get_context("spawn").Process(
-            target=warm_step,
-            args=(self.warm_request, str(self.folder), self.kind),
-            name=f"bench-warm-{self.kind.key}",
-            daemon=True,
-        )
-        process.start()
-        _WARMERS[self.kind.key] = process
+
+def _end_with_parent() -> None:
+    """In the child, before it runs: ask Linux to send it SIGTERM when its parent dies."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

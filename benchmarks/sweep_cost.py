@@ -271,7 +271,7 @@ def asha_epochs_per_trial(max_epochs: int, min_epochs: int, eta: int) -> float:
 def project(result: dict[str, Any], speed_table: dict[str, Any] | None, args: argparse.Namespace) -> dict[str, Any]:
     """GPU-hours of the full tuned comparison, under the old and the new settings, from the figures
     measured here (and ``speed_table`` for the methods not run here)."""
-    final = result["sweeps"]["final"]["runs"]
+    final = result["sweeps"].get("final", {}).get("runs", [])  # none: the speed table alone
     measured = sorted({r["method"] for r in final})
     epochs = result["epochs"]
 
@@ -286,9 +286,10 @@ def project(result: dict[str, Any], speed_table: dict[str, Any] | None, args: ar
     infer = {m: statistics.median(r["infer_img_s"] for r in typical(m)) for m in measured}
     # warm-up of a run whose kind is warm (not the first run of its method), and the cold compile
     warm_runs = [r["time/warmup_s"] for r in final if not str(r["train_step"]).startswith("eager")]
-    warm = statistics.median(warm_runs) if warm_runs else float("nan")
-    compile_s = result["compile_s"]
-    cold = statistics.median(compile_s.values()) if compile_s else float("nan")
+    # terms this result did not measure count as 0 and are named in the assumptions
+    warm = statistics.median(warm_runs) if warm_runs else 0.0
+    compile_s = result.get("compile_s") or {}
+    cold = statistics.median(compile_s.values()) if compile_s else 0.0
     legacy = result["sweeps"].get("old_settings", {}).get("runs", [])
     old_first = [r["time/warmup_s"] for r in legacy if r["seed"] == 0]
     cold_old = statistics.median(old_first) if old_first else cold
@@ -333,10 +334,11 @@ def project(result: dict[str, Any], speed_table: dict[str, Any] | None, args: ar
             "old": "every (task, method) compiles cold; every trial trains 100 epochs",
             "new": f"one compilation per method; ASHA (min {args.asha_min_epochs} epochs, eta {args.asha_eta}): "
             f"{asha:.1f} epochs a trial on average",
-            "warm_run_warmup_s": round(warm, 2),
-            "cold_compile_s": round(cold, 2),
-            "cold_compile_old_settings_s": round(cold_old, 2),
+            "warm_run_warmup_s": round(warm, 2) if warm_runs else "not measured (0)",
+            "cold_compile_s": round(cold, 2) if compile_s else "not measured (0)",
+            "cold_compile_old_settings_s": round(cold_old, 2) if (old_first or compile_s) else "not measured (0)",
             "record_s_per_run": overhead,
+            "steady_rates": "measured here" if measured else "the speed table's, unscaled",
             "speed_table_scale": {"train": round(scale_train, 3), "eval": round(scale_eval, 3)},
         },
         "gpu_hours_old": round(old, 1),
@@ -385,7 +387,11 @@ def main() -> None:
     parser.add_argument("--tune-trials", type=int, default=20, help="trials of each study in the projection")
     parser.add_argument("--asha-min-epochs", type=int, default=11)
     parser.add_argument("--asha-eta", type=int, default=3)
-    parser.add_argument("--phases", default="planning,final,tune,old,first", help="which measurements to make")
+    parser.add_argument(
+        "--phases",
+        default="planning,final,tune,old,first",
+        help="which measurements to make; project: the projection even without final runs (the speed table's rates)",
+    )
     parser.add_argument("--first-method", default="lora", help="phase first: the method of the cold first run")
     parser.add_argument("--first-epochs", type=int, default=100)
     parser.add_argument("--record-s", type=float, default=0.35, help="seconds to record a run in MLflow (CPU figure)")
@@ -483,7 +489,7 @@ def main() -> None:
             print(json.dumps({"first_run": {k: v for k, v in result["first_run"].items() if k != "runs"}}), flush=True)
             save()
         table = json.loads(args.speed_table.read_text()) if args.speed_table and args.speed_table.is_file() else None
-        if "final" in result["sweeps"]:
+        if "final" in result["sweeps"] or ("project" in phases and table):
             result["projection"] = project(result, table, args)
         save()
     print(json.dumps({k: result.get(k) for k in ("planning", "compile_s", "first_run", "projection")}, indent=1))

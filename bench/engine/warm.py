@@ -1,8 +1,8 @@
 """Compile one kind of training step into the cache folder, in a process of its own.
 
 A run whose kind of step is not in the compile cache starts eagerly and calls
-:meth:`bench.compile_cache.StepCache.warm_in_background`, which starts :func:`warm_step` here in a
-spawned process. That process builds the same model (random weights: a graph depends on shapes,
+:meth:`bench.compile_cache.StepCache.warm_in_background`, which runs this module
+(``python -m bench.engine.warm REQUEST``) in a process of its own. That process builds the same model (random weights: a graph depends on shapes,
 not values), prepares it as :func:`bench.train.train_run` does, runs one full training step through
 the compiled features, and marks the kind warm in the cache's ledger. The run switches to the
 compiled step at its next epoch. Whatever this process prints goes to ``kinds/<key>.log`` in the
@@ -11,7 +11,6 @@ cache folder, never to the user's terminal; if it fails, the run simply stays ea
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import traceback
@@ -28,20 +27,10 @@ class WarmRequest:
     device: str
 
 
-def _log_to(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    sys.stdout = os.fdopen(1, "w", buffering=1)
-    sys.stderr = os.fdopen(2, "w", buffering=1)
-
-
 def warm_step(request: WarmRequest, folder: str, kind: Any) -> None:
     from ..compile_cache import Ledger
 
     ledger = Ledger(Path(folder))
-    _log_to(Path(folder) / "kinds" / f"{kind.key}.log")
     try:
         t0 = time.perf_counter()
         compile_kind(request, Path(folder))
@@ -84,3 +73,18 @@ def compile_kind(request: WarmRequest, folder: Path) -> None:
         F.cross_entropy(logits.float(), labels).backward()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def main(request_path: str) -> None:
+    """Read the request the parent wrote (a file only it and this process use), then compile."""
+    import pickle
+
+    path = Path(request_path)
+    with path.open("rb") as f:
+        request, folder, kind = pickle.load(f)
+    path.unlink(missing_ok=True)
+    warm_step(request, folder, kind)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
