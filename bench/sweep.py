@@ -556,7 +556,7 @@ class SweepSource:
 
     def __init__(self, plan: SweepPlan, recorder: Recorder, parent: str, cache_dir: Path, reporter: Reporter):
         self.plan, self.parent, self.cache_dir, self.reporter = plan, parent, cache_dir, reporter
-        records = recorder.tracker.runs_by_key(plan.experiment)  # one query for the whole sweep
+        records = recorder.tracker.runs_by_key(plan.experiment, [run.spec.run_key for run in plan.runs])
         self.outcomes: dict[int, RunOutcome] = {}
         self.pending: deque[tuple[int, list]] = deque()
         for index, run in enumerate(plan.runs):
