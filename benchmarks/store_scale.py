@@ -43,19 +43,40 @@ def timed(workdir: Path, *args: str, profile: Path | None = None) -> float:
     return elapsed
 
 
+def store_read(workdir: Path) -> dict[str, float]:
+    """In-process seconds of what a 3-run sweep's start-up reads from the store: its own run keys
+    (``keyed``, what `bench run` does) and, for comparison, every run of the experiment (``whole``,
+    what it did before)."""
+    from bench.sweep import SweepRequest, plan_sweep
+    from bench.tracking import Tracker, default_tracking_uri
+
+    plan = plan_sweep(SweepRequest(suite="demo", methods=["linear"], seeds=[0, 1, 2], epochs=1, device="cpu"), workdir)
+    tracker = Tracker(default_tracking_uri(workdir))
+    keys = [run.spec.run_key for run in plan.runs]
+    started = time.perf_counter()
+    keyed = tracker.runs_by_key(plan.experiment, keys)
+    keyed_s = time.perf_counter() - started
+    started = time.perf_counter()
+    whole = tracker.runs_by_key(plan.experiment)
+    whole_s = time.perf_counter() - started
+    assert all(k in keyed and k in whole for k in keys), "the store lacks the sweep's runs"
+    return {"store_read_keyed_s": round(keyed_s, 3), "store_read_whole_s": round(whole_s, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="1000,3000", help="Store sizes to measure, comma-separated.")
     parser.add_argument("--repeats", type=int, default=3, help="Timings per command (the median is kept).")
     parser.add_argument("--out", type=Path, help="Write the figures as JSON here.")
+    parser.add_argument("--workdir", type=Path, help="Keep the store here (default: a temporary folder).")
     parser.add_argument("--profile", type=Path, help="Write cProfile's top functions of `bench run` here.")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     sizes = sorted(int(n) for n in args.runs.split(","))
     results = []
     with tempfile.TemporaryDirectory(prefix="store-scale-") as tmp:
-        workdir = Path(tmp) / "runs"
-        workdir.mkdir()
+        workdir = args.workdir or Path(tmp) / "runs"
+        workdir.mkdir(parents=True)
         have, fill_s = 0, 0.0
         # the three runs `bench run` will reuse are the first ones recorded
         for n in sizes:
@@ -69,6 +90,7 @@ def main() -> None:
                     timed(workdir, "runs", "--suite", "demo", "--json") for _ in range(args.repeats)
                 )[args.repeats // 2],
                 "fill_s": round(fill_s, 1),
+                **store_read(workdir),
             }
             print(json.dumps(row), flush=True)
             results.append(row)
