@@ -689,7 +689,7 @@ class SweepSource:
         self.compile_cache = None if compile_cache is None else str(compile_cache)
         self.tracker = recorder.tracker
         self.claims = claims
-        records = self.tracker.runs_by_key(plan.experiment)  # one query for the whole sweep
+        records = self.tracker.runs_by_key(plan.experiment, [run.spec.run_key for run in plan.runs])
         self.outcomes: dict[int, RunOutcome] = {}
         self.pending: deque[int] = deque()
         self.elsewhere: deque[int] = deque()  # runs another process held the claim of, to try again

@@ -313,9 +313,22 @@ class Tracker:
 
     # -- finding runs ----------------------------------------------------------------------
 
-    def runs_by_key(self, experiment: str) -> dict[str, list[Any]]:
-        """Every run of ``experiment`` grouped by ``bench.run_key``: one query for a whole sweep."""
+    #: Up to this many run keys are looked up one query each; more read the experiment whole.
+    #: One query costs about as much as reading 5 runs (MLflow loads every run's tags, params
+    #: and metrics), so a small sweep's start-up no longer grows with the store (docs/performance.md).
+    KEYED_LOOKUP_MAX = 100
+
+    def runs_by_key(self, experiment: str, keys: list[str] | None = None) -> dict[str, list[Any]]:
+        """The runs of ``experiment`` grouped by ``bench.run_key``; with ``keys``, at least those
+        keys' runs (every status: the caller reuses FINISHED ones and closes RUNNING leftovers)."""
         grouped: dict[str, list[Any]] = {}
+        wanted = sorted(set(keys)) if keys is not None else None
+        if wanted is not None and len(wanted) <= self.KEYED_LOOKUP_MAX:
+            for key in wanted:
+                found = self.search(experiment, extra_filter=f"tags.`{schema.RUN_KEY}` = '{key}'")
+                if found:
+                    grouped[key] = found
+            return grouped
         for run in self.search(experiment):
             grouped.setdefault(run.data.tags.get(schema.RUN_KEY, ""), []).append(run)
         return grouped

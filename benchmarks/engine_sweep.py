@@ -58,7 +58,7 @@ class MemoryTracker:
         self.metrics: dict[str, dict[str, float]] = {}
         self.client = self
 
-    def runs_by_key(self, experiment: str) -> dict[str, list[Any]]:
+    def runs_by_key(self, experiment: str, keys: list[str] | None = None) -> dict[str, list[Any]]:
         return {}
 
     def runs_of_key(self, experiment: str, run_key: str) -> list[Any]:

@@ -362,3 +362,34 @@ def test_full_disk_mid_sweep_is_one_line_and_the_store_survives(
     )
     rows = [r for r in json.loads(out) if r["status"] == "FINISHED"]
     assert sorted(r["seed"] for r in rows) == list(range(8))
+
+
+# ---------------------------------------------------------------------------------------------
+# a large store: a small sweep looks up its own run keys
+
+
+@pytest.mark.parametrize("keyed_max", [100, 2])
+def test_runs_by_key_for_a_sweep_matches_the_whole_read(workdir: Path, monkeypatch, keyed_max: int):
+    """Looking up a sweep's keys one query each finds exactly what reading the experiment finds
+    for those keys (every status, repeated records of one key), above and below the threshold."""
+    from bench import schema
+    from bench.tracking import Tracker, default_tracking_uri
+
+    monkeypatch.setattr(Tracker, "KEYED_LOOKUP_MAX", keyed_max)
+    tracker = Tracker(default_tracking_uri(workdir))
+    keys = [f"{i:064x}" for i in range(6)]
+    for i, key in enumerate([*keys, keys[0]]):  # key 0 recorded twice: a killed run and its rerun
+        run_id = tracker.start_child("bench/scale", None, f"r{i}", {schema.RUN_KEY: key}, {"seed": str(i)})
+        if i != 3:  # run 3 stays RUNNING, as a killed process leaves it
+            tracker.end_child(run_id, "KILLED" if i == 0 else "FINISHED")
+    everything = tracker.runs_by_key("bench/scale")
+    asked = [keys[0], keys[3], keys[5], "f" * 64]  # the last one was never recorded
+
+    def ids(groups: dict) -> dict:
+        return {k: sorted(r.info.run_id for r in v) for k, v in groups.items()}
+
+    found = tracker.runs_by_key("bench/scale", asked)
+    assert {k: v for k, v in ids(found).items() if k in asked} == {k: ids(everything)[k] for k in asked[:3]}
+    if keyed_max >= len(asked):  # looked up key by key: nothing else is read
+        assert set(found) == set(asked[:3])
+    assert len(found[keys[0]]) == 2 and found[keys[3]][0].info.status == "RUNNING"
