@@ -21,6 +21,8 @@ def test_demo_suite_runs_from_nothing(cli, workdir: Path):
     code, out, err = cli("run", "--suite", "demo", "--methods", "lora,linear", "--seeds", "2", "--epochs", "2")
     assert code == 0, err
     assert "test accuracy over seeds" in out and "4 run(s) trained" in out
+    # each run's line gives its time and, while runs remain, the time left (also without a terminal)
+    assert err.count("(trained in ") == 4 and "3 left, about" in err and "1 left, about" in err
     digits = workdir / "data" / "demo" / "digits"
     counts = {
         n: len((digits / n).read_text().splitlines())
