@@ -102,6 +102,7 @@ class RichReporter:
     def sweep_done(self, cost: SweepEfficiency) -> None:
         if cost.runs:
             self.console.print(escape(cost.line()), highlight=False, soft_wrap=True)
+
     def _eta(self) -> str:
         """``; 4 left, about 12 min``: the runs still to train at the mean time of those trained, over
         the runs that train at once. Also printed where no progress bar shows (a log, a pipe)."""

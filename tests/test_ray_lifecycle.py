@@ -99,9 +99,7 @@ def test_a_local_ray_cluster_listens_on_loopback_only_and_sigterm_stops_it_clean
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, err
-    assert (
-        err.strip().splitlines()[-1] == "terminated; finished runs are kept, runs in progress will be trained again"
-    )
+    assert err.strip().splitlines()[-1] == "terminated; finished runs are kept, runs in progress will be trained again"
     for noise in ("Traceback", "ERROR", "(raylet)", "SIGTERM", "core_worker"):
         assert noise not in err, err
     _assert_nothing_left(ray_tmp)
