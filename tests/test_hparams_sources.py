@@ -376,3 +376,24 @@ def test_a_paper_run_trains_with_its_recipe_and_reports_its_source(demo_recipe: 
     code, _, err = cli("report", "--suite", "demo", "--out", str(workdir / "r"))
     assert code == 0, err
     assert "- **hyperparameters**: paper (each method's own recipe)" in (workdir / "r" / "report.md").read_text()
+
+
+def test_methods_list_and_info_say_which_methods_have_a_paper_recipe(cli):
+    import json
+
+    code, out, err = cli("methods", "list", "--json")
+    assert code == 0, err
+    rows = {row["name"]: row for row in json.loads(out)}
+    shipped = all_recipes()
+    assert shipped and set(shipped) <= set(rows)
+    for name, row in rows.items():
+        if name in shipped:
+            assert row["paper_recipe"] == shipped[name].source and row["paper_recipe"]
+            assert row["paper_recipe_suites"] == list(shipped[name].suites)
+        else:
+            assert row["paper_recipe"] == "" and row["paper_recipe_suites"] == []
+    with_recipe, without = sorted(shipped)[0], next(n for n in sorted(rows) if n not in shipped)
+    code, out, _ = cli("methods", "info", with_recipe, "--json")
+    assert code == 0 and json.loads(out)["paper_recipe"]["source"] == shipped[with_recipe].source
+    code, out, _ = cli("methods", "info", without, "--json")
+    assert code == 0 and json.loads(out)["paper_recipe"].startswith("none: `bench run --hparams paper` refuses it")
