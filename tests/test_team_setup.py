@@ -170,6 +170,7 @@ def test_a_two_trial_study_on_live_postgresql_resumes(cli, postgres_url: str, no
     import optuna
 
     base = ("tune", "--suite", "tinyfolder", "--methods", "linear", "--data-root", str(noah_root), "--tasks", "alpha")
+    base += ("--scheduler", "none")  # every trial trains to the end: two trials spend the budget of two
     code, out, err = cli(*base, "--trials", "1", "--storage", postgres_url)
     assert code == 0, err
     assert f"optuna-dashboard {postgres_url}" in out.replace("\n", "")
