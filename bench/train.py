@@ -231,6 +231,26 @@ def compiled_features(mode: str, eager: _Features) -> Callable:
     return replay
 
 
+def run_compiled_step(
+    model: nn.Module,
+    norm: Normalize,
+    device: torch.device,
+    mode: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    label_smoothing: float = 0.0,
+) -> None:
+    """One training step (forward and backward, no optimiser step) through the compiled features,
+    built as :func:`train_run` builds it: what a background compilation runs to fill the cache."""
+    model.train()
+    with Headless(model) as headless:
+        step = _StepForward(
+            compiled_features(mode, _Features(model, norm, device)), headless.head, device, label_smoothing
+        )
+        loss, _ = step(images, labels)
+        loss.backward()
+
+
 def warm_steps(mode: str) -> int:
     """How many first steps of a step function carry its warm-up: the first call compiles (or, eager,
     selects kernels); CUDA graphs also run once to warm up and once to record."""

@@ -20,7 +20,7 @@ def test_the_largest_config_respects_its_own_limits_and_is_reachable(name: str):
     limits = method.size_limits(spec, largest)
     assert limits, f"{name} declares no size limit"
     assert all(getattr(largest, field) <= cap for field, (cap, _) in limits.items())
-    most = method.count(spec, largest)
+    most = method.budget_count(spec, largest)  # what a budget charges (BOFT: its free parameters)
     choice = choose_for_budget(method, spec, most)  # the largest count is a budget it can meet
     assert all(getattr(choice.config, f) <= cap for f, (cap, _) in method.size_limits(spec, choice.config).items())
 

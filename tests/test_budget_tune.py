@@ -14,6 +14,7 @@ import torch
 import methods
 from bench.backbone import backbone_spec
 from bench.budget import format_budget, parse_budget
+from bench.engine.driver import SilentReporter
 from bench.errors import BenchError
 from bench.studies import TUNE_SEED, default_storage, effort_used
 from bench.tracking import Tracker, default_tracking_uri
@@ -188,7 +189,7 @@ def test_tuning_resumes_without_repeating_trials(tuned_workdir: Path, capsys):
         assert all(drawn.count(p) == 1 for p in drawn)  # no configuration trained twice
         for trial in study.trials[before[name] :]:  # one line per finished trial, as it finishes
             state = {"COMPLETE": "complete", "PRUNED": "pruned"}[trial.state.name]
-            value = f" val {100 * trial.value:.2f}%" if trial.value is not None else ""
+            value = f" val {100 * trial.value:.2f}%" if state == "complete" else ""  # a pruned trial has no result
             assert f"{name} trial {trial.number}: {state}{value}" in err, err
         assert f"{name} trial {before[name] - 1}:" not in err  # the trials of the first call are not printed again
 
@@ -377,20 +378,11 @@ def test_a_failed_trial_is_recorded_and_the_study_goes_on(
     assert "not finite" in failed[0].data.tags["bench.error"]
 
 
-class _InterruptAtFirstEpoch:
+class _InterruptAtFirstEpoch(SilentReporter):
     """Ctrl-C after the first trial's first epoch."""
-
-    def sweep_started(self, plan, todo) -> None:
-        pass
-
-    def run_started(self, run, epochs) -> None:
-        pass
 
     def epoch_done(self, run, metrics) -> None:
         raise KeyboardInterrupt
-
-    def run_done(self, run, outcome) -> None:
-        pass
 
 
 def test_an_interrupted_trial_does_not_count_and_the_rerun_tops_the_study_up(cli, workdir: Path, noah_root: Path):

@@ -94,5 +94,5 @@ def test_readme_vtab_lines_stop_only_at_the_missing_data_or_network(tmp_path: Pa
         _, err = proc.communicate(timeout=300)
         errors = [line for line in err.decode().splitlines() if line.startswith("error:")]
         assert proc.returncode == 2 and len(errors) == 1, (words, err.decode()[-2000:])
-        assert re.search(r"data root|Hub|no finished", errors[0]), errors[0]
+        assert re.search(r"data root|Hub|no finished|no tracking store", errors[0]), errors[0]
         assert "Traceback" not in err.decode()

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import bench.studies as studies
+from bench.engine.driver import SilentReporter
 from bench.errors import BenchError
 from bench.studies import (
     EPOCHS_CHARGED,
@@ -162,20 +163,11 @@ def test_a_study_keeps_its_scheduler(cli, workdir, noah_root):
 # -- resuming: new draws, interrupted trials trained again -------------------------------------------
 
 
-class _InterruptAtFirstEpoch:
+class _InterruptAtFirstEpoch(SilentReporter):
     """Ctrl-C after the first epoch of the first trial."""
-
-    def sweep_started(self, plan, todo) -> None:
-        pass
-
-    def run_started(self, run, epochs) -> None:
-        pass
 
     def epoch_done(self, run, metrics) -> None:
         raise KeyboardInterrupt
-
-    def run_done(self, run, outcome) -> None:
-        pass
 
 
 def _interrupt_once(workdir: Path, noah_root: Path) -> None:

@@ -45,11 +45,10 @@ def warm_step(request: WarmRequest, folder: str, kind: Any) -> None:
 def compile_kind(request: WarmRequest, folder: Path) -> None:
     """Build the run's model and run one training step (forward and backward) compiled into ``folder``."""
     import torch
-    import torch.nn.functional as F
 
     from ..backbone import Weights
     from ..compile_cache import use_cache_folder
-    from ..train import Headless, Normalize, _autocast, _Features, compiled_features, hold_frozen_in_bf16
+    from ..train import Normalize, hold_frozen_in_bf16, run_compiled_step
     from .work import build_model
 
     use_cache_folder(folder)
@@ -58,19 +57,12 @@ def compile_kind(request: WarmRequest, folder: Path) -> None:
     model.to(device)
     if request.frozen_bf16:
         hold_frozen_in_bf16(model)
-    norm = Normalize(mean, std).to(device)
     preset = request.run.preset
     generator = torch.Generator().manual_seed(0)
-    images = torch.randint(
-        0, 256, (preset.batch_size, 3, preset.img_size, preset.img_size), dtype=torch.uint8, generator=generator
-    ).to(device)
-    model.train()
-    with Headless(model) as headless:
-        features = compiled_features(request.mode, _Features(model, norm, device))(images)
-        with _autocast(device):
-            logits = headless.head(features)
-        labels = torch.zeros(preset.batch_size, dtype=torch.int64, device=device)
-        F.cross_entropy(logits.float(), labels).backward()
+    shape = (preset.batch_size, 3, preset.img_size, preset.img_size)
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator).to(device)
+    labels = torch.zeros(preset.batch_size, dtype=torch.int64, device=device)
+    run_compiled_step(model, Normalize(mean, std).to(device), device, request.mode, images, labels)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
