@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 ENV = "BENCH_COMPILE_CACHE"
 
 
@@ -132,7 +134,7 @@ class Ledger:
             try:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                if _alive(_pid_in(lock)):
+                if (pid := _pid_in(lock)) is not None and psutil.pid_exists(pid):
                     return False
                 lock.unlink(missing_ok=True)  # its process is gone: the claim is stale
                 continue
@@ -150,18 +152,6 @@ def _pid_in(lock: Path) -> int | None:
         return int(lock.read_text().strip() or 0) or None
     except (OSError, ValueError):
         return None
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # The background compilations this process started, by kind (subprocess.Popen): a sweep that runs the

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from . import schema
 from .errors import BenchError
 
@@ -189,7 +191,7 @@ def create_sqlite_store(path: Path) -> None:
     prefix = f".{path.name}.creating-"
     for stale in path.parent.glob(prefix + "*"):  # left by a creator that was killed
         pid = stale.name.removeprefix(prefix).split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
             stale.unlink(missing_ok=True)
     tmp = path.parent / f"{prefix}{os.getpid()}"
     try:
@@ -252,16 +254,6 @@ def follow_moved_artifacts(store: Path, artifact_root: Path) -> int:
     finally:
         con.close()
     return moved
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Tracker:

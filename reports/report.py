@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import psutil
 
 from bench import __version__
 from bench.errors import BenchError
@@ -396,18 +397,8 @@ def _remove_abandoned_staging(out: Path) -> None:
     """Remove the staging folders of reports into ``out`` that were killed (their process is gone)."""
     for folder in out.parent.glob(f"{STAGING_PREFIX}{out.name}-*"):
         pid = folder.name.rpartition("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write_files(report: Report, out: Path, formats: tuple[str, ...], latex_width: str) -> list[Path]:
