@@ -159,6 +159,16 @@ def _pid_in(lock: Path) -> int | None:
 _WARMERS: dict[str, Any] = {}
 
 
+@dataclass(frozen=True)
+class WarmRequest:
+    """What a background compilation (:mod:`bench.engine.warm`) needs to build a run's step."""
+
+    run: Any  # a planned run: .spec, .method, .config, .preset
+    mode: str  # the compile mode (bench.train.COMPILE_MODES, not eager)
+    frozen_bf16: bool
+    device: str
+
+
 @dataclass
 class StepCache:
     """What :func:`bench.train.train_run` needs to reuse compiled steps: the ledger of the cache
@@ -166,7 +176,7 @@ class StepCache:
 
     folder: Path
     kind: StepKind
-    warm_request: Any  # what bench.engine.warm.warm_step needs to build the same step elsewhere
+    warm_request: WarmRequest
 
     @property
     def ledger(self) -> Ledger:

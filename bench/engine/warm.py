@@ -14,20 +14,12 @@ from __future__ import annotations
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from ..compile_cache import StepKind, WarmRequest
 
 
-@dataclass(frozen=True)
-class WarmRequest:
-    run: Any  # a planned run: .spec, .method, .config, .preset
-    mode: str  # the compile mode (bench.train.COMPILE_MODES, not eager)
-    frozen_bf16: bool
-    device: str
-
-
-def warm_step(request: WarmRequest, folder: str, kind: Any) -> None:
+def warm_step(request: WarmRequest, folder: str, kind: StepKind) -> None:
     from ..compile_cache import Ledger
 
     ledger = Ledger(Path(folder))

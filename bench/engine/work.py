@@ -23,12 +23,11 @@ from typing import Any
 import torch
 
 from ..backbone import Weights, build_backbone, normalization
-from ..compile_cache import StepCache, step_kind
+from ..compile_cache import StepCache, WarmRequest, step_kind
 from ..errors import BenchError
 from ..sysmetrics import SystemSampler
 from ..train import COMPILE_MODES, SplitData, default_compile_mode, train_run
 from .events import Cancelled, Done, End, Epoch, Event, Failed, Placement, Started
-from .warm import WarmRequest
 
 
 @dataclass(frozen=True)
