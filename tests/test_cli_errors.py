@@ -9,15 +9,17 @@ import pytest
 from bench.tracking import Tracker, default_tracking_uri
 
 
-def _assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    """Exit 2; the error is a single line starting with `error:` (progress lines may precede it)."""
-    assert code == 2
+def _assert_one_line_error(code: int, err: str, *fragments: str) -> str:
+    """Exit 2; the error is a single line starting with `error:` (progress lines may precede it).
+    Returns that line."""
+    assert code == 2, err
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, err
     assert err.rstrip().endswith(errors[0].rstrip()), "the error is the last thing printed"
     for fragment in fragments:
         assert fragment in errors[0], (fragment, errors[0])
+    return errors[0]
 
 
 def _run(cli, root: Path, *extra: str):

@@ -19,18 +19,7 @@ from suites.base import DataError
 from suites.images import decode_images
 from suites.lists import read_list
 from suites.resolve import count_classes
-
-
-def _assert_one_line_error(code: int, err: str, *fragments: str) -> str:
-    assert code == 2, err
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, err
-    assert err.rstrip().endswith(errors[0].rstrip()), "the error is the last thing printed"
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
-    return errors[0]
-
+from tests.test_cli_errors import _assert_one_line_error
 
 # ---------------------------------------------------------------------------------------------
 # seeds
