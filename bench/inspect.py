@@ -8,30 +8,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import Method, identity_dict, trainable_params_excluding_head
+from methods.base import Method, trainable_params_excluding_head
 
 from .backbone import create_backbone
-from .spec import canonical_json
 
 
 def built_trainable_params(
     method: Method, config: Any, backbone: str, num_classes: int = 10, img_size: int | None = None
 ) -> int:
-    """Trainable parameters (head excluded) of ``backbone`` with ``method`` applied, built on meta.
-
-    Remembered per (method, config, backbone, size) for the process: planning checks every sweep
-    cell, and many cells share one configuration."""
-    key = (method.name, canonical_json(identity_dict(config)), backbone, num_classes, img_size)
-    if key not in _BUILT_COUNTS:
-        kwargs = {"img_size": img_size} if img_size else {}
-        with torch.device("meta"):
-            model = meta_backbone(backbone, num_classes=num_classes, **kwargs)
-            model = method.apply(model, config)
-        _BUILT_COUNTS[key] = trainable_params_excluding_head(model)
-    return _BUILT_COUNTS[key]
-
-
-_BUILT_COUNTS: dict[tuple, int] = {}
+    """Trainable parameters (head excluded) of ``backbone`` with ``method`` applied, built on meta."""
+    kwargs = {"img_size": img_size} if img_size else {}
+    with torch.device("meta"):
+        model = meta_backbone(backbone, num_classes=num_classes, **kwargs)
+        model = method.apply(model, config)
+    return trainable_params_excluding_head(model)
 
 
 def meta_backbone(backbone: str, **kwargs: Any) -> nn.Module:

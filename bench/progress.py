@@ -17,7 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .efficiency import SweepEfficiency
+from .efficiency import SweepEfficiency, duration
 from .engine import RunOutcome
 from .sweep import PlannedRun, SweepPlan
 from .train import EpochMetrics
@@ -96,7 +96,7 @@ class RichReporter:
             verb = "trained"
             if started is not None:
                 self.train_seconds.append(time.monotonic() - started)
-                verb += f" in {format_duration(self.train_seconds[-1])}{self._eta()}"
+                verb += f" in {duration(self.train_seconds[-1])}{self._eta()}"
         self.console.print(f"  {escape(run.spec.label)}: {acc} ({verb})", highlight=False)
 
     def sweep_done(self, cost: SweepEfficiency) -> None:
@@ -109,17 +109,7 @@ class RichReporter:
         if self.todo <= 0 or not self.train_seconds:
             return ""
         mean = sum(self.train_seconds) / len(self.train_seconds)
-        return f"; {self.todo} left, about {format_duration(mean * self.todo / self.slots)}"
-
-
-def format_duration(seconds: float) -> str:
-    """``42 s``, ``3 min 5 s``, ``2 h 10 min``."""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+        return f"; {self.todo} left, about {duration(mean * self.todo / self.slots)}"
 
 
 def trial_line(trial: Any) -> str:

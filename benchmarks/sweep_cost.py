@@ -323,11 +323,15 @@ def project(result: dict[str, Any], speed_table: dict[str, Any] | None, args: ar
             "measured_here": m in steady,
             "train_img_s": round(r_train),
             "infer_img_s": round(r_eval),
+            "finals_h": finals / 3600,
+            "tuning_old_h": full_trials / 3600,
+            "tuning_new_h": asha_trials / 3600,
             "old_h": (finals + full_trials + FULL["tasks"] * cold_old + runs * warm) / 3600,
             "new_h": (finals + asha_trials + cold + runs * warm) / 3600,
         }
     old = sum(v["old_h"] for v in per_method.values())
     new = sum(v["new_h"] for v in per_method.values())
+    parts = {k: round(sum(v[k] for v in per_method.values()), 1) for k in ("finals_h", "tuning_old_h", "tuning_new_h")}
     return {
         "assumptions": {
             "comparison": f"19 tasks x {len(per_method)} methods x 5 seeds x 100 epochs; a study of {trials} trials per (task, method)",
@@ -341,6 +345,9 @@ def project(result: dict[str, Any], speed_table: dict[str, Any] | None, args: ar
             "steady_rates": "measured here" if measured else "the speed table's, unscaled",
             "speed_table_scale": {"train": round(scale_train, 3), "eval": round(scale_eval, 3)},
         },
+        "gpu_hours_finals": parts["finals_h"],
+        "gpu_hours_tuning_old": parts["tuning_old_h"],
+        "gpu_hours_tuning_new": parts["tuning_new_h"],
         "gpu_hours_old": round(old, 1),
         "gpu_hours_new": round(new, 1),
         "ratio": round(old / new, 2),
