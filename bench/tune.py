@@ -232,7 +232,12 @@ class TrialSource:
         return None
 
     def _open_parent(self, s: _Study) -> str:
+        import optuna
+
         run = s.run
+        # trials another process is training now: their heartbeat kept them RUNNING through
+        # fail_stale_trials in _prepare_study, so their MLflow records stay open too
+        running = {str(t.number) for t in s.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
         parent = self.recorder.open_parent(
             self.experiment,
             hashlib.sha256(s.name.encode()).hexdigest()[:24],
@@ -246,6 +251,7 @@ class TrialSource:
                 schema.OPTUNA_STORAGE: self.storage,
             },
             params=flatten_params(s.attrs),  # the budget is a metric: a rerun may raise it
+            live=lambda record: record.data.tags.get(schema.TRIAL) in running,
         )
         if self.plan.request.sweep_file is not None:
             self.recorder.tracker.log_text(parent, self.plan.request.sweep_file, schema.SWEEP_FILE)

@@ -261,6 +261,16 @@ def test_reopening_a_study_closes_its_trials_left_running_and_keeps_finished_one
     done = recorder.start(trial)
     recorder.end(done, "FINISHED")
     left = recorder.start(dataclasses.replace(trial, name="trial-001", tags={schema.RUN_KEY: "t1"}))
+    # a trial another `bench tune` is training now (its Optuna trial RUNNING, heartbeat fresh)
+    elsewhere = recorder.start(dataclasses.replace(trial, name="trial-002", tags={schema.RUN_KEY: "t2"}))
+    assert (
+        recorder.open_parent(
+            "bench/demo-tune", "study-key", study_tags, {}, live=lambda r: r.data.tags[schema.RUN_KEY] == "t2"
+        )
+        == parent
+    )
+    assert tracker.client.get_run(elsewhere).info.status == "RUNNING"  # left to the process training it
+    assert tracker.client.get_run(left).info.status == "KILLED"
     sweep = recorder.open_parent("bench/demo", "sweep-key", {schema.SWEEP_NAME: "sweep"}, {})
     in_flight = recorder.start(RunRecord("bench/demo", sweep, "run", {schema.RUN_KEY: "r"}, {}, {}))
 

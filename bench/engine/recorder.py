@@ -11,6 +11,7 @@ as KILLED and trains those runs again.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,16 +63,24 @@ class Recorder:
 
     # -- parents: a sweep, or a tuning study ----------------------------------------------
 
-    def open_parent(self, experiment: str, key: str, tags: dict[str, str], params: dict[str, str]) -> str:
+    def open_parent(
+        self,
+        experiment: str,
+        key: str,
+        tags: dict[str, str],
+        params: dict[str, str],
+        live: Callable[[Any], bool] | None = None,
+    ) -> str:
         """Open (or reopen) a sweep's or a study's parent run.
 
-        A study is tuned by one driver at a time, so trials of a reopened study still RUNNING were
-        left by a killed process: they are closed as KILLED here, as its Optuna trials are failed.
+        A reopened study's trial records still RUNNING are closed as KILLED, except those ``live``
+        says another process is still training (its Optuna trial is RUNNING, with a fresh heartbeat).
         (A sweep's runs are closed run by run, under their claims: another sweep may be training them.)
         """
         parent = self.tracker.open_sweep(experiment, key, tags, params)
         if schema.STUDY in tags:
-            self.tracker.close_interrupted(self.tracker.running_children(experiment, parent))
+            running = self.tracker.running_children(experiment, parent)
+            self.tracker.close_interrupted([r for r in running if live is None or not live(r)])
         return parent
 
     def close_parent(
