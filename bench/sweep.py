@@ -35,7 +35,7 @@ from .claims import RunClaims
 from .compile_cache import cache_folder
 from .engine import Executor, Job, JobData, Recorder, Reporter, RunOutcome, RunRecord, SilentReporter, Work, drive
 from .errors import BenchError
-from .hparams import HparamsChoice, has_recipe, missing_recipe, paper_settings, parse_hparams
+from .hparams import HparamsChoice, has_recipe, missing_recipe, paper_settings, parse_hparams, scale_epochs
 from .inspect import built_trainable_params
 from .method_entries import choose_entry_for_budget, method_base, resolve_methods, set_bases, set_values
 from .provenance import command_line, git_revision
@@ -232,8 +232,7 @@ def resolve_preset(suite: Suite, epochs: int | None) -> Preset:
         return preset
     if epochs < 1:
         raise BenchError(f"--epochs {epochs} must be at least 1")
-    warmup = round(preset.warmup_epochs * epochs / preset.epochs)
-    return preset.with_overrides(epochs=epochs, warmup_epochs=min(warmup, epochs - 1))
+    return scale_epochs(preset, epochs)
 
 
 def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:

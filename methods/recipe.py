@@ -159,6 +159,9 @@ def parse_recipe(text: str, path: Path) -> Recipe:
     for suite, body in _mapping(data.get("suites"), f"recipe {path}: suites").items():
         where = f"recipe {path}, suite {suite}"
         body = _mapping(body, where)
+        unknown = sorted(set(body) - {"blocks", "differences"})
+        if unknown:
+            raise MethodError(f"{where} has unknown key(s) {', '.join(unknown)}; valid: blocks, differences")
         blocks = []
         for i, raw in enumerate(body.get("blocks") or []):
             raw = _mapping(raw, f"{where}, block {i + 1}")
@@ -175,7 +178,10 @@ def parse_recipe(text: str, path: Path) -> Recipe:
             blocks.append(RecipeBlock(raw["source"].strip(), every, tasks))
         if not blocks:
             raise MethodError(f"{where} has no blocks of values")
-        differences = tuple(str(d) for d in body.get("differences") or [])
+        differences = body.get("differences") or []
+        if not isinstance(differences, list):
+            raise MethodError(f"{where}: differences must be a list of lines, one per difference")
+        differences = tuple(str(d) for d in differences)
         suites[suite] = SuiteRecipe(suite, tuple(blocks), differences)
     return Recipe(data["method"], str(data.get("paper", "")), suites, path)
 
@@ -183,13 +189,22 @@ def parse_recipe(text: str, path: Path) -> Recipe:
 def recipe_folders() -> list[Path]:
     """Where recipes are read from: ``BENCH_RECIPES``'s folders first (they win), then the shipped one."""
     extra = [Path(p) for p in os.environ.get(ENV_PATH, "").split(os.pathsep) if p.strip()]
+    missing = [str(p) for p in extra if not p.is_dir()]
+    if missing:
+        raise MethodError(
+            f"{ENV_PATH} names {', '.join(missing)}, which is not a folder; point it at your recipes' folder"
+        )
     return [*extra, SHIPPED]
 
 
 @cache
 def _read(path: Path, stamp: tuple[int, int]) -> Recipe:
     """A recipe file, parsed once per version (``stamp``: its modification time and size)."""
-    recipe = parse_recipe(path.read_text(encoding="utf-8"), path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MethodError(f"recipe {path} cannot be read ({exc}); fix its permissions or encoding (UTF-8)") from None
+    recipe = parse_recipe(text, path)
     if recipe.method != path.stem:
         raise MethodError(f"recipe {path} names method {recipe.method!r}; name the file {recipe.method}.yaml")
     return recipe

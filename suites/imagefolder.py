@@ -101,5 +101,11 @@ def convert_imagefolder(folder: Path) -> dict[str, int]:
                 "`bench data imagefolder`: move it aside to convert the tree, or use the folder as it is"
             )
     for name, text in texts.items():
-        (folder / name).write_text(text)
+        try:
+            (folder / name).write_text(text)
+        except OSError as exc:
+            raise DataError(
+                f"cannot write {folder / name} ({exc.strerror}); the lists are written inside the tree: "
+                "make it writable, or convert a copy of it"
+            ) from None
     return {name: len(rows) for name, rows in lists.items()}

@@ -78,7 +78,7 @@ def _allocate(entries: list[ListEntry], side: int) -> torch.Tensor:
     need = len(entries) * 3 * side * side
     available = _available_memory()
     lists = sorted({e.source.rsplit(":", 1)[0] for e in entries[:1] + entries[-1:]})
-    if available is not None and need > available:
+    if need > available:
         raise DataError(
             f"{' and '.join(lists)}: {len(entries)} images at {side}x{side} px need {need / 2**30:.1f} GiB decoded, "
             f"more than the {available / 2**30:.1f} GiB of memory available; use a shorter list or a smaller image size"
@@ -92,19 +92,8 @@ def _allocate(entries: list[ListEntry], side: int) -> torch.Tensor:
         ) from None
 
 
-def _available_memory() -> int | None:
-    """Bytes of memory a new allocation can take without swapping (psutil, else /proc/meminfo)."""
-    try:
-        import psutil
+def _available_memory() -> int:
+    """Bytes of memory a new allocation can take without swapping."""
+    import psutil
 
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return int(psutil.virtual_memory().available)

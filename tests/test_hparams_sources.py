@@ -92,6 +92,17 @@ def test_a_recipe_without_a_source_or_with_a_bad_value_is_refused(tmp_path: Path
     )
     with pytest.raises(BenchError, match=r"no values for task 'digits'"):
         recipe.for_suite("demo").values("digits")
+    block = "    blocks:\n      - source: x@1\n        every_task: {lr: 0.1}\n"
+    with pytest.raises(BenchError, match=r"suite demo has unknown key\(s\) diferences; valid: blocks, differences"):
+        parse_recipe("method: lora\nsuites:\n  demo:\n" + block + "    diferences: [x]\n", path)
+    with pytest.raises(BenchError, match=r"differences must be a list of lines"):
+        parse_recipe("method: lora\nsuites:\n  demo:\n" + block + "    differences: one line\n", path)
+
+
+def test_a_bench_recipes_folder_that_does_not_exist_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("BENCH_RECIPES", str(tmp_path / "no-such-folder"))
+    with pytest.raises(BenchError, match=r"BENCH_RECIPES names .*no-such-folder, which is not a folder"):
+        all_recipes()
 
 
 def test_a_recipe_value_of_the_wrong_type_or_field_is_one_line(demo_recipe: Path):

@@ -70,3 +70,20 @@ def test_imagefolder_problems_are_one_line(cli, tmp_path: Path):
 
     code, _, err = cli("data", "imagefolder", str(tmp_path / "nothing"))
     assert code == 2 and "is not an ImageFolder tree" in err
+
+
+def test_a_tree_that_cannot_be_written_is_one_line(cli, tmp_path: Path):
+    import os
+    import stat
+
+    if os.geteuid() == 0:  # root writes through permission bits: make the list's path a folder instead
+        tree = _tree(tmp_path)
+        (tree / "train800.txt").mkdir()
+        expected = "train800.txt"
+    else:
+        tree = _tree(tmp_path)
+        tree.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        expected = "cannot write"
+    code, _, err = cli("data", "imagefolder", str(tree))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert expected in err and "Traceback" not in err
