@@ -319,7 +319,7 @@ def plan_sweep(request: SweepRequest, workdir: Path) -> SweepPlan:
                 built = (method.name, canonical_json(identity_dict(run_config)))
                 if built not in checked:  # a recipe's config that does not fit the backbone fails before training
                     check_structure(method, spec_bb, run_config)
-                    built_trainable_params(method, run_config, backbone, img_size=preset.img_size)
+                    _check_on_meta(method, run_config, backbone, preset.img_size, workdir)
                     checked.add(built)
                 tags = {**override_tags, **settings.tags}
             elif choice.source == "tuned":

@@ -317,7 +317,7 @@ class Tracker:
         wanted = sorted(set(keys)) if keys is not None else None
         if wanted is not None and len(wanted) <= self.KEYED_LOOKUP_MAX:
             for key in wanted:
-                found = self.search(experiment, extra_filter=f"tags.`{schema.RUN_KEY}` = '{key}'")
+                found = self.runs_of_key(experiment, key)
                 if found:
                     grouped[key] = found
             return grouped

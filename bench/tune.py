@@ -419,8 +419,6 @@ def run_tuning(
     (task, method, budget); ``warn`` gets the plan's warnings (budgets a method cannot reach, left
     out) before any trial starts; ``trial_done`` gets each trial as it finishes."""
     check_scheduler(scheduler)
-    if trials is not None and trials < 1:
-        raise BenchError(f"--trials {trials} must be at least 1")
     import suites
 
     if suites.get_suite(request.suite).fewshot is not None:
