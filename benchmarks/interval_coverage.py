@@ -32,6 +32,8 @@ INTERVALS = (
     "IQM",
     "P(A>B)",
     "over tasks (--resample-tasks)",
+    "over tasks, groups (--resample-tasks)",
+    "over tasks Δ (--resample-tasks)",
     "seed bootstrap Δ (not used)",
 )
 BOOTSTRAP_DRAWS = 1000
@@ -140,6 +142,17 @@ def simulate(
             t = stats.random_task_mean(runs.mean(axis=2))
             hits["over tasks (--resample-tasks)"] += _covers(t.low, t.high, 0.75).sum()
             counts["over tasks (--resample-tasks)"] += reps
+            if groups is not None:  # every group's population mean is 0.75: so is the mean of group means
+                tg = stats.random_task_mean(runs.mean(axis=2), groups)
+                hits["over tasks, groups (--resample-tasks)"] += _covers(tg.low, tg.high, 0.75).sum()
+                counts["over tasks, groups (--resample-tasks)"] += reps
+            # a second method whose task effects differ by N(1, 1) pp: the report's Δ is the same
+            # interval on the per-task differences of seed means; its target is the population's 1 pp
+            mu_b = mu_t - 0.01 + 0.01 * rng.standard_normal((reps, D))
+            runs_b = mu_b[..., None] + sd_b[:, None] * rng.standard_normal((reps, D, n))
+            td = stats.random_task_mean(runs.mean(axis=2) - runs_b.mean(axis=2), groups)
+            hits["over tasks Δ (--resample-tasks)"] += _covers(td.low, td.high, 0.01).sum()
+            counts["over tasks Δ (--resample-tasks)"] += reps
     return {k: hits[k] / counts[k] for k in INTERVALS if counts[k]}
 
 

@@ -35,6 +35,8 @@ EXACT = (
     "group-mean aggregate",
     "aggregate Δ",
     "over tasks (--resample-tasks)",
+    "over tasks, groups (--resample-tasks)",
+    "over tasks Δ (--resample-tasks)",
 )
 CONSERVATIVE = ("IQM", "P(A>B)")
 
@@ -60,6 +62,8 @@ def test_each_printed_interval_covers_its_target(setting):
         setting, truths=8, reps=150, rng=np.random.default_rng(setting.tasks * 10 + setting.seeds)
     )
     assert set(result) >= {"task mean", "task Δ", "aggregate mean", "aggregate Δ", "IQM", "P(A>B)"}
+    if setting.tasks >= 10:  # --resample-tasks, with and without groups, and its difference
+        assert {k for k in result if "--resample-tasks" in k} == {k for k in EXACT if "--resample-tasks" in k}
     _check(setting, result, tolerance=0.02)  # 1,200 replicates per aggregate: Monte Carlo SD ≈ 0.6 pp
 
 
