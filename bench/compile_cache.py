@@ -183,6 +183,9 @@ class StepCache:
         return Ledger(self.folder)
 
     def is_warm(self) -> bool:
+        for key, process in list(_WARMERS.items()):  # reap finished compilations (no zombie processes)
+            if process.poll() is not None:
+                del _WARMERS[key]
         return self.ledger.is_warm(self.kind)
 
     def warm_in_background(self) -> None:
