@@ -692,7 +692,7 @@ def runs_cmd(
     from . import schema
     from .tracking import experiment_name
 
-    tracker = _existing_tracker(tracking_uri)
+    tracker = _tracker(tracking_uri)
     rows = []
     for r in tracker.search(experiment_name(suite)):
         t, m = r.data.tags, r.data.metrics

@@ -163,7 +163,6 @@ def test_a_store_of_an_older_mlflow_gives_the_whole_upgrade_command(workdir: Pat
         ("report", "--suite", "demo"),
         ("analyze", "shift", "--suite", "demo"),
         ("export", "0123abcd"),
-        ("runs", "--suite", "demo"),
     ],
 )
 def test_a_reading_command_on_a_work_directory_without_runs_creates_nothing(tmp_path: Path, command, capsys):
